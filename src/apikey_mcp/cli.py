@@ -1,0 +1,79 @@
+"""Command line: `apikey-mcp` serves MCP over stdio; `apikey-mcp sandbox` runs the sandbox gateway alone."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _sandbox_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--key", action="append", dest="keys", metavar="KEY", help="a key to accept (repeatable)")
+    p.add_argument("--credits", type=int, default=100_000, help="each key's wallet (default 100000)")
+    p.add_argument("--task-seconds", type=float, default=3.0, help="pending to terminal, in seconds (default 3)")
+    p.add_argument("--webhook-secret", help="secret that signs callbacks (default: random, printed)")
+    p.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail, 0-1")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every /v1 request")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of /v1 requests answered 503")
+    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of /v1 requests answered 429")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="apikey-mcp",
+        description="MCP server for the API-Key gateway (api-key.org), with an enforced session credit budget.",
+    )
+    p.add_argument("--version", action="version", version=f"apikey-mcp {__version__}")
+    p.add_argument("--sandbox", action="store_true", help="start the sandbox gateway in-process and use it")
+    p.add_argument("--base-url", help="gateway URL (env APIKEY_BASE_URL; default https://api-key.org)")
+    p.add_argument("--api-key", help="gateway key (prefer env APIKEY_API_KEY: flags show in process lists)")
+    p.add_argument("--auth-scheme", choices=["bearer", "x-api-key"], help="how the key is sent (default bearer)")
+    p.add_argument("--budget", type=int, dest="session_budget", help="credits this session may spend "
+                   "(env APIKEY_SESSION_BUDGET; default 1000)")  # fmt: skip
+    p.add_argument("--output-dir", help="download finished results here (env APIKEY_OUTPUT_DIR)")
+    p.add_argument("--max-download-bytes", type=int, help="size cap per downloaded file (default 512 MiB)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    sub = p.add_subparsers(dest="command")
+    _sandbox_parser(sub)
+    return p
+
+
+def run_sandbox(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .sandbox import Faults, Sandbox
+
+    keys = args.keys or ["sk-sandbox-" + secrets.token_hex(12)]
+    faults = Faults(latency=args.latency, error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate)
+    sandbox = Sandbox(
+        keys, credits=args.credits, task_seconds=args.task_seconds, failure_rate=args.failure_rate,
+        webhook_secret=args.webhook_secret, faults=faults,
+    )  # fmt: skip
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    lines = [
+        "apikey-mcp SANDBOX gateway: follows the API-Key contract; made-up prices; nothing is billed.",
+        f"  base URL:       http://{host}:{args.port}",
+        *(f"  API key:        {key}  ({args.credits} credits)" for key in keys),
+        f"  webhook secret: {sandbox.webhook_secret}",
+        f"  try: APIKEY_BASE_URL=http://{host}:{args.port} APIKEY_API_KEY={keys[0]} apikey-mcp",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    uvicorn.run(sandbox.app, host=args.host, port=args.port, log_level="warning")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.command == "sandbox":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        run_sandbox(args)
+        return
+    from .server import serve_stdio
+
+    serve_stdio(args)

@@ -1,0 +1,272 @@
+"""GatewayClient: one pooled async HTTP client with a typed method per gateway endpoint.
+
+Safe requests (GETs and the free estimate) are retried with backoff; a create is never retried once it
+may have reached the gateway, since a second try could create and charge twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Generator
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import quote
+
+import anyio
+import httpx2
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from .. import __version__
+from . import _constants as c
+from .errors import (
+    GatewayConnectionError,
+    GatewayError,
+    GatewayProtocolError,
+    GatewayTimeoutError,
+    MissingApiKeyError,
+    error_from_response,
+    parse_retry_after,
+)
+from .models import (
+    DOCUMENT_PATHS,
+    ChatCompletion,
+    ChatRequest,
+    Document,
+    EmbeddingList,
+    EmbeddingRequest,
+    Estimate,
+    EstimateRequest,
+    ImageRequest,
+    ModelList,
+    MusicRequest,
+    Task,
+    VideoRequest,
+)
+
+AuthScheme = Literal["bearer", "x-api-key"]
+_T = TypeVar("_T", bound=BaseModel)
+log = logging.getLogger(__name__)
+
+
+class _KeyAuth(httpx2.Auth):
+    """Adds the key to requests bound for the gateway's own origin, and to no other (result downloads)."""
+
+    def __init__(self, key: SecretStr, scheme: AuthScheme, origin: httpx2.URL) -> None:
+        self._key = key
+        self._scheme = scheme
+        self._origin = (origin.scheme, origin.host, origin.port)
+
+    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+        if (request.url.scheme, request.url.host, request.url.port) == self._origin:
+            secret = self._key.get_secret_value()
+            if self._scheme == "bearer":
+                request.headers["Authorization"] = f"Bearer {secret}"
+            else:
+                request.headers["x-api-key"] = secret
+        yield request
+
+    def __repr__(self) -> str:
+        return f"_KeyAuth(scheme={self._scheme!r}, key=**********)"
+
+
+class GatewayClient:
+    """Typed access to the API-Key gateway. Use as an async context manager, or call aclose()."""
+
+    def __init__(
+        self,
+        base_url: str = c.DEFAULT_BASE_URL,
+        api_key: SecretStr | str | None = None,
+        *,
+        auth_scheme: AuthScheme = "bearer",
+        max_retries: int = c.MAX_RETRIES,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        if isinstance(api_key, str):
+            api_key = SecretStr(api_key) if api_key else None
+        self.base_url = base_url.rstrip("/")
+        self.has_key = api_key is not None
+        self.max_retries = max_retries
+        self._sleep = sleep
+        origin = httpx2.URL(self.base_url)
+        self._http = httpx2.AsyncClient(
+            base_url=self.base_url,
+            auth=_KeyAuth(api_key, auth_scheme, origin) if api_key else None,
+            headers={"user-agent": f"apikey-mcp/{__version__}"},
+            transport=transport,
+            limits=httpx2.Limits(max_connections=c.MAX_CONNECTIONS, max_keepalive_connections=c.MAX_CONNECTIONS),
+            timeout=c.READ_TIMEOUT,
+        )
+
+    def __repr__(self) -> str:
+        return f"GatewayClient(base_url={self.base_url!r}, has_key={self.has_key})"
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ------------------------------------------------------------ endpoints
+
+    async def list_models(self) -> ModelList:
+        return await self._call("GET", "/v1/models", ModelList)
+
+    async def estimate(self, request: EstimateRequest) -> Estimate:
+        """Free, so safe to retry like a GET."""
+        return await self._call("POST", "/v1/credits/estimate", Estimate, body=request, safe=True)
+
+    async def chat_completion(self, request: ChatRequest) -> ChatCompletion:
+        return await self._call("POST", "/v1/chat/completions", ChatCompletion, body=request, timeout=c.CHAT_TIMEOUT)
+
+    async def create_embeddings(self, request: EmbeddingRequest) -> EmbeddingList:
+        return await self._call("POST", "/v1/embeddings", EmbeddingList, body=request, timeout=c.CHAT_TIMEOUT)
+
+    async def generate_image(self, request: ImageRequest) -> Task:
+        return await self._call("POST", "/v1/images/generations", Task, body=request)
+
+    async def generate_video(self, request: VideoRequest) -> Task:
+        return await self._call("POST", "/v1/videos", Task, body=request)
+
+    async def generate_music(self, request: MusicRequest) -> Task:
+        return await self._call("POST", "/v1/music/generations", Task, body=request)
+
+    async def get_task(self, task_id: str) -> Task:
+        return await self._call("GET", f"/v1/tasks/{_path_segment(task_id)}", Task)
+
+    async def get_document(self, name: str) -> Document:
+        """One of the machine-readable documents by name (see DOCUMENT_PATHS), as text with its type."""
+        path = DOCUMENT_PATHS[name]
+        response = await self._send("GET", path, safe=True, timeout=c.READ_TIMEOUT)
+        content_type = response.headers.get("content-type", "text/plain").split(";")[0].strip()
+        return Document(path=path, content_type=content_type, text=response.text)
+
+    async def download(self, url: str, dest: Path, *, max_bytes: int) -> int:
+        """Stream a result file to dest (written whole or not at all); returns its size in bytes."""
+        partial = dest.with_name(dest.name + ".part")
+        size = 0
+        try:
+            async with self._http.stream("GET", url, timeout=c.DOWNLOAD_TIMEOUT) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise error_from_response(response)
+                declared = int(response.headers.get("content-length") or 0)
+                if declared > max_bytes:
+                    raise GatewayError(f"Result file is {declared} bytes, over the {max_bytes}-byte cap", hint=_CAP)
+                async with await anyio.open_file(partial, "wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise GatewayError(f"Result file exceeds the {max_bytes}-byte cap", hint=_CAP)
+                        await out.write(chunk)
+            partial.replace(dest)
+            return size
+        except httpx2.TransportError as exc:
+            raise GatewayConnectionError(f"Download failed: {type(exc).__name__}") from exc
+        finally:
+            partial.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ plumbing
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        result: type[_T],
+        *,
+        body: BaseModel | None = None,
+        safe: bool | None = None,
+        timeout: httpx2.Timeout | None = None,
+    ) -> _T:
+        public = path in ("/v1/models", "/v1/credits/estimate")  # inferred: the docs show these without a key
+        if not self.has_key and not public:
+            raise MissingApiKeyError("No API key is configured", code="missing_api_key")
+        is_safe = method == "GET" if safe is None else safe
+        if timeout is None:
+            timeout = c.READ_TIMEOUT if is_safe else c.CREATE_TIMEOUT
+        payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
+        response = await self._send(method, path, json=payload, safe=is_safe, timeout=timeout)
+        try:
+            return result.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise GatewayProtocolError(
+                f"Unexpected answer from {method} {path}: {_summary(exc)}; raw: {response.text[:300]}",
+                status=response.status_code,
+                request_id=response.headers.get("x-request-id"),
+            ) from None
+
+    async def _send(
+        self, method: str, path: str, *, json: object = None, safe: bool, timeout: httpx2.Timeout
+    ) -> httpx2.Response:
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                response = await self._http.request(method, path, json=json, timeout=timeout)
+            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+                # The request never left: a retry cannot create anything twice, whatever the method.
+                if attempt < self.max_retries:
+                    attempt += 1
+                    await self._sleep(self._backoff(attempt))
+                    continue
+                raise GatewayConnectionError(f"Cannot connect to {self.base_url}: {type(exc).__name__}") from exc
+            except httpx2.TimeoutException as exc:
+                if safe and attempt < self.max_retries:
+                    attempt += 1
+                    await self._sleep(self._backoff(attempt))
+                    continue
+                raise GatewayTimeoutError(f"{method} {path} timed out") from exc
+            except httpx2.TransportError as exc:
+                if safe and attempt < self.max_retries:
+                    attempt += 1
+                    await self._sleep(self._backoff(attempt))
+                    continue
+                raise GatewayConnectionError(f"{method} {path} failed: {type(exc).__name__}") from exc
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code, elapsed_ms)
+            if response.is_success:
+                return response
+            if safe and response.status_code in c.RETRY_STATUSES and attempt < self.max_retries:
+                delay = self._retry_delay(attempt + 1, response)
+                if delay is not None:
+                    attempt += 1
+                    status = response.status_code
+                    log.info("%s %s answered %s; retry %d in %.2f s", method, path, status, attempt, delay)
+                    await self._sleep(delay)
+                    continue
+            raise error_from_response(response)
+
+    def _backoff(self, attempt: int) -> float:
+        """Doubling from INITIAL_RETRY_DELAY to MAX_RETRY_DELAY, less up to a quarter of jitter."""
+        delay = min(c.INITIAL_RETRY_DELAY * 2 ** (attempt - 1), c.MAX_RETRY_DELAY)
+        return delay * (1 - 0.25 * random.random())
+
+    def _retry_delay(self, attempt: int, response: httpx2.Response) -> float | None:
+        """Retry-After when the gateway gives a sane one; None when it asks for longer than we wait."""
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if retry_after is None:
+            return self._backoff(attempt)
+        return retry_after if retry_after <= c.MAX_RETRY_AFTER else None
+
+
+_CAP = "Raise --max-download-bytes, or fetch the result URL yourself."
+
+
+def _path_segment(value: str) -> str:
+    """A task id as one URL path segment: no slashes or dots smuggled into the path."""
+    if not value or value in (".", "..") or not value.isprintable():
+        raise GatewayError(
+            "Task id is empty or malformed", code="invalid_request", hint="Pass the task_id a generate call returned."
+        )
+    return quote(value, safe="")
+
+
+def _summary(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
