@@ -25,6 +25,7 @@ from .errors import (
     GatewayError,
     GatewayProtocolError,
     GatewayTimeoutError,
+    GatewayUnreachableError,
     MissingApiKeyError,
     error_from_response,
     parse_retry_after,
@@ -214,7 +215,7 @@ class GatewayClient:
                     attempt += 1
                     await self._sleep(self._backoff(attempt))
                     continue
-                raise GatewayConnectionError(f"Cannot connect to {self.base_url}: {type(exc).__name__}") from exc
+                raise GatewayUnreachableError(f"Cannot connect to {self.base_url}: {type(exc).__name__}") from exc
             except httpx2.TimeoutException as exc:
                 if safe and attempt < self.max_retries:
                     attempt += 1

@@ -50,6 +50,10 @@ class GatewayConnectionError(GatewayError):
     hint = "Check the base URL and the network, then try again."
 
 
+class GatewayUnreachableError(GatewayConnectionError):
+    """No connection could be opened: the request never left, so nothing was created or charged."""
+
+
 class GatewayTimeoutError(GatewayConnectionError):
     hint = "The gateway did not answer in time; try again, or poll the task later if one was created."
 

@@ -47,6 +47,7 @@ from ..gateway.models import (
     TaskOutput,
     TaskStatus,
     VideoRequest,
+    message_text,
 )
 from . import assets, docs, pricing
 
@@ -230,12 +231,12 @@ class Sandbox:
         key = self._key(request)
         body = await self._body(request, ChatRequest)
         info = pricing.CATALOGUE.get(body.model)
-        tokens_in = sum(pricing.count_tokens(_text(m.content)) + 4 for m in body.messages)
+        tokens_in = sum(pricing.count_tokens(message_text(m.content)) + 4 for m in body.messages)
         max_tokens = body.max_tokens or pricing.DEFAULT_MAX_TOKENS
         estimate = EstimateRequest(model=body.model, modality="chat", input_tokens=tokens_in, output_tokens=max_tokens)
         bound, _ = self._price(estimate)
         self._check_max_credits(bound, body.max_credits)
-        last = next((_text(m.content) for m in reversed(body.messages) if m.role == "user"), "")
+        last = next((message_text(m.content) for m in reversed(body.messages) if m.role == "user"), "")
         reply = f"[sandbox {body.model}] You said: {last}"
         finish = "stop"
         if pricing.count_tokens(reply) > max_tokens:
@@ -446,14 +447,6 @@ class _FaultsMiddleware:
 
 def _json(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(exclude_none=True), status_code=status, media_type="application/json")
-
-
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
 
 
 def _vector(text: str, dims: int) -> list[float]:

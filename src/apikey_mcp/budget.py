@@ -1,0 +1,151 @@
+"""The session ledger: a credit budget that paid calls reserve from before they start.
+
+`spent + reserved <= budget` holds after every operation: a reservation that does not fit is refused
+whole, and each reservation ends exactly once, settled at the real charge or released. Every method is
+synchronous and takes a lock, so it is atomic under any interleaving of async tasks (and threads).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+log = logging.getLogger(__name__)
+
+
+class BudgetExceededError(Exception):
+    """A paid call that does not fit in what is left; nothing was reserved or created."""
+
+    def __init__(self, needed: int, remaining: int, budget: int, purpose: str) -> None:
+        self.needed, self.remaining, self.budget, self.purpose = needed, remaining, budget, purpose
+        super().__init__(
+            f"Over budget: {purpose} is estimated at {needed} credits but only {remaining} of the session's "
+            f"{budget} remain, so nothing was created. Choose a shorter or lower-resolution job or a cheaper "
+            f"model (list_models, estimate), or ask the human to raise the budget (request_budget_increase)."
+        )
+
+
+class ReservationState(StrEnum):
+    RESERVED = "reserved"
+    SETTLED = "settled"
+    RELEASED = "released"
+
+
+@dataclass
+class Reservation:
+    id: int
+    credits: int
+    purpose: str
+    task_id: str | None = None
+    state: ReservationState = ReservationState.RESERVED
+    charged: int | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    budget: int
+    spent: int
+    reserved: int
+    open: tuple[Reservation, ...]
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.spent - self.reserved
+
+
+class Ledger:
+    """Budget, reservations and spend for one session (or, when hosted, one principal)."""
+
+    def __init__(self, budget: int) -> None:
+        if budget < 0:
+            raise ValueError("budget must be >= 0")
+        self._budget = budget
+        self._spent = 0
+        self._open: dict[int, Reservation] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.observers: list[Callable[[Snapshot], None]] = []  # called after every change, under the lock
+
+    @property
+    def budget(self) -> int:
+        return self._budget
+
+    @property
+    def spent(self) -> int:
+        return self._spent
+
+    @property
+    def reserved(self) -> int:
+        return sum(r.credits for r in self._open.values())
+
+    @property
+    def remaining(self) -> int:
+        return self._budget - self._spent - self.reserved
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot()
+
+    def reserve(self, credits: int, purpose: str) -> Reservation:
+        """Hold `credits` for a call about to be made, or raise BudgetExceededError and hold nothing."""
+        if credits < 0:
+            raise ValueError("credits must be >= 0")
+        with self._lock:
+            remaining = self._budget - self._spent - self.reserved
+            if credits > remaining:
+                raise BudgetExceededError(credits, remaining, self._budget, purpose)
+            reservation = Reservation(next(self._ids), credits, purpose)
+            self._open[reservation.id] = reservation
+            self._changed()
+            return reservation
+
+    def attach(self, reservation: Reservation, task_id: str) -> None:
+        """Tie a reservation to the task it paid for, so the task's end can close it."""
+        with self._lock:
+            reservation.task_id = task_id
+            self._changed()
+
+    def settle(self, reservation: Reservation, charged: int) -> bool:
+        """Close a reservation at the real charge; False if it was already closed (exactly once)."""
+        with self._lock:
+            if self._open.pop(reservation.id, None) is None:
+                return False
+            if charged > reservation.credits:
+                log.warning(
+                    "gateway charged %d credits for %s, over the %d reserved (max_credits)",
+                    charged, reservation.purpose, reservation.credits,
+                )  # fmt: skip
+            reservation.state, reservation.charged = ReservationState.SETTLED, charged
+            self._spent += charged
+            self._changed()
+            return True
+
+    def release(self, reservation: Reservation) -> bool:
+        """Give a reservation back unspent (failed or refunded); False if it was already closed."""
+        with self._lock:
+            if self._open.pop(reservation.id, None) is None:
+                return False
+            reservation.state, reservation.charged = ReservationState.RELEASED, 0
+            self._changed()
+            return True
+
+    def raise_budget(self, credits: int) -> None:
+        """Add to the budget. Only the human may cause this: configuration, or an approved elicitation."""
+        if credits <= 0:
+            raise ValueError("a budget increase must be > 0")
+        with self._lock:
+            self._budget += credits
+            self._changed()
+
+    def _snapshot(self) -> Snapshot:
+        return Snapshot(self._budget, self._spent, self.reserved, tuple(self._open.values()))
+
+    def _changed(self) -> None:
+        if self.observers:
+            snapshot = self._snapshot()
+            for observer in self.observers:
+                observer(snapshot)

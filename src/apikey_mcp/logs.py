@@ -1,0 +1,42 @@
+"""Logging: to stderr (stdout belongs to the protocol on stdio) and, for key events, to the MCP client."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from typing import Literal
+
+from mcp.server.mcpserver import Context
+from mcp.shared.exceptions import MCPDeprecationWarning
+
+log = logging.getLogger("apikey_mcp")
+Level = Literal["debug", "info", "warning", "error"]
+
+
+def configure(level: str) -> None:
+    """Our logs, and the SDK's, go to stderr only."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("apikey_mcp").setLevel(level)
+
+
+async def tell(ctx: Context, level: Level, message: str) -> None:
+    """Log to stderr and send the same line to the client's log channel. Never fails the calling tool.
+
+    MCP logging is deprecated in the 2026-07-28 protocol, but the clients in use today speak earlier
+    versions and show these lines; the SDK only delivers them where the client opted in.
+    """
+    log.log(logging.getLevelName(level.upper()), message)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            sending = ctx.session.send_log_message(
+                level=level, data=message, logger="apikey_mcp", related_request_id=ctx.request_id
+            )
+        await sending
+    except Exception as exc:  # the client may be gone or may not take logs: the tool's answer matters more
+        log.debug("could not send a log line to the client: %s", exc)

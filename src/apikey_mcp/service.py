@@ -1,0 +1,301 @@
+"""What the tools do, without MCP: the paid-call flow, polling, the catalogue and the docs.
+
+Every paid call goes estimate -> reserve (or refuse, creating nothing) -> create with max_credits equal
+to the reservation -> tie the reservation to the task -> settle or release when it ends. The create and
+the bookkeeping that follows it are shielded from cancellation, so a created task id is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+
+from .budget import Ledger, Reservation
+from .config import Settings
+from .downloads import save_outputs
+from .gateway import (
+    GatewayClient,
+    GatewayConnectionError,
+    GatewayError,
+    GatewayProtocolError,
+    GatewayUnreachableError,
+)
+from .gateway.models import (
+    ChatCompletion,
+    ChatRequest,
+    Document,
+    EmbeddingList,
+    EmbeddingRequest,
+    EstimateRequest,
+    ImageRequest,
+    ModelList,
+    MusicRequest,
+    Task,
+    TaskStatus,
+    VideoRequest,
+    message_text,
+)
+from .results import (
+    BudgetStatus,
+    ChatResult,
+    EmbeddingsResult,
+    EstimateResult,
+    ModelsResult,
+    ModelSummary,
+    OutputFile,
+    TaskResult,
+)
+from .tasks import TaskRegistry, TrackedTask
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+DEFAULT_MAX_TOKENS = 1024
+MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
+MediaRequest = ImageRequest | VideoRequest | MusicRequest
+
+
+class InputError(ValueError):
+    """A request we can refuse before spending anything; the message says what to change."""
+
+
+class UnconfirmedError(GatewayError):
+    """A paid request whose outcome is unknown (timeout, broken connection, unreadable answer)."""
+
+
+class Service:
+    def __init__(self, settings: Settings, client: GatewayClient, ledger: Ledger, registry: TaskRegistry) -> None:
+        self.settings = settings
+        self.client = client
+        self.ledger = ledger
+        self.registry = registry
+        self._cache: dict[str, tuple[float, object]] = {}
+        self._saved: dict[str, list[str]] = {}
+        self._saving: dict[str, anyio.Lock] = {}
+
+    # ------------------------------------------------------------ budget and catalogue
+
+    def budget(self) -> BudgetStatus:
+        return BudgetStatus.of(self.ledger.snapshot())
+
+    async def models(self) -> ModelList:
+        return await self._cached("models", self.client.list_models)
+
+    async def list_models(self, modality: str | None = None, query: str | None = None) -> ModelsResult:
+        needle = (query or "").lower()
+        found = [
+            ModelSummary(id=m.id, modality=m.modality, name=m.name, description=m.description, parameters=m.parameters)
+            for m in (await self.models()).data
+            if (modality is None or m.modality == modality)
+            and needle in f"{m.id} {m.name or ''} {m.description or ''}".lower()
+        ]
+        return ModelsResult(models=found, count=len(found))
+
+    async def document(self, name: str) -> Document:
+        return await self._cached(f"doc:{name}", lambda: self.client.get_document(name))
+
+    async def _check_model(self, model: str, modality: str) -> None:
+        """Refuse an unknown model or one of another modality before anything is estimated or reserved."""
+        catalogue = (await self.models()).data
+        info = next((m for m in catalogue if m.id == model), None)
+        if info is not None and info.modality == modality:
+            return
+        choices = ", ".join(m.id for m in catalogue if m.modality == modality) or "none"
+        what = f"'{model}' is a {info.modality} model" if info else f"there is no model '{model}'"
+        raise InputError(f"Cannot use '{model}' for {modality}: {what}. {modality.capitalize()} models: {choices}.")
+
+    # ------------------------------------------------------------ estimate
+
+    async def estimate(self, plan: EstimateRequest) -> EstimateResult:
+        await self._check_model(plan.model, plan.modality)
+        estimate = await self.client.estimate(plan)
+        budget = self.budget()
+        return EstimateResult(
+            model=estimate.model, modality=estimate.modality, credits=estimate.credits,
+            fits_budget=estimate.credits <= budget.remaining, breakdown=estimate.breakdown, budget=budget,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ media tasks
+
+    async def generate(self, request: MediaRequest) -> TaskResult:
+        modality, create = self._create_for(request)
+        await self._check_model(request.model, modality)
+        plan = _plan(request)
+        purpose = f"{modality} with {request.model}"
+
+        async def create_and_track(max_credits: int, reservation: Reservation) -> TrackedTask:
+            task = await create(request.model_copy(update={"max_credits": max_credits}))
+            log.info("created %s task %s (%d credits reserved)", modality, task.task_id, max_credits)
+            return self.registry.track(task, modality, reservation)
+
+        tracked = await self._paid(plan, purpose, create_and_track)
+        return self.task_result(tracked)
+
+    def _create_for(self, request: MediaRequest) -> tuple[str, Callable[..., Awaitable[Task]]]:
+        if isinstance(request, ImageRequest):
+            return "image", self.client.generate_image
+        if isinstance(request, VideoRequest):
+            return "video", self.client.generate_video
+        return "music", self.client.generate_music
+
+    async def poll(
+        self, task_id: str, wait_seconds: float, on_change: Callable[[Task], Awaitable[None]] | None = None
+    ) -> TaskResult:
+        async def changed(tracked: TrackedTask) -> None:
+            if on_change is not None:
+                await on_change(tracked.task)
+
+        wait = min(max(wait_seconds, 0.0), self.settings.max_wait_seconds)
+        tracked = await self.registry.wait(task_id, wait, changed)
+        if tracked.task.status == TaskStatus.SUCCEEDED and self.settings.output_dir is not None:
+            await self._save(tracked)
+        return self.task_result(tracked)
+
+    async def _save(self, tracked: TrackedTask) -> None:
+        """Download a finished task's results once, however many polls ask at the same time."""
+        lock = self._saving.setdefault(tracked.task_id, anyio.Lock())
+        async with lock:
+            if tracked.task_id in self._saved:
+                return
+            assert self.settings.output_dir is not None
+            paths = await save_outputs(
+                self.client, tracked.task_id, tracked.task.outputs, Path(self.settings.output_dir),
+                max_bytes=self.settings.max_download_bytes,
+            )  # fmt: skip
+            self._saved[tracked.task_id] = [str(p) for p in paths]
+
+    def task_result(self, tracked: TrackedTask) -> TaskResult:
+        task, reservation = tracked.task, tracked.reservation
+        saved = self._saved.get(task.task_id, [])
+        outputs = [
+            OutputFile(url=o.url, mime_type=o.mime_type, path=saved[i] if i < len(saved) else None)
+            for i, o in enumerate(task.outputs)
+        ]
+        charged = task.credits.charged if task.credits else None
+        if task.status == TaskStatus.SUCCEEDED:
+            step = "Done: the outputs are durable links" + (", saved locally too." if saved else ".")
+        elif task.status == TaskStatus.FAILED:
+            held = f"its {reservation.credits} reserved credits were released" if reservation else "nothing was charged"
+            step = f"The task failed and {held}. Adjust the prompt or parameters and try again."
+        else:
+            step = "Still working: call poll_task with this task_id and wait_seconds (polling is free)."
+        return TaskResult(
+            task_id=task.task_id, status=str(task.status), modality=tracked.modality, model=task.model,
+            progress=task.progress, credits_reserved=reservation.credits if reservation else None,
+            credits_charged=charged if task.status == TaskStatus.SUCCEEDED else None, outputs=outputs,
+            error=task.error.message if task.error else None, next_step=step, budget=self.budget(),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ chat and embeddings
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        await self._check_model(request.model, "chat")
+        max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
+        bound_in = sum(len(message_text(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+        plan = EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
+
+        async def complete(max_credits: int, reservation: Reservation) -> tuple[ChatCompletion, int]:
+            sent = request.model_copy(update={"max_tokens": max_tokens, "max_credits": max_credits})
+            completion = await self.client.chat_completion(sent)
+            charged = await self._charge_of(completion, plan, reservation)
+            self.ledger.settle(reservation, charged)
+            return completion, charged
+
+        completion, charged = await self._paid(plan, f"chat with {request.model}", complete)
+        choice = completion.choices[0] if completion.choices else None
+        return ChatResult(
+            model=completion.model, content=message_text(choice.message.content) if choice else None,
+            finish_reason=choice.finish_reason if choice else None, usage=completion.usage,
+            credits_charged=charged, budget=self.budget(),
+        )  # fmt: skip
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingsResult:
+        await self._check_model(request.model, "embedding")
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        if not texts or not all(texts):
+            raise InputError("input must be a non-empty text or a list of non-empty texts.")
+        bound = sum(len(t.encode()) for t in texts)  # no tokenizer gives more tokens than bytes
+        plan = EstimateRequest(model=request.model, modality="embedding", input_tokens=bound)
+
+        async def embed(max_credits: int, reservation: Reservation) -> tuple[EmbeddingList, int]:
+            result = await self.client.create_embeddings(request.model_copy(update={"max_credits": max_credits}))
+            charged = await self._charge_of(result, plan, reservation)
+            self.ledger.settle(reservation, charged)
+            return result, charged
+
+        result, charged = await self._paid(plan, f"embeddings with {request.model}", embed)
+        vectors = [item.embedding for item in sorted(result.data, key=lambda item: item.index)]
+        return EmbeddingsResult(
+            model=result.model, embeddings=vectors, dimensions=len(vectors[0]) if vectors else 0,
+            usage=result.usage, credits_charged=charged, budget=self.budget(),
+        )  # fmt: skip
+
+    async def _charge_of(
+        self, answer: ChatCompletion | EmbeddingList, plan: EstimateRequest, reservation: Reservation
+    ) -> int:
+        """The real charge: as the gateway states it, else priced from the usage, else the whole reservation."""
+        stated = (answer.model_extra or {}).get("credits")
+        if isinstance(stated, int | float) and stated >= 0:
+            return int(-(-stated // 1))
+        if answer.usage is None:
+            return reservation.credits
+        used = plan.model_copy(update={"input_tokens": answer.usage.prompt_tokens,
+                                       "output_tokens": answer.usage.completion_tokens})  # fmt: skip
+        try:
+            return (await self.client.estimate(used)).credits
+        except GatewayError:
+            return reservation.credits
+
+    # ------------------------------------------------------------ the paid-call flow
+
+    async def _paid(self, plan: EstimateRequest, purpose: str, call: Callable[[int, Reservation], Awaitable[_T]]) -> _T:
+        estimate = await self.client.estimate(plan)
+        reservation = self.ledger.reserve(estimate.credits, purpose)  # raises BudgetExceededError: nothing created
+        with anyio.CancelScope(shield=True):
+            try:
+                return await call(reservation.credits, reservation)
+            except GatewayError as exc:
+                if not _may_have_happened(exc):
+                    self.ledger.release(reservation)
+                    raise
+                # It may have been created and charged: count it as spent rather than risk overspending.
+                self.ledger.settle(reservation, reservation.credits)
+                raise UnconfirmedError(
+                    f"The gateway did not confirm the {purpose} ({exc.message}); it may have been created and "
+                    f"charged up to {reservation.credits} credits, which the budget now counts as spent",
+                    hint="Check the api-key.org dashboard before trying again.",
+                ) from exc
+            except BaseException:
+                self.ledger.release(reservation)
+                raise
+
+    async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.settings.docs_cache_seconds:
+            return hit[1]  # type: ignore[return-value]
+        value = await fetch()
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+
+def _may_have_happened(exc: GatewayError) -> bool:
+    """A timeout, a broken connection or an unreadable answer: the gateway may have acted on the request."""
+    if isinstance(exc, GatewayUnreachableError):
+        return False
+    return isinstance(exc, GatewayProtocolError | GatewayConnectionError)
+
+
+def _plan(request: MediaRequest) -> EstimateRequest:
+    """The estimate request that prices a create."""
+    if isinstance(request, ImageRequest):
+        return EstimateRequest(model=request.model, modality="image", n=request.n, size=request.size)
+    if isinstance(request, VideoRequest):
+        return EstimateRequest(
+            model=request.model, modality="video", duration=request.duration, resolution=request.resolution,
+            input_mode=request.input_mode,
+        )  # fmt: skip
+    return EstimateRequest(model=request.model, modality="music", duration=request.duration)

@@ -1,0 +1,158 @@
+"""The task registry: every task this session created or asked about, watched until it ends.
+
+One watcher per task polls the gateway with backoff, however many callers wait on it; a task's end closes
+its reservation exactly once (settled at the real charge on success, released on failure). Callers wait
+on the task's change event, so a later push (a signed callback) can wake them the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from .budget import Ledger, Reservation
+from .gateway import GatewayClient, GatewayError, NotFoundError
+from .gateway.models import Task, TaskStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackedTask:
+    task: Task
+    modality: str | None
+    reservation: Reservation | None = None
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+
+def modality_of(task: Task) -> str | None:
+    """'gateway.video.task' -> 'video' (inferred naming)."""
+    parts = (task.object or "").split(".")
+    return parts[1] if len(parts) == 3 else None
+
+
+class TaskRegistry:
+    def __init__(
+        self, client: GatewayClient, ledger: Ledger, *, poll_interval: float = 1.0, max_poll_interval: float = 5.0
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self._tasks: dict[str, TrackedTask] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[TaskRegistry]:
+        """Own the watchers for as long as the session lives; say which tasks were still running at the end."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            try:
+                yield self
+            finally:
+                unfinished = [t.task_id for t in self._tasks.values() if not t.task.is_terminal]
+                if unfinished:
+                    log.warning("stopping with %d unfinished task(s): %s", len(unfinished), ", ".join(unfinished))
+                group.cancel_scope.cancel()
+
+    def get(self, task_id: str) -> TrackedTask | None:
+        return self._tasks.get(task_id)
+
+    def ids(self) -> list[str]:
+        return list(self._tasks)
+
+    def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
+        """Register a task just created; its reservation is now tied to it."""
+        tracked = TrackedTask(task, modality, reservation)
+        self._tasks[task.task_id] = tracked
+        if reservation is not None:
+            self.ledger.attach(reservation, task.task_id)
+        self._apply(tracked, task)
+        if not task.is_terminal:
+            self._watch_soon(tracked)
+        return tracked
+
+    async def refresh(self, task_id: str) -> TrackedTask:
+        """Fetch the task's state now. A task this session did not create is adopted, with no reservation."""
+        task = await self.client.get_task(task_id)
+        tracked = self._tasks.get(task_id)
+        if tracked is None:
+            tracked = self._tasks[task_id] = TrackedTask(task, modality_of(task))
+            if not task.is_terminal:
+                self._watch_soon(tracked)
+        self._apply(tracked, task)
+        return tracked
+
+    def update(self, task: Task) -> TrackedTask | None:
+        """Apply a task state that arrived by other means (a verified callback); None if the task is unknown."""
+        tracked = self._tasks.get(task.task_id)
+        if tracked is not None:
+            self._apply(tracked, task)
+        return tracked
+
+    async def wait(
+        self,
+        task_id: str,
+        seconds: float,
+        on_change: Callable[[TrackedTask], Awaitable[None]] | None = None,
+    ) -> TrackedTask:
+        """The task's state after at most `seconds`, sooner if it ends; `on_change` hears every change."""
+        tracked = self._tasks.get(task_id)
+        if tracked is None or not tracked.task.is_terminal:
+            tracked = await self.refresh(task_id)
+        if on_change is not None:
+            await on_change(tracked)
+        with anyio.move_on_after(seconds):
+            while not tracked.task.is_terminal:
+                await tracked.changed.wait()
+                if on_change is not None:
+                    await on_change(tracked)
+        return tracked
+
+    def _apply(self, tracked: TrackedTask, task: Task) -> None:
+        if tracked.task.is_terminal and tracked.task is not task:
+            return  # a terminal state is final; a late or replayed update cannot undo it
+        before = (tracked.task.status, tracked.task.progress)
+        tracked.task = task
+        if task.is_terminal and tracked.reservation is not None:
+            self._close(tracked.reservation, task)
+        if (task.status, task.progress) != before or task.is_terminal:
+            tracked.changed.set()
+            tracked.changed = anyio.Event()
+
+    def _close(self, reservation: Reservation, task: Task) -> None:
+        if task.status == TaskStatus.SUCCEEDED:
+            charged = task.credits.charged if task.credits and task.credits.charged is not None else None
+            if self.ledger.settle(reservation, reservation.credits if charged is None else charged):
+                log.info("task %s succeeded; settled %s credits", task.task_id, charged)
+        elif self.ledger.release(reservation):
+            log.info("task %s failed; released %d reserved credits", task.task_id, reservation.credits)
+
+    def _watch_soon(self, tracked: TrackedTask) -> None:
+        if self._group is None:
+            raise RuntimeError("TaskRegistry.running() must be entered before tasks are tracked")
+        self._group.start_soon(self._watch, tracked, name=f"watch {tracked.task_id}")
+
+    async def _watch(self, tracked: TrackedTask) -> None:
+        interval = self.poll_interval
+        while not tracked.task.is_terminal:
+            await anyio.sleep(interval)
+            try:
+                await self.refresh(tracked.task_id)
+            except NotFoundError:
+                log.error("task %s is no longer known to the gateway; its reservation stays open", tracked.task_id)
+                return
+            except GatewayError as exc:
+                log.warning("polling task %s failed (%s); will retry", tracked.task_id, exc.message)
+            except Exception:
+                log.exception("polling task %s crashed; will retry", tracked.task_id)
+            interval = min(interval * 1.5, self.max_poll_interval)

@@ -1,0 +1,71 @@
+"""MCP clients connected to the server in-process or over a real stdio subprocess, against the sandbox."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp.types import CallToolResult
+
+from apikey_mcp.budget import Ledger
+from apikey_mcp.config import Settings
+from apikey_mcp.sandbox import SandboxServer
+from apikey_mcp.server import build_server
+from tests.conftest import KEY
+
+FAST_POLLING = {"poll_interval": 0.01, "max_poll_interval": 0.05}
+
+
+def settings_for(server: SandboxServer, **overrides: Any) -> Settings:
+    values = {"base_url": server.url, "api_key": KEY, "session_budget": 1000, **FAST_POLLING, **overrides}
+    return Settings(**values)
+
+
+def stdio_env(settings: Settings) -> dict[str, str]:
+    """The settings as the environment of a server subprocess (how Claude Desktop passes them too)."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "SYSTEMROOT") if k in os.environ}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        env[f"APIKEY_{name.upper()}"] = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return env
+
+
+@asynccontextmanager
+async def connect(
+    transport: str, settings: Settings, *, ledger: Ledger | None = None, **client_options: Any
+) -> AsyncIterator[Client]:
+    if transport == "memory":
+        target: Any = build_server(settings, ledger=ledger)
+    else:
+        assert ledger is None, "a subprocess has its own ledger"
+        target = StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp"], env=stdio_env(settings))
+    async with Client(target, **client_options) as client:
+        yield client
+
+
+@pytest.fixture(params=["memory", "stdio"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call a tool that must succeed; its structured content."""
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def call_error(client: Client, tool: str, **arguments: Any) -> str:
+    """Call a tool that must fail; the text the agent reads."""
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, result.structured_content
+    return text_of(result)
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(getattr(block, "text", "") for block in result.content)
