@@ -291,17 +291,18 @@ def register_tools(server: MCPServer) -> None:
         ctx: Context,
         credits: Annotated[int, Field(gt=0, le=1_000_000, description="How many more credits are needed.")],
         reason: Annotated[str, Field(min_length=1, max_length=1000, description="Why, in a sentence for the human.")],
-        answer: Annotated[ElicitationResult[BudgetApproval] | None, Resolve(ask_human)] = None,
+        answer: Annotated[ElicitationResult[BudgetApproval], Resolve(ask_human)],
     ) -> Annotated[CallToolResult, BudgetIncreaseResult]:
         """Ask the human to raise the session budget. The agent cannot raise it itself: the human is asked to
         approve (when the client supports it), otherwise told how to raise it in the configuration."""
         svc = service(ctx)
+        asked = not (isinstance(answer, AcceptedElicitation) and answer.data is None)  # None: no elicitation
         approved = isinstance(answer, AcceptedElicitation) and answer.data is not None and answer.data.approve
         if approved:
             svc.ledger.raise_budget(credits)
             message = f"The human approved: the budget is now {svc.ledger.budget} credits."
             await tell(ctx, "info", f"budget raised by {credits} credits with the human's approval")
-        elif answer is None or (isinstance(answer, AcceptedElicitation) and answer.data is None):
+        elif not asked:
             wanted = svc.ledger.budget + credits
             message = (
                 "This client cannot ask the human directly. Ask them to restart the server with a higher "

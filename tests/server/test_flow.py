@@ -98,7 +98,11 @@ async def test_chat_is_reserved_from_a_bound_and_settled_from_usage(
     assert "Say hi" in chat["content"] and chat["usage"]["total_tokens"] > 0
     assert chat["credits_charged"] == 1  # the bound (2000 tokens out) reserved 9; usage settled it at 1
     assert embeddings["dimensions"] == 256 and len(embeddings["embeddings"]) == 2
-    assert budget["spent"] == chat["credits_charged"] + embeddings["credits_charged"] == 10_000 - sandbox.wallets[KEY].balance
+    assert (
+        budget["spent"]
+        == chat["credits_charged"] + embeddings["credits_charged"]
+        == 10_000 - sandbox.wallets[KEY].balance
+    )
     assert budget["reserved"] == 0
 
 

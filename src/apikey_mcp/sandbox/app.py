@@ -26,7 +26,7 @@ import httpx2
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -133,7 +133,10 @@ class Sandbox:
         self.app = Starlette(
             routes=self._routes(),
             middleware=[Middleware(_FaultsMiddleware, sandbox=self)],
-            exception_handlers={SandboxError: lambda request, exc: exc.response()},
+            exception_handlers={
+                SandboxError: lambda request, exc: exc.response(),
+                ClientDisconnect: lambda request, exc: Response(status_code=499),  # the caller gave up
+            },
             lifespan=self._lifespan,
         )
 
