@@ -16,7 +16,7 @@ DEFAULT_BUDGET = 1000
 class Settings(BaseSettings):
     """Every knob of the MCP server. Environment variables are the field names, upper-cased, after APIKEY_."""
 
-    model_config = SettingsConfigDict(env_prefix="APIKEY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="APIKEY_", extra="ignore", env_ignore_empty=True)
 
     base_url: str = DEFAULT_BASE_URL
     api_key: SecretStr | None = None
