@@ -7,9 +7,9 @@ synchronous and takes a lock, so it is atomic under any interleaving of async ta
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,7 +37,7 @@ class ReservationState(StrEnum):
 
 @dataclass
 class Reservation:
-    id: int
+    id: str
     credits: int
     purpose: str
     task_id: str | None = None
@@ -58,17 +58,21 @@ class Snapshot:
 
 
 class Ledger:
-    """Budget, reservations and spend for one session (or, when hosted, one principal)."""
+    """Budget, reservations and spend for one session (or, when hosted, one principal).
 
-    def __init__(self, budget: int) -> None:
-        if budget < 0:
-            raise ValueError("budget must be >= 0")
+    `open` restores reservations still held from an earlier run (hosted mode keeps the ledger on disk).
+    Observers are called after every change, under the lock, with the snapshot and the reservation that
+    changed (None when the budget itself did); the state file writes through one of them.
+    """
+
+    def __init__(self, budget: int, *, spent: int = 0, open: tuple[Reservation, ...] = ()) -> None:
+        if budget < 0 or spent < 0:
+            raise ValueError("budget and spent must be >= 0")
         self._budget = budget
-        self._spent = 0
-        self._open: dict[int, Reservation] = {}
-        self._ids = itertools.count(1)
+        self._spent = spent
+        self._open: dict[str, Reservation] = {r.id: r for r in open}
         self._lock = threading.Lock()
-        self.observers: list[Callable[[Snapshot], None]] = []  # called after every change, under the lock
+        self.observers: list[Callable[[Snapshot, Reservation | None], None]] = []
 
     @property
     def budget(self) -> int:
@@ -98,16 +102,16 @@ class Ledger:
             remaining = self._budget - self._spent - self.reserved
             if credits > remaining:
                 raise BudgetExceededError(credits, remaining, self._budget, purpose)
-            reservation = Reservation(next(self._ids), credits, purpose)
+            reservation = Reservation(uuid.uuid4().hex, credits, purpose)
             self._open[reservation.id] = reservation
-            self._changed()
+            self._changed(reservation)
             return reservation
 
     def attach(self, reservation: Reservation, task_id: str) -> None:
         """Tie a reservation to the task it paid for, so the task's end can close it."""
         with self._lock:
             reservation.task_id = task_id
-            self._changed()
+            self._changed(reservation)
 
     def settle(self, reservation: Reservation, charged: int) -> bool:
         """Close a reservation at the real charge; False if it was already closed (exactly once)."""
@@ -121,7 +125,7 @@ class Ledger:
                 )  # fmt: skip
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
             self._spent += charged
-            self._changed()
+            self._changed(reservation)
             return True
 
     def release(self, reservation: Reservation) -> bool:
@@ -130,7 +134,7 @@ class Ledger:
             if self._open.pop(reservation.id, None) is None:
                 return False
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
-            self._changed()
+            self._changed(reservation)
             return True
 
     def raise_budget(self, credits: int) -> None:
@@ -139,13 +143,13 @@ class Ledger:
             raise ValueError("a budget increase must be > 0")
         with self._lock:
             self._budget += credits
-            self._changed()
+            self._changed(None)
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(self._budget, self._spent, self.reserved, tuple(self._open.values()))
 
-    def _changed(self) -> None:
+    def _changed(self, reservation: Reservation | None = None) -> None:
         if self.observers:
             snapshot = self._snapshot()
             for observer in self.observers:
-                observer(snapshot)
+                observer(snapshot, reservation)

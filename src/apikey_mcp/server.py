@@ -7,23 +7,22 @@ import argparse
 import logging
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
-from contextvars import ContextVar
 from typing import Any
 
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.types import Completion, ResourceTemplateReference
 
 from . import __version__
+from .accounts import LOCAL, Accounts
 from .budget import Ledger
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
 from .logs import configure
-from .service import Service
-from .tasks import TaskRegistry
-from .tools import register_tools
+from .tools import current_service, register_tools, serving
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +43,25 @@ _DOC_MIME = {
 }
 
 
-def build_server(settings: Settings, *, ledger: Ledger | None = None) -> MCPServer:
-    """The MCP server for these settings. Pass a ledger to share one budget across sessions (or in tests)."""
+def build_server(settings: Settings, *, ledger: Ledger | None = None, accounts: Accounts | None = None) -> MCPServer:
+    """The MCP server for these settings.
+
+    Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
+    budget in tests). Hosted, the app passes the `accounts` it shares across sessions and transports.
+    """
 
     @asynccontextmanager
-    async def lifespan(server: MCPServer) -> AsyncIterator[Service]:
-        key = settings.api_key
-        client = GatewayClient(settings.base_url, key, auth_scheme=settings.auth_scheme)
-        session_ledger = ledger if ledger is not None else Ledger(settings.session_budget)
-        registry = TaskRegistry(
-            client, session_ledger, poll_interval=settings.poll_interval, max_poll_interval=settings.max_poll_interval
-        )
-        if key is None:
+    async def lifespan(server: MCPServer) -> AsyncIterator[Accounts]:
+        if accounts is not None:
+            yield accounts
+            return
+        if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
-        async with client, registry.running():
-            yield Service(settings, client, session_ledger, registry)
+        async with (
+            GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
+            Accounts(settings, client).running(ledger=ledger) as opened,
+        ):
+            yield opened
 
     server = MCPServer(
         "apikey-mcp",
@@ -77,22 +80,15 @@ def build_server(settings: Settings, *, ledger: Ledger | None = None) -> MCPServ
     return server
 
 
-_current: ContextVar[Service] = ContextVar("apikey_mcp_service")
-
-
 async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-    """Make the session's service reachable from handlers the SDK gives no Context (static resources,
-    completions)."""
-    token = _current.set(ctx.lifespan_context)
-    try:
+    """Bind the requesting principal's service for the tools, resources and completions that follow.
+
+    The principal is the token's client id on an authenticated transport, else `local` (stdio).
+    """
+    token = get_access_token()
+    accounts: Accounts = ctx.lifespan_context
+    with serving(accounts.service(token.client_id if token is not None else LOCAL)):
         return await call_next(ctx)
-    finally:
-        _current.reset(token)
-
-
-def _service() -> Service:
-    """The service of the session whose request is being handled."""
-    return _current.get()
 
 
 def _register_resources(server: MCPServer) -> None:
@@ -103,19 +99,19 @@ def _register_resources(server: MCPServer) -> None:
     async def models() -> str:
         """Every model the gateway offers, with the parameters each accepts."""
         try:
-            return (await _service().models()).model_dump_json(exclude_none=True)
+            return (await current_service().models()).model_dump_json(exclude_none=True)
         except GatewayError as exc:
             raise ResourceError(f"Cannot read the model catalogue: {exc}") from None
 
     @server.resource("apikey://budget", name="budget", title="Session budget", mime_type="application/json")
     async def budget() -> str:
         """The session's budget, spent, reserved and remaining credits."""
-        return _service().budget().model_dump_json()
+        return current_service().budget().model_dump_json()
 
     @server.resource("apikey://tasks/{task_id}", name="task", title="Task status", mime_type="application/json")
     async def task(task_id: str) -> str:
         """A task's latest known state (fetched from the gateway when it has not ended yet)."""
-        svc = _service()
+        svc = current_service()
         try:
             return (await svc.poll(task_id, 0)).model_dump_json()
         except NotFoundError:
@@ -126,7 +122,7 @@ def _register_resources(server: MCPServer) -> None:
     @server.completion()
     async def complete(ref, argument, context) -> Completion | None:
         if isinstance(ref, ResourceTemplateReference) and ref.uri == "apikey://tasks/{task_id}":
-            ids = [i for i in reversed(_service().registry.ids()) if i.startswith(argument.value)]
+            ids = [i for i in reversed(current_service().registry.ids()) if i.startswith(argument.value)]
             return Completion(values=ids[:100], total=len(ids), has_more=len(ids) > 100)
         return None
 
@@ -141,7 +137,7 @@ def _register_document(server: MCPServer, name: str, path: str) -> None:
     )
     async def document() -> str:
         try:
-            return (await _service().document(name)).text
+            return (await current_service().document(name)).text
         except GatewayError as exc:
             raise ResourceError(f"Cannot fetch {path} from the gateway: {exc}") from None
 

@@ -68,12 +68,28 @@ class UnconfirmedError(GatewayError):
 
 
 class Service:
-    def __init__(self, settings: Settings, client: GatewayClient, ledger: Ledger, registry: TaskRegistry) -> None:
+    """One principal's view of the gateway: its ledger and tasks, the shared client and caches.
+
+    `flush`, when given, makes the ledger durable (hosted mode's state file) before a create is sent and
+    again once its task id is known.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: GatewayClient,
+        ledger: Ledger,
+        registry: TaskRegistry,
+        *,
+        cache: dict[str, tuple[float, object]] | None = None,
+        flush: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.ledger = ledger
         self.registry = registry
-        self._cache: dict[str, tuple[float, object]] = {}
+        self._cache = {} if cache is None else cache
+        self._flush = flush
         self._saved: dict[str, list[str]] = {}
         self._saving: dict[str, anyio.Lock] = {}
 
@@ -257,7 +273,9 @@ class Service:
         reservation = self.ledger.reserve(estimate.credits, purpose)  # raises BudgetExceededError: nothing created
         with anyio.CancelScope(shield=True):
             try:
-                return await call(reservation.credits, reservation)
+                if self._flush is not None:
+                    await self._flush()  # the reservation is on disk before anything can be created
+                result = await call(reservation.credits, reservation)
             except GatewayError as exc:
                 if not _may_have_happened(exc):
                     self.ledger.release(reservation)
@@ -272,6 +290,9 @@ class Service:
             except BaseException:
                 self.ledger.release(reservation)
                 raise
+            if self._flush is not None:
+                await self._flush()  # and so is the task id, now that the gateway has answered
+            return result
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         hit = self._cache.get(key)

@@ -50,17 +50,24 @@ class TaskRegistry:
         self.max_poll_interval = max_poll_interval
         self._tasks: dict[str, TrackedTask] = {}
         self._group: anyio.abc.TaskGroup | None = None
+        self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
+
+    def start(self, group: anyio.abc.TaskGroup) -> None:
+        """Run this registry's watchers in `group` (hosting runs every principal's in one group)."""
+        self._group = group
+
+    def unfinished(self) -> list[str]:
+        return [t.task_id for t in self._tasks.values() if not t.task.is_terminal]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TaskRegistry]:
         """Own the watchers for as long as the session lives; say which tasks were still running at the end."""
         async with anyio.create_task_group() as group:
-            self._group = group
+            self.start(group)
             try:
                 yield self
             finally:
-                unfinished = [t.task_id for t in self._tasks.values() if not t.task.is_terminal]
-                if unfinished:
+                if unfinished := self.unfinished():
                     log.warning("stopping with %d unfinished task(s): %s", len(unfinished), ", ".join(unfinished))
                 group.cancel_scope.cancel()
 
@@ -71,11 +78,12 @@ class TaskRegistry:
         return list(self._tasks)
 
     def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
-        """Register a task just created; its reservation is now tied to it."""
+        """Register a task just created (or resumed after a restart); its reservation is now tied to it."""
         tracked = TrackedTask(task, modality, reservation)
         self._tasks[task.task_id] = tracked
         if reservation is not None:
             self.ledger.attach(reservation, task.task_id)
+        self._notify(tracked)
         self._apply(tracked, task)
         if not task.is_terminal:
             self._watch_soon(tracked)
@@ -87,6 +95,7 @@ class TaskRegistry:
         tracked = self._tasks.get(task_id)
         if tracked is None:
             tracked = self._tasks[task_id] = TrackedTask(task, modality_of(task))
+            self._notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
         self._apply(tracked, task)
@@ -126,8 +135,13 @@ class TaskRegistry:
         if task.is_terminal and tracked.reservation is not None:
             self._close(tracked.reservation, task)
         if (task.status, task.progress) != before or task.is_terminal:
+            self._notify(tracked)
             tracked.changed.set()
             tracked.changed = anyio.Event()
+
+    def _notify(self, tracked: TrackedTask) -> None:
+        for observer in self.observers:
+            observer(tracked)
 
     def _close(self, reservation: Reservation, task: Task) -> None:
         if task.status == TaskStatus.SUCCEEDED:

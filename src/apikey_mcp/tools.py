@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated
 
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
@@ -54,8 +55,21 @@ _SPEND = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHi
 _LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
 
-def service(ctx: Context) -> Service:
-    return ctx.request_context.lifespan_context
+_current: ContextVar[Service] = ContextVar("apikey_mcp_service")
+
+
+def current_service() -> Service:
+    """The service of the principal whose request is being handled (bound by the server's middleware)."""
+    return _current.get()
+
+
+@contextmanager
+def serving(service: Service) -> Iterator[None]:
+    token = _current.set(service)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 @contextmanager
@@ -106,7 +120,7 @@ def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval]
     capabilities = ctx.client_capabilities
     if capabilities is None or capabilities.elicitation is None:
         return None
-    remaining = service(ctx).budget()
+    remaining = current_service().budget()
     return Elicit(
         f"The agent asks to raise this session's API-Key credit budget by {credits} credits "
         f"(now {remaining.remaining} of {remaining.budget} left). Reason: {reason}",
@@ -124,7 +138,7 @@ def register_tools(server: MCPServer) -> None:
         """List the gateway's models with what each accepts (durations, resolutions, input modes, sizes).
         Free. Use it to pick a model id and valid parameters before estimate or a generate tool."""
         with agent_errors():
-            result = await service(ctx).list_models(modality, query)
+            result = await current_service().list_models(modality, query)
         names = ", ".join(f"{m.id} ({m.modality})" for m in result.models) or "none match"
         return shaped(result, f"{result.count} model(s): {names}.")
 
@@ -144,7 +158,7 @@ def register_tools(server: MCPServer) -> None:
         Free and creates nothing. Call it before generate_image, generate_video or generate_music and tell the
         user the cost; the generate tools refuse anything that does not fit."""
         with agent_errors():
-            svc = service(ctx)
+            svc = current_service()
             info = next((m for m in (await svc.models()).data if m.id == model), None)
             if info is None:
                 raise InputError(f"There is no model '{model}'; list_models shows the models.")
@@ -170,7 +184,7 @@ def register_tools(server: MCPServer) -> None:
         refused (creating nothing) if it does not fit. Returns at once with the task_id; then call poll_task."""
         with agent_errors():
             request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
-            result = await service(ctx).generate(request)
+            result = await current_service().generate(request)
         await tell(ctx, "info", f"created image task {result.task_id}")
         return shaped(result, task_summary(result))
 
@@ -196,7 +210,7 @@ def register_tools(server: MCPServer) -> None:
                 model=model, prompt=prompt, duration=duration, resolution=resolution, input_mode=input_mode,
                 image_url=image_url, video_url=video_url,
             )  # fmt: skip
-            result = await service(ctx).generate(request)
+            result = await current_service().generate(request)
         await tell(ctx, "info", f"created video task {result.task_id}")
         return shaped(result, task_summary(result))
 
@@ -212,7 +226,7 @@ def register_tools(server: MCPServer) -> None:
         session budget and refused, creating nothing, if it does not fit. Returns the task_id; then poll_task."""
         with agent_errors():
             request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
-            result = await service(ctx).generate(request)
+            result = await current_service().generate(request)
         await tell(ctx, "info", f"created music task {result.task_id}")
         return shaped(result, task_summary(result))
 
@@ -236,7 +250,7 @@ def register_tools(server: MCPServer) -> None:
             await ctx.report_progress(last, 100, f"{task.task_id}: {task.status}")
 
         with agent_errors():
-            result = await service(ctx).poll(task_id, wait_seconds, progress)
+            result = await current_service().poll(task_id, wait_seconds, progress)
         return shaped(result, task_summary(result), task_links(result))
 
     @server.tool(title="Chat completion", annotations=_SPEND)
@@ -260,7 +274,7 @@ def register_tools(server: MCPServer) -> None:
             if system:
                 conversation.insert(0, ChatMessage(role="system", content=system))
             request = ChatRequest(model=model, messages=conversation, max_tokens=max_tokens, temperature=temperature)
-            result = await service(ctx).chat(request)
+            result = await current_service().chat(request)
         return shaped(result, f"{result.content}\n\n[{result.credits_charged} credits. {result.budget.line()}]")
 
     @server.tool(title="Create embeddings", annotations=_SPEND)
@@ -272,14 +286,14 @@ def register_tools(server: MCPServer) -> None:
         """Embed texts as vectors with one of the gateway's embedding models. Costs credits per token, reserved
         first and settled from the real usage."""
         with agent_errors():
-            result = await service(ctx).embed(EmbeddingRequest(model=model, input=input))
+            result = await current_service().embed(EmbeddingRequest(model=model, input=input))
         summary = f"{len(result.embeddings)} embedding(s) of {result.dimensions} dimensions"
         return shaped(result, f"{summary}, {result.credits_charged} credits. {result.budget.line()}")
 
     @server.tool(title="Budget status", annotations=_LOCAL)
     async def budget_status(ctx: Context) -> Annotated[CallToolResult, BudgetStatus]:
         """The session's credit budget: total, spent, reserved for running tasks, and remaining. Free."""
-        result = service(ctx).budget()
+        result = current_service().budget()
         return shaped(result, result.line())
 
     @server.tool(
@@ -295,7 +309,7 @@ def register_tools(server: MCPServer) -> None:
     ) -> Annotated[CallToolResult, BudgetIncreaseResult]:
         """Ask the human to raise the session budget. The agent cannot raise it itself: the human is asked to
         approve (when the client supports it), otherwise told how to raise it in the configuration."""
-        svc = service(ctx)
+        svc = current_service()
         asked = not (isinstance(answer, AcceptedElicitation) and answer.data is None)  # None: no elicitation
         approved = isinstance(answer, AcceptedElicitation) and answer.data is not None and answer.data.approve
         if approved:

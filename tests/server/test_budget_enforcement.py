@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from apikey_mcp.budget import BudgetExceededError, Ledger, Snapshot
+from apikey_mcp.budget import BudgetExceededError, Ledger, Reservation, Snapshot
 from apikey_mcp.gateway import GatewayClient
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
@@ -30,7 +30,7 @@ class InvariantWatch:
         self.peak_reserved = 0
         ledger.observers.append(self)
 
-    def __call__(self, snapshot: Snapshot) -> None:
+    def __call__(self, snapshot: Snapshot, reservation: Reservation | None) -> None:
         self.changes += 1
         self.peak_reserved = max(self.peak_reserved, snapshot.reserved)
         if snapshot.spent + snapshot.reserved > snapshot.budget:
