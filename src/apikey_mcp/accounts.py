@@ -8,7 +8,7 @@ own tasks. On start, unfinished tasks are resumed: watched to their end, then se
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,7 +21,7 @@ from .gateway import GatewayClient
 from .gateway.models import Task
 from .service import Service
 from .state import SavedPrincipal, StateStore
-from .tasks import TaskRegistry, TrackedTask
+from .tasks import TaskRegistry, TrackedTask, modality_of
 
 log = logging.getLogger(__name__)
 LOCAL = "local"
@@ -29,12 +29,16 @@ LOCAL = "local"
 
 @dataclass
 class Accounts:
+    """`hosted` accounts see only their own tasks: a task id they did not create is not found."""
+
     settings: Settings
     client: GatewayClient
     store: StateStore | None = None
+    hosted: bool = False
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
+        self.task_listeners: list[Callable[[str, TrackedTask], Awaitable[None]]] = []
         self._cache: dict[str, tuple[float, object]] = {}  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -76,9 +80,13 @@ class Accounts:
         assert self._group is not None, "Accounts.running() must be entered first"
         registry = TaskRegistry(
             self.client, ledger, poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval,
+            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=not self.hosted,
         )  # fmt: skip
         registry.start(self._group)
+        group = self._group
+        registry.observers.append(
+            lambda tracked: [group.start_soon(listen, principal, tracked) for listen in self.task_listeners]
+        )
         flush = None
         if (store := self.store) is not None:
             ledger.observers.append(lambda snapshot, reservation: store.record_ledger(principal, snapshot, reservation))
@@ -106,12 +114,11 @@ class Accounts:
         log.info("%s: restored budget %d, spent %d, reserved %d", principal, snapshot.budget, snapshot.spent,
                  snapshot.reserved)  # fmt: skip
 
-    def adopt_created(self, principal: str, reservation_id: str, task: Task) -> TrackedTask | None:
+    def adopt_created(self, reservation_id: str, task: Task) -> tuple[str, TrackedTask] | None:
         """A callback for a create whose answer was lost (the server died mid-create): tie it up now."""
-        service = self._services.get(principal)
-        if service is None:
-            return None
-        reservation = next((r for r in service.ledger.snapshot().open if r.id == reservation_id), None)
-        if reservation is None or reservation.task_id is not None:
-            return None
-        return service.registry.track(task, None, reservation)
+        for principal, service in self._services.items():
+            for reservation in service.ledger.snapshot().open:
+                if reservation.id == reservation_id and reservation.task_id is None:
+                    log.info("%s: recovered task %s from its callback", principal, task.task_id)
+                    return principal, service.registry.track(task, modality_of(task), reservation)
+        return None

@@ -7,8 +7,11 @@ import logging
 import secrets
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 from . import __version__
+
+log = logging.getLogger("apikey_mcp")
 
 
 def _sandbox_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +43,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="download finished results here (env APIKEY_OUTPUT_DIR)")
     p.add_argument("--max-download-bytes", type=int, help="size cap per downloaded file (default 512 MiB)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    hosted = p.add_argument_group("hosted mode (remote agents)")
+    hosted.add_argument(
+        "--transport",
+        choices=["stdio", "http", "sse", "streamable-http"],
+        help="stdio (default); http serves Streamable HTTP at /mcp and SSE at /sse together",
+    )
+    hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
+    hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
+    hosted.add_argument("--state-file", help="SQLite file for budgets, reservations and tasks")
+    hosted.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="HOST",
+        help="another Host header to accept, e.g. behind a proxy (repeatable)",
+    )
+    hosted.add_argument(
+        "--allow-byok",
+        action="store_true",
+        default=None,
+        help="let clients send their own gateway key in the x-apikey-gateway-key header",
+    )
     sub = p.add_subparsers(dest="command")
     _sandbox_parser(sub)
     return p
@@ -74,6 +100,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         run_sandbox(args)
         return
-    from .server import serve_stdio
+    serve(args)
 
-    serve_stdio(args)
+
+def serve(args: argparse.Namespace) -> None:
+    """`apikey-mcp`: settings from flags and env, optionally an in-process sandbox, then the transport."""
+    from .config import Settings
+    from .logs import configure
+
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
+    with ExitStack() as stack:
+        if args.sandbox:
+            overrides.update(_start_sandbox(stack, Settings(**overrides)))
+        settings = Settings(**overrides)
+        configure(settings.log_level)
+        if settings.transport == "stdio":
+            from .server import build_server
+
+            log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
+                     settings.session_budget)  # fmt: skip
+            build_server(settings).run("stdio")
+            return
+        from .hosted import HostingError
+        from .hosted import serve as serve_http
+
+        try:
+            serve_http(settings)
+        except HostingError as exc:
+            raise SystemExit(f"apikey-mcp: {exc}") from None
+
+
+def _start_sandbox(stack: ExitStack, settings: object) -> dict[str, object]:
+    """A sandbox gateway in this process; when hosted, its signed callbacks come back to this server."""
+    from .sandbox import Sandbox, SandboxServer
+
+    key = "sk-sandbox-" + secrets.token_hex(12)
+    sandbox = Sandbox([key])
+    server = stack.enter_context(SandboxServer(sandbox))
+    log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", server.url)
+    overrides: dict[str, object] = {"base_url": server.url, "api_key": key}
+    if getattr(settings, "transport", "stdio") != "stdio" and getattr(settings, "public_url", None) is None:
+        host = getattr(settings, "host", "127.0.0.1")
+        overrides |= {"public_url": f"http://{host}:{getattr(settings, 'port', 8000)}",
+                      "webhook_secret": sandbox.webhook_secret}  # fmt: skip
+    return overrides

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .gateway._constants import DEFAULT_BASE_URL
@@ -16,7 +16,9 @@ DEFAULT_BUDGET = 1000
 class Settings(BaseSettings):
     """Every knob of the MCP server. Environment variables are the field names, upper-cased, after APIKEY_."""
 
-    model_config = SettingsConfigDict(env_prefix="APIKEY_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="APIKEY_", extra="ignore", env_ignore_empty=True, populate_by_name=True
+    )
 
     base_url: str = DEFAULT_BASE_URL
     api_key: SecretStr | None = None
@@ -29,3 +31,23 @@ class Settings(BaseSettings):
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
     max_wait_seconds: float = Field(default=50.0, gt=0, description="Longest a poll_task call may wait.")
     docs_cache_seconds: float = Field(default=600.0, ge=0)
+
+    # Hosted mode (--transport http | sse | streamable-http)
+    transport: Literal["stdio", "http", "sse", "streamable-http"] = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = Field(default=None, description="Where the gateway can reach us, for callbacks.")
+    state_file: Path | None = Field(default=None, description="Default: state.sqlite3 in the user data dir.")
+    auth_tokens: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("auth_tokens", "APIKEY_MCP_AUTH_TOKENS"),
+        description="name=token pairs, comma-separated: one principal per token.",
+    )
+    auth_tokens_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("auth_tokens_file", "APIKEY_MCP_AUTH_TOKENS_FILE")
+    )
+    webhook_secret: SecretStr | None = None
+    allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host headers to accept (proxies).")
+    max_body_bytes: int = Field(default=1024**2, gt=0)
+    allow_byok: bool = Field(default=False, description="Let clients send their own gateway key in a header.")
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)

@@ -3,16 +3,18 @@ resources and prompts. It holds no logic of its own."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import AsyncIterator
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from mcp.server.subscriptions import SubscriptionBus
 from mcp.types import Completion, ResourceTemplateReference
 
 from . import __version__
@@ -21,7 +23,6 @@ from .budget import Ledger
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
-from .logs import configure
 from .tools import current_service, register_tools, serving
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,15 @@ _DOC_MIME = {
 }
 
 
-def build_server(settings: Settings, *, ledger: Ledger | None = None, accounts: Accounts | None = None) -> MCPServer:
+def build_server(
+    settings: Settings,
+    *,
+    ledger: Ledger | None = None,
+    accounts: Accounts | None = None,
+    auth: AuthSettings | None = None,
+    token_verifier: TokenVerifier | None = None,
+    subscriptions: SubscriptionBus | None = None,
+) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
@@ -73,6 +82,9 @@ def build_server(settings: Settings, *, ledger: Ledger | None = None, accounts: 
         lifespan=lifespan,
         log_level=settings.log_level,
         middleware=[_bind_service],
+        auth=auth,
+        token_verifier=token_verifier,
+        subscriptions=subscriptions,
     )
     register_tools(server)
     _register_resources(server)
@@ -169,27 +181,4 @@ def _register_prompts(server: MCPServer) -> None:
         )
 
 
-def serve_stdio(args: argparse.Namespace) -> None:
-    """`apikey-mcp`: settings from flags and env, optionally an in-process sandbox, then MCP over stdio."""
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
-    with ExitStack() as stack:
-        if args.sandbox:
-            overrides.update(_start_sandbox(stack))
-        settings = Settings(**overrides)
-        configure(settings.log_level)
-        log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url, settings.session_budget)
-        build_server(settings).run("stdio")
-
-
-def _start_sandbox(stack: ExitStack) -> dict[str, str]:
-    import secrets
-
-    from .sandbox import Sandbox, SandboxServer
-
-    key = "sk-sandbox-" + secrets.token_hex(12)
-    server = stack.enter_context(SandboxServer(Sandbox([key])))
-    log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", server.url)
-    return {"base_url": server.url, "api_key": key}
-
-
-__all__ = ["build_server", "serve_stdio"]
+__all__ = ["build_server"]

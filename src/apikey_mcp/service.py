@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
+from pydantic import HttpUrl
 
 from .budget import Ledger, Reservation
 from .config import Settings
@@ -57,6 +58,11 @@ _T = TypeVar("_T")
 DEFAULT_MAX_TOKENS = 1024
 MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
+
+
+def callback_url(public_url: str, reservation_id: str) -> str:
+    """Our receiver's URL for one create; the reservation id lets a lost create be recovered."""
+    return f"{public_url.rstrip('/')}/webhooks/api-key?r={reservation_id}"
 
 
 class InputError(ValueError):
@@ -144,7 +150,10 @@ class Service:
         purpose = f"{modality} with {request.model}"
 
         async def create_and_track(max_credits: int, reservation: Reservation) -> TrackedTask:
-            task = await create(request.model_copy(update={"max_credits": max_credits}))
+            update: dict[str, object] = {"max_credits": max_credits}
+            if self.settings.public_url:  # the gateway will push the task's end to our receiver
+                update["callback_url"] = HttpUrl(callback_url(self.settings.public_url, reservation.id))
+            task = await create(request.model_copy(update=update))
             log.info("created %s task %s (%d credits reserved)", modality, task.task_id, max_credits)
             return self.registry.track(task, modality, reservation)
 

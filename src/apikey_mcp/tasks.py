@@ -42,8 +42,17 @@ def modality_of(task: Task) -> str | None:
 
 class TaskRegistry:
     def __init__(
-        self, client: GatewayClient, ledger: Ledger, *, poll_interval: float = 1.0, max_poll_interval: float = 5.0
+        self,
+        client: GatewayClient,
+        ledger: Ledger,
+        *,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 5.0,
+        adopt_unknown: bool = True,
     ) -> None:
+        """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
+        (yes over stdio, where the key is the user's own; no when hosted, where the key is shared)."""
+        self.adopt_unknown = adopt_unknown
         self.client = client
         self.ledger = ledger
         self.poll_interval = poll_interval
@@ -91,6 +100,9 @@ class TaskRegistry:
 
     async def refresh(self, task_id: str) -> TrackedTask:
         """Fetch the task's state now. A task this session did not create is adopted, with no reservation."""
+        tracked = self._tasks.get(task_id)
+        if tracked is None and not self.adopt_unknown:
+            raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
         task = await self.client.get_task(task_id)
         tracked = self._tasks.get(task_id)
         if tracked is None:

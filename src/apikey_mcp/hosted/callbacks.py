@@ -1,0 +1,78 @@
+"""The receiver of the gateway's signed task callbacks (POST /webhooks/api-key).
+
+A callback is trusted only with a valid signature over `timestamp.body`, a timestamp within 5 minutes,
+and a signature not seen before; anything else gets 401 (or 409 for a replay) and changes nothing. A
+trusted one updates the task like a poll would: the reservation is settled or released, waiting
+`poll_task` calls wake up, and subscribed clients hear `resources/updated`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..accounts import Accounts
+from ..gateway import webhooks
+from ..gateway.models import Task
+from ..state import StateStore
+
+log = logging.getLogger(__name__)
+RESERVATION_PARAM = "r"  # our callback URLs carry the reservation id, to recover a create whose answer was lost
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _refuse(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "callback_error"}}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+class CallbackReceiver:
+    def __init__(self, accounts: Accounts, store: StateStore, secret: str, *, max_bytes: int) -> None:
+        self.accounts = accounts
+        self.store = store
+        self._secret = secret
+        self.max_bytes = max_bytes
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            body = await _read_body(request, self.max_bytes)
+        except _TooLarge:
+            return _refuse(413, "callback body too large")
+        try:
+            webhooks.verify(self._secret, request.headers, body)
+        except webhooks.SignatureError as exc:
+            log.warning("rejected a callback: %s", exc)
+            return _refuse(401, f"untrusted callback: {exc}")
+        signature = request.headers[webhooks.SIGNATURE_HEADER].strip().lower()
+        if not await self.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE):
+            log.warning("rejected a replayed callback for task %s", request.headers.get(webhooks.TASK_ID_HEADER))
+            return _refuse(409, "this callback was already received")
+        try:
+            task = Task.model_validate_json(body)
+        except ValidationError:
+            return _refuse(400, "callback body is not a task")
+        if request.headers.get(webhooks.TASK_ID_HEADER) not in (None, task.task_id):
+            return _refuse(400, "the task id header and the body disagree")
+        found = self.accounts.find_task(task.task_id)
+        if found is None and (reservation_id := request.query_params.get(RESERVATION_PARAM)):
+            found = self.accounts.adopt_created(reservation_id, task)
+        if found is None:
+            return _refuse(404, f"no task '{task.task_id}' here")
+        principal = found[0]
+        self.accounts.service(principal).registry.update(task)
+        log.info("callback: task %s of %s is %s", task.task_id, principal, task.status)
+        return Response(status_code=204)
