@@ -19,6 +19,7 @@ from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from ..accounts import LOCAL
+from ..tasks import TrackedTask
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,8 @@ class ResourceUpdates:
         self._sessions[str(params.uri)].pop(ctx.session, None)
         return EmptyResult()
 
-    async def task_changed(self, principal: str, task_id: str) -> None:
-        uri = task_uri(task_id)
+    async def task_changed(self, principal: str, tracked: TrackedTask) -> None:
+        uri = task_uri(tracked.task_id)
         await self.bus.publish(ResourceUpdated(uri=uri))
         for session, owner in list(self._sessions.get(uri, {}).items()):
             if owner != principal:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -22,16 +23,28 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
 class BackgroundServer:
     """An ASGI app served by uvicorn on a loopback port (0: any free one) in a thread of its own."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._socket = _bind(host, port)
-        bound_host, bound_port = self._socket.getsockname()[:2]
-        self.url = f"http://{'[' + bound_host + ']' if ':' in bound_host else bound_host}:{bound_port}"
+    def __init__(
+        self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> None:
+        self._socket = sock or _bind(host, port)
+        self.url = _url_of(self._socket)
         config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="sandbox-gateway", daemon=True)
+
+    @classmethod
+    def for_url(cls, make_app: Callable[[str], ASGIApp], host: str = "127.0.0.1") -> Self:
+        """Serve an app that needs to know its own URL (e.g. to give it as a callback address)."""
+        sock = _bind(host, 0)
+        return cls(make_app(_url_of(sock)), sock=sock)
 
     def _run(self) -> None:
         asyncio.run(self._server.serve(sockets=[self._socket]))

@@ -1,0 +1,130 @@
+"""Signed callbacks pushed to the hosted server: only trusted ones change anything, and they wake waiters."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import anyio
+import httpx2
+import pytest
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.types import ResourceUpdatedNotification
+
+from apikey_mcp.gateway import webhooks
+from apikey_mcp.sandbox import Sandbox
+from tests.hosted.conftest import ALICE, Hosted
+from tests.server.conftest import call
+
+TASK_GETS = "GET /v1/tasks/{task_id}"
+
+
+def finished(task_id: str, charged: int) -> bytes:
+    return json.dumps({
+        "task_id": task_id, "id": task_id, "object": "gateway.image.task", "status": "succeeded",
+        "credits": {"reserved": 0, "charged": charged},
+        "outputs": [{"url": f"https://cdn.example/{task_id}.png", "mime_type": "image/png"}],
+    }).encode()  # fmt: skip
+
+
+@pytest.fixture
+def slow(hosted_factory, sandbox: Sandbox) -> Hosted:
+    """Tasks that take 30 s and a server that polls once a minute: only a callback can finish them in time."""
+    sandbox.task_seconds = 30
+    return hosted_factory(poll_interval=60, max_poll_interval=60)
+
+
+async def post(hosted: Hosted, body: bytes, headers: dict[str, str]) -> int:
+    async with httpx2.AsyncClient() as http:
+        return (await http.post(f"{hosted.url}/webhooks/api-key", content=body, headers=headers)).status_code
+
+
+async def test_forged_tampered_stale_and_replayed_callbacks_change_nothing(slow: Hosted, sandbox: Sandbox) -> None:
+    secret = sandbox.webhook_secret
+    async with slow.connect("streamable-http", ALICE) as client:
+        created = await call(client, "generate_image", prompt="pending", model="flux-schnell")
+        task_id = created["task_id"]
+        body = finished(task_id, 2)
+        good = webhooks.signed_headers(secret, webhooks.EVENT_COMPLETED, task_id, body)
+        attempts = {
+            "forged": (body, webhooks.signed_headers("whsec_attacker", webhooks.EVENT_COMPLETED, task_id, body)),
+            "tampered": (finished(task_id, 0), good),
+            "stale": (body, webhooks.signed_headers(secret, webhooks.EVENT_COMPLETED, task_id, body,
+                                                    now=time.time() - 301)),
+            "unsigned": (body, {"content-type": "application/json"}),
+        }  # fmt: skip
+        statuses = {name: await post(slow, b, h) for name, (b, h) in attempts.items()}
+        before = await call(client, "budget_status")
+        task = await call(client, "poll_task", task_id=task_id, wait_seconds=0)
+
+        assert await post(slow, body, good) == 204  # the genuine one is taken
+        replayed = await post(slow, body, good)
+        after = await call(client, "budget_status")
+
+    assert statuses == {"forged": 401, "tampered": 401, "stale": 401, "unsigned": 401}
+    assert replayed == 409
+    assert before["reserved"] == 2 and before["spent"] == 0 and task["status"] in ("pending", "running")
+    assert (after["reserved"], after["spent"]) == (0, 2)
+
+
+async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gateway(
+    slow: Hosted, sandbox: Sandbox
+) -> None:
+    async with slow.connect("streamable-http", ALICE) as client:
+        created = await call(client, "generate_image", prompt="pushed", model="flux-schnell")
+        task_id = created["task_id"]
+        result: dict = {}
+
+        async def wait() -> None:
+            result.update(await call(client, "poll_task", task_id=task_id, wait_seconds=20))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            with anyio.fail_after(5):
+                while sandbox.requests[TASK_GETS] < 1:  # poll_task's one fresh look before it waits
+                    await anyio.sleep(0.01)
+            gets = sandbox.requests[TASK_GETS]
+            body = finished(task_id, 2)
+            headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
+            started = time.monotonic()
+            assert await post(slow, body, headers) == 204
+        waited = time.monotonic() - started
+    assert result["status"] == "succeeded" and result["credits_charged"] == 2
+    assert result["budget"]["spent"] == 2 and result["budget"]["reserved"] == 0
+    assert sandbox.requests[TASK_GETS] == gets, "the callback, not another poll, finished it"
+    assert waited < 2
+
+
+@pytest.mark.parametrize("era", ["2026-07-28", "legacy"])
+async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox: Sandbox, era: str) -> None:
+    heard: list[str] = []
+
+    async def on_message(message) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            heard.append(str(message.params.uri))
+
+    async with slow.connect("streamable-http", ALICE) as client:
+        task_id = (await call(client, "generate_image", prompt="watched", model="flux-schnell"))["task_id"]
+    uri = f"apikey://tasks/{task_id}"
+    body = finished(task_id, 2)
+    headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
+
+    if era == "legacy":
+        async with slow.connect("streamable-http", ALICE, mode="legacy", message_handler=on_message) as client:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await client.subscribe_resource(uri)
+            assert await post(slow, body, headers) == 204
+            with anyio.fail_after(5):
+                while not heard:
+                    await anyio.sleep(0.01)
+    else:
+        async with slow.connect("streamable-http", ALICE) as client:
+            async with client.listen(resource_subscriptions=[uri]) as subscription:
+                assert await post(slow, body, headers) == 204
+                with anyio.fail_after(5):
+                    async for event in subscription:
+                        heard.append(event.uri)
+                        break
+    assert heard == [uri]
