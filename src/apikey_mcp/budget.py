@@ -143,6 +143,7 @@ class Ledger:
             raise ValueError("a budget increase must be > 0")
         with self._lock:
             self._budget += credits
+            log.info("budget raised by %d credits to %d", credits, self._budget)
             self._changed(None)
 
     def _snapshot(self) -> Snapshot:

@@ -25,12 +25,12 @@ def configure(level: str) -> None:
 
 
 async def tell(ctx: Context, level: Level, message: str) -> None:
-    """Log to stderr and send the same line to the client's log channel. Never fails the calling tool.
+    """Send a line to the client's log channel (stderr has it already from the layer that did the work).
+    Never fails the calling tool.
 
     MCP logging is deprecated in the 2026-07-28 protocol, but the clients in use today speak earlier
     versions and show these lines; the SDK only delivers them where the client opted in.
     """
-    log.log(logging.getLevelName(level.upper()), message)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MCPDeprecationWarning)

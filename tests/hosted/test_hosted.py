@@ -85,8 +85,8 @@ async def test_a_foreign_host_header_is_rejected(hosted: Hosted, path: str) -> N
         "Host": "evil.example:80",
         "Accept": "application/json, text/event-stream",
     }
-    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}}}  # fmt: skip
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
     async with httpx2.AsyncClient() as http:
         if path == "/mcp":
             response = await http.post(f"{hosted.url}{path}", headers=headers, json=body)
@@ -122,6 +122,6 @@ async def test_healthz_answers_without_a_token(hosted: Hosted) -> None:
 
 def test_a_public_bind_without_tokens_is_refused(tmp_path) -> None:
     with pytest.raises(HostingError, match="no client authentication"):
-        create_app(Settings(transport="http", host="0.0.0.0", state_file=tmp_path / "s.db"))
+        create_app(Settings(transport="http", host="0.0.0.0", state_file=tmp_path / "s.db"))  # noqa: S104
     with pytest.raises(HostingError, match="APIKEY_WEBHOOK_SECRET"):
         create_app(Settings(transport="http", public_url="https://x.example", state_file=tmp_path / "s.db"))

@@ -1,0 +1,124 @@
+"""The hosted server as a process: SIGKILL after a create, restart on the same state file, nothing lost;
+and a graceful stop that answers what is in flight and logs every task id."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+
+from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.conftest import KEY
+from tests.hosted.conftest import ALICE, TOKENS, Hosted
+from tests.server.conftest import call
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """`apikey-mcp --transport http` in a subprocess of its own."""
+
+    def __init__(self, sandbox_server: SandboxServer, state_file: Path, log: Path, port: int) -> None:
+        self.port, self.log = port, log
+        env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        env |= {"APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_MCP_AUTH_TOKENS": TOKENS,
+                "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1"}  # fmt: skip
+        args = ["--transport", "http", "--port", str(port), "--state-file", str(state_file), "--log-level", "INFO"]
+        with log.open("ab") as err:
+            self.popen = subprocess.Popen([sys.executable, "-m", "apikey_mcp", *args], env=env, stderr=err)
+        self.hosted = Hosted.__new__(Hosted)
+        self.hosted.url = f"http://127.0.0.1:{port}"
+
+    async def ready(self) -> Process:
+        with anyio.fail_after(20):
+            async with httpx2.AsyncClient() as http:
+                while True:
+                    try:
+                        if (await http.get(f"{self.hosted.url}/healthz")).status_code == 200:
+                            return self
+                    except httpx2.TransportError:
+                        pass
+                    await anyio.sleep(0.05)
+
+    def stop(self, sig: int) -> int:
+        self.popen.send_signal(sig)
+        return self.popen.wait(timeout=30)
+
+
+@pytest.fixture
+def processes(tmp_path: Path):
+    started: list[Process] = []
+    yield started
+    for process in started:
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()
+
+
+async def test_sigkill_after_a_create_loses_no_task_and_resets_no_budget(
+    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process]
+) -> None:
+    sandbox.task_seconds = 3
+    state, log, port = tmp_path / "state.sqlite3", tmp_path / "server.log", free_port()
+    first = Process(sandbox_server, state, log, port)
+    processes.append(first)
+    await first.ready()
+    async with first.hosted.connect("streamable-http", ALICE) as client:
+        created = await call(client, "generate_video", prompt="survives", model="seedance-2-fast")
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # no cleanup ran: only what was on disk survives
+    task_id = created["task_id"]
+    assert sandbox.tasks[task_id].task.status != "succeeded", "the task was still running at the kill"
+
+    second = Process(sandbox_server, state, log, port)
+    processes.append(second)
+    await second.ready()
+    async with second.hosted.connect("sse", ALICE) as client:
+        restored = await call(client, "budget_status")
+        with anyio.fail_after(15):
+            done = await call(client, "poll_task", task_id=task_id, wait_seconds=10)
+        settled = await call(client, "budget_status")
+    assert restored["reserved"] == 40 and restored["spent"] == 0
+    assert [r["task_id"] for r in restored["open_reservations"]] == [task_id]
+    assert done["status"] == "succeeded" and done["credits_reserved"] == 40
+    assert (settled["spent"], settled["reserved"], settled["remaining"]) == (40, 0, 960)
+    assert f"resumed task {task_id}" in log.read_text()
+
+
+async def test_sigterm_answers_calls_in_flight_and_logs_unfinished_task_ids(
+    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process]
+) -> None:
+    sandbox.task_seconds = 60
+    log = tmp_path / "server.log"
+    process = Process(sandbox_server, tmp_path / "state.sqlite3", log, free_port())
+    processes.append(process)
+    await process.ready()
+    outcome: list = []
+    async with process.hosted.connect("streamable-http", ALICE) as client:
+        task_id = (await call(client, "generate_image", prompt="long", model="flux-schnell"))["task_id"]
+
+        async def waiting() -> None:
+            try:
+                outcome.append(await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 3}))
+            except Exception as exc:  # a closed connection is an answer too, not a hang
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiting)
+            await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(process.stop, signal.SIGTERM)
+    assert outcome, "the call in flight was answered"
+    text = log.read_text()
+    assert "stopped; the state file has" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
+    assert f"created image task {task_id}" in text
+    assert f"unfinished task(s) {task_id}" in text

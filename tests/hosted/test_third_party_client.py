@@ -1,0 +1,43 @@
+"""A third-party client, the official TypeScript MCP SDK, over Streamable HTTP and SSE."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.hosted.conftest import ALICE, Hosted
+
+NODE_CLIENT = Path(__file__).parent / "node"
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+
+
+@pytest.fixture(scope="module")
+def node_client() -> Path:
+    """The TS SDK as pinned in package-lock.json (.ci/run installs it; installed here if missing)."""
+    if not (NODE_CLIENT / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True, timeout=300)
+    return NODE_CLIENT / "client.mjs"
+
+
+@needs_node
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_the_typescript_sdk_lists_and_calls_tools(hosted: Hosted, node_client: Path, transport: str) -> None:
+    result = await anyio.run_process(["node", str(node_client), transport, hosted.url, ALICE], check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    seen = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert seen["protocol"]["name"] == "apikey-mcp"
+    assert "generate_video" in seen["tools"] and len(seen["tools"]) == seen["outputSchemas"] == 10
+    assert seen["budget"]["remaining"] == 1000
+    assert seen["estimate"]["credits"] == 48 and seen["estimate"]["fits_budget"] is True
+    assert seen["badIsError"] is True
+
+
+@needs_node
+async def test_the_typescript_sdk_is_refused_without_a_token(hosted: Hosted, node_client: Path) -> None:
+    result = await anyio.run_process(["node", str(node_client), "streamable-http", hosted.url, "wrong"], check=False)
+    assert result.returncode != 0 and "401" in result.stderr.decode()
