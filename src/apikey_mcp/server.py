@@ -15,10 +15,12 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.subscriptions import SubscriptionBus
-from mcp.types import Completion, ResourceTemplateReference
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_REQUEST, Completion, ResourceTemplateReference
+from pydantic import SecretStr
 
 from . import __version__
-from .accounts import LOCAL, Accounts
+from .accounts import LOCAL, Accounts, TooManyKeysError
 from .budget import Ledger
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
@@ -26,6 +28,7 @@ from .gateway.models import DOCUMENT_PATHS
 from .tools import current_service, register_tools, serving
 
 log = logging.getLogger(__name__)
+OWN_KEY_HEADER = "x-apikey-gateway-key"  # a client's own gateway key, when the operator allows it
 
 INSTRUCTIONS = """\
 Tools for the API-Key gateway: chat, embeddings, image, video and music models paid from one credit wallet.
@@ -99,7 +102,17 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
     """
     token = get_access_token()
     accounts: Accounts = ctx.lifespan_context
-    with serving(accounts.service(token.client_id if token is not None else LOCAL)):
+    principal = token.client_id if token is not None else LOCAL
+    own_key = None
+    if accounts.settings.allow_byok:
+        headers = getattr(ctx.request, "headers", None) or {}
+        if value := headers.get(OWN_KEY_HEADER):
+            own_key = SecretStr(value)
+    try:
+        service = accounts.service(principal, own_key)
+    except TooManyKeysError as exc:
+        raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
+    with serving(service):
         return await call_next(ctx)
 
 

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY, principal TEXT NOT NULL, credits INTEGER NOT NULL, purpose TEXT NOT NULL,
     task_id TEXT, state TEXT NOT NULL, charged INTEGER, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY, principal TEXT NOT NULL, modality TEXT, reservation_id TEXT,
+    task_id TEXT PRIMARY KEY, principal TEXT NOT NULL, modality TEXT, reservation_id TEXT, own_key INTEGER NOT NULL,
     terminal INTEGER NOT NULL, body TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
 """
@@ -43,6 +43,7 @@ class SavedTask:
     task: Task
     modality: str | None
     reservation_id: str | None
+    own_key: bool = False  # created with the principal's own gateway key, which is not stored
 
 
 @dataclass
@@ -142,10 +143,12 @@ class StateStore:
 
         self._queue(write)
 
-    def record_task(self, principal: str, task: Task, modality: str | None, reservation: Reservation | None) -> None:
-        row = (task.task_id, principal, modality, reservation.id if reservation else None, int(task.is_terminal),
-               task.model_dump_json(exclude_none=True), time.time())  # fmt: skip
-        self._queue(lambda conn: conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?)", row))
+    def record_task(
+        self, principal: str, task: Task, modality: str | None, reservation: Reservation | None, *, own_key: bool
+    ) -> None:
+        row = (task.task_id, principal, modality, reservation.id if reservation else None, int(own_key),
+               int(task.is_terminal), task.model_dump_json(exclude_none=True), time.time())  # fmt: skip
+        self._queue(lambda conn: conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
         """Remember a callback's signature; False if it was seen before (a replay) or cannot be recorded."""
@@ -174,9 +177,12 @@ class StateStore:
         )
         for id_, principal, credits, purpose, task_id in rows:
             saved[principal].reservations.append(Reservation(id_, credits, purpose, task_id))
-        rows = self._conn.execute("SELECT principal, modality, reservation_id, body FROM tasks WHERE terminal = 0")
-        for principal, modality, reservation_id, body in rows:
-            saved[principal].unfinished.append(SavedTask(Task.model_validate_json(body), modality, reservation_id))
+        rows = self._conn.execute(
+            "SELECT principal, modality, reservation_id, own_key, body FROM tasks WHERE terminal = 0"
+        )
+        for principal, modality, reservation_id, own_key, body in rows:
+            task = Task.model_validate_json(body)
+            saved[principal].unfinished.append(SavedTask(task, modality, reservation_id, bool(own_key)))
         return saved
 
     async def load_async(self) -> dict[str, SavedPrincipal]:

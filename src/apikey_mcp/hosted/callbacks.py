@@ -72,7 +72,7 @@ class CallbackReceiver:
             found = self.accounts.adopt_created(reservation_id, task)
         if found is None:
             return _refuse(404, f"no task '{task.task_id}' here")
-        principal = found[0]
-        self.accounts.service(principal).registry.update(task)
-        log.info("callback: task %s of %s is %s", task.task_id, principal, task.status)
+        service, _ = found
+        service.registry.update(task)
+        log.info("callback: task %s is %s", task.task_id, task.status)
         return Response(status_code=204)
