@@ -17,6 +17,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -27,8 +28,10 @@ from .config import Settings
 from .gateway import GatewayClient
 from .gateway.models import Task
 from .service import Service
-from .state import SavedPrincipal, StateStore
 from .tasks import TaskRegistry, TrackedTask, modality_of
+
+if TYPE_CHECKING:  # the state file (and sqlite3) is for hosting only: stdio need not import it
+    from .state import SavedPrincipal, StateStore
 
 log = logging.getLogger(__name__)
 LOCAL = "local"

@@ -84,11 +84,16 @@ class Ledger:
 
     @property
     def reserved(self) -> int:
-        return sum(r.credits for r in self._open.values())
+        with self._lock:
+            return self._reserved()
 
     @property
     def remaining(self) -> int:
-        return self._budget - self._spent - self.reserved
+        with self._lock:
+            return self._budget - self._spent - self._reserved()
+
+    def _reserved(self) -> int:
+        return sum(r.credits for r in self._open.values())
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -99,7 +104,7 @@ class Ledger:
         if credits < 0:
             raise ValueError("credits must be >= 0")
         with self._lock:
-            remaining = self._budget - self._spent - self.reserved
+            remaining = self._budget - self._spent - self._reserved()
             if credits > remaining:
                 raise BudgetExceededError(credits, remaining, self._budget, purpose)
             reservation = Reservation(uuid.uuid4().hex, credits, purpose)
@@ -147,10 +152,14 @@ class Ledger:
             self._changed(None)
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self._budget, self._spent, self.reserved, tuple(self._open.values()))
+        return Snapshot(self._budget, self._spent, self._reserved(), tuple(self._open.values()))
 
     def _changed(self, reservation: Reservation | None = None) -> None:
+        """Tell the observers. A failing observer is logged, never allowed to undo or block the change."""
         if self.observers:
             snapshot = self._snapshot()
             for observer in self.observers:
-                observer(snapshot, reservation)
+                try:
+                    observer(snapshot, reservation)
+                except Exception:
+                    log.exception("a ledger observer failed (the ledger itself is unaffected)")

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .gateway._constants import DEFAULT_BASE_URL
 
 DEFAULT_BUDGET = 1000
+MAX_WAIT_SECONDS = 55  # one poll_task call waits at most this long: under the 60 s tool timeout of many clients
 
 
 class Settings(BaseSettings):
@@ -29,7 +30,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
-    max_wait_seconds: float = Field(default=50.0, gt=0, description="Longest a poll_task call may wait.")
+    max_wait_seconds: float = Field(
+        default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS, description="Longest a poll_task call may wait."
+    )
     docs_cache_seconds: float = Field(default=600.0, ge=0)
 
     # Hosted mode (--transport http | sse | streamable-http)

@@ -22,7 +22,7 @@ def file_name(task_id: str, index: int, output: TaskOutput) -> str:
     stem = _UNSAFE.sub("_", task_id).strip("_")[:80] or "task"
     suffix = _KNOWN.get(output.mime_type or "") or mimetypes.guess_extension(output.mime_type or "") or ""
     if not suffix:
-        url_suffix = PurePosixPath(urlsplit(output.url).path).suffix
+        url_suffix = PurePosixPath(urlsplit(output.url or "").path).suffix
         suffix = url_suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,5}", url_suffix) else ".bin"
     return f"{stem}-{index}{suffix}"
 
@@ -32,8 +32,8 @@ async def save_outputs(
 ) -> list[Path]:
     await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
     paths = []
-    for index, output in enumerate(outputs):
+    for index, output in enumerate(o for o in outputs if o.url):
         dest = directory / file_name(task_id, index, output)
-        await client.download(output.url, dest, max_bytes=max_bytes)
+        await client.download(output.url or "", dest, max_bytes=max_bytes)
         paths.append(dest)
     return paths

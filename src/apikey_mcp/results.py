@@ -74,7 +74,7 @@ class TaskResult(BaseModel):
     modality: str | None = None
     model: str | None = None
     progress: float | None = Field(default=None, description="0..1 when the gateway reports it.")
-    credits_reserved: int | None = Field(default=None, description="Held for this task until it ends.")
+    credits_reserved: int | None = Field(default=None, description="Reserved for this task when it was created.")
     credits_charged: int | None = Field(default=None, description="The real charge, once the task has succeeded.")
     outputs: list[OutputFile] = Field(default_factory=list)
     error: str | None = None

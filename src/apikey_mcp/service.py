@@ -7,6 +7,7 @@ the bookkeeping that follows it are shielded from cancellation, so a created tas
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from .gateway import (
     GatewayError,
     GatewayProtocolError,
     GatewayUnreachableError,
+    ServerError,
 )
 from .gateway.models import (
     ChatCompletion,
@@ -40,6 +42,7 @@ from .gateway.models import (
     TaskStatus,
     VideoRequest,
     message_text,
+    plan_for,
 )
 from .results import (
     BudgetStatus,
@@ -55,6 +58,8 @@ from .tasks import TaskRegistry, TrackedTask
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_A = TypeVar("_A")
+_Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
 DEFAULT_MAX_TOKENS = 1024
 MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
@@ -146,18 +151,22 @@ class Service:
     async def generate(self, request: MediaRequest) -> TaskResult:
         modality, create = self._create_for(request)
         await self._check_model(request.model, modality)
-        plan = _plan(request)
+        plan = plan_for(request)
         purpose = f"{modality} with {request.model}"
 
-        async def create_and_track(max_credits: int, reservation: Reservation) -> TrackedTask:
-            update: dict[str, object] = {"max_credits": max_credits}
+        async def send(reservation: Reservation) -> Task:
+            update: dict[str, object] = {"max_credits": reservation.credits}
             if self.settings.public_url:  # the gateway will push the task's end to our receiver
                 update["callback_url"] = HttpUrl(callback_url(self.settings.public_url, reservation.id))
-            task = await create(request.model_copy(update=update))
-            log.info("created %s task %s (%d credits reserved)", modality, task.task_id, max_credits)
+            return await create(request.model_copy(update=update))
+
+        async def track(task: Task, reservation: Reservation) -> TrackedTask:
+            log.info("created %s task %s (%d credits reserved)", modality, task.task_id, reservation.credits)
             return self.registry.track(task, modality, reservation)
 
-        tracked = await self._paid(plan, purpose, create_and_track)
+        tracked = await self._paid(
+            plan, purpose, send, track, recover=lambda task_id: Task(task_id=task_id, status="pending")
+        )
         return self.task_result(tracked)
 
     def _create_for(self, request: MediaRequest) -> tuple[str, Callable[..., Awaitable[Task]]]:
@@ -176,9 +185,14 @@ class Service:
 
         wait = min(max(wait_seconds, 0.0), self.settings.max_wait_seconds)
         tracked = await self.registry.wait(task_id, wait, changed)
+        warning = None
         if tracked.task.status == TaskStatus.SUCCEEDED and self.settings.output_dir is not None:
-            await self._save(tracked)
-        return self.task_result(tracked)
+            try:
+                await self._save(tracked)
+            except (GatewayError, OSError) as exc:  # the result links still stand: never hide them
+                log.warning("could not save the results of %s: %s", task_id, exc)
+                warning = f"Saving to the output directory failed ({exc}); the links above still work."
+        return self.task_result(tracked, warning)
 
     async def _save(self, tracked: TrackedTask) -> None:
         """Download a finished task's results once, however many polls ask at the same time."""
@@ -193,12 +207,12 @@ class Service:
             )  # fmt: skip
             self._saved[tracked.task_id] = [str(p) for p in paths]
 
-    def task_result(self, tracked: TrackedTask) -> TaskResult:
+    def task_result(self, tracked: TrackedTask, warning: str | None = None) -> TaskResult:
         task, reservation = tracked.task, tracked.reservation
         saved = self._saved.get(task.task_id, [])
         outputs = [
             OutputFile(url=o.url, mime_type=o.mime_type, path=saved[i] if i < len(saved) else None)
-            for i, o in enumerate(task.outputs)
+            for i, o in enumerate(o for o in task.outputs if o.url)
         ]
         charged = task.credits.charged if task.credits else None
         if task.status == TaskStatus.SUCCEEDED:
@@ -208,6 +222,8 @@ class Service:
             step = f"The task failed and {held}. Adjust the prompt or parameters and try again."
         else:
             step = "Still working: call poll_task with this task_id and wait_seconds (polling is free)."
+        if warning:
+            step = f"{step} {warning}"
         return TaskResult(
             task_id=task.task_id, status=str(task.status), modality=tracked.modality, model=task.model,
             progress=task.progress, credits_reserved=reservation.credits if reservation else None,
@@ -220,17 +236,15 @@ class Service:
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self._check_model(request.model, "chat")
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
-        bound_in = sum(len(message_text(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+        # No tokenizer makes more tokens than bytes; whole content parts are counted, images and all.
+        bound_in = sum(len(json.dumps(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
         plan = EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
 
-        async def complete(max_credits: int, reservation: Reservation) -> tuple[ChatCompletion, int]:
-            sent = request.model_copy(update={"max_tokens": max_tokens, "max_credits": max_credits})
-            completion = await self.client.chat_completion(sent)
-            charged = await self._charge_of(completion, plan, reservation)
-            self.ledger.settle(reservation, charged)
-            return completion, charged
+        async def send(reservation: Reservation) -> ChatCompletion:
+            update = {"max_tokens": max_tokens, "max_credits": reservation.credits}
+            return await self.client.chat_completion(request.model_copy(update=update))
 
-        completion, charged = await self._paid(plan, f"chat with {request.model}", complete)
+        completion, charged = await self._paid(plan, f"chat with {request.model}", send, self._settle_usage(plan))
         choice = completion.choices[0] if completion.choices else None
         return ChatResult(
             model=completion.model, content=message_text(choice.message.content) if choice else None,
@@ -246,18 +260,25 @@ class Service:
         bound = sum(len(t.encode()) for t in texts)  # no tokenizer gives more tokens than bytes
         plan = EstimateRequest(model=request.model, modality="embedding", input_tokens=bound)
 
-        async def embed(max_credits: int, reservation: Reservation) -> tuple[EmbeddingList, int]:
-            result = await self.client.create_embeddings(request.model_copy(update={"max_credits": max_credits}))
-            charged = await self._charge_of(result, plan, reservation)
-            self.ledger.settle(reservation, charged)
-            return result, charged
+        async def send(reservation: Reservation) -> EmbeddingList:
+            return await self.client.create_embeddings(request.model_copy(update={"max_credits": reservation.credits}))
 
-        result, charged = await self._paid(plan, f"embeddings with {request.model}", embed)
+        result, charged = await self._paid(plan, f"embeddings with {request.model}", send, self._settle_usage(plan))
         vectors = [item.embedding for item in sorted(result.data, key=lambda item: item.index)]
         return EmbeddingsResult(
             model=result.model, embeddings=vectors, dimensions=len(vectors[0]) if vectors else 0,
             usage=result.usage, credits_charged=charged, budget=self.budget(),
         )  # fmt: skip
+
+    def _settle_usage(self, plan: EstimateRequest) -> Callable[[_Usage, Reservation], Awaitable[tuple[_Usage, int]]]:
+        """Settle a chat or embeddings reservation at the real charge once the answer is in."""
+
+        async def settle(answer: _Usage, reservation: Reservation) -> tuple[_Usage, int]:
+            charged = await self._charge_of(answer, plan, reservation)
+            self.ledger.settle(reservation, charged)
+            return answer, charged
+
+        return settle
 
     async def _charge_of(
         self, answer: ChatCompletion | EmbeddingList, plan: EstimateRequest, reservation: Reservation
@@ -277,31 +298,54 @@ class Service:
 
     # ------------------------------------------------------------ the paid-call flow
 
-    async def _paid(self, plan: EstimateRequest, purpose: str, call: Callable[[int, Reservation], Awaitable[_T]]) -> _T:
+    async def _paid(
+        self,
+        plan: EstimateRequest,
+        purpose: str,
+        send: Callable[[Reservation], Awaitable[_A]],
+        done: Callable[[_A, Reservation], Awaitable[_T]],
+        *,
+        recover: Callable[[str], _A] | None = None,
+    ) -> _T:
+        """Estimate, reserve, `send` with max_credits = the reservation, then `done` ties the reservation up.
+
+        Once the gateway may have acted on `send`, the reservation is never released: it is settled, tied
+        to the task, or kept open until the outcome is known (a timeout or an unreadable answer; a callback
+        or the human can close it). `recover` rebuilds the answer from a task id found in an unreadable one.
+        """
         estimate = await self.client.estimate(plan)
         reservation = self.ledger.reserve(estimate.credits, purpose)  # raises BudgetExceededError: nothing created
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):  # a created task id must not be lost to a cancelled call
             try:
                 if self._flush is not None:
                     await self._flush()  # the reservation is on disk before anything can be created
-                result = await call(reservation.credits, reservation)
+                answer = await send(reservation)
             except GatewayError as exc:
-                if not _may_have_happened(exc):
-                    self.ledger.release(reservation)
+                task_id = _task_id_in(exc) if recover is not None else None
+                if task_id is None:
+                    self._unsent_or_unknown(exc, reservation, purpose)
                     raise
-                # It may have been created and charged: count it as spent rather than risk overspending.
-                self.ledger.settle(reservation, reservation.credits)
-                raise UnconfirmedError(
-                    f"The gateway did not confirm the {purpose} ({exc.message}); it may have been created and "
-                    f"charged up to {reservation.credits} credits, which the budget now counts as spent",
-                    hint="Check the api-key.org dashboard before trying again.",
-                ) from exc
+                log.warning("unreadable answer to the %s, but it names task %s: tracking it", purpose, task_id)
+                assert recover is not None
+                answer = recover(task_id)
             except BaseException:
                 self.ledger.release(reservation)
                 raise
+            result = await done(answer, reservation)
             if self._flush is not None:
-                await self._flush()  # and so is the task id, now that the gateway has answered
+                await self._flush()  # and so is what came back
             return result
+
+    def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
+        """Release the reservation of a request the gateway refused; keep it when the outcome is unknown."""
+        if not _may_have_happened(exc):
+            self.ledger.release(reservation)
+            return
+        raise UnconfirmedError(
+            f"The gateway did not confirm the {purpose} ({exc.message}). It may have been created, so its "
+            f"{reservation.credits} credits stay reserved until that is known",
+            hint="Check the api-key.org dashboard before trying again; budget_status shows the reservation.",
+        ) from exc
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         hit = self._cache.get(key)
@@ -313,19 +357,21 @@ class Service:
 
 
 def _may_have_happened(exc: GatewayError) -> bool:
-    """A timeout, a broken connection or an unreadable answer: the gateway may have acted on the request."""
+    """Whether the gateway may have acted on a paid request that failed: after a timeout, a broken
+    connection or an unreadable answer, or a 5xx that is not the gateway's own refusal (a proxy's 502/504)."""
     if isinstance(exc, GatewayUnreachableError):
         return False
-    return isinstance(exc, GatewayProtocolError | GatewayConnectionError)
+    if isinstance(exc, GatewayProtocolError | GatewayConnectionError):
+        return True
+    return isinstance(exc, ServerError) and (exc.status in (502, 504) or exc.code is None)
 
 
-def _plan(request: MediaRequest) -> EstimateRequest:
-    """The estimate request that prices a create."""
-    if isinstance(request, ImageRequest):
-        return EstimateRequest(model=request.model, modality="image", n=request.n, size=request.size)
-    if isinstance(request, VideoRequest):
-        return EstimateRequest(
-            model=request.model, modality="video", duration=request.duration, resolution=request.resolution,
-            input_mode=request.input_mode,
-        )  # fmt: skip
-    return EstimateRequest(model=request.model, modality="music", duration=request.duration)
+def _task_id_in(exc: GatewayError) -> str | None:
+    """The task id in a 2xx answer we could not otherwise read, so that the task is still tracked."""
+    if not isinstance(exc, GatewayProtocolError) or not exc.body:
+        return None
+    try:
+        task_id = json.loads(exc.body).get("task_id")
+    except (ValueError, AttributeError):
+        return None
+    return task_id if isinstance(task_id, str) and task_id else None

@@ -147,19 +147,24 @@ class TaskRegistry:
         if task.is_terminal and tracked.reservation is not None:
             self._close(tracked.reservation, task)
         if (task.status, task.progress) != before or task.is_terminal:
-            self._notify(tracked)
             tracked.changed.set()
             tracked.changed = anyio.Event()
+            self._notify(tracked)
 
     def _notify(self, tracked: TrackedTask) -> None:
+        """Tell the observers; a failing one is logged and cannot lose the task or its reservation."""
         for observer in self.observers:
-            observer(tracked)
+            try:
+                observer(tracked)
+            except Exception:
+                log.exception("a task observer failed for %s (the task is still tracked)", tracked.task_id)
 
     def _close(self, reservation: Reservation, task: Task) -> None:
         if task.status == TaskStatus.SUCCEEDED:
             charged = task.credits.charged if task.credits and task.credits.charged is not None else None
-            if self.ledger.settle(reservation, reservation.credits if charged is None else charged):
-                log.info("task %s succeeded; settled %s credits", task.task_id, charged)
+            charged = reservation.credits if charged is None else charged  # no stated charge: the whole hold
+            if self.ledger.settle(reservation, charged):
+                log.info("task %s succeeded; settled %d credits", task.task_id, charged)
         elif self.ledger.release(reservation):
             log.info("task %s failed; released %d reserved credits", task.task_id, reservation.credits)
 

@@ -17,6 +17,7 @@ from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from .budget import BudgetExceededError
+from .config import MAX_WAIT_SECONDS
 from .gateway import GatewayError
 from .gateway.models import (
     ChatMessage,
@@ -42,8 +43,6 @@ from .results import (
     TaskResult,
 )
 from .service import InputError, Service
-
-MAX_WAIT_SECONDS = 55  # under the 60 s tool-call timeout many clients use
 
 Model = Annotated[str, Field(min_length=1, description="Model id from list_models, e.g. 'seedance-2-fast'.")]
 Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What to generate, in plain words.")]
@@ -245,7 +244,12 @@ def register_tools(server: MCPServer) -> None:
 
         async def progress(task: Task) -> None:
             nonlocal last
-            done = {TaskStatus.PENDING: 0.05, TaskStatus.RUNNING: max(0.1, task.progress or 0.1)}.get(task.status, 1.0)
+            if task.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+                done = 1.0
+            elif task.status == TaskStatus.RUNNING:
+                done = max(0.1, min(task.progress or 0.1, 0.99))
+            else:  # pending, or a status we do not know: not done
+                done = 0.05
             last = max(last, round(done * 100, 1))
             await ctx.report_progress(last, 100, f"{task.task_id}: {task.status}")
 

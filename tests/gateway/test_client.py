@@ -327,3 +327,9 @@ async def test_key_never_appears_in_logs_reprs_or_errors(sandbox_server: Sandbox
     texts.append(caplog.text)
     assert caplog.records  # the client did log
     assert all(KEY not in text for text in texts)
+
+
+async def test_a_create_without_a_key_is_401_before_its_body_is_judged(sandbox_server: SandboxServer) -> None:
+    async with GatewayClient(sandbox_server.url, "sk-nobody") as client:
+        with pytest.raises(AuthenticationError):
+            await client.generate_video(VideoRequest.model_construct(model="", prompt=""))

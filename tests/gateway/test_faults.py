@@ -13,7 +13,7 @@ from apikey_mcp.gateway import (
     ServerError,
 )
 from apikey_mcp.gateway.errors import parse_retry_after
-from apikey_mcp.gateway.models import Task, TaskStatus, VideoRequest
+from apikey_mcp.gateway.models import ModelList, Task, TaskStatus, VideoRequest
 
 VIDEO = VideoRequest(model="seedance-2", prompt="x")
 TASK = {"task_id": "task_1", "id": "task_1", "object": "gateway.video.task", "status": "pending"}
@@ -52,7 +52,7 @@ async def test_create_is_retried_when_the_connection_never_opened() -> None:
 async def test_create_that_timed_out_is_not_retried() -> None:
     script = Script(httpx2.ReadTimeout("slow"), httpx2.Response(200, json=TASK))
     async with client_for(script) as client:
-        with pytest.raises(GatewayTimeoutError, match="poll the task"):
+        with pytest.raises(GatewayTimeoutError, match="timed out"):
             await client.generate_video(VIDEO)
     assert len(script.requests) == 1
 
@@ -122,3 +122,51 @@ def test_unknown_fields_status_synonyms_and_fractional_credits_are_tolerated() -
 )  # fmt: skip
 def test_retry_after_header_is_read_as_seconds(header: str | None, seconds: float | None) -> None:
     assert parse_retry_after(header) == seconds
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "x-api-key"])
+async def test_an_answer_that_echoes_the_key_is_redacted(scheme: str) -> None:
+    echo = "upstream said: Authorization: Bearer sk-mock-key / x-api-key: sk-mock-key"
+    script = Script(httpx2.Response(502, text=echo), httpx2.Response(200, text=f"<p>{echo}</p>"))
+    async with GatewayClient(
+        "https://gateway.test", "sk-mock-key", auth_scheme=scheme, transport=httpx2.MockTransport(script),
+        sleep=no_sleep, max_retries=0,
+    ) as client:  # fmt: skip
+        with pytest.raises(ServerError) as server_error:
+            await client.generate_video(VIDEO)
+        with pytest.raises(GatewayProtocolError) as protocol_error:
+            await client.generate_video(VIDEO)
+    for exc in (server_error.value, protocol_error.value):
+        assert "sk-mock-key" not in str(exc) and "[redacted]" in str(exc)
+    assert "sk-mock-key" not in (protocol_error.value.body or "")
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "x-api-key"])
+async def test_downloads_follow_redirects_and_the_key_stays_home(scheme: str, tmp_path) -> None:
+    script = Script(
+        httpx2.Response(302, headers={"location": "/v1/files/1"}),  # same origin first
+        httpx2.Response(307, headers={"location": "https://cdn.example.test/a.png"}),
+        httpx2.Response(200, content=b"\x89PNG data"),
+    )
+    async with GatewayClient(
+        "https://gateway.test", "sk-mock-key", auth_scheme=scheme, transport=httpx2.MockTransport(script),
+        sleep=no_sleep,
+    ) as client:  # fmt: skip
+        size = await client.download("https://gateway.test/r/1", tmp_path / "a.png", max_bytes=100)
+    assert size == 9 and (tmp_path / "a.png").read_bytes() == b"\x89PNG data"
+    sent = [("authorization" in r.headers or "x-api-key" in r.headers) for r in script.requests]
+    assert sent == [True, True, False]
+
+
+def test_answers_the_docs_do_not_describe_are_still_read() -> None:
+    task = Task.model_validate(
+        {"task_id": "t", "status": "running", "progress": 45, "created_at": "2026-11-25T10:00:00Z",
+         "credits": 12, "error": "slow upstream", "outputs": [{"mime_type": "image/png"}]}
+    )  # fmt: skip
+    assert task.progress == 0.45 and task.created_at == "2026-11-25T10:00:00Z"
+    assert task.credits.charged == 12 and task.error.message == "slow upstream"
+    models = ModelList.model_validate(
+        {"data": [{"id": "v", "modality": "video", "parameters": {"input_modes": ["audio-to-video"],
+                   "durations": "5-10"}}]}
+    )  # fmt: skip
+    assert models.data[0].id == "v"

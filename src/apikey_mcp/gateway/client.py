@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import quote
@@ -89,10 +91,12 @@ class GatewayClient:
             api_key = SecretStr(api_key) if api_key else None
         self.base_url = base_url.rstrip("/")
         self.has_key = api_key is not None
+        self._redact = _redactor(api_key)
         self.max_retries = max_retries
         self._sleep = sleep
         origin = httpx2.URL(self.base_url)
-        self._http = httpx2.AsyncClient(
+        self._make_http = partial(
+            httpx2.AsyncClient,
             base_url=self.base_url,
             auth=_KeyAuth(api_key, auth_scheme, origin) if api_key else None,
             headers={"user-agent": f"apikey-mcp/{__version__}"},
@@ -100,6 +104,14 @@ class GatewayClient:
             limits=httpx2.Limits(max_connections=c.MAX_CONNECTIONS, max_keepalive_connections=c.MAX_CONNECTIONS),
             timeout=c.READ_TIMEOUT,
         )
+        self._client: httpx2.AsyncClient | None = None
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        """Built on first use: it loads the TLS trust store, which a server that is starting need not wait for."""
+        if self._client is None:
+            self._client = self._make_http()
+        return self._client
 
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, has_key={self.has_key})"
@@ -111,7 +123,8 @@ class GatewayClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     # ------------------------------------------------------------ endpoints
 
@@ -148,25 +161,33 @@ class GatewayClient:
         return Document(path=path, content_type=content_type, text=response.text)
 
     async def download(self, url: str, dest: Path, *, max_bytes: int) -> int:
-        """Stream a result file to dest (written whole or not at all); returns its size in bytes."""
+        """Stream a result file to dest (written whole or not at all); returns its size in bytes.
+
+        Redirects (a CDN) are followed by hand, so that every hop goes through the key's origin check.
+        """
         partial = dest.with_name(dest.name + ".part")
         size = 0
         try:
-            async with self._http.stream("GET", url, timeout=c.DOWNLOAD_TIMEOUT) as response:
-                if response.is_error:
-                    await response.aread()
-                    raise error_from_response(response)
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > max_bytes:
-                    raise GatewayError(f"Result file is {declared} bytes, over the {max_bytes}-byte cap", hint=_CAP)
-                async with await anyio.open_file(partial, "wb") as out:
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise GatewayError(f"Result file exceeds the {max_bytes}-byte cap", hint=_CAP)
-                        await out.write(chunk)
-            partial.replace(dest)
-            return size
+            for _ in range(_MAX_REDIRECTS + 1):
+                async with self._http.stream("GET", url, timeout=c.DOWNLOAD_TIMEOUT) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = str(response.url.join(response.headers["location"]))
+                        continue
+                    if not response.is_success:
+                        await response.aread()
+                        raise error_from_response(response, self._redact)
+                    declared = int(response.headers.get("content-length") or 0)
+                    if declared > max_bytes:
+                        raise GatewayError(f"Result file is {declared} bytes, over the {max_bytes}-byte cap", hint=_CAP)
+                    async with await anyio.open_file(partial, "wb") as out:
+                        async for chunk in response.aiter_bytes():
+                            size += len(chunk)
+                            if size > max_bytes:
+                                raise GatewayError(f"Result file exceeds the {max_bytes}-byte cap", hint=_CAP)
+                            await out.write(chunk)
+                    partial.replace(dest)
+                    return size
+            raise GatewayError(f"Result link redirected more than {_MAX_REDIRECTS} times", hint=_CAP)
         except httpx2.TransportError as exc:
             raise GatewayConnectionError(f"Download failed: {type(exc).__name__}") from exc
         finally:
@@ -195,8 +216,10 @@ class GatewayClient:
         try:
             return result.model_validate_json(response.content)
         except ValidationError as exc:
+            text = self._redact(response.text[:_MAX_KEPT_BODY])
             raise GatewayProtocolError(
-                f"Unexpected answer from {method} {path}: {_summary(exc)}; raw: {response.text[:300]}",
+                f"Unexpected answer from {method} {path}: {_summary(exc)}; raw: {text[:300]}",
+                body=text,
                 status=response.status_code,
                 request_id=response.headers.get("x-request-id"),
             ) from None
@@ -209,7 +232,7 @@ class GatewayClient:
             started = time.perf_counter()
             try:
                 response = await self._http.request(method, path, json=json, timeout=timeout)
-            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
+            except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
                 # The request never left: a retry cannot create anything twice, whatever the method.
                 if attempt < self.max_retries:
                     attempt += 1
@@ -240,7 +263,7 @@ class GatewayClient:
                     log.info("%s %s answered %s; retry %d in %.2f s", method, path, status, attempt, delay)
                     await self._sleep(delay)
                     continue
-            raise error_from_response(response)
+            raise error_from_response(response, self._redact)
 
     def _backoff(self, attempt: int) -> float:
         """Doubling from INITIAL_RETRY_DELAY to MAX_RETRY_DELAY, less up to a quarter of jitter."""
@@ -256,6 +279,23 @@ class GatewayClient:
 
 
 _CAP = "Raise --max-download-bytes, or fetch the result URL yourself."
+_MAX_REDIRECTS = 5
+_MAX_KEPT_BODY = 10_000
+
+
+def _redactor(key: SecretStr | None) -> Callable[[str], str]:
+    """Removes the key, and anything sent as a bearer token, from text taken from an answer."""
+    secret = key.get_secret_value() if key is not None else None
+
+    def redact(text: str) -> str:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+        return _BEARER.sub("Bearer [redacted]", text)
+
+    return redact
+
+
+_BEARER = re.compile(r"Bearer\s+[^\s\"',;]+", re.IGNORECASE)
 
 
 def _path_segment(value: str) -> str:

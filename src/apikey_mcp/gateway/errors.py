@@ -7,6 +7,7 @@ next, so the layers above can hand it to an agent as it is. No error ever holds 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -55,13 +56,17 @@ class GatewayUnreachableError(GatewayConnectionError):
 
 
 class GatewayTimeoutError(GatewayConnectionError):
-    hint = "The gateway did not answer in time; try again, or poll the task later if one was created."
+    hint = "The gateway did not answer in time; try again."
 
 
 class GatewayProtocolError(GatewayError):
-    """The gateway answered something we could not understand."""
+    """The gateway answered something we could not understand; `body` keeps its text (key redacted)."""
 
     hint = "The gateway's answer did not match its contract; report it with the request id if any."
+
+    def __init__(self, message: str, *, body: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.body = body
 
 
 class GatewayStatusError(GatewayError):
@@ -111,7 +116,7 @@ class RateLimitedError(GatewayStatusError):
 
 
 class ServerError(GatewayStatusError):
-    hint = "The gateway failed on its side; try again shortly. Nothing is charged for a failed request."
+    hint = "The gateway failed on its side; try again shortly."
 
 
 _BY_CODE: dict[str, type[GatewayStatusError]] = {
@@ -157,8 +162,11 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def error_from_response(response: httpx2.Response) -> GatewayStatusError:
-    """The one place an error answer becomes an exception: by the gateway's code first, then by status."""
+def error_from_response(response: httpx2.Response, redact: Callable[[str], str] = str) -> GatewayStatusError:
+    """The one place an error answer becomes an exception: by the gateway's code first, then by status.
+
+    `redact` cleans text taken from the answer: a misbehaving proxy may echo the request's headers.
+    """
     status = response.status_code
     request_id = response.headers.get("x-request-id")
     try:
@@ -166,6 +174,7 @@ def error_from_response(response: httpx2.Response) -> GatewayStatusError:
         message, code, param, extra = body.message, body.code, body.param, body.model_extra or {}
     except ValueError:
         message, code, param, extra = (response.text[:300].strip() or response.reason_phrase), None, None, {}
+    message = redact(message)
     cls = _BY_CODE.get(code or "") or _BY_STATUS.get(status) or (ServerError if status >= 500 else GatewayStatusError)
     kwargs: dict[str, Any] = {"code": code, "status": status, "param": param, "request_id": request_id}
     if cls is RateLimitedError:

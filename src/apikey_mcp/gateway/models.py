@@ -8,25 +8,46 @@ Choices the docs leave open are marked "inferred" (see shared/design/gateway-con
 
 from __future__ import annotations
 
+import logging
 import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
 
+log = logging.getLogger(__name__)
 Modality = Literal["chat", "embedding", "image", "video", "music"]
 InputMode = Literal["text-to-video", "image-to-video", "video-to-video"]
-TASK_MODALITIES: tuple[Modality, ...] = ("image", "video", "music")
 
 
 def _whole_credits(value: Any) -> Any:
     """Credits are whole numbers to us; a fractional charge is rounded up, so the ledger never under-counts."""
     if isinstance(value, float):
-        return math.ceil(value - 1e-9)
-    return value
+        value = math.ceil(value - 1e-9)
+    return max(0, value) if isinstance(value, int) else value
 
 
-Credits = Annotated[int, BeforeValidator(_whole_credits), Field(ge=0)]
+def _fraction(value: Any) -> Any:
+    """Progress as 0..1: a percentage is scaled down, anything else unreadable is dropped."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if 0 <= value <= 1:
+            return value
+        if 1 < value <= 100:
+            return value / 100
+    return None
+
+
+Credits = Annotated[int, BeforeValidator(_whole_credits)]
+Timestamp = int | float | str | None  # unix seconds in our sandbox; whatever the gateway sends is kept
 
 
 class _Request(BaseModel):
@@ -59,11 +80,15 @@ class ErrorEnvelope(_Response):
 
 
 class ModelParameters(_Response):
-    """What a model accepts (inferred shape); only the keys that apply to its modality are set."""
+    """What a model accepts (inferred shape); only the keys that apply to its modality are set.
 
-    durations: list[int] | None = None
+    A catalogue entry we cannot read must not break every paid call (they all check the catalogue), so a
+    parameters object that does not fit this shape is kept as it came, unvalidated, with a warning.
+    """
+
+    durations: list[int | float] | None = None
     resolutions: list[str] | None = None
-    input_modes: list[InputMode] | None = None
+    input_modes: list[str] | None = None
     sizes: list[str] | None = None
     max_images: int | None = None
     min_duration: int | None = None
@@ -71,6 +96,15 @@ class ModelParameters(_Response):
     context_window: int | None = None
     max_output_tokens: int | None = None
     dimensions: int | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _lenient(cls, value: Any, handler: ModelWrapValidatorHandler[ModelParameters]) -> ModelParameters:
+        try:
+            return handler(value)
+        except ValidationError:
+            log.warning("model parameters in an unexpected shape were kept unvalidated: %.200r", value)
+            return cls.model_construct(**value) if isinstance(value, dict) else cls()
 
 
 class ModelInfo(_Response):
@@ -177,6 +211,16 @@ def _status(value: Any) -> Any:
     return value
 
 
+def _credits_object(value: Any) -> Any:
+    """A bare number for a task's credits is read as its charge (inferred)."""
+    return {"charged": value} if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _error_object(value: Any) -> Any:
+    """An error given as plain text becomes the envelope's shape."""
+    return {"message": value} if isinstance(value, str) else value
+
+
 class TaskCredits(_Response):
     reserved: Credits | None = None
     charged: Credits | None = None
@@ -184,26 +228,41 @@ class TaskCredits(_Response):
 
 
 class TaskOutput(_Response):
-    url: str
+    url: str | None = None
     mime_type: str | None = None
 
 
 class Task(_Response):
+    """A task as polled. Only task_id and status must be readable: the rest is informative and lenient,
+    since an unreadable answer after a create would leave a paid task untracked."""
+
     task_id: str
     id: str | None = None
     object: str | None = None
     status: Annotated[TaskStatus | str, BeforeValidator(_status)]
     model: str | None = None
-    created_at: int | None = None
-    updated_at: int | None = None
-    progress: float | None = Field(default=None, ge=0, le=1)
-    credits: TaskCredits | None = None
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+    progress: Annotated[float | None, BeforeValidator(_fraction)] = None
+    credits: Annotated[TaskCredits | None, BeforeValidator(_credits_object)] = None
     outputs: list[TaskOutput] = Field(default_factory=list)
-    error: ErrorBody | None = None
+    error: Annotated[ErrorBody | None, BeforeValidator(_error_object)] = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+def plan_for(request: ImageRequest | VideoRequest | MusicRequest) -> EstimateRequest:
+    """The estimate request that prices a create: the same parameters, one contract for client and sandbox."""
+    if isinstance(request, ImageRequest):
+        return EstimateRequest(model=request.model, modality="image", n=request.n, size=request.size)
+    if isinstance(request, VideoRequest):
+        return EstimateRequest(
+            model=request.model, modality="video", duration=request.duration, resolution=request.resolution,
+            input_mode=request.input_mode,
+        )  # fmt: skip
+    return EstimateRequest(model=request.model, modality="music", duration=request.duration)
 
 
 # ---------------------------------------------------------------- chat and embeddings (OpenAI shapes)

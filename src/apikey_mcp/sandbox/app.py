@@ -48,6 +48,7 @@ from ..gateway.models import (
     TaskStatus,
     VideoRequest,
     message_text,
+    plan_for,
 )
 from . import assets, docs, pricing
 
@@ -76,6 +77,10 @@ class Faults:
     rate_limit_rate: float = 0.0
     retry_after: float = 1.0
     scripted: deque[tuple[int, float | None]] = field(default_factory=deque)  # exact next answers
+    # For the next creates (POSTs but the estimate): a gateway refusal before anything is done, or an answer
+    # lost after the task was made (a proxy's 504).
+    refused_creates: deque[int] = field(default_factory=deque)
+    lost_creates: deque[int] = field(default_factory=deque)
 
 
 @dataclass
@@ -276,30 +281,26 @@ class Sandbox:
     # ------------------------------------------------------------ async media tasks
 
     async def create_image(self, request: Request) -> Response:
-        body = await self._body(request, ImageRequest)
-        return await self._create(request, "image", body, EstimateRequest(
-            model=body.model, modality="image", n=body.n, size=body.size))  # fmt: skip
+        return await self._create(request, "image", ImageRequest)
 
     async def create_video(self, request: Request) -> Response:
-        body = await self._body(request, VideoRequest)
-        needs = {"image-to-video": ("image_url", body.image_url), "video-to-video": ("video_url", body.video_url)}
-        if body.input_mode in needs and needs[body.input_mode][1] is None:
-            field_name = needs[body.input_mode][0]
-            raise SandboxError(422, "invalid_request", f"{body.input_mode} needs {field_name}", param=field_name)
-        return await self._create(request, "video", body, EstimateRequest(
-            model=body.model, modality="video", duration=body.duration, resolution=body.resolution,
-            input_mode=body.input_mode))  # fmt: skip
+        return await self._create(request, "video", VideoRequest)
 
     async def create_music(self, request: Request) -> Response:
-        body = await self._body(request, MusicRequest)
-        return await self._create(request, "music", body, EstimateRequest(
-            model=body.model, modality="music", duration=body.duration))  # fmt: skip
+        return await self._create(request, "music", MusicRequest)
 
     async def _create(
-        self, request: Request, modality: str, body: ImageRequest | VideoRequest | MusicRequest, plan: EstimateRequest
+        self, request: Request, modality: str, kind: type[ImageRequest | VideoRequest | MusicRequest]
     ) -> Response:
         key = self._key(request)
         assert key is not None
+        body = await self._body(request, kind)
+        if isinstance(body, VideoRequest):
+            needs = {"image-to-video": ("image_url", body.image_url), "video-to-video": ("video_url", body.video_url)}
+            if body.input_mode in needs and needs[body.input_mode][1] is None:
+                field_name = needs[body.input_mode][0]
+                raise SandboxError(422, "invalid_request", f"{body.input_mode} needs {field_name}", param=field_name)
+        plan = plan_for(body)
         credits, _ = self._price(plan)
         self._check_max_credits(credits, body.max_credits)  # before any task exists
         wallet = self.wallets[key]
@@ -367,7 +368,7 @@ class Sandbox:
                 self.callbacks_sent.append({"task_id": entry.task.task_id, "status": response.status_code})
                 if response.status_code < 500:
                     return
-            except httpx2.TransportError as exc:
+            except Exception as exc:  # a bad callback URL must not stop the sandbox's task clock
                 log.warning("callback for %s failed: %s", entry.task.task_id, type(exc).__name__)
             await anyio.sleep(0.5 * 2**attempt)
 
@@ -387,6 +388,8 @@ class Sandbox:
         if entry is None or entry.task.status != TaskStatus.SUCCEEDED:
             raise SandboxError(404, "not_found", "No such result file")
         mime = assets.MIME_TYPES[entry.modality]
+        if request.path_params["index"] >= entry.outputs or request.path_params["ext"] != assets.EXTENSIONS[mime]:
+            raise SandboxError(404, "not_found", "No such result file")
         return Response(assets.render(entry.modality, entry.prompt), media_type=mime)
 
     # ------------------------------------------------------------ documents and sandbox extras
@@ -429,6 +432,23 @@ class _FaultsMiddleware:
             except SandboxError as exc:
                 await exc.response()(scope, receive, send)
                 return
+            faults = self.sandbox.faults
+            if scope["method"] == "POST" and path != "/v1/credits/estimate":
+                if faults.refused_creates:
+                    status = faults.refused_creates.popleft()
+                    await SandboxError(status, "server_error", f"Sandbox fault: {status}").response()(
+                        scope, receive, send
+                    )
+                    return
+                if faults.lost_creates:
+                    status = faults.lost_creates.popleft()
+
+                    async def swallow(message: object) -> None:
+                        pass
+
+                    await self.app(scope, receive, swallow)  # the work is done, its answer lost
+                    await PlainTextResponse("Gateway Timeout", status_code=status)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
     async def _faults(self) -> None:
