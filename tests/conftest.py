@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -10,6 +11,13 @@ from apikey_mcp.sandbox import Sandbox, SandboxServer
 
 KEY = "sk-sandbox-test-3b1f9c0d2e7a"
 OTHER_KEY = "sk-sandbox-other-8d2c4a6f"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for servers started as separate processes)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture

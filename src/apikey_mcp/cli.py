@@ -8,8 +8,12 @@ import secrets
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("apikey_mcp")
 
@@ -130,7 +134,7 @@ def serve(args: argparse.Namespace) -> None:
             raise SystemExit(f"apikey-mcp: {exc}") from None
 
 
-def _start_sandbox(stack: ExitStack, settings: object) -> dict[str, object]:
+def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:
     """A sandbox gateway in this process; when hosted, its signed callbacks come back to this server."""
     from .sandbox import Sandbox, SandboxServer
 
@@ -139,8 +143,6 @@ def _start_sandbox(stack: ExitStack, settings: object) -> dict[str, object]:
     server = stack.enter_context(SandboxServer(sandbox))
     log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", server.url)
     overrides: dict[str, object] = {"base_url": server.url, "api_key": key}
-    if getattr(settings, "transport", "stdio") != "stdio" and getattr(settings, "public_url", None) is None:
-        host = getattr(settings, "host", "127.0.0.1")
-        overrides |= {"public_url": f"http://{host}:{getattr(settings, 'port', 8000)}",
-                      "webhook_secret": sandbox.webhook_secret}  # fmt: skip
+    if settings.transport != "stdio" and settings.public_url is None:
+        overrides |= {"public_url": f"http://{settings.host}:{settings.port}", "webhook_secret": sandbox.webhook_secret}
     return overrides

@@ -137,8 +137,12 @@ class Service:
 
     # ------------------------------------------------------------ estimate
 
-    async def estimate(self, plan: EstimateRequest) -> EstimateResult:
-        await self._check_model(plan.model, plan.modality)
+    async def estimate(self, model: str, **parameters: object) -> EstimateResult:
+        """Price a planned call of `model` (its modality comes from the catalogue)."""
+        info = next((m for m in (await self.models()).data if m.id == model), None)
+        if info is None:
+            raise InputError(f"There is no model '{model}'; list_models shows the models.")
+        plan = EstimateRequest.model_validate({"model": model, "modality": info.modality, **parameters})
         estimate = await self.client.estimate(plan)
         budget = self.budget()
         return EstimateResult(

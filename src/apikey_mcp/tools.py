@@ -23,7 +23,6 @@ from .gateway.models import (
     ChatMessage,
     ChatRequest,
     EmbeddingRequest,
-    EstimateRequest,
     ImageRequest,
     InputMode,
     Modality,
@@ -157,15 +156,10 @@ def register_tools(server: MCPServer) -> None:
         Free and creates nothing. Call it before generate_image, generate_video or generate_music and tell the
         user the cost; the generate tools refuse anything that does not fit."""
         with agent_errors():
-            svc = current_service()
-            info = next((m for m in (await svc.models()).data if m.id == model), None)
-            if info is None:
-                raise InputError(f"There is no model '{model}'; list_models shows the models.")
-            plan = EstimateRequest(
-                model=model, modality=info.modality, duration=duration, resolution=resolution, input_mode=input_mode,
-                n=n, size=size, input_tokens=input_tokens, output_tokens=output_tokens,
+            result = await current_service().estimate(
+                model, duration=duration, resolution=resolution, input_mode=input_mode, n=n, size=size,
+                input_tokens=input_tokens, output_tokens=output_tokens,
             )  # fmt: skip
-            result = await svc.estimate(plan)
         verdict = "fits" if result.fits_budget else "does NOT fit"
         summary = f"{model}: about {result.credits} credits, which {verdict} the budget."
         return shaped(result, f"{summary} {result.budget.line()}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,9 @@ import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.conftest import KEY
+from tests.conftest import KEY, free_port
 from tests.hosted.conftest import ALICE, TOKENS, Hosted
 from tests.server.conftest import call
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Process:

@@ -3,7 +3,9 @@
 It lets anyone try apikey-mcp with no account, and lets the tests and benchmarks run offline.
 """
 
-from .app import FAIL_MARKER, Faults, Sandbox, SandboxError, Wallet
+from .app import FAIL_MARKER, Sandbox, Wallet
+from .errors import SandboxError
+from .faults import Faults
 from .server import BackgroundServer, SandboxServer
 
 __all__ = ["FAIL_MARKER", "BackgroundServer", "Faults", "Sandbox", "SandboxError", "SandboxServer", "Wallet"]

@@ -15,7 +15,7 @@ import math
 import random
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,7 +29,6 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..gateway import webhooks
 from ..gateway.models import (
@@ -51,6 +50,8 @@ from ..gateway.models import (
     plan_for,
 )
 from . import assets, docs, pricing
+from .errors import SandboxError
+from .faults import Faults, FaultsMiddleware
 
 log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=BaseModel)
@@ -69,21 +70,6 @@ class Wallet:
 
 
 @dataclass
-class Faults:
-    """Knobs for reliability tests and benchmarks, applied to /v1/* requests."""
-
-    latency: float = 0.0
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    retry_after: float = 1.0
-    scripted: deque[tuple[int, float | None]] = field(default_factory=deque)  # exact next answers
-    # For the next creates (POSTs but the estimate): a gateway refusal before anything is done, or an answer
-    # lost after the task was made (a proxy's 504).
-    refused_creates: deque[int] = field(default_factory=deque)
-    lost_creates: deque[int] = field(default_factory=deque)
-
-
-@dataclass
 class SandboxTask:
     task: Task
     key: str
@@ -95,19 +81,6 @@ class SandboxTask:
     base_url: str
     outputs: int = 1
     started: float = field(default_factory=time.monotonic)
-
-
-class SandboxError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, param: str | None = None, **extra: object) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.param, self.extra = status, code, message, param, extra
-
-    def response(self) -> JSONResponse:
-        body = {"message": self.message, "type": "gateway_error", "code": self.code, **self.extra}
-        if self.param:
-            body["param"] = self.param
-        headers = {"retry-after": f"{self.extra['retry_after']:g}"} if "retry_after" in self.extra else None
-        return JSONResponse({"error": body}, status_code=self.status, headers=headers)
 
 
 class Sandbox:
@@ -137,7 +110,7 @@ class Sandbox:
         self._http: httpx2.AsyncClient | None = None
         self.app = Starlette(
             routes=self._routes(),
-            middleware=[Middleware(_FaultsMiddleware, sandbox=self)],
+            middleware=[Middleware(FaultsMiddleware, sandbox=self)],
             exception_handlers={
                 SandboxError: lambda request, exc: exc.response(),
                 ClientDisconnect: lambda request, exc: Response(status_code=499),  # the caller gave up
@@ -408,64 +381,6 @@ class Sandbox:
     async def stats(self, request: Request) -> Response:
         self._key(request)
         return JSONResponse({"requests": dict(self.requests), "tasks": len(self.tasks)})
-
-
-_GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
-
-
-class _FaultsMiddleware:
-    """Counts requests by route and applies the fault knobs to /v1/*; errors become the gateway envelope."""
-
-    def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
-        self.app, self.sandbox = app, sandbox
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
-        self.sandbox.requests[f"{scope['method']} {route}"] += 1
-        if path.startswith("/v1/"):
-            try:
-                await self._faults()
-            except SandboxError as exc:
-                await exc.response()(scope, receive, send)
-                return
-            faults = self.sandbox.faults
-            if scope["method"] == "POST" and path != "/v1/credits/estimate":
-                if faults.refused_creates:
-                    status = faults.refused_creates.popleft()
-                    await SandboxError(status, "server_error", f"Sandbox fault: {status}").response()(
-                        scope, receive, send
-                    )
-                    return
-                if faults.lost_creates:
-                    status = faults.lost_creates.popleft()
-
-                    async def swallow(message: object) -> None:
-                        pass
-
-                    await self.app(scope, receive, swallow)  # the work is done, its answer lost
-                    await PlainTextResponse("Gateway Timeout", status_code=status)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-    async def _faults(self) -> None:
-        faults, rng = self.sandbox.faults, self.sandbox._rng
-        if faults.latency:
-            await anyio.sleep(faults.latency)
-        if faults.scripted:
-            status, retry_after = faults.scripted.popleft()
-        elif faults.error_rate and rng.random() < faults.error_rate:
-            status, retry_after = 503, None
-        elif faults.rate_limit_rate and rng.random() < faults.rate_limit_rate:
-            status, retry_after = 429, faults.retry_after
-        else:
-            return
-        if status == 429:
-            raise SandboxError(429, "rate_limited", "Too many requests", retry_after=retry_after or 0)
-        raise SandboxError(status, "server_error", f"Sandbox fault: {status}")
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:
