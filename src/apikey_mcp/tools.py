@@ -109,6 +109,14 @@ def task_links(result: TaskResult) -> list[ResourceLink]:
     ]  # fmt: skip
 
 
+async def start(ctx: Context, request: ImageRequest | VideoRequest | MusicRequest) -> CallToolResult:
+    """The paid flow for a media task, answered at once with the task id."""
+    with agent_errors():
+        result = await current_service().generate(request)
+    await tell(ctx, "info", f"created {result.modality} task {result.task_id}")
+    return shaped(result, task_summary(result))
+
+
 class BudgetApproval(BaseModel):
     approve: bool = Field(description="Raise the session budget by the requested credits?")
 
@@ -177,9 +185,7 @@ def register_tools(server: MCPServer) -> None:
         refused (creating nothing) if it does not fit. Returns at once with the task_id; then call poll_task."""
         with agent_errors():
             request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
-            result = await current_service().generate(request)
-        await tell(ctx, "info", f"created image task {result.task_id}")
-        return shaped(result, task_summary(result))
+        return await start(ctx, request)
 
     @server.tool(title="Generate a video", annotations=_SPEND)
     async def generate_video(
@@ -203,9 +209,7 @@ def register_tools(server: MCPServer) -> None:
                 model=model, prompt=prompt, duration=duration, resolution=resolution, input_mode=input_mode,
                 image_url=image_url, video_url=video_url,
             )  # fmt: skip
-            result = await current_service().generate(request)
-        await tell(ctx, "info", f"created video task {result.task_id}")
-        return shaped(result, task_summary(result))
+        return await start(ctx, request)
 
     @server.tool(title="Generate music", annotations=_SPEND)
     async def generate_music(
@@ -219,9 +223,7 @@ def register_tools(server: MCPServer) -> None:
         session budget and refused, creating nothing, if it does not fit. Returns the task_id; then poll_task."""
         with agent_errors():
             request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
-            result = await current_service().generate(request)
-        await tell(ctx, "info", f"created music task {result.task_id}")
-        return shaped(result, task_summary(result))
+        return await start(ctx, request)
 
     @server.tool(title="Poll a task", annotations=_READ)
     async def poll_task(

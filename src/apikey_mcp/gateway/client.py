@@ -232,25 +232,13 @@ class GatewayClient:
             started = time.perf_counter()
             try:
                 response = await self._http.request(method, path, json=json, timeout=timeout)
-            except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
-                # The request never left: a retry cannot create anything twice, whatever the method.
-                if attempt < self.max_retries:
-                    attempt += 1
-                    await self._sleep(self._backoff(attempt))
-                    continue
-                raise GatewayUnreachableError(f"Cannot connect to {self.base_url}: {type(exc).__name__}") from exc
-            except httpx2.TimeoutException as exc:
-                if safe and attempt < self.max_retries:
-                    attempt += 1
-                    await self._sleep(self._backoff(attempt))
-                    continue
-                raise GatewayTimeoutError(f"{method} {path} timed out") from exc
             except httpx2.TransportError as exc:
-                if safe and attempt < self.max_retries:
+                error, retryable = self._transport_error(method, path, exc, safe)
+                if retryable and attempt < self.max_retries:
                     attempt += 1
                     await self._sleep(self._backoff(attempt))
                     continue
-                raise GatewayConnectionError(f"{method} {path} failed: {type(exc).__name__}") from exc
+                raise error from exc
             elapsed_ms = (time.perf_counter() - started) * 1000
             log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code, elapsed_ms)
             if response.is_success:
@@ -264,6 +252,17 @@ class GatewayClient:
                     await self._sleep(delay)
                     continue
             raise error_from_response(response, self._redact)
+
+    def _transport_error(
+        self, method: str, path: str, exc: httpx2.TransportError, safe: bool
+    ) -> tuple[GatewayError, bool]:
+        """The error to raise for a failed exchange, and whether trying again is safe."""
+        if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout):
+            # The request never left: a retry cannot create anything twice, whatever the method.
+            return GatewayUnreachableError(f"Cannot connect to {self.base_url}: {type(exc).__name__}"), True
+        if isinstance(exc, httpx2.TimeoutException):
+            return GatewayTimeoutError(f"{method} {path} timed out"), safe
+        return GatewayConnectionError(f"{method} {path} failed: {type(exc).__name__}"), safe
 
     def _backoff(self, attempt: int) -> float:
         """Doubling from INITIAL_RETRY_DELAY to MAX_RETRY_DELAY, less up to a quarter of jitter."""
