@@ -27,7 +27,7 @@ from .budget import Ledger, Reservation
 from .config import Settings
 from .gateway import GatewayClient
 from .gateway.models import Task
-from .service import Service
+from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
 
 if TYPE_CHECKING:  # the state file (and sqlite3) is for hosting only: stdio need not import it
@@ -57,7 +57,7 @@ class Accounts:
         self._awaiting_key: dict[str, list[tuple[Task, str | None, Reservation | None]]] = {}
         self._salt = secrets.token_bytes(16)
         self.task_listeners: list[Callable[[str, TrackedTask], Awaitable[None]]] = []
-        self._cache: dict[str, tuple[float, object]] = {}  # models and docs, the same for every principal
+        self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
 
     @asynccontextmanager

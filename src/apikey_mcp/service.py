@@ -70,6 +70,24 @@ def callback_url(public_url: str, reservation_id: str) -> str:
     return f"{public_url.rstrip('/')}/webhooks/api-key?r={reservation_id}"
 
 
+class Cache:
+    """Gateway answers that are the same for everyone (models, docs), kept for a while. Concurrent misses
+    of one key make one request, not one each."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, object]] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def get(self, key: str, seconds: float, fetch: Callable[[], Awaitable[_T]]) -> _T:
+        async with self._locks.setdefault(key, anyio.Lock()):
+            hit = self._entries.get(key)
+            if hit is not None and time.monotonic() - hit[0] < seconds:
+                return hit[1]  # type: ignore[return-value]
+            value = await fetch()
+            self._entries[key] = (time.monotonic(), value)
+            return value
+
+
 class InputError(ValueError):
     """A request we can refuse before spending anything; the message says what to change."""
 
@@ -92,14 +110,14 @@ class Service:
         ledger: Ledger,
         registry: TaskRegistry,
         *,
-        cache: dict[str, tuple[float, object]] | None = None,
+        cache: Cache | None = None,
         flush: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.ledger = ledger
         self.registry = registry
-        self._cache = {} if cache is None else cache
+        self._cache = Cache() if cache is None else cache
         self._flush = flush
         self._saved: dict[str, list[str]] = {}
         self._saving: dict[str, anyio.Lock] = {}
@@ -352,12 +370,7 @@ class Service:
         ) from exc
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
-        hit = self._cache.get(key)
-        if hit is not None and time.monotonic() - hit[0] < self.settings.docs_cache_seconds:
-            return hit[1]  # type: ignore[return-value]
-        value = await fetch()
-        self._cache[key] = (time.monotonic(), value)
-        return value
+        return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)
 
 
 def _may_have_happened(exc: GatewayError) -> bool:
