@@ -91,7 +91,7 @@ class Accounts:
         if service is None:
             service = self._open(principal, Ledger(self.settings.session_budget))
             if self.store is not None:
-                self.store.record_ledger(principal, service.ledger.snapshot(), None)
+                self.store.record_ledger(principal, service.ledger.totals(), None)
         return service
 
     def find_task(self, task_id: str) -> tuple[Service, TrackedTask] | None:
@@ -162,15 +162,15 @@ class Accounts:
                     "%s: %d credits stay reserved for '%s': the server stopped while creating it, so it may "
                     "exist; its callback (if any) will settle it", principal, reservation.credits, reservation.purpose,
                 )  # fmt: skip
-        snapshot = ledger.snapshot()
-        log.info("%s: restored budget %d, spent %d, reserved %d", principal, snapshot.budget, snapshot.spent,
-                 snapshot.reserved)  # fmt: skip
+        totals = ledger.totals()
+        log.info("%s: restored budget %d, spent %d, reserved %d", principal, totals.budget, totals.spent,
+                 totals.reserved)  # fmt: skip
 
     def adopt_created(self, reservation_id: str, task: Task) -> tuple[Service, TrackedTask] | None:
         """A callback for a create whose answer was lost (the server died mid-create): tie it up now."""
         for principal, service in self._services.items():
-            for reservation in service.ledger.snapshot().open:
-                if reservation.id == reservation_id and reservation.task_id is None:
-                    log.info("%s: recovered task %s from its callback", principal, task.task_id)
-                    return service, service.registry.track(task, modality_of(task), reservation)
+            reservation = service.ledger.open_reservation(reservation_id)
+            if reservation is not None and reservation.task_id is None:
+                log.info("%s: recovered task %s from its callback", principal, task.task_id)
+                return service, service.registry.track(task, modality_of(task), reservation)
         return None

@@ -7,6 +7,7 @@ synchronous and takes a lock, so it is atomic under any interleaving of async ta
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import uuid
@@ -46,23 +47,35 @@ class Reservation:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class Totals:
+    """The budget in four numbers, read in O(1) however many reservations are open."""
+
     budget: int
     spent: int
     reserved: int
-    open: tuple[Reservation, ...]
+    open_count: int
 
     @property
     def remaining(self) -> int:
         return self.budget - self.spent - self.reserved
 
 
+@dataclass(frozen=True)
+class Snapshot(Totals):
+    """The totals and every open reservation: O(open) to build, for the few readers that need the list."""
+
+    open: tuple[Reservation, ...]
+
+
 class Ledger:
     """Budget, reservations and spend for one session (or, when hosted, one principal).
 
     `open` restores reservations still held from an earlier run (hosted mode keeps the ledger on disk).
-    Observers are called after every change, under the lock, with the snapshot and the reservation that
+    Observers are called after every change, under the lock, with the totals and the reservation that
     changed (None when the budget itself did); the state file writes through one of them.
+
+    `reserved` is a running total, moved by each reserve and each close, never re-summed: the cost of a
+    reservation, a read or a change does not grow with the number of open reservations.
     """
 
     def __init__(self, budget: int, *, spent: int = 0, open: tuple[Reservation, ...] = ()) -> None:
@@ -71,8 +84,9 @@ class Ledger:
         self._budget = budget
         self._spent = spent
         self._open: dict[str, Reservation] = {r.id: r for r in open}
+        self._reserved = sum(r.credits for r in open)
         self._lock = threading.Lock()
-        self.observers: list[Callable[[Snapshot, Reservation | None], None]] = []
+        self.observers: list[Callable[[Totals, Reservation | None], None]] = []
 
     @property
     def budget(self) -> int:
@@ -84,31 +98,44 @@ class Ledger:
 
     @property
     def reserved(self) -> int:
-        with self._lock:
-            return self._reserved()
+        return self._reserved
 
     @property
     def remaining(self) -> int:
         with self._lock:
-            return self._budget - self._spent - self._reserved()
+            return self._budget - self._spent - self._reserved
 
-    def _reserved(self) -> int:
-        return sum(r.credits for r in self._open.values())
+    def totals(self) -> Totals:
+        """Budget, spent, reserved and how many reservations are open, consistent with each other."""
+        with self._lock:
+            return self._totals()
+
+    def open_reservations(self, limit: int, offset: int = 0) -> list[Reservation]:
+        """A page of the open reservations, oldest first: O(offset + limit), never the whole list."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        with self._lock:
+            return list(itertools.islice(self._open.values(), offset, offset + limit))
+
+    def open_reservation(self, reservation_id: str) -> Reservation | None:
+        return self._open.get(reservation_id)
 
     def snapshot(self) -> Snapshot:
+        """The totals and every open reservation (O(open)); prefer `totals` and `open_reservations`."""
         with self._lock:
-            return self._snapshot()
+            return Snapshot(self._budget, self._spent, self._reserved, len(self._open), tuple(self._open.values()))
 
     def reserve(self, credits: int, purpose: str) -> Reservation:
         """Hold `credits` for a call about to be made, or raise BudgetExceededError and hold nothing."""
         if credits < 0:
             raise ValueError("credits must be >= 0")
         with self._lock:
-            remaining = self._budget - self._spent - self._reserved()
+            remaining = self._budget - self._spent - self._reserved
             if credits > remaining:
                 raise BudgetExceededError(credits, remaining, self._budget, purpose)
             reservation = Reservation(uuid.uuid4().hex, credits, purpose)
             self._open[reservation.id] = reservation
+            self._reserved += credits
             self._changed(reservation)
             return reservation
 
@@ -123,6 +150,7 @@ class Ledger:
         with self._lock:
             if self._open.pop(reservation.id, None) is None:
                 return False
+            self._reserved -= reservation.credits
             if charged > reservation.credits:
                 log.warning(
                     "gateway charged %d credits for %s, over the %d reserved (max_credits)",
@@ -138,6 +166,7 @@ class Ledger:
         with self._lock:
             if self._open.pop(reservation.id, None) is None:
                 return False
+            self._reserved -= reservation.credits
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
             self._changed(reservation)
             return True
@@ -151,15 +180,15 @@ class Ledger:
             log.info("budget raised by %d credits to %d", credits, self._budget)
             self._changed(None)
 
-    def _snapshot(self) -> Snapshot:
-        return Snapshot(self._budget, self._spent, self._reserved(), tuple(self._open.values()))
+    def _totals(self) -> Totals:
+        return Totals(self._budget, self._spent, self._reserved, len(self._open))
 
     def _changed(self, reservation: Reservation | None = None) -> None:
         """Tell the observers. A failing observer is logged, never allowed to undo or block the change."""
         if self.observers:
-            snapshot = self._snapshot()
+            totals = self._totals()
             for observer in self.observers:
                 try:
-                    observer(snapshot, reservation)
+                    observer(totals, reservation)
                 except Exception:
                     log.exception("a ledger observer failed (the ledger itself is unaffected)")

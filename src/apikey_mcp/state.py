@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .budget import Reservation, ReservationState, Snapshot
+from .budget import Reservation, ReservationState, Totals
 from .gateway.models import Task
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class StateStore:
 
     # ------------------------------------------------------------ what is recorded
 
-    def record_ledger(self, principal: str, snapshot: Snapshot, reservation: Reservation | None) -> None:
+    def record_ledger(self, principal: str, snapshot: Totals, reservation: Reservation | None) -> None:
         now = time.time()
         row = None
         if reservation is not None:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from apikey_mcp.budget import BudgetExceededError, Ledger, Reservation, Snapshot
+from apikey_mcp.budget import BudgetExceededError, Ledger, Reservation, Totals
 from apikey_mcp.gateway import GatewayClient
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
@@ -26,11 +26,11 @@ class InvariantWatch:
 
     def __init__(self, ledger: Ledger) -> None:
         self.changes = 0
-        self.violations: list[Snapshot] = []
+        self.violations: list[Totals] = []
         self.peak_reserved = 0
         ledger.observers.append(self)
 
-    def __call__(self, snapshot: Snapshot, reservation: Reservation | None) -> None:
+    def __call__(self, snapshot: Totals, reservation: Reservation | None) -> None:
         self.changes += 1
         self.peak_reserved = max(self.peak_reserved, snapshot.reserved)
         if snapshot.spent + snapshot.reserved > snapshot.budget:
@@ -152,3 +152,32 @@ def test_the_budget_can_only_be_raised() -> None:
         ledger.raise_budget(-5)
     ledger.raise_budget(5)
     assert ledger.budget == 15
+
+
+def test_running_totals_match_the_open_reservations_after_every_change() -> None:
+    restored = (Reservation("r0", 7, "video from an earlier run"),)
+    ledger = Ledger(10_000, spent=100, open=restored)
+    held = [ledger.reserve(credits, f"job {credits}") for credits in range(1, 41)]
+    for i, reservation in enumerate(held):
+        closed = ledger.settle(reservation, reservation.credits // 2) if i % 3 == 0 else (
+            ledger.release(reservation) if i % 3 == 1 else False
+        )
+        assert not closed or not ledger.release(reservation)  # closed once only: the totals move once
+        totals, snapshot = ledger.totals(), ledger.snapshot()
+        assert totals.reserved == sum(r.credits for r in snapshot.open) == snapshot.reserved
+        assert totals.open_count == len(snapshot.open)
+        assert totals.spent + totals.reserved + totals.remaining == totals.budget
+    assert ledger.totals().open_count == 1 + 13  # the restored one and every third left open
+
+
+def test_open_reservations_come_in_pages_oldest_first() -> None:
+    ledger = Ledger(1_000_000)
+    held = [ledger.reserve(1, f"job {i}") for i in range(1000)]
+    ledger.release(held[0])
+    first, second = ledger.open_reservations(100), ledger.open_reservations(100, offset=100)
+    assert [r.purpose for r in first] == [f"job {i}" for i in range(1, 101)]
+    assert [r.purpose for r in second] == [f"job {i}" for i in range(101, 201)]
+    assert ledger.open_reservations(10, offset=995) == held[996:]
+    assert ledger.open_reservation(held[5].id) is held[5] and ledger.open_reservation(held[0].id) is None
+    with pytest.raises(ValueError):
+        ledger.open_reservations(-1)
