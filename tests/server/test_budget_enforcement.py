@@ -159,9 +159,10 @@ def test_running_totals_match_the_open_reservations_after_every_change() -> None
     ledger = Ledger(10_000, spent=100, open=restored)
     held = [ledger.reserve(credits, f"job {credits}") for credits in range(1, 41)]
     for i, reservation in enumerate(held):
-        closed = ledger.settle(reservation, reservation.credits // 2) if i % 3 == 0 else (
-            ledger.release(reservation) if i % 3 == 1 else False
-        )
+        if i % 3 == 0:
+            closed = ledger.settle(reservation, reservation.credits // 2)
+        else:
+            closed = ledger.release(reservation) if i % 3 == 1 else False
         assert not closed or not ledger.release(reservation)  # closed once only: the totals move once
         totals, snapshot = ledger.totals(), ledger.snapshot()
         assert totals.reserved == sum(r.credits for r in snapshot.open) == snapshot.reserved
