@@ -50,6 +50,7 @@ class Accounts:
     client: GatewayClient
     store: StateStore | None = None
     hosted: bool = False
+    poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
@@ -125,6 +126,7 @@ class Accounts:
         registry = TaskRegistry(
             client, ledger, poll_interval=self.settings.poll_interval,
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
+            sleep=self.poll_sleep,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group

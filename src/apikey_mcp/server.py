@@ -4,10 +4,11 @@ resources and prompts. It holds no logic of its own."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
@@ -55,11 +56,13 @@ def build_server(
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
     subscriptions: SubscriptionBus | None = None,
+    poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
-    budget in tests). Hosted, the app passes the `accounts` it shares across sessions and transports.
+    budget in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app passes the `accounts`
+    it shares across sessions and transports.
     """
 
     @asynccontextmanager
@@ -71,7 +74,7 @@ def build_server(
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
         async with (
             GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
-            Accounts(settings, client).running(ledger=ledger) as opened,
+            Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
         ):
             yield opened
 
