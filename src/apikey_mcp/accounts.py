@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class Accounts:
     store: StateStore | None = None
     hosted: bool = False
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
+    poll_clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
@@ -126,7 +128,8 @@ class Accounts:
         registry = TaskRegistry(
             client, ledger, poll_interval=self.settings.poll_interval,
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
-            sleep=self.poll_sleep,
+            callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
+            sleep=self.poll_sleep, clock=self.poll_clock,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group

@@ -4,6 +4,7 @@ resources and prompts. It holds no logic of its own."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,12 +58,13 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    poll_clock: Callable[[], float] = time.monotonic,
 ) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
-    budget in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app passes the `accounts`
-    it shares across sessions and transports.
+    budget in tests; `poll_sleep` and `poll_clock` to own the task watchers' time). Hosted, the app passes
+    the `accounts` it shares across sessions and transports.
     """
 
     @asynccontextmanager
@@ -72,11 +74,10 @@ def build_server(
             return
         if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
-        async with (
-            GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
-            Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
-        ):
-            yield opened
+        async with GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client:
+            opening = Accounts(settings, client, poll_sleep=poll_sleep, poll_clock=poll_clock)
+            async with opening.running(ledger=ledger) as opened:
+                yield opened
 
     server = MCPServer(
         "apikey-mcp",

@@ -13,7 +13,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import ResourceUpdatedNotification
 
 from apikey_mcp.gateway import webhooks
-from apikey_mcp.sandbox import Sandbox
+from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.conftest import advance
 from tests.hosted.conftest import ALICE, Hosted
 from tests.server.conftest import call
 
@@ -75,15 +76,21 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
         created = await call(client, "generate_image", prompt="pushed", model="flux-schnell")
         task_id = created["task_id"]
         result: dict = {}
+        waiting = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            waiting.set()  # poll_task reports the state it starts from, then waits
 
         async def wait() -> None:
-            result.update(await call(client, "poll_task", task_id=task_id, wait_seconds=20))
+            answer = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 20}, progress_callback=on_progress
+            )
+            result.update(answer.structured_content or {})
 
         async with anyio.create_task_group() as group:
             group.start_soon(wait)
             with anyio.fail_after(5):
-                while sandbox.requests[TASK_GETS] < 1:  # poll_task's one fresh look before it waits
-                    await anyio.sleep(0.01)
+                await waiting.wait()
             gets = sandbox.requests[TASK_GETS]
             body = finished(task_id, 2)
             headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
@@ -92,6 +99,7 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
         waited = time.monotonic() - started
     assert result["status"] == "succeeded" and result["credits_charged"] == 2
     assert result["budget"]["spent"] == 2 and result["budget"]["reserved"] == 0
+    assert gets == 0, "the create's answer was fresh: poll_task waited on it without asking the gateway"
     assert sandbox.requests[TASK_GETS] == gets, "the callback, not another poll, finished it"
     assert waited < 2
 
@@ -128,3 +136,47 @@ async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox
                         heard.append(event.uri)
                         break
     assert heard == [uri]
+
+
+async def test_after_a_callback_ends_the_task_the_watcher_stops_and_never_polled(
+    hosted_factory, sandbox_server: SandboxServer, held: Sandbox
+) -> None:
+    naps: list[float] = []
+    parked = [0]
+
+    async def park(seconds: float) -> None:
+        """The watchers' sleep, in the server's thread: it never ends by itself, only when woken."""
+        naps.append(seconds)
+        parked[0] += 1
+        try:
+            await anyio.sleep_forever()
+        finally:
+            parked[0] -= 1
+
+    hosted = hosted_factory(poll_sleep=park, poll_interval=1.0, max_poll_interval=5.0)
+    async with hosted.connect("streamable-http", ALICE) as client:
+        task_id = (await call(client, "generate_image", prompt="pushed", model="flux-schnell"))["task_id"]
+        waiting = anyio.Event()
+        result: dict = {}
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            waiting.set()
+
+        async def wait() -> None:
+            answer = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=on_progress
+            )
+            result.update(answer.structured_content or {})
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            with anyio.fail_after(10):
+                await waiting.wait()
+            await advance(sandbox_server, task_id)  # the sandbox ends it and pushes the signed callback
+        with anyio.fail_after(10):
+            while parked[0]:
+                await anyio.sleep(0.01)
+
+    assert result["status"] == "succeeded" and result["budget"]["reserved"] == 0
+    assert held.requests[TASK_GETS] == 0 and held.callbacks_sent[0]["status"] == 204
+    assert naps and all(54 <= nap <= 66 for nap in naps), "with callbacks, polling is only a slow fallback"

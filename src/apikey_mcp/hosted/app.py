@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
 import platformdirs
 import uvicorn
 from mcp.server.auth.settings import AuthSettings
@@ -76,12 +78,18 @@ def _check(settings: Settings, tokens: dict[str, str]) -> None:
         )
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    poll_clock: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    """The hosted app; `poll_sleep` and `poll_clock` are the task watchers' time (a test may own it)."""
     tokens = load_tokens(settings)
     _check(settings, tokens)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
     store = StateStore(settings.state_file or default_state_file())
-    accounts = Accounts(settings, client, store, hosted=True)
+    accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
     updates = ResourceUpdates()
     accounts.task_listeners.append(updates.task_changed)
 

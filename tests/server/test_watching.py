@@ -1,0 +1,180 @@
+"""The task watcher knows what it waits for: it polls on a close schedule while an agent waits, answers from
+a fresh state without asking the gateway, and stops once the task has ended.
+
+Time belongs to the test: the watchers sleep on `ManualTime`, and the sandbox holds every task until the test
+moves it on, so nothing here races a real timer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from apikey_mcp.budget import Ledger
+from apikey_mcp.polling import Known, Schedule
+from apikey_mcp.sandbox import Sandbox, SandboxServer
+from apikey_mcp.server import build_server
+from tests.conftest import advance
+from tests.server.conftest import call, settings_for
+
+TASK_GETS = "GET /v1/tasks/{task_id}"
+DEFAULT_POLLING = {"poll_interval": 1.0, "max_poll_interval": 5.0, "fresh_seconds": 1.0}
+
+
+class ManualTime:
+    """The watchers' clock and sleep: a sleeper wakes only when the test moves the clock past its deadline."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.naps: list[float] = []  # every sleep asked for, in order
+        self._sleepers: list[tuple[float, anyio.Event]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        entry = (self.now + seconds, anyio.Event())
+        self.naps.append(seconds)
+        self._sleepers.append(entry)
+        try:
+            await entry[1].wait()
+        finally:
+            self._sleepers.remove(entry)
+
+    @property
+    def sleeping(self) -> int:
+        return len(self._sleepers)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for deadline, wake in self._sleepers:
+            if deadline <= self.now + 1e-9:
+                wake.set()
+
+    async def until(self, condition: Any) -> None:
+        """Let the server run until `condition()` holds (bounded: a wrong expectation fails, never hangs)."""
+        with anyio.fail_after(10):
+            while not condition():
+                await anyio.sleep(0.001)
+
+
+@pytest.fixture
+def time_() -> ManualTime:
+    return ManualTime()
+
+
+def server_for(sandbox_server: SandboxServer, time_: ManualTime):
+    settings = settings_for(sandbox_server, **DEFAULT_POLLING)
+    return build_server(settings, poll_sleep=time_.sleep, poll_clock=time_.clock)
+
+
+async def test_a_waiting_poll_is_woken_by_the_watchers_poll_aimed_at_the_estimated_end(
+    sandbox_server: SandboxServer, held: Sandbox, time_: ManualTime
+) -> None:
+    async with Client(server_for(sandbox_server, time_)) as client:
+        task_id = (await call(client, "generate_image", prompt="a lighthouse", model="flux-schnell"))["task_id"]
+        await time_.until(lambda: time_.naps == [1.0])  # nobody waits yet: the first poll after poll_interval
+        result: dict = {}
+        seen: list[str | None] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(message)
+
+        async def wait() -> None:
+            answer = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 55}, progress_callback=on_progress
+            )
+            result.update(answer.structured_content or {})
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await time_.until(lambda: len(time_.naps) == 2)  # the waiter woke the watcher to plan again
+            assert held.requests[TASK_GETS] == 0, "the create's answer was fresh: no poll of its own"
+
+            await advance(sandbox_server, task_id, "running", progress=0.25)
+            time_.advance(1.0)
+            await time_.until(lambda: len(time_.naps) == 3 and "running" in (seen[-1] or ""))
+            assert held.requests[TASK_GETS] == 1
+            # 25 % after 1 s: about 4 s in all, so the next poll is aimed just past the end, 3 s from now
+            assert 3.0 < time_.naps[-1] < 3.5
+
+            await advance(sandbox_server, task_id)
+            time_.advance(time_.naps[-1])
+        await time_.until(lambda: time_.sleeping == 0)  # the watcher has stopped: the task ended
+
+    assert result["status"] == "succeeded" and result["budget"]["reserved"] == 0
+    assert held.requests[TASK_GETS] == 2, "two polls by the watcher and none by poll_task"
+
+
+async def test_poll_task_answers_from_a_fresh_state_and_asks_the_gateway_once_it_is_stale(
+    sandbox_server: SandboxServer, held: Sandbox, time_: ManualTime
+) -> None:
+    async with Client(server_for(sandbox_server, time_)) as client:
+        task_id = (await call(client, "generate_image", prompt="a harbour", model="flux-schnell"))["task_id"]
+        fresh = [await call(client, "poll_task", task_id=task_id, wait_seconds=0) for _ in range(3)]
+        gets_while_fresh = held.requests[TASK_GETS]
+        await advance(sandbox_server, task_id, "running", progress=0.4)
+        time_.now += 1.5  # older than fresh_seconds, but the watcher's sleep (1 s) is left unwoken
+        stale = await call(client, "poll_task", task_id=task_id, wait_seconds=0)
+        again = await call(client, "poll_task", task_id=task_id, wait_seconds=0)
+
+    assert [r["status"] for r in fresh] == ["pending"] * 3 and gets_while_fresh == 0
+    assert stale["status"] == "running" and stale["progress"] == 0.4
+    assert again == stale and held.requests[TASK_GETS] == 1, "the stale look asked once; the next was fresh"
+
+
+async def test_without_a_waiter_the_watcher_backs_off_and_stops_once_the_task_ended(
+    sandbox_server: SandboxServer, held: Sandbox, time_: ManualTime
+) -> None:
+    ledger = Ledger(1000)
+    settings = settings_for(sandbox_server, **DEFAULT_POLLING)
+    server = build_server(settings, ledger=ledger, poll_sleep=time_.sleep, poll_clock=time_.clock)
+    async with Client(server) as client:
+        task_id = (await call(client, "generate_image", prompt="a dune", model="flux-schnell"))["task_id"]
+        for naps in range(1, 6):
+            await time_.until(lambda n=naps: len(time_.naps) == n)
+            time_.advance(time_.naps[-1])
+        await time_.until(lambda: len(time_.naps) == 6)
+        await advance(sandbox_server, task_id)
+        time_.advance(time_.naps[-1])
+        await time_.until(lambda: ledger.reserved == 0)  # settled by the watcher, which then stops at once
+
+    assert time_.sleeping == 0 and len(time_.naps) == 6
+    assert time_.naps == sorted(time_.naps) and time_.naps[0] == 1.0 and time_.naps[-1] > 5.0
+    assert held.requests[TASK_GETS] == 6
+
+
+@pytest.mark.parametrize(
+    ("known", "low", "high"),
+    [
+        # someone waits, 50 % at 10 s of age: the end is due in 10 s, but progress keeps coming every 5 s
+        (Known(10, 0, 3, 0.5, 10, None, True), 5.0, 5.0),
+        # nobody waits: aimed 5 % + 50 ms past the estimated end, so the reservation still settles promptly
+        (Known(10, 0, 3, 0.5, 10, None, False), 11.04, 11.06),
+        # someone waits on a task that should have ended: soon, but no sooner than a tenth of its age
+        (Known(20, 0, 5, 0.99, 20, None, True), 2.0, 2.0),
+        # no progress, but this model's tasks took 8 s here: aim past that
+        (Known(5, 0, 1, None, None, 8.0, True), 3.44, 3.46),
+        # no estimate at all: back off from poll_interval by 1.5 per poll, up to the ceiling
+        (Known(3, 0, 2, None, None, None, True), 2.25, 2.25),
+        (Known(60, 0, 9, None, None, None, True), 5.0, 5.0),
+        (Known(60, 0, 9, None, None, None, False), 30.0, 30.0),
+        # the last request was 4 s ago and the estimated end has passed: now
+        (Known(20, 4, 5, 0.9, 16, None, True), 0.0, 0.0),
+        # ... and if the end is still far: only what is left of the ceiling's 5 s
+        (Known(20, 4, 5, 0.5, 16, None, True), 1.0, 1.0),
+    ],
+)
+def test_the_schedule_without_callbacks(known: Known, low: float, high: float) -> None:
+    assert low <= Schedule(first=1.0, waiting_max=5.0).delay(known) <= high
+
+
+def test_with_callbacks_polling_is_a_slow_jittered_fallback_whoever_waits() -> None:
+    schedule = Schedule(callbacks=True)
+    first = [schedule.delay(Known(0, 0, 0, None, None, None, waiting)) for waiting in (True, False) * 50]
+    later = [schedule.delay(Known(900, 0, 8, 0.5, 900, None, True)) for _ in range(100)]
+    assert all(54 <= d <= 66 for d in first) and len(set(first)) > 50  # spread, so a burst does not poll in step
+    assert all(270 <= d <= 330 for d in later)
