@@ -278,13 +278,26 @@ async def task_gets(url: str, key: str) -> int:
         return int(response.json()["requests"].get(TASK_GETS, 0))
 
 
+async def ended_at(url: str, key: str, task_ids: list[str]) -> dict[str, float]:
+    """When each task ended, to the microsecond (the sandbox's /sandbox/tasks/{id}, which is not a poll)."""
+    ends: dict[str, float] = {}
+    async with httpx2.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for task_id in task_ids:
+            response = await http.get(f"/sandbox/tasks/{task_id}")
+            response.raise_for_status()
+            if (end := response.json().get("ended_at")) is None:
+                raise BenchError(f"the sandbox has no end time for {task_id}")
+            ends[task_id] = float(end)
+    return ends
+
+
 async def waiting(
     label: str, params: StdioServerParameters, url: str, key: str, *, tasks: int, concurrency: int
 ) -> Waiting:
     """Create `tasks` image tasks through the server (`concurrency` at a time, staggered) and wait on each with
-    poll_task(wait_seconds=20) until it ends. The end is taken as the moment the create was *sent* plus the task's
-    3 s, so the lag is an upper bound (the sandbox started the task a little later than that)."""
-    lags: list[float] = []
+    poll_task(wait_seconds=20) until it ends; the lag is from the end the sandbox recorded to poll_task's answer
+    (both on this machine's wall clock)."""
+    answered: dict[str, float] = {}
     limiter = anyio.CapacityLimiter(concurrency)
     async with Client(params) as client:
         await client.list_tools()
@@ -294,13 +307,12 @@ async def waiting(
         async def one(i: int) -> None:
             await anyio.sleep(0.37 * (i % concurrency))  # staggered, so that the ends do not coincide
             async with limiter:
-                sent = time.perf_counter()
                 result = await client.call_tool("generate_image", {"model": "flux-schnell", "prompt": f"wait {i}"})
                 task_id = check_created(result)
                 for _ in range(5):
                     polled = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 20})
                     if check_waited(polled) == "succeeded":
-                        lags.append((time.perf_counter() - sent - WAIT_TASK_SECONDS) * 1000)
+                        answered[task_id] = time.time()
                         return
                 raise BenchError(f"task {task_id} had not succeeded after five waits of 20 s")
 
@@ -308,7 +320,8 @@ async def waiting(
             for i in range(tasks):
                 group.start_soon(one, i)
         gets = await task_gets(url, key) - before
-    return Waiting(label, lags, gets, tasks)
+    ends = await ended_at(url, key, list(answered))
+    return Waiting(label, [(answered[t] - ends[t]) * 1000 for t in answered], gets, tasks)
 
 
 def check_created(result: CallToolResult) -> str:
