@@ -160,9 +160,12 @@ class TaskRegistry:
             self._apply(tracked, task)
         return tracked
 
-    def is_fresh(self, tracked: TrackedTask) -> bool:
-        """Whether what the registry knows of the task may stand for the gateway's answer now."""
-        return tracked.task.is_terminal or self._clock() - tracked.known_at <= self.fresh_seconds
+    def is_fresh(self, tracked: TrackedTask, *, waiting: bool = False) -> bool:
+        """Whether what the registry knows of the task may stand for the gateway's answer now: it has ended, or
+        the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent."""
+        if tracked.task.is_terminal or (waiting and self.schedule.callbacks):
+            return True
+        return self._clock() - tracked.known_at <= self.fresh_seconds
 
     async def wait(
         self,
@@ -172,11 +175,11 @@ class TaskRegistry:
     ) -> TrackedTask:
         """The task's state after at most `seconds`, sooner if it ends; `on_change` hears every change.
 
-        The gateway is asked first only if the known state is not fresh; while the caller waits, the task's
-        watcher polls on the waiting schedule (or a push ends the wait).
+        The gateway is asked first only if the known state is not fresh (`is_fresh`); while the caller waits, the
+        task's watcher polls on the waiting schedule, or a push ends the wait.
         """
         tracked = self._tasks.get(task_id)
-        if tracked is None or not self.is_fresh(tracked):
+        if tracked is None or not self.is_fresh(tracked, waiting=seconds > 0):
             tracked = await self.refresh(task_id)
         if on_change is not None:
             await on_change(tracked)

@@ -138,24 +138,27 @@ async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox
     assert heard == [uri]
 
 
-async def test_after_a_callback_ends_the_task_the_watcher_stops_and_never_polled(
+async def test_with_callbacks_a_waiting_poll_asks_nothing_and_the_watcher_stops_at_the_push(
     hosted_factory, sandbox_server: SandboxServer, held: Sandbox
 ) -> None:
     naps: list[float] = []
     parked = [0]
+    now = [1000.0]
 
     async def park(seconds: float) -> None:
-        """The watchers' sleep, in the server's thread: it never ends by itself, only when woken."""
-        naps.append(seconds)
+        """The watchers' sleep, in the server's thread: it never ends by itself, only when woken. It notes when
+        (on the test's clock, after the create) the watcher meant to poll next."""
+        naps.append(now[0] - 1000.0 + seconds)
         parked[0] += 1
         try:
             await anyio.sleep_forever()
         finally:
             parked[0] -= 1
 
-    hosted = hosted_factory(poll_sleep=park, poll_interval=1.0, max_poll_interval=5.0)
+    hosted = hosted_factory(poll_sleep=park, poll_clock=lambda: now[0], poll_interval=1.0, max_poll_interval=5.0)
     async with hosted.connect("streamable-http", ALICE) as client:
         task_id = (await call(client, "generate_image", prompt="pushed", model="flux-schnell"))["task_id"]
+        now[0] += 30  # the create's answer is old now, but a waiting poll needs no GET: the end will be pushed
         waiting = anyio.Event()
         result: dict = {}
 
@@ -179,4 +182,5 @@ async def test_after_a_callback_ends_the_task_the_watcher_stops_and_never_polled
 
     assert result["status"] == "succeeded" and result["budget"]["reserved"] == 0
     assert held.requests[TASK_GETS] == 0 and held.callbacks_sent[0]["status"] == 204
-    assert naps and all(54 <= nap <= 66 for nap in naps), "with callbacks, polling is only a slow fallback"
+    assert 1 <= len(naps) <= 2, "a nap after the create, and one planned again when the poll began to wait"
+    assert all(54 <= nap <= 66 for nap in naps), "with callbacks, polling is only a slow fallback"
