@@ -28,6 +28,7 @@ from .budget import Ledger, Reservation
 from .config import Settings
 from .gateway import GatewayClient
 from .gateway.models import Task
+from .polling import Pacer
 from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
 
@@ -62,6 +63,7 @@ class Accounts:
         self.task_listeners: list[Callable[[str, TrackedTask], Awaitable[None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
+        self._pacer = Pacer()  # fallback polls take turns across every principal's watchers
 
     @asynccontextmanager
     async def running(self, *, ledger: Ledger | None = None) -> AsyncIterator[Accounts]:
@@ -129,7 +131,7 @@ class Accounts:
             client, ledger, poll_interval=self.settings.poll_interval,
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
             callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
-            sleep=self.poll_sleep, clock=self.poll_clock,
+            sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group

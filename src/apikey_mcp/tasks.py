@@ -24,7 +24,7 @@ import anyio.abc
 from .budget import Ledger, Reservation
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
-from .polling import Known, Schedule
+from .polling import Known, Pacer, Schedule
 
 log = logging.getLogger(__name__)
 MAX_TYPICAL_MODELS = 256  # models whose typical task duration is remembered
@@ -74,12 +74,14 @@ class TaskRegistry:
         fresh_seconds: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        pacer: Pacer | None = None,
     ) -> None:
         """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
         (yes over stdio, where the key is the user's own; no when hosted, where the key is shared).
         `callbacks`: whether the gateway pushes each task's end here (then polling is a slow fallback).
         `fresh_seconds`: how old a known state may be for `wait` to answer from it without a request.
-        `sleep` and `clock` are what watchers wait with and tell time by: a test passes its own to own time."""
+        `sleep` and `clock` are what watchers wait with and tell time by: a test passes its own to own time.
+        `pacer` gives fallback polls (callbacks wired) their turns; hosting shares one across principals."""
         self.adopt_unknown = adopt_unknown
         self._sleep = sleep
         self._clock = clock
@@ -87,6 +89,7 @@ class TaskRegistry:
         self.ledger = ledger
         self.schedule = Schedule(first=poll_interval, waiting_max=max_poll_interval, callbacks=callbacks)
         self.fresh_seconds = fresh_seconds
+        self.pacer = pacer or Pacer()
         self.watching = 0  # watchers alive now
         self._typical: dict[str, float] = {}  # model -> how long its tasks took here lately
         self._tasks: dict[str, TrackedTask] = {}
@@ -273,6 +276,9 @@ class TaskRegistry:
                 delay = self.schedule.delay(self._known(tracked))
                 if delay > 0 and await self._nap(tracked, delay):
                     continue  # woken: plan again with what changed
+                if self.schedule.callbacks and (turn := self.pacer.reserve(self._clock())) > 0:
+                    if await self._nap(tracked, turn):
+                        continue
                 if tracked.task.is_terminal:
                     return  # it ended while we slept (a push): nothing to ask
                 try:

@@ -14,7 +14,7 @@ import pytest
 from mcp import Client
 
 from apikey_mcp.budget import Ledger
-from apikey_mcp.polling import Known, Schedule
+from apikey_mcp.polling import Known, Pacer, Schedule
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
 from tests.conftest import advance
@@ -178,3 +178,10 @@ def test_with_callbacks_polling_is_a_slow_jittered_fallback_whoever_waits() -> N
     later = [schedule.delay(Known(900, 0, 8, 0.5, 900, None, True)) for _ in range(100)]
     assert all(54 <= d <= 66 for d in first) and len(set(first)) > 50  # spread, so a burst does not poll in step
     assert all(270 <= d <= 330 for d in later)
+
+
+def test_fallback_polls_take_turns_so_a_burst_of_open_tasks_costs_a_bounded_rate() -> None:
+    pacer = Pacer(per_second=4.0)
+    waits = [pacer.reserve(100.0) for _ in range(1000)]  # 1,000 tasks due at the same moment
+    assert waits[0] == 0 and waits[1] == 0.25 and waits[-1] == pytest.approx(999 / 4)
+    assert pacer.reserve(100.0 + 250) == 0, "once the backlog is through, a turn is free at once"
