@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("apikey_mcp")
 
 
-def _sandbox_parser(sub: argparse._SubParsersAction) -> None:
+def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)

@@ -17,7 +17,13 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_REQUEST, Completion, ResourceTemplateReference
+from mcp.types import (
+    INVALID_REQUEST,
+    Completion,
+    CompletionArgument,
+    PromptReference,
+    ResourceTemplateReference,
+)
 from pydantic import SecretStr
 
 from . import __version__
@@ -147,8 +153,10 @@ def _register_resources(server: MCPServer) -> None:
         except GatewayError as exc:
             raise ResourceError(f"Cannot read task '{task_id}': {exc}") from None
 
-    @server.completion()
-    async def complete(ref, argument, context) -> Completion | None:
+    @server.completion()  # type: ignore[untyped-decorator, no-untyped-call]  # the SDK's decorator is untyped
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference, argument: CompletionArgument, context: object
+    ) -> Completion | None:
         if isinstance(ref, ResourceTemplateReference) and ref.uri == "apikey://tasks/{task_id}":
             ids = [i for i in reversed(current_service().registry.ids()) if i.startswith(argument.value)]
             return Completion(values=ids[:100], total=len(ids), has_more=len(ids) > 100)
