@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
+import anyio
 import httpx2
 import pytest
 
@@ -49,3 +51,14 @@ def held(sandbox: Sandbox) -> Sandbox:
     """The sandbox with its task clock stopped: new tasks stay pending until the test calls `advance`."""
     sandbox.hold = True
     return sandbox
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20) -> None:
+    """Wait for a state that another thread or process brings about (a sandbox counter, a server that is
+    starting): re-check it often, and fail the test at the deadline, which only a broken run reaches."""
+    with anyio.fail_after(seconds):
+        while True:
+            met = condition()
+            if await met if inspect.isawaitable(met) else met:
+                return
+            await anyio.sleep(0.005)

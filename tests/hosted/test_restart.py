@@ -15,7 +15,7 @@ import pytest
 from mcp.types import CallToolResult
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.conftest import KEY, advance, free_port
+from tests.conftest import KEY, advance, free_port, wait_until
 from tests.hosted.conftest import ALICE, TOKENS, Hosted
 from tests.server.conftest import call
 
@@ -35,15 +35,16 @@ class Process:
         self.hosted.url = f"http://127.0.0.1:{port}"
 
     async def ready(self) -> Process:
-        with anyio.fail_after(20):
-            async with httpx2.AsyncClient() as http:
-                while True:
-                    try:
-                        if (await http.get(f"{self.hosted.url}/healthz")).status_code == 200:
-                            return self
-                    except httpx2.TransportError:
-                        pass
-                    await anyio.sleep(0.05)
+        async with httpx2.AsyncClient() as http:
+
+            async def healthy() -> bool:
+                try:
+                    return (await http.get(f"{self.hosted.url}/healthz")).status_code == 200
+                except httpx2.TransportError:
+                    return False
+
+            await wait_until(healthy, seconds=30)
+        return self
 
     def stop(self, sig: int) -> int:
         self.popen.send_signal(sig)

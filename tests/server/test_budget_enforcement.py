@@ -14,7 +14,7 @@ from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.service import Service
 from apikey_mcp.tasks import TaskRegistry
-from tests.conftest import KEY, advance
+from tests.conftest import KEY, advance, wait_until
 from tests.server.conftest import FAST_POLLING, call, connect, settings_for, text_of
 
 VIDEO = {"prompt": "a drone shot over hills", "model": "seedance-2-fast", "duration": 5, "resolution": "720p"}
@@ -104,9 +104,7 @@ async def cancel_once_sent(sandbox: Sandbox, route: str, call: Callable[[], Awai
                 await call()
 
         group.start_soon(calling)
-        with anyio.fail_after(10):
-            while sandbox.requests[route] == sent:
-                await anyio.sleep(0.005)
+        await wait_until(lambda: sandbox.requests[route] > sent)
         scope.cancel()
 
 
