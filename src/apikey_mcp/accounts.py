@@ -15,10 +15,10 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -60,7 +60,7 @@ class Accounts:
         self._own: dict[tuple[str, str], Service] = {}  # (principal, key fingerprint) -> service with that key
         self._awaiting_key: dict[str, list[tuple[Task, str | None, Reservation | None]]] = {}
         self._salt = secrets.token_bytes(16)
-        self.task_listeners: list[Callable[[str, TrackedTask], Awaitable[None]]] = []
+        self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
         self._pacer = Pacer()  # fallback polls take turns across every principal's watchers
@@ -135,9 +135,12 @@ class Accounts:
         )  # fmt: skip
         registry.start(self._group)
         group = self._group
-        registry.observers.append(
-            lambda tracked: [group.start_soon(listen, principal, tracked) for listen in self.task_listeners]
-        )
+
+        def announce(tracked: TrackedTask) -> None:
+            for listen in self.task_listeners:
+                group.start_soon(listen, principal, tracked)
+
+        registry.observers.append(announce)
         flush = None
         if (store := self.store) is not None:
             if not own_key:  # an own-key service shares the principal's ledger, already recorded

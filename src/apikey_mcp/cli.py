@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("apikey_mcp")
 
 
-def _sandbox_parser(sub: argparse._SubParsersAction) -> None:
+def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
@@ -127,10 +127,11 @@ def serve(args: argparse.Namespace) -> None:
         configure(settings.log_level)
         if settings.transport == "stdio":
             from .server import build_server
+            from .stdio import serve_stdio
 
             log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
                      settings.session_budget)  # fmt: skip
-            build_server(settings).run("stdio")
+            serve_stdio(lambda closed: build_server(settings, closed=closed))
             return
         from .hosted import HostingError
         from .hosted import serve as serve_http

@@ -50,6 +50,9 @@ class TrackedTask:
     def task_id(self) -> str:
         return self.task.task_id
 
+    def ended(self) -> bool:
+        return self.task.is_terminal
+
     def wake_watcher(self) -> None:
         if self.napping is not None:
             self.napping.cancel()
@@ -279,7 +282,7 @@ class TaskRegistry:
                 if self.schedule.callbacks and (turn := self.pacer.reserve(self._clock())) > 0:
                     if await self._nap(tracked, turn):
                         continue
-                if tracked.task.is_terminal:
+                if tracked.ended():
                     return  # it ended while we slept (a push): nothing to ask
                 try:
                     await self.refresh(tracked.task_id)

@@ -20,10 +20,10 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx2
@@ -157,12 +157,18 @@ class Sandbox:
         ]
         return v1 + documents + extras
 
-    def _key(self, request: Request, *, required: bool = True) -> str | None:
+    def _key(self, request: Request) -> str:
+        """The caller's key, which must be one of the sandbox's."""
+        key = self._optional_key(request)
+        if key is None:
+            raise SandboxError(401, "invalid_api_key", "Missing API key: send Authorization: Bearer KEY")
+        return key
+
+    def _optional_key(self, request: Request) -> str | None:
+        """The caller's key if it sent one (free endpoints need none); a wrong key is still refused."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key")
         if not key:
-            if required:
-                raise SandboxError(401, "invalid_api_key", "Missing API key: send Authorization: Bearer KEY")
             return None
         if key not in self.wallets:
             raise SandboxError(401, "invalid_api_key", "Invalid API key")
@@ -190,11 +196,11 @@ class Sandbox:
     # ------------------------------------------------------------ catalogue and estimate
 
     async def list_models(self, request: Request) -> Response:
-        self._key(request, required=False)
+        self._optional_key(request)
         return _json(ModelList(data=list(pricing.CATALOGUE.values())))
 
     async def estimate(self, request: Request) -> Response:
-        self._key(request, required=False)
+        self._optional_key(request)
         body = await self._body(request, EstimateRequest)
         credits, breakdown = self._price(body)
         within = None if body.max_credits is None else credits <= body.max_credits
@@ -276,7 +282,6 @@ class Sandbox:
         self, request: Request, modality: str, kind: type[ImageRequest | VideoRequest | MusicRequest]
     ) -> Response:
         key = self._key(request)
-        assert key is not None
         body = await self._body(request, kind)
         if isinstance(body, VideoRequest):
             needs = {"image-to-video": ("image_url", body.image_url), "video-to-video": ("video_url", body.video_url)}
@@ -308,7 +313,7 @@ class Sandbox:
             self._spawn(self._run, entry)
         return _json(task, status=200)
 
-    def _spawn(self, func: Callable[[SandboxTask], Awaitable[None]], entry: SandboxTask) -> None:
+    def _spawn(self, func: Callable[[SandboxTask], Coroutine[Any, Any, None]], entry: SandboxTask) -> None:
         assert self._task_group is not None, "the sandbox app must run with its lifespan"
         self._task_group.start_soon(func, entry)
 
@@ -391,7 +396,7 @@ class Sandbox:
 
     # ------------------------------------------------------------ documents and sandbox extras
 
-    def _document(self, name: str):
+    def _document(self, name: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         async def serve(request: Request) -> Response:
             text, media_type = docs.render(name, base_url=str(request.base_url).rstrip("/"))
             return Response(text, media_type=media_type)
@@ -427,7 +432,7 @@ class Sandbox:
         return JSONResponse({"status": str(entry.task.status), "ended_at": entry.ended_at})
 
     async def wallet(self, request: Request) -> Response:
-        wallet = self.wallets[self._key(request) or ""]
+        wallet = self.wallets[self._key(request)]
         return JSONResponse({"balance": wallet.balance, "reserved": wallet.reserved, "available": wallet.available})
 
     async def stats(self, request: Request) -> Response:
