@@ -48,12 +48,11 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Totals:
-    """The budget in four numbers, read in O(1) however many reservations are open."""
+    """The budget in numbers, read in O(1) however many reservations are open."""
 
     budget: int
     spent: int
     reserved: int
-    open_count: int
 
     @property
     def remaining(self) -> int:
@@ -106,9 +105,13 @@ class Ledger:
             return self._budget - self._spent - self._reserved
 
     def totals(self) -> Totals:
-        """Budget, spent, reserved and how many reservations are open, consistent with each other."""
+        """Budget, spent and reserved, consistent with each other."""
         with self._lock:
             return self._totals()
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
 
     def open_reservations(self, limit: int, offset: int = 0) -> list[Reservation]:
         """A page of the open reservations, oldest first: O(offset + limit), never the whole list."""
@@ -123,7 +126,7 @@ class Ledger:
     def snapshot(self) -> Snapshot:
         """The totals and every open reservation (O(open)); prefer `totals` and `open_reservations`."""
         with self._lock:
-            return Snapshot(self._budget, self._spent, self._reserved, len(self._open), tuple(self._open.values()))
+            return Snapshot(self._budget, self._spent, self._reserved, tuple(self._open.values()))
 
     def reserve(self, credits: int, purpose: str) -> Reservation:
         """Hold `credits` for a call about to be made, or raise BudgetExceededError and hold nothing."""
@@ -181,7 +184,7 @@ class Ledger:
             self._changed(None)
 
     def _totals(self) -> Totals:
-        return Totals(self._budget, self._spent, self._reserved, len(self._open))
+        return Totals(self._budget, self._spent, self._reserved)
 
     def _changed(self, reservation: Reservation | None = None) -> None:
         """Tell the observers. A failing observer is logged, never allowed to undo or block the change."""
