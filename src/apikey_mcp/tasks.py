@@ -192,7 +192,8 @@ class TaskRegistry:
         if tracked.task.is_terminal or seconds <= 0:
             return tracked
         tracked.waiters += 1
-        tracked.wake_watcher()  # to plan again, now that someone waits
+        if not self.schedule.callbacks:  # with callbacks a waiter changes no plan (and keeps the pacer's turn)
+            tracked.wake_watcher()  # to plan again, now that someone waits
         try:
             with anyio.move_on_after(seconds):
                 while not tracked.task.is_terminal:
