@@ -7,8 +7,6 @@ moves it on, so nothing here races a real timer.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
 from mcp import Client
@@ -17,7 +15,7 @@ from apikey_mcp.budget import Ledger
 from apikey_mcp.polling import Known, Pacer, Schedule
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
-from tests.conftest import advance
+from tests.conftest import advance, wait_until
 from tests.server.conftest import call, settings_for
 
 TASK_GETS = "GET /v1/tasks/{task_id}"
@@ -54,12 +52,6 @@ class ManualTime:
             if deadline <= self.now + 1e-9:
                 wake.set()
 
-    async def until(self, condition: Any) -> None:
-        """Let the server run until `condition()` holds (bounded: a wrong expectation fails, never hangs)."""
-        with anyio.fail_after(10):
-            while not condition():
-                await anyio.sleep(0.001)
-
 
 @pytest.fixture
 def time_() -> ManualTime:
@@ -76,7 +68,7 @@ async def test_a_waiting_poll_is_woken_by_the_watchers_poll_aimed_at_the_estimat
 ) -> None:
     async with Client(server_for(sandbox_server, time_)) as client:
         task_id = (await call(client, "generate_image", prompt="a lighthouse", model="flux-schnell"))["task_id"]
-        await time_.until(lambda: time_.naps == [1.0])  # nobody waits yet: the first poll after poll_interval
+        await wait_until(lambda: time_.naps == [1.0])  # nobody waits yet: the first poll after poll_interval
         result: dict = {}
         seen: list[str | None] = []
 
@@ -91,19 +83,19 @@ async def test_a_waiting_poll_is_woken_by_the_watchers_poll_aimed_at_the_estimat
 
         async with anyio.create_task_group() as group:
             group.start_soon(wait)
-            await time_.until(lambda: len(time_.naps) == 2)  # the waiter woke the watcher to plan again
+            await wait_until(lambda: len(time_.naps) == 2)  # the waiter woke the watcher to plan again
             assert held.requests[TASK_GETS] == 0, "the create's answer was fresh: no poll of its own"
 
             await advance(sandbox_server, task_id, "running", progress=0.25)
             time_.advance(1.0)
-            await time_.until(lambda: len(time_.naps) == 3 and "running" in (seen[-1] or ""))
+            await wait_until(lambda: len(time_.naps) == 3 and "running" in (seen[-1] or ""))
             assert held.requests[TASK_GETS] == 1
             # 25 % after 1 s: about 4 s in all, so the next poll is aimed just past the end, 3 s from now
             assert 3.0 < time_.naps[-1] < 3.5
 
             await advance(sandbox_server, task_id)
             time_.advance(time_.naps[-1])
-        await time_.until(lambda: time_.sleeping == 0)  # the watcher has stopped: the task ended
+        await wait_until(lambda: time_.sleeping == 0)  # the watcher has stopped: the task ended
 
     assert result["status"] == "succeeded" and result["budget"]["reserved"] == 0
     assert held.requests[TASK_GETS] == 2, "two polls by the watcher and none by poll_task"
@@ -135,12 +127,12 @@ async def test_without_a_waiter_the_watcher_backs_off_and_stops_once_the_task_en
     async with Client(server) as client:
         task_id = (await call(client, "generate_image", prompt="a dune", model="flux-schnell"))["task_id"]
         for naps in range(1, 6):
-            await time_.until(lambda n=naps: len(time_.naps) == n)
+            await wait_until(lambda n=naps: len(time_.naps) == n)
             time_.advance(time_.naps[-1])
-        await time_.until(lambda: len(time_.naps) == 6)
+        await wait_until(lambda: len(time_.naps) == 6)
         await advance(sandbox_server, task_id)
         time_.advance(time_.naps[-1])
-        await time_.until(lambda: ledger.reserved == 0)  # settled by the watcher, which then stops at once
+        await wait_until(lambda: ledger.reserved == 0)  # settled by the watcher, which then stops at once
 
     assert time_.sleeping == 0 and len(time_.naps) == 6
     assert time_.naps == sorted(time_.naps) and time_.naps[0] == 1.0 and time_.naps[-1] > 5.0
