@@ -112,6 +112,6 @@ async def test_sigterm_answers_calls_in_flight_and_logs_unfinished_task_ids(
             await anyio.to_thread.run_sync(process.stop, signal.SIGTERM)
     assert outcome, "the call in flight was answered"
     text = log.read_text()
-    assert "stopped; the state file has" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
+    assert "stopped; the ledger" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
     assert f"created image task {task_id}" in text
     assert f"unfinished task(s) {task_id}" in text
