@@ -425,12 +425,16 @@ def _describe(exc: Exception) -> str:
 
 def _may_have_happened(exc: GatewayError) -> bool:
     """Whether the gateway may have acted on a paid request that failed: after a timeout, a broken
-    connection or an unreadable answer, or a 5xx that is not the gateway's own refusal (a proxy's 502/504)."""
+    connection or an unreadable answer, a 5xx that is not the gateway's own refusal (a proxy's 502/504), or
+    an answer that is neither success nor refusal (a redirect). A 4xx is the gateway saying it did nothing."""
     if isinstance(exc, GatewayUnreachableError):
         return False
     if isinstance(exc, GatewayProtocolError | GatewayConnectionError):
         return True
-    return isinstance(exc, ServerError) and (exc.status in (502, 504) or exc.code is None)
+    if isinstance(exc, ServerError):
+        return exc.status in (502, 504) or exc.code is None
+    status = getattr(exc, "status", None)
+    return status is not None and not 400 <= status < 500  # a redirect or an unknown status: not a refusal
 
 
 def _task_id_in(exc: GatewayError) -> str | None:
