@@ -22,12 +22,16 @@ from tests.server.conftest import call
 class Process:
     """`apikey-mcp --transport http` in a subprocess of its own."""
 
-    def __init__(self, sandbox_server: SandboxServer, state_file: Path, log: Path, port: int) -> None:
+    def __init__(
+        self, sandbox_server: SandboxServer, state_file: Path | None, log: Path, port: int, **extra_env: str
+    ) -> None:
+        """`state_file` None: the ledger is wherever `extra_env` says (APIKEY_DATABASE_URL)."""
         self.port, self.log = port, log
         env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
         env |= {"APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_MCP_AUTH_TOKENS": TOKENS,
-                "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1"}  # fmt: skip
-        args = ["--transport", "http", "--port", str(port), "--state-file", str(state_file), "--log-level", "INFO"]
+                "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1", **extra_env}  # fmt: skip
+        args = ["--transport", "http", "--port", str(port), "--log-level", "INFO"]
+        args += ["--state-file", str(state_file)] if state_file is not None else []
         with log.open("ab") as err:
             self.popen = subprocess.Popen([sys.executable, "-m", "apikey_mcp", *args], env=env, stderr=err)
         self.hosted = Hosted.__new__(Hosted)
