@@ -22,7 +22,7 @@ from .budget import OPERATOR, LedgerStore, Reservation, Totals
 PAGE = 1000
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("admin", help="the operator's commands on a hosted server's ledger")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--state-file", default=argparse.SUPPRESS, help="the server's SQLite ledger file")
@@ -96,12 +96,12 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
             closed = await store.release(args.reservation_id, actor=OPERATOR)
         else:
             closed = await store.settle(args.reservation_id, args.charged, actor=OPERATOR)
-        found = await store.reservation(args.reservation_id)
+        record = await store.reservation(args.reservation_id)
         if not closed:
-            state = f"it is {found.state}" if found else "there is no such reservation"
+            state = f"it is {record.state}" if record else "there is no such reservation"
             return _fail(f"reservation {args.reservation_id} was not closed: {state}")
-        assert found is not None
-        return _out(args, [_reservation(found)], ["id", "principal", "state", "credits", "charged", "task_id"])
+        assert record is not None
+        return _out(args, [_reservation(record)], ["id", "principal", "state", "credits", "charged", "task_id"])
     events: list[dict[str, Any]] = []
     while batch := await store.history(args.principal, limit=PAGE, offset=len(events)):
         events += [{**asdict(e), "at": _when(e.at), "totals": _totals(e.totals)} for e in batch]

@@ -383,10 +383,11 @@ class Service:
             except Exception as exc:  # after the request left: undecodable body, redirect loop, a bad number
                 raise _unconfirmed(purpose, reservation, _describe(exc), None) from exc
             try:
-                return await done(answer, reservation)
+                result = await done(answer, reservation)
             except Exception as exc:
                 task_id = getattr(answer, "task_id", None)
                 raise _unconfirmed(purpose, reservation, _describe(exc), task_id) from exc
+        return result
 
     async def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
         """Release the reservation of a request the gateway refused; keep it when the outcome is unknown."""

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import anyio.abc
@@ -52,10 +53,13 @@ class TaskRegistry:
         poll_interval: float = 1.0,
         max_poll_interval: float = 5.0,
         adopt_unknown: bool = True,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
-        (yes over stdio, where the key is the user's own; no when hosted, where the key is shared)."""
+        (yes over stdio, where the key is the user's own; no when hosted, where the key is shared).
+        `sleep` is what a watcher waits with between polls: a test passes its own to own the clock."""
         self.adopt_unknown = adopt_unknown
+        self._sleep = sleep
         self.client = client
         self.ledger = ledger
         self.poll_interval = poll_interval
@@ -192,7 +196,7 @@ class TaskRegistry:
             else:
                 await self.durably(f"release task {task.task_id}", lambda: self._release(reservation, task))
         for duplicate in tracked.duplicates:
-            await self.durably(f"release a duplicate of {task.task_id}", lambda r=duplicate: self._release(r, task))
+            await self.durably(f"release a duplicate of {task.task_id}", partial(self._release, duplicate, task))
 
     async def _settle(self, reservation: Reservation, charged: int, task: Task) -> None:
         if await self.ledger.settle(reservation, charged):
@@ -234,7 +238,7 @@ class TaskRegistry:
     async def _watch(self, tracked: TrackedTask) -> None:
         interval = self.poll_interval
         while not tracked.task.is_terminal:
-            await anyio.sleep(interval)
+            await self._sleep(interval)
             try:
                 await self.refresh(tracked.task_id)
             except NotFoundError:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
 
 from apikey_mcp.budget import Totals
+from apikey_mcp.gateway import InsufficientCreditsError
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.stores import MemoryLedgerStore
-from tests.conftest import KEY
+from tests.conftest import KEY, advance, gate, wait_until
 from tests.server.conftest import call, connect, running_service, settings_for, text_of, totals
 
 VIDEO = {"prompt": "a drone shot over hills", "model": "seedance-2-fast", "duration": 5, "resolution": "720p"}
@@ -41,7 +45,7 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
         created = [r.structured_content["task_id"] for r in outcomes if not r.is_error]
         refused = [text_of(r) for r in outcomes if r.is_error]
         for task_id in created:
-            await call(client, "poll_task", task_id=task_id, wait_seconds=5)
+            await call(client, "poll_task", task_id=task_id, wait_seconds=30)
         final = await call(client, "budget_status")
 
     assert len(created) == len(sandbox.tasks) == k
@@ -68,22 +72,39 @@ async def test_concurrent_videos_over_stdio_create_exactly_k(sandbox_server: San
     assert status["spent"] + status["reserved"] == 3 * VIDEO_COST <= status["budget"]
 
 
+async def cancel_in_flight(sandbox: Sandbox, route: str, call: Callable[[], Awaitable[object]]) -> None:
+    """Run `call`, hold its request of `route` at the sandbox, cancel the call while it is held there, then
+    let the request go on."""
+    held, sent = gate(sandbox, route), sandbox.requests[route]
+    scope = anyio.CancelScope()
+
+    async def calling() -> None:
+        with scope:
+            await call()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(calling)
+        await wait_until(lambda: sandbox.requests[route] > sent)
+        scope.cancel()  # while the request is held at the sandbox, unanswered
+        held.set()
+
+
 async def test_a_cancelled_call_keeps_its_task_and_leaks_no_reservation(
-    sandbox_server: SandboxServer, sandbox: Sandbox
+    sandbox_server: SandboxServer, held: Sandbox
 ) -> None:
     async with running_service(sandbox_server, 100) as service:
         await service.models()  # catalogue cached: what follows is the estimate, then the create
-        sandbox.faults.latency = 0.3  # every request, so the create is in flight when the caller gives up
-        with anyio.move_on_after(0.45):  # after the estimate (0.3 s), during the create
-            await service.generate(VideoRequest.model_validate(VIDEO))
-        assert len(sandbox.tasks) == 1, "the create went through despite the cancellation"
-        (task_id,) = sandbox.tasks
+        generate = lambda: service.generate(VideoRequest.model_validate(VIDEO))  # noqa: E731
+        await cancel_in_flight(held, "POST /v1/videos", generate)
+        assert len(held.tasks) == 1, "the create went through despite the cancellation"
+        (task_id,) = held.tasks
         tracked = service.registry.get(task_id)
         assert tracked is not None and tracked.reservation is not None, "the created task id was kept"
         assert tracked.reservation.task_id == task_id and (await totals(service)).reserved == VIDEO_COST
-        sandbox.faults.latency = 0
-        with anyio.fail_after(5):
-            await service.registry.wait(task_id, 5)
+        await advance(sandbox_server, task_id)
+        with anyio.fail_after(20):
+            tracked = await service.registry.wait(task_id, math.inf)
+        assert tracked.task.is_terminal
         assert await totals(service) == Totals(100, VIDEO_COST, 0)
 
 
@@ -92,10 +113,10 @@ async def test_a_call_cancelled_before_its_create_reserves_nothing(
 ) -> None:
     async with running_service(sandbox_server, 100) as service:
         await service.models()
-        sandbox.faults.latency = 0.3
-        with anyio.move_on_after(0.1):  # during the estimate
-            await service.generate(VideoRequest.model_validate(VIDEO))
-        await anyio.sleep(0.5)
+        generate = lambda: service.generate(VideoRequest.model_validate(VIDEO))  # noqa: E731
+        await cancel_in_flight(sandbox, "POST /v1/credits/estimate", generate)
+        # the call is over, so nothing can follow: no create was sent and nothing is held
+        assert sandbox.requests["POST /v1/videos"] == 0
         assert sandbox.tasks == {} and await totals(service) == Totals(100, 0, 0)
 
 
@@ -104,6 +125,6 @@ async def test_a_create_the_gateway_refuses_releases_its_reservation(
 ) -> None:
     async with running_service(sandbox_server, 100) as service:
         sandbox.wallets[KEY].balance = 10  # the gateway wallet cannot pay although the session budget could
-        with pytest.raises(Exception, match="Insufficient credits"):
+        with pytest.raises(InsufficientCreditsError, match="Insufficient credits"):
             await service.generate(VideoRequest.model_validate(VIDEO))
         assert await totals(service) == Totals(100, 0, 0) and sandbox.tasks == {}

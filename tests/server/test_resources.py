@@ -40,7 +40,7 @@ async def test_the_gateways_documents_are_resources_with_their_mime_types(
     assert "Authorization: Bearer" in texts["apikey://docs/auth.md"]
 
 
-async def test_models_budget_and_task_resources(transport: str, sandbox_server: SandboxServer) -> None:
+async def test_models_budget_and_task_resources(transport: str, sandbox_server: SandboxServer, held: Sandbox) -> None:
     async with connect(transport, settings_for(sandbox_server)) as client:
         models = json.loads(await read_text(client, "apikey://models"))
         created = await call(client, "generate_image", prompt="a kite", model="flux-schnell")
@@ -50,9 +50,8 @@ async def test_models_budget_and_task_resources(transport: str, sandbox_server: 
         with pytest.raises(MCPError, match="No task"):
             await client.read_resource("apikey://tasks/task_nope")
     assert {m["id"] for m in models["data"]} >= {"seedance-2", "seedance-2-fast"}
-    # the task may already have ended (50 ms): its credits are counted either way, reserved or spent
-    assert budget["reserved"] + budget["spent"] == created["credits_reserved"] > 0
-    assert task["task_id"] == created["task_id"] and task["status"] in ("pending", "running", "succeeded")
+    assert budget["reserved"] == created["credits_reserved"] > 0
+    assert task["task_id"] == created["task_id"] and task["status"] == "pending"  # held until the test moves it
     assert templates == ["apikey://tasks/{task_id}"]
 
 
@@ -68,10 +67,8 @@ async def test_task_ids_complete_from_what_this_session_created(transport: str, 
     assert one.completion.values == [ids[1]]
 
 
-async def test_documents_from_an_unreachable_gateway_are_a_clear_error() -> None:
-    with SandboxServer(Sandbox(["k"])) as gone:
-        url = gone.url
-    async with connect("memory", Settings(base_url=url, api_key="k")) as client:
+async def test_documents_from_an_unreachable_gateway_are_a_clear_error(unreachable_url: str) -> None:
+    async with connect("memory", Settings(base_url=unreachable_url, api_key="k")) as client:
         with pytest.raises(MCPError, match=r"Cannot fetch /llms\.txt from the gateway: Cannot connect"):
             await client.read_resource("apikey://docs/llms.txt")
 

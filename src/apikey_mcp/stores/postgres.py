@@ -113,11 +113,13 @@ class PostgresLedgerStore:
             try:
                 async with self._pool.connection() as conn:
                     if one_statement:
-                        return await op(conn)
-                    async with conn.transaction():  # commits at the end, rolls back on an error
-                        return await op(conn)
+                        result = await op(conn)
+                    else:
+                        async with conn.transaction():  # commits at the end, rolls back on an error
+                            result = await op(conn)
             except psycopg.Error as exc:
                 raise LedgerUnavailableError(f"the PostgreSQL ledger cannot be written ({exc})") from None
+        return result
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
         async def op(c: _Conn) -> tuple[Totals, bool]:
@@ -195,8 +197,8 @@ class PostgresLedgerStore:
 
         return await self._run(op)
 
-    async def _rows(self, sql: str, params: Any = None) -> list[tuple]:
-        async def op(c: _Conn) -> list[tuple]:
+    async def _rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async def op(c: _Conn) -> list[tuple[Any, ...]]:
             return await (await c.execute(sql, params)).fetchall()
 
         return await self._run(op, one_statement=True)
@@ -250,7 +252,7 @@ async def _totals(c: _Conn, principal: str) -> Totals:
     return Totals(*row)
 
 
-def _reservation(row: tuple) -> Reservation:
+def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
                        bool(own_key), created_at)  # fmt: skip

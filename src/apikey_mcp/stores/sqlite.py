@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -80,7 +80,8 @@ class SqliteLedgerStore:
                     raise LedgerUnavailableError(f"the ledger file {self.path} cannot be written ({exc})") from None
 
         with anyio.CancelScope(shield=True):
-            return await anyio.to_thread.run_sync(transaction)
+            result = await anyio.to_thread.run_sync(transaction)
+        return result
 
     def _log(self, c: sqlite3.Connection, principal: str, kind: str, actor: str, rid: str | None,
              credits: int | None, detail: str | None = None) -> None:  # fmt: skip
@@ -220,7 +221,7 @@ def _totals(c: sqlite3.Connection, principal: str) -> Totals:
     return Totals(*row)
 
 
-def _reservation(row: tuple) -> Reservation:
+def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
                        bool(own_key), created_at)  # fmt: skip
