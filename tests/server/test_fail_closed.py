@@ -195,3 +195,46 @@ def test_a_foreign_state_file_refuses_to_start(tmp_path: Path) -> None:
     text.write_text("hello, I am a text file and not a database at all" * 20)
     with pytest.raises(StoreRefusedError, match="cannot be used as the ledger"):
         SqliteLedgerStore(text)
+
+
+V1_SCHEMA = """
+CREATE TABLE principals (name TEXT PRIMARY KEY, budget INTEGER NOT NULL, spent INTEGER NOT NULL);
+CREATE TABLE reservations (
+    id TEXT PRIMARY KEY, principal TEXT NOT NULL, credits INTEGER NOT NULL, purpose TEXT NOT NULL,
+    task_id TEXT, state TEXT NOT NULL, charged INTEGER, updated_at REAL NOT NULL);
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY, principal TEXT NOT NULL, modality TEXT, reservation_id TEXT, own_key INTEGER NOT NULL,
+    terminal INTEGER NOT NULL, body TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
+INSERT INTO principals VALUES ('alice', 1000, 120);
+INSERT INTO reservations VALUES ('r1', 'alice', 40, 'video with seedance-2-fast', 'task_a', 'reserved', NULL, 1.0);
+INSERT INTO reservations VALUES ('r2', 'alice', 120, 'image', 'task_b', 'settled', 120, 2.0);
+INSERT INTO tasks VALUES ('task_a', 'alice', 'video', 'r1', 0, 0, '{}', 1.0);
+"""
+
+
+async def test_a_state_file_of_the_previous_version_is_migrated_whole(tmp_path: Path) -> None:
+    old = tmp_path / "state.sqlite3"
+    with sqlite3.connect(old) as conn:
+        conn.executescript(V1_SCHEMA)
+    store = SqliteLedgerStore(old)
+    try:
+        assert await store.totals("alice") == Totals(1000, 120, 40)
+        (held,) = await store.reservations("alice", open_only=True)
+        assert (held.id, held.task_id, held.modality, held.credits) == ("r1", "task_a", "video", 40)
+        assert await store.settle("r1", 40)
+        assert await store.totals("alice") == Totals(1000, 160, 0)
+    finally:
+        await store.aclose()
+    reopened = SqliteLedgerStore(old)  # now an apikey-mcp ledger like any other
+    assert await reopened.totals("alice") == Totals(1000, 160, 0)
+    await reopened.aclose()
+
+
+def test_the_server_refuses_to_start_on_an_empty_state_file(tmp_path: Path) -> None:
+    from apikey_mcp.hosted import HostingError, create_app
+
+    empty = tmp_path / "state.sqlite3"
+    empty.touch()
+    with pytest.raises(HostingError, match="is empty"):
+        create_app(Settings(transport="http", state_file=empty))

@@ -86,7 +86,7 @@ FROM moved RETURNING seq
 class PostgresLedgerStore:
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0) -> None:
         """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`)."""
-        self._timeout = timeout
+        self._timeout, self._url = timeout, url
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
                                          kwargs={"connect_timeout": int(timeout), "autocommit": True})  # fmt: skip
 
@@ -98,10 +98,10 @@ class PostgresLedgerStore:
 
     async def open(self) -> None:
         """Connect and create the tables if they are missing; refuse clearly when the database is unreachable."""
-        try:
-            await self._pool.open(wait=True, timeout=self._timeout)
-            async with self._pool.connection() as conn, conn.transaction():
+        try:  # one connection first: an unreachable server is reported at once, with its reason
+            async with await psycopg.AsyncConnection.connect(self._url, connect_timeout=int(self._timeout)) as conn:
                 await conn.execute(_SCHEMA)
+            await self._pool.open(wait=True, timeout=self._timeout)
         except (psycopg.Error, OSError) as exc:
             await self._pool.close()
             raise StoreRefusedError(f"Cannot use the PostgreSQL ledger database: {exc}") from None

@@ -30,6 +30,7 @@ from ..budget import (
     principal_actor,
 )
 from .common import StoreRefusedError
+from .migrate import is_v1, migrate_v1
 
 _T = TypeVar("_T")
 APPLICATION_ID = 0x41504B4D  # 'APKM': marks the file as ours
@@ -240,6 +241,9 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
         owner = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if owner != APPLICATION_ID and is_v1(conn, tables):
+            migrate_v1(conn, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION)
+            owner = APPLICATION_ID
         if owner != APPLICATION_ID and tables:
             raise StoreRefusedError(
                 f"The state file {path} is not an apikey-mcp ledger (application id {owner:#x}, tables "
