@@ -11,10 +11,10 @@ import anyio
 import pytest
 from mcp import Client
 
-from apikey_mcp.budget import Ledger
 from apikey_mcp.polling import Known, Pacer, Schedule
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
+from apikey_mcp.stores import MemoryLedgerStore
 from tests.conftest import advance, wait_until
 from tests.server.conftest import call, settings_for
 
@@ -121,9 +121,13 @@ async def test_poll_task_answers_from_a_fresh_state_and_asks_the_gateway_once_it
 async def test_without_a_waiter_the_watcher_backs_off_and_stops_once_the_task_ended(
     sandbox_server: SandboxServer, held: Sandbox, time_: ManualTime
 ) -> None:
-    ledger = Ledger(1000)
+    store = MemoryLedgerStore()
     settings = settings_for(sandbox_server, **DEFAULT_POLLING)
-    server = build_server(settings, ledger=ledger, poll_sleep=time_.sleep, poll_clock=time_.clock)
+    server = build_server(settings, store=store, poll_sleep=time_.sleep, poll_clock=time_.clock)
+
+    async def settled() -> bool:
+        return (await store.totals("local")).reserved == 0
+
     async with Client(server) as client:
         task_id = (await call(client, "generate_image", prompt="a dune", model="flux-schnell"))["task_id"]
         for naps in range(1, 6):
@@ -132,7 +136,7 @@ async def test_without_a_waiter_the_watcher_backs_off_and_stops_once_the_task_en
         await wait_until(lambda: len(time_.naps) == 6)
         await advance(sandbox_server, task_id)
         time_.advance(time_.naps[-1])
-        await wait_until(lambda: ledger.reserved == 0)  # settled by the watcher, which then stops at once
+        await wait_until(settled)  # by the watcher, which then stops without another nap
 
     assert time_.sleeping == 0 and len(time_.naps) == 6
     assert time_.naps == sorted(time_.naps) and time_.naps[0] == 1.0 and time_.naps[-1] > 5.0
