@@ -28,6 +28,7 @@ GROWTH = 1.5
 END_MARGIN = 0.05  # aim this share of the estimated duration past the estimated end (plus END_SLACK)
 END_SLACK = 0.05  # s: the gateway's clock started before our create returned, so our ages run a little short
 JITTER = 0.1
+MAX_TYPICAL_MODELS = 256  # models whose typical task duration is remembered
 FALLBACK_POLLS_PER_SECOND = 2.0  # process-wide, with callbacks wired: under 1 % of a core
 
 
@@ -99,3 +100,19 @@ class Pacer:
         turn = max(now, self._next)
         self._next = turn + self.spacing
         return turn - now
+
+
+class Durations:
+    """How long each model's tasks took here lately (a moving average), to aim the polls of its next ones."""
+
+    def __init__(self) -> None:
+        self._typical: dict[str, float] = {}
+
+    def learn(self, model: str, seconds: float) -> None:
+        if model in self._typical:
+            self._typical[model] = 0.7 * self._typical[model] + 0.3 * seconds
+        elif len(self._typical) < MAX_TYPICAL_MODELS:
+            self._typical[model] = seconds
+
+    def typical(self, model: str | None) -> float | None:
+        return self._typical.get(model or "")

@@ -26,11 +26,10 @@ import anyio.abc
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
-from .polling import Known, Pacer, Schedule
+from .polling import Durations, Known, Pacer, Schedule
 
 log = logging.getLogger(__name__)
 RETRY_CAP_SECONDS = 30.0  # longest wait between retries of a ledger write that failed
-MAX_TYPICAL_MODELS = 256  # models whose typical task duration is remembered
 
 
 @dataclass
@@ -99,7 +98,7 @@ class TaskRegistry:
         self.fresh_seconds = fresh_seconds
         self.pacer = pacer or Pacer()
         self.watching = 0  # watchers alive now
-        self._typical: dict[str, float] = {}  # model -> how long its tasks took here lately
+        self.durations = Durations()
         self._tasks: dict[str, TrackedTask] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
@@ -303,22 +302,15 @@ class TaskRegistry:
         self._group.start_soon(self._watch, tracked, name=f"watch {tracked.task_id}")
 
     def _learn_duration(self, tracked: TrackedTask) -> None:
-        """Remember how long the model's task took (a moving average), to aim polls of its next ones."""
-        model = tracked.task.model
-        if tracked.task.status != TaskStatus.SUCCEEDED or not model:
-            return
-        took = tracked.known_at - tracked.started
-        if model in self._typical:
-            self._typical[model] = 0.7 * self._typical[model] + 0.3 * took
-        elif len(self._typical) < MAX_TYPICAL_MODELS:
-            self._typical[model] = took
+        if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model:
+            self.durations.learn(tracked.task.model, tracked.known_at - tracked.started)
 
     def _known(self, tracked: TrackedTask) -> Known:
         now = self._clock()
         return Known(
             age=now - tracked.started, since_request=now - tracked.asked_at, polls=tracked.polls,
             progress=tracked.task.progress if tracked.task.status == TaskStatus.RUNNING else None,
-            age_at_progress=tracked.progress_age, typical=self._typical.get(tracked.task.model or ""),
+            age_at_progress=tracked.progress_age, typical=self.durations.typical(tracked.task.model),
             waiting=tracked.waiters > 0,
         )  # fmt: skip
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from apikey_mcp.polling import Known, Pacer, Schedule
+from apikey_mcp.polling import MAX_TYPICAL_MODELS, Durations, Known, Pacer, Schedule
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
 from apikey_mcp.stores import MemoryLedgerStore
@@ -181,3 +181,13 @@ def test_fallback_polls_take_turns_so_a_burst_of_open_tasks_costs_a_bounded_rate
     waits = [pacer.reserve(100.0) for _ in range(1000)]  # 1,000 tasks due at the same moment
     assert waits[0] == 0 and waits[1] == 0.25 and waits[-1] == pytest.approx(999 / 4)
     assert pacer.reserve(100.0 + 250) == 0, "once the backlog is through, a turn is free at once"
+
+
+def test_a_models_typical_duration_follows_its_recent_tasks_for_a_bounded_number_of_models() -> None:
+    durations = Durations()
+    durations.learn("seedance-2", 10.0)
+    durations.learn("seedance-2", 20.0)
+    for i in range(MAX_TYPICAL_MODELS + 10):
+        durations.learn(f"model-{i}", 1.0)
+    assert durations.typical("seedance-2") == pytest.approx(13.0)
+    assert durations.typical(None) is None and durations.typical(f"model-{MAX_TYPICAL_MODELS + 5}") is None
