@@ -119,7 +119,7 @@ class Accounts:
         service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
         self._own[(principal, fingerprint)] = service
         for task, reservation in self._awaiting_key.pop(principal, []):
-            await service.registry.track(task, reservation.modality, reservation)  # resumed with the key brought
+            await service.registry.track(task, reservation.modality, reservation, confirmed=False)  # with the key
         return service
 
     def _open(
@@ -176,7 +176,7 @@ class Accounts:
             log.info("%s: task %s waits for the principal's own key to be resumed", principal, task.task_id)
             return
         service = await self.service(principal)
-        await service.registry.track(task, reservation.modality, reservation)
+        await service.registry.track(task, reservation.modality, reservation, confirmed=False)
         log.info("%s: resumed task %s", principal, task.task_id)
 
     async def adopt_created(self, reservation_id: str, task: Task) -> tuple[Service, TrackedTask] | None:

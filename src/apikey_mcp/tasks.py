@@ -46,6 +46,7 @@ class TrackedTask:
     asked_at: float = 0.0
     progress_age: float | None = None
     polls: int = 0
+    confirmed: bool = True  # False for a task resumed from the ledger, until the gateway or a push tells its state
     waiters: int = 0  # callers in `wait` now
     napping: anyio.CancelScope | None = field(default=None, repr=False)  # the watcher's sleep, to wake it
 
@@ -128,8 +129,11 @@ class TaskRegistry:
     def ids(self) -> list[str]:
         return list(self._tasks)
 
-    async def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
+    async def track(
+        self, task: Task, modality: str | None, reservation: Reservation | None, *, confirmed: bool = True
+    ) -> TrackedTask:
         """Register a task just created (or resumed after a restart); its reservation is now tied to it.
+        `confirmed=False`: `task` is a stand-in (a resumed task), so the gateway is asked first thing.
 
         A task id the gateway already gave for an earlier create keeps its one watcher; the new reservation
         is tied to the same task and closes when it ends (one task is charged once), so none leaks."""
@@ -149,7 +153,7 @@ class TaskRegistry:
             await self._apply(known, task)
             return known
         now = self._clock()
-        tracked = TrackedTask(task, modality, reservation, started=now, known_at=now, asked_at=now)
+        tracked = TrackedTask(task, modality, reservation, started=now, known_at=now, asked_at=now, confirmed=confirmed)
         self._tasks[task.task_id] = tracked
         if reservation is not None and reservation.task_id != task.task_id:  # not yet tied (a resumed one is)
             await self.durably(f"tie a reservation to {task.task_id}",
@@ -177,7 +181,7 @@ class TaskRegistry:
             self._notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
-        tracked.known_at = max(tracked.known_at, asked)
+        tracked.known_at, tracked.confirmed = max(tracked.known_at, asked), True
         await self._apply(tracked, task)
         return tracked
 
@@ -185,16 +189,18 @@ class TaskRegistry:
         """Apply a task state that arrived by other means (a verified callback); None if the task is unknown."""
         tracked = self._tasks.get(task.task_id)
         if tracked is not None:
-            tracked.known_at = self._clock()
+            tracked.known_at, tracked.confirmed = self._clock(), True
             await self._apply(tracked, task)
         return tracked
 
     def is_fresh(self, tracked: TrackedTask, *, waiting: bool = False) -> bool:
         """Whether what the registry knows of the task may stand for the gateway's answer now: it has ended, or
         the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent."""
-        if tracked.task.is_terminal or (waiting and self.schedule.callbacks):
+        if tracked.task.is_terminal:
             return True
-        return self._clock() - tracked.known_at <= self.fresh_seconds
+        if not tracked.confirmed:
+            return False
+        return (waiting and self.schedule.callbacks) or self._clock() - tracked.known_at <= self.fresh_seconds
 
     async def wait(
         self,
@@ -328,7 +334,7 @@ class TaskRegistry:
         self.watching += 1
         try:
             while not tracked.task.is_terminal:
-                delay = self.schedule.delay(self._known(tracked))
+                delay = self.schedule.delay(self._known(tracked)) if tracked.confirmed else 0.0
                 if delay > 0 and await self._nap(tracked, delay):
                     continue  # woken: plan again with what changed
                 if self.schedule.callbacks and (turn := self.pacer.reserve(self._clock())) > 0:

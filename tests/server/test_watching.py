@@ -11,12 +11,15 @@ import anyio
 import pytest
 from mcp import Client
 
+from apikey_mcp.gateway import GatewayClient
+from apikey_mcp.gateway.models import ImageRequest, Task
 from apikey_mcp.polling import MAX_TYPICAL_MODELS, Durations, Known, Pacer, Schedule
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
 from apikey_mcp.stores import MemoryLedgerStore
-from tests.conftest import advance, wait_until
-from tests.server.conftest import call, settings_for
+from apikey_mcp.tasks import TaskRegistry
+from tests.conftest import KEY, advance, wait_until
+from tests.server.conftest import call, local_ledger, settings_for
 
 TASK_GETS = "GET /v1/tasks/{task_id}"
 DEFAULT_POLLING = {"poll_interval": 1.0, "max_poll_interval": 5.0, "fresh_seconds": 1.0}
@@ -191,3 +194,20 @@ def test_a_models_typical_duration_follows_its_recent_tasks_for_a_bounded_number
         durations.learn(f"model-{i}", 1.0)
     assert durations.typical("seedance-2") == pytest.approx(13.0)
     assert durations.typical(None) is None and durations.typical(f"model-{MAX_TYPICAL_MODELS + 5}") is None
+
+
+async def test_a_resumed_task_is_asked_about_at_once_even_with_callbacks(
+    sandbox_server: SandboxServer, held: Sandbox, time_: ManualTime
+) -> None:
+    """A task resumed from the ledger is a stand-in ('pending'): its end may have been pushed while no server
+    listened, so the gateway is asked first thing, not after the fallback's minute."""
+    async with GatewayClient(sandbox_server.url, KEY) as client:
+        created = await client.generate_image(ImageRequest(model="flux-schnell", prompt="a restart"))
+        await advance(sandbox_server, created.task_id)  # it ended while "the server was down"
+        registry = TaskRegistry(client, await local_ledger(1000), callbacks=True, sleep=time_.sleep, clock=time_.clock)
+        async with registry.running():
+            stand_in = Task(task_id=created.task_id, status="pending")
+            tracked = await registry.track(stand_in, "image", None, confirmed=False)
+            assert not registry.is_fresh(tracked, waiting=True), "a waiting poll must ask too"
+            await wait_until(lambda: tracked.task.is_terminal)
+    assert held.requests[TASK_GETS] == 1 and time_.naps == [], "asked once, at once"
