@@ -7,7 +7,8 @@
   of CPU, so 1,000 open tasks created in a burst would otherwise cost a busy minute later.
 - **An agent waits** (`poll_task`) and nothing is pushed: aim just after the task's estimated end. The
   estimate comes from what the gateway reports: the progress at the last poll (the task's age then, over
-  the progress, is its whole duration), else the typical duration of this model's earlier tasks here. With
+  the progress, is its whole duration), else the typical duration of this model's earlier tasks here (the
+  last age each was seen unfinished: a lower bound, so the aim cannot creep later task after task). With
   no estimate, back off from `first` by 1.5 times per poll. Never sooner than 0.25 s or a tenth of the task's
   age after the last request (so a task whose progress stalls costs a few requests, not a storm), never
   later than `waiting_max` (so progress keeps coming).

@@ -45,6 +45,7 @@ class TrackedTask:
     known_at: float = 0.0
     asked_at: float = 0.0
     progress_age: float | None = None
+    live_age: float = 0.0  # the task's age when it was last seen unfinished
     polls: int = 0
     confirmed: bool = True  # False for a task resumed from the ledger, until the gateway or a push tells its state
     waiters: int = 0  # callers in `wait` now
@@ -240,7 +241,9 @@ class TaskRegistry:
         tracked.task = task
         if task.progress is not None and task.status == TaskStatus.RUNNING:
             tracked.progress_age = tracked.known_at - tracked.started
-        if task.is_terminal:
+        if not task.is_terminal:
+            tracked.live_age = tracked.known_at - tracked.started
+        else:
             self._learn_duration(tracked)
             tracked.wake_watcher()  # to stop: nothing left to ask
             await self._close(tracked, task)
@@ -308,8 +311,10 @@ class TaskRegistry:
         self._group.start_soon(self._watch, tracked, name=f"watch {tracked.task_id}")
 
     def _learn_duration(self, tracked: TrackedTask) -> None:
-        if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model:
-            self.durations.learn(tracked.task.model, tracked.known_at - tracked.started)
+        """Learn the last age at which the task was seen unfinished: a lower bound of its duration. (The age at
+        which its end was noticed would be later than the end by the poll's aim, and the aim would creep.)"""
+        if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model and tracked.live_age > 0:
+            self.durations.learn(tracked.task.model, tracked.live_age)
 
     def _known(self, tracked: TrackedTask) -> Known:
         now = self._clock()
