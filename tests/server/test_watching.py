@@ -1,8 +1,8 @@
 """The task watcher knows what it waits for: it polls on a close schedule while an agent waits, answers from
 a fresh state without asking the gateway, and stops once the task has ended.
 
-Time belongs to the test: the watchers sleep on `ManualTime`, and the sandbox holds every task until the test
-moves it on, so nothing here races a real timer.
+Time belongs to the test: the watchers sleep on and tell time by `ManualTime`, and the sandbox holds its tasks
+until the test moves them on, so nothing here races a real timer.
 """
 
 from __future__ import annotations
