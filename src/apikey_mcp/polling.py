@@ -8,7 +8,8 @@
 - **An agent waits** (`poll_task`) and nothing is pushed: aim just after the task's estimated end. The
   estimate comes from what the gateway reports: the progress at the last poll (the task's age then, over
   the progress, is its whole duration), else the typical duration of this model's earlier tasks here (the
-  last age each was seen unfinished: a lower bound, so the aim cannot creep later task after task). With
+  middle between when each was last seen unfinished and when its end was noticed: the noticed end alone is
+  late by the poll's aim, and aiming at it would creep later task after task). With
   no estimate, back off from `first` by 1.5 times per poll. Never sooner than 0.25 s or a tenth of the task's
   age after the last request (so a task whose progress stalls costs a few requests, not a storm), never
   later than `waiting_max` (so progress keeps coming).

@@ -311,10 +311,12 @@ class TaskRegistry:
         self._group.start_soon(self._watch, tracked, name=f"watch {tracked.task_id}")
 
     def _learn_duration(self, tracked: TrackedTask) -> None:
-        """Learn the last age at which the task was seen unfinished: a lower bound of its duration. (The age at
-        which its end was noticed would be later than the end by the poll's aim, and the aim would creep.)"""
-        if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model and tracked.live_age > 0:
-            self.durations.learn(tracked.task.model, tracked.live_age)
+        """Learn the middle of what is known of the task's duration: it ended after it was last seen unfinished
+        and before its end was noticed. (The age at which the end was noticed alone is late by the poll's aim,
+        and aiming at it would creep later task after task; the middle shrinks whenever a poll overshoots.)"""
+        if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model:
+            noticed = tracked.known_at - tracked.started
+            self.durations.learn(tracked.task.model, (tracked.live_age + noticed) / 2)
 
     def _known(self, tracked: TrackedTask) -> Known:
         now = self._clock()
