@@ -25,7 +25,7 @@ from .budget import Ledger
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
-from .tools import current_service, register_tools, serving
+from .tools import build_tools, current_service, serving
 
 log = logging.getLogger(__name__)
 OWN_KEY_HEADER = "x-apikey-gateway-key"  # a client's own gateway key, when the operator allows it
@@ -88,8 +88,8 @@ def build_server(
         auth=auth,
         token_verifier=token_verifier,
         subscriptions=subscriptions,
+        tools=build_tools(),
     )
-    register_tools(server)
     _register_resources(server)
     _register_prompts(server)
     return server

@@ -6,13 +6,14 @@ Each tool validates, calls the service, and shapes the result; the work itself l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated
+from typing import Annotated, Any
 
-from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
+from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
@@ -42,6 +43,7 @@ from .results import (
     TaskResult,
 )
 from .service import InputError, Service
+from .strict import StrictTool, refusal
 
 Model = Annotated[str, Field(min_length=1, description="Model id from list_models, e.g. 'seedance-2-fast'.")]
 Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What to generate, in plain words.")]
@@ -79,10 +81,8 @@ def agent_errors() -> Iterator[None]:
         raise ToolError(str(exc)) from None
     except GatewayError as exc:
         raise ToolError(f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ToolError(f"Invalid input{f' for {where}' if where else ''}: {first['msg']}.") from None
+    except ValidationError as exc:  # a gateway request built from valid arguments can still be refused
+        raise ToolError(refusal(exc)) from None
 
 
 def shaped(result: BaseModel, summary: str, links: list[ResourceLink] | None = None) -> CallToolResult:
@@ -134,8 +134,17 @@ def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval]
     )
 
 
-def register_tools(server: MCPServer) -> None:
-    @server.tool(title="List models", annotations=_READ)
+def build_tools() -> list[Tool]:
+    """Every tool, strict about its arguments (see strict.py), for `MCPServer(tools=...)`."""
+    tools: list[Tool] = []
+
+    def tool(*, title: str, annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], None]:
+        def register(fn: Callable[..., Any]) -> None:
+            tools.append(StrictTool.of(fn, title=title, annotations=annotations))
+
+        return register
+
+    @tool(title="List models", annotations=_READ)
     async def list_models(
         ctx: Context,
         modality: Annotated[Modality | None, Field(description="Only models of this kind.")] = None,
@@ -148,7 +157,7 @@ def register_tools(server: MCPServer) -> None:
         names = ", ".join(f"{m.id} ({m.modality})" for m in result.models) or "none match"
         return shaped(result, f"{result.count} model(s): {names}.")
 
-    @server.tool(title="Estimate credits", annotations=_READ)
+    @tool(title="Estimate credits", annotations=_READ)
     async def estimate(
         ctx: Context,
         model: Model,
@@ -172,7 +181,7 @@ def register_tools(server: MCPServer) -> None:
         summary = f"{model}: about {result.credits} credits, which {verdict} the budget."
         return shaped(result, f"{summary} {result.budget.line()}")
 
-    @server.tool(title="Generate an image", annotations=_SPEND)
+    @tool(title="Generate an image", annotations=_SPEND)
     async def generate_image(
         ctx: Context,
         prompt: Prompt,
@@ -187,7 +196,7 @@ def register_tools(server: MCPServer) -> None:
             request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
         return await start(ctx, request)
 
-    @server.tool(title="Generate a video", annotations=_SPEND)
+    @tool(title="Generate a video", annotations=_SPEND)
     async def generate_video(
         ctx: Context,
         prompt: Prompt,
@@ -211,7 +220,7 @@ def register_tools(server: MCPServer) -> None:
             )  # fmt: skip
         return await start(ctx, request)
 
-    @server.tool(title="Generate music", annotations=_SPEND)
+    @tool(title="Generate music", annotations=_SPEND)
     async def generate_music(
         ctx: Context,
         prompt: Prompt,
@@ -225,7 +234,7 @@ def register_tools(server: MCPServer) -> None:
             request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
         return await start(ctx, request)
 
-    @server.tool(title="Poll a task", annotations=_READ)
+    @tool(title="Poll a task", annotations=_READ)
     async def poll_task(
         ctx: Context,
         task_id: Annotated[str, Field(min_length=1, max_length=200, description="From a generate tool.")],
@@ -253,7 +262,7 @@ def register_tools(server: MCPServer) -> None:
             result = await current_service().poll(task_id, wait_seconds, progress)
         return shaped(result, task_summary(result), task_links(result))
 
-    @server.tool(title="Chat completion", annotations=_SPEND)
+    @tool(title="Chat completion", annotations=_SPEND)
     async def chat_completion(
         ctx: Context,
         model: Model,
@@ -277,7 +286,7 @@ def register_tools(server: MCPServer) -> None:
             result = await current_service().chat(request)
         return shaped(result, f"{result.content}\n\n[{result.credits_charged} credits. {result.budget.line()}]")
 
-    @server.tool(title="Create embeddings", annotations=_SPEND)
+    @tool(title="Create embeddings", annotations=_SPEND)
     async def create_embeddings(
         ctx: Context,
         model: Model,
@@ -290,13 +299,13 @@ def register_tools(server: MCPServer) -> None:
         summary = f"{len(result.embeddings)} embedding(s) of {result.dimensions} dimensions"
         return shaped(result, f"{summary}, {result.credits_charged} credits. {result.budget.line()}")
 
-    @server.tool(title="Budget status", annotations=_LOCAL)
+    @tool(title="Budget status", annotations=_LOCAL)
     async def budget_status(ctx: Context) -> Annotated[CallToolResult, BudgetStatus]:
         """The session's credit budget: total, spent, reserved for running tasks, and remaining. Free."""
         result = current_service().budget()
         return shaped(result, result.line())
 
-    @server.tool(
+    @tool(
         title="Ask the human for more budget",
         annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False,
                                     openWorldHint=False),
@@ -330,5 +339,7 @@ def register_tools(server: MCPServer) -> None:
         )  # fmt: skip
         return shaped(result, f"{message} {result.budget.line()}")
 
+    return tools
 
-__all__ = ["MAX_WAIT_SECONDS", "register_tools"]
+
+__all__ = ["MAX_WAIT_SECONDS", "build_tools"]

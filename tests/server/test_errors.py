@@ -15,8 +15,8 @@ from tests.server.conftest import call, call_error, connect, settings_for
     [
         ("generate_video", {"prompt": "x", "model": "no-such-model"}, ["no model 'no-such-model'", "seedance-2"]),
         ("generate_video", {"prompt": "x", "model": "seedream-4"}, ["image model", "Video models"]),
-        ("generate_video", {"prompt": "x", "model": "seedance-2", "duration": -5}, ["duration", "greater than"]),
-        ("generate_video", {"prompt": "", "model": "seedance-2"}, ["prompt", "at least 1 character"]),
+        ("generate_video", {"prompt": "x", "model": "seedance-2", "duration": -5}, ["duration: must be at least 1"]),
+        ("generate_video", {"prompt": "", "model": "seedance-2"}, ["prompt: must not be empty"]),
         ("generate_video", {"prompt": "x", "model": "seedance-2", "duration": 7}, ["duration", "[5, 6, 8, 10]"]),
         ("generate_video", {"prompt": "x", "model": "seedance-2", "input_mode": "image-to-video"}, ["image_url"]),
         ("generate_image", {"prompt": "x", "model": "seedream-4", "size": "3x3"}, ["size", "1024x1024"]),
