@@ -9,51 +9,94 @@ from __future__ import annotations
 
 from typing import Any
 
-_SIMPLE_KEYS = {"type", "items", "enum", "description", "minimum", "maximum", "minLength", "maxLength",
-                "minItems", "maxItems", "format", "additionalProperties", "exclusiveMinimum", "examples"}  # fmt: skip
 
+def lean(schema: dict[str, Any], *, inputs: bool = False) -> dict[str, Any]:
+    """`schema` (as pydantic writes it) without `$defs`, titles, `null` options or nested `anyOf`s.
 
-def lean(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` (as pydantic writes it) without `$defs`, titles or nullable `anyOf`s; same instances valid."""
+    `null` is dropped where a property may be left out instead: optional arguments (the agent omits them;
+    null is still accepted) and optional result fields (results are dumped without their None values).
+    Input schemas keep their defaults, which tell the agent something; output schemas drop them.
+    """
     defs = schema.get("$defs", {})
-    out = _walk(schema, defs)
+    out = _walk(schema, defs, inputs)
     out.pop("description", None)  # the model's docstring: the tool's description says what it returns
+    if not inputs:  # a result's fields and their types; which are always there matters to validators only
+        out.pop("required", None)
+        for sub in _nested_objects(out):
+            sub.pop("required", None)
+            sub.pop("type", None)  # `properties` says it is an object
     return out
 
 
-def _walk(node: Any, defs: dict[str, Any]) -> Any:
+def _nested_objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for sub in schema.get("properties", {}).values():
+        for node in (sub, sub.get("items", {})):
+            if isinstance(node, dict) and "properties" in node:
+                found += [node, *_nested_objects(node)]
+    return found
+
+
+_PER_TYPE = {
+    "items", "properties", "required", "additionalProperties", "minLength", "maxLength", "pattern", "format",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
+}  # fmt: skip
+
+
+def _walk(node: Any, defs: dict[str, Any], inputs: bool) -> Any:
     if isinstance(node, list):
-        return [_walk(item, defs) for item in node]
+        return [_walk(item, defs, inputs) for item in node]
     if not isinstance(node, dict):
         return node
     if "$ref" in node:
         target = {k: v for k, v in defs[node["$ref"].rsplit("/", 1)[-1]].items() if k != "description"}
-        return _walk({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs)
+        return _walk({**target, **{k: v for k, v in node.items() if k != "$ref"}}, defs, inputs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in ("title", "$defs") or (key == "default" and value is None):
+        if key in ("title", "$defs") or (key == "default" and (value is None or not inputs)):
+            continue
+        if key == "additionalProperties" and value is True:
             continue
         if key == "properties":
-            out[key] = {name: _walk(sub, defs) for name, sub in value.items()}
+            required = set(node.get("required", ()))
+            out[key] = {name: _optional(_walk(sub, defs, inputs), name in required) for name, sub in value.items()}
         else:
-            out[key] = _walk(value, defs)
-    if "anyOf" in out:
-        out = _collapse(out)
+            out[key] = _walk(value, defs, inputs)
+    return _collapse(out) if "anyOf" in out else out
+
+
+def _optional(node: dict[str, Any], required: bool) -> dict[str, Any]:
+    """A property that may be left out needs no `null`: drop it from its type (and enum)."""
+    kind = node.get("type")
+    if required or not isinstance(kind, list) or "null" not in kind:
+        return node
+    kinds = [k for k in kind if k != "null"]
+    out = {**node, "type": kinds[0] if len(kinds) == 1 else kinds}
+    if "enum" in out:
+        out["enum"] = [v for v in out["enum"] if v is not None]
     return out
 
 
 def _collapse(node: dict[str, Any]) -> dict[str, Any]:
-    """`{"anyOf": [{"type": "integer", ...}, {"type": "null"}]}` -> `{"type": ["integer", "null"], ...}`."""
-    options = node["anyOf"]
-    nullable = any(o == {"type": "null"} for o in options)
-    rest = [o for o in options if o != {"type": "null"}]
-    if not nullable or len(rest) != 1 or not isinstance(rest[0].get("type"), str) or set(rest[0]) - _SIMPLE_KEYS:
-        if nullable and all(set(o) == {"type"} and isinstance(o["type"], str) for o in rest):
-            merged = {k: v for k, v in node.items() if k != "anyOf"}
-            return {"type": [*(o["type"] for o in rest), "null"], **merged}
-        return node
-    merged = {**rest[0], **{k: v for k, v in node.items() if k != "anyOf"}}
-    merged["type"] = [rest[0]["type"], "null"]
-    if "enum" in merged:
-        merged["enum"] = [*merged["enum"], None]
-    return merged
+    """`{"anyOf": [{"type": "integer", ...}, {"type": "null"}]}` -> `{"type": ["integer", "null"], ...}`.
+
+    Options of distinct types whose other keywords each constrain one type only merge into one schema
+    that accepts the same values; anything else keeps its `anyOf`.
+    """
+    options, rest = node["anyOf"], {k: v for k, v in node.items() if k != "anyOf"}
+    types: list[str] = []
+    merged: dict[str, Any] = {}
+    for option in options:
+        kind = option.get("type")
+        if not isinstance(kind, str) or kind in types:
+            return node
+        types.append(kind)
+        for key, value in option.items():
+            if key == "type":
+                continue
+            if key == "enum" and len(options) == 2 and {"type": "null"} in options:
+                value = [*value, None]
+            elif key not in _PER_TYPE or merged.get(key, value) != value:
+                return node
+            merged[key] = value
+    return {**merged, "type": types[0] if len(types) == 1 else types, **rest}

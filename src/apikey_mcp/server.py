@@ -25,6 +25,7 @@ from .budget import Ledger
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
+from .results import MAX_PAGE
 from .tools import build_tools, current_service, serving
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ def _register_resources(server: MCPServer) -> None:
 
     @server.resource("apikey://budget", name="budget", title="Session budget", mime_type="application/json")
     async def budget() -> str:
-        """The session's budget, spent, reserved and remaining credits."""
-        return current_service().budget().model_dump_json()
+        """The session's budget, spent, reserved and remaining credits, and the first open reservations."""
+        return current_service().budget_status(MAX_PAGE).model_dump_json(exclude_none=True)
 
     @server.resource("apikey://tasks/{task_id}", name="task", title="Task status", mime_type="application/json")
     async def task(task_id: str) -> str:

@@ -46,6 +46,7 @@ from .gateway.models import (
 )
 from .results import (
     BudgetStatus,
+    BudgetTotals,
     ChatResult,
     EmbeddingsResult,
     EstimateResult,
@@ -124,8 +125,11 @@ class Service:
 
     # ------------------------------------------------------------ budget and catalogue
 
-    def budget(self) -> BudgetStatus:
-        return BudgetStatus.of(self.ledger.snapshot())
+    def budget(self) -> BudgetTotals:
+        return BudgetTotals.of(self.ledger.snapshot())
+
+    def budget_status(self, limit: int = 20, offset: int = 0) -> BudgetStatus:
+        return BudgetStatus.page(self.ledger.snapshot(), limit, offset)
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)

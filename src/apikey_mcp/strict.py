@@ -31,7 +31,7 @@ class StrictTool(Tool):
         base = metadata.arg_model
         metadata.arg_model = type(base.__name__, (base,), {"model_config": ConfigDict(extra="forbid"),
                                                            "__module__": base.__module__})  # fmt: skip
-        tool.parameters = lean(metadata.arg_model.model_json_schema(by_alias=True))
+        tool.parameters = lean(metadata.arg_model.model_json_schema(by_alias=True), inputs=True)
         if metadata.output_schema is not None:
             metadata.output_schema = lean(metadata.output_schema)
         return tool

@@ -34,6 +34,8 @@ from .gateway.models import (
 )
 from .logs import tell
 from .results import (
+    COST_META,
+    MAX_PAGE,
     BudgetIncreaseResult,
     BudgetStatus,
     ChatResult,
@@ -41,18 +43,25 @@ from .results import (
     EstimateResult,
     ModelsResult,
     TaskResult,
+    TaskStarted,
+    dump,
 )
 from .service import InputError, Service
 from .strict import StrictTool, refusal
 
-Model = Annotated[str, Field(min_length=1, description="Model id from list_models, e.g. 'seedance-2-fast'.")]
-Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What to generate, in plain words.")]
+
+def model_id(kind: str, example: str) -> Any:
+    return Annotated[str, Field(description=f"{kind} model from list_models, e.g. '{example}'.")]
+
+
+Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What to generate.")]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Duration = Annotated[int | None, Field(ge=1, le=600, description="Seconds; omit for the model's default.")]
 
-_READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=True)
-_SPEND = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
-_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
+# Only what differs from the spec's defaults (not read-only, destructive, not idempotent, open world).
+_READ = ToolAnnotations(readOnlyHint=True)
+_SPEND = ToolAnnotations(destructiveHint=False)
+_LOCAL = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 
 
 _current: ContextVar[Service] = ContextVar("apikey_mcp_service")
@@ -86,10 +95,14 @@ def agent_errors() -> Iterator[None]:
 
 
 def shaped(result: BaseModel, summary: str, links: list[ResourceLink] | None = None) -> CallToolResult:
-    """A structured result with a one-line summary first, the JSON for clients that read only text, and links."""
-    data = result.model_dump(mode="json")
+    """A structured result with a one-line summary first, the JSON for clients that read only text, and links.
+
+    A paid result also carries its cost and the budget's totals in `_meta`, for clients that track spend.
+    """
+    data = dump(result)
     content: list = [TextContent(type="text", text=summary), TextContent(type="text", text=json.dumps(data))]
-    return CallToolResult(content=content + (links or []), structured_content=data)
+    meta = {COST_META: result.cost()} if isinstance(result, TaskStarted | ChatResult | EmbeddingsResult) else None
+    return CallToolResult(content=content + (links or []), structured_content=data, _meta=meta)
 
 
 def task_summary(result: TaskResult) -> str:
@@ -114,7 +127,7 @@ async def start(ctx: Context, request: ImageRequest | VideoRequest | MusicReques
     with agent_errors():
         result = await current_service().generate(request)
     await tell(ctx, "info", f"created {result.modality} task {result.task_id}")
-    return shaped(result, task_summary(result))
+    return shaped(result.started(), task_summary(result))
 
 
 class BudgetApproval(BaseModel):
@@ -148,10 +161,10 @@ def build_tools() -> list[Tool]:
     async def list_models(
         ctx: Context,
         modality: Annotated[Modality | None, Field(description="Only models of this kind.")] = None,
-        query: Annotated[str | None, Field(description="Only models whose id, name or description has it.")] = None,
+        query: Annotated[str | None, Field(description="Text in the id, name or description.")] = None,
     ) -> Annotated[CallToolResult, ModelsResult]:
-        """List the gateway's models with what each accepts (durations, resolutions, input modes, sizes).
-        Free. Use it to pick a model id and valid parameters before estimate or a generate tool."""
+        """The models, each with what it accepts (durations, resolutions, input modes, sizes). Free.
+        Next: estimate."""
         with agent_errors():
             result = await current_service().list_models(modality, query)
         names = ", ".join(f"{m.id} ({m.modality})" for m in result.models) or "none match"
@@ -160,18 +173,17 @@ def build_tools() -> list[Tool]:
     @tool(title="Estimate credits", annotations=_READ)
     async def estimate(
         ctx: Context,
-        model: Model,
+        model: model_id("Any", "seedance-2-fast"),
         duration: Duration = None,
-        resolution: Annotated[str | None, Field(description="Video resolution, e.g. '720p'.")] = None,
-        input_mode: Annotated[InputMode | None, Field(description="Video input mode.")] = None,
-        n: Annotated[int | None, Field(ge=1, le=8, description="Number of images.")] = None,
-        size: Annotated[str | None, Field(description="Image size, e.g. '1024x1024'.")] = None,
-        input_tokens: Annotated[int | None, Field(ge=0, description="Chat/embeddings: tokens in.")] = None,
-        output_tokens: Annotated[int | None, Field(ge=0, description="Chat: tokens out (max_tokens).")] = None,
+        resolution: Annotated[str | None, Field(description="Video: e.g. '720p'.")] = None,
+        input_mode: Annotated[InputMode | None, Field(description="Video: what it starts from.")] = None,
+        n: Annotated[int | None, Field(ge=1, le=8, description="Image: how many.")] = None,
+        size: Annotated[str | None, Field(description="Image: e.g. '1024x1024'.")] = None,
+        input_tokens: Annotated[int | None, Field(ge=0, description="Chat, embeddings: tokens in.")] = None,
+        output_tokens: Annotated[int | None, Field(ge=0, description="Chat: tokens out.")] = None,
     ) -> Annotated[CallToolResult, EstimateResult]:
-        """Estimate the credits a planned call would cost, and whether it fits the remaining session budget.
-        Free and creates nothing. Call it before generate_image, generate_video or generate_music and tell the
-        user the cost; the generate tools refuse anything that does not fit."""
+        """Credits a planned call would cost, and whether it fits the budget left. Free; creates nothing.
+        Tell the user, then call the generate tool with the same parameters."""
         with agent_errors():
             result = await current_service().estimate(
                 model, duration=duration, resolution=resolution, input_mode=input_mode, n=n, size=size,
@@ -185,13 +197,13 @@ def build_tools() -> list[Tool]:
     async def generate_image(
         ctx: Context,
         prompt: Prompt,
-        model: Model,
+        model: model_id("Image", "flux-schnell"),
         n: Annotated[int, Field(ge=1, le=8, description="How many images.")] = 1,
-        size: Annotated[str | None, Field(description="e.g. '1024x1024'; see list_models.")] = None,
-        image_urls: Annotated[list[str] | None, Field(description="Reference image URLs.")] = None,
-    ) -> Annotated[CallToolResult, TaskResult]:
-        """Start an image generation task. Costs credits: it is estimated, reserved from the session budget and
-        refused (creating nothing) if it does not fit. Returns at once with the task_id; then call poll_task."""
+        size: Annotated[str | None, Field(description="e.g. '1024x1024'.")] = None,
+        image_urls: Annotated[list[str] | None, Field(max_length=8, description="Reference image URLs.")] = None,
+    ) -> Annotated[CallToolResult, TaskStarted]:
+        """Start an image task. Costs credits: the estimate is reserved, or the call is refused and
+        nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
         return await start(ctx, request)
@@ -200,16 +212,15 @@ def build_tools() -> list[Tool]:
     async def generate_video(
         ctx: Context,
         prompt: Prompt,
-        model: Model,
+        model: model_id("Video", "seedance-2-fast"),
         duration: Duration = None,
-        resolution: Annotated[str | None, Field(description="e.g. '720p'; see list_models.")] = None,
+        resolution: Annotated[str | None, Field(description="e.g. '720p'.")] = None,
         input_mode: Annotated[InputMode, Field(description="What the video starts from.")] = "text-to-video",
         image_url: Annotated[str | None, Field(description="Start image, for image-to-video.")] = None,
         video_url: Annotated[str | None, Field(description="Source video, for video-to-video.")] = None,
-    ) -> Annotated[CallToolResult, TaskResult]:
-        """Start a text-to-video, image-to-video or video-to-video task. Costs credits (videos are the dearest:
-        estimate first). Reserved from the session budget and refused, creating nothing, if it does not fit.
-        Returns at once with the task_id; then call poll_task until it succeeds."""
+    ) -> Annotated[CallToolResult, TaskStarted]:
+        """Start a text-, image- or video-to-video task. Costs the most: estimate first. The estimate
+        is reserved, or the call is refused and nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             needed = {"image-to-video": ("image_url", image_url), "video-to-video": ("video_url", video_url)}
             if input_mode in needed and not needed[input_mode][1]:
@@ -224,12 +235,12 @@ def build_tools() -> list[Tool]:
     async def generate_music(
         ctx: Context,
         prompt: Prompt,
-        model: Model,
+        model: model_id("Music", "music-1"),
         duration: Duration = None,
-        instrumental: Annotated[bool | None, Field(description="No vocals.")] = None,
-    ) -> Annotated[CallToolResult, TaskResult]:
-        """Start a music generation task. Costs credits (priced per second: estimate first). Reserved from the
-        session budget and refused, creating nothing, if it does not fit. Returns the task_id; then poll_task."""
+        instrumental: Annotated[bool | None, Field(description="True for no vocals.")] = None,
+    ) -> Annotated[CallToolResult, TaskStarted]:
+        """Start a music task. Costs credits per second: estimate first. The estimate is reserved, or
+        the call is refused and nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
         return await start(ctx, request)
@@ -239,12 +250,11 @@ def build_tools() -> list[Tool]:
         ctx: Context,
         task_id: Annotated[str, Field(min_length=1, max_length=200, description="From a generate tool.")],
         wait_seconds: Annotated[
-            float, Field(ge=0, le=MAX_WAIT_SECONDS, description="Wait up to this long for the task to end.")
+            float, Field(ge=0, le=MAX_WAIT_SECONDS, description="At most; returns when it ends.")
         ] = 20,
     ) -> Annotated[CallToolResult, TaskResult]:
-        """Get an image, video or music task's status; waits up to wait_seconds and returns as soon as it
-        succeeds or fails, with progress notifications meanwhile. Free. A finished task returns its output
-        URLs (and local paths with --output-dir); if still running, call again."""
+        """Wait up to wait_seconds for a media task, with progress. Free. Succeeded: the output links
+        (and local paths with --output-dir). Still running: call again."""
         last = -1.0
 
         async def progress(task: Task) -> None:
@@ -265,17 +275,17 @@ def build_tools() -> list[Tool]:
     @tool(title="Chat completion", annotations=_SPEND)
     async def chat_completion(
         ctx: Context,
-        model: Model,
-        prompt: Annotated[str | None, Field(min_length=1, description="A single user message.")] = None,
+        model: model_id("Chat", "gpt-4o-mini"),
+        prompt: Annotated[str | None, Field(min_length=1, description="One user message; or give messages.")] = None,
         messages: Annotated[
-            list[ChatMessage] | None, Field(min_length=1, description="Or a whole conversation (role, content).")
+            list[ChatMessage] | None, Field(min_length=1, description="A conversation: {role, content} items.")
         ] = None,
         system: Annotated[str | None, Field(description="System instructions.")] = None,
-        max_tokens: Annotated[int | None, Field(ge=1, le=32_000, description="Cap on the answer's length.")] = None,
-        temperature: Annotated[float | None, Field(ge=0, le=2)] = None,
+        max_tokens: Annotated[int | None, Field(ge=1, le=32_000, description="Answer length cap (1024).")] = None,
+        temperature: Annotated[float | None, Field(ge=0, le=2, description="Randomness, 0 to 2.")] = None,
     ) -> Annotated[CallToolResult, ChatResult]:
-        """Ask one of the gateway's chat models. Costs credits per token: a bound from the prompt and max_tokens is
-        reserved first and the real usage is settled after. Give either prompt or messages."""
+        """Ask a chat model (prompt or messages). Costs credits per token: a bound from the input and
+        max_tokens is reserved, the real usage charged. Returns the answer and its cost."""
         with agent_errors():
             if (prompt is None) == (messages is None):
                 raise InputError("Give either prompt (one message) or messages (a conversation), not both or neither.")
@@ -289,35 +299,36 @@ def build_tools() -> list[Tool]:
     @tool(title="Create embeddings", annotations=_SPEND)
     async def create_embeddings(
         ctx: Context,
-        model: Model,
+        model: model_id("Embedding", "embed-small"),
         input: Annotated[list[NonEmpty], Field(min_length=1, max_length=256, description="Texts to embed.")],
     ) -> Annotated[CallToolResult, EmbeddingsResult]:
-        """Embed texts as vectors with one of the gateway's embedding models. Costs credits per token, reserved
-        first and settled from the real usage."""
+        """One vector per text. Costs credits per token: a bound from the texts is reserved, the
+        real usage charged."""
         with agent_errors():
             result = await current_service().embed(EmbeddingRequest(model=model, input=input))
         summary = f"{len(result.embeddings)} embedding(s) of {result.dimensions} dimensions"
         return shaped(result, f"{summary}, {result.credits_charged} credits. {result.budget.line()}")
 
     @tool(title="Budget status", annotations=_LOCAL)
-    async def budget_status(ctx: Context) -> Annotated[CallToolResult, BudgetStatus]:
-        """The session's credit budget: total, spent, reserved for running tasks, and remaining. Free."""
-        result = current_service().budget()
-        return shaped(result, result.line())
+    async def budget_status(
+        ctx: Context,
+        limit: Annotated[int, Field(ge=0, le=MAX_PAGE, description="Open reservations per page.")] = 20,
+        offset: Annotated[int, Field(ge=0, description="From next_offset of the previous page.")] = 0,
+    ) -> Annotated[CallToolResult, BudgetStatus]:
+        """Budget, spent, reserved and remaining credits, and the open reservations (paged). Free."""
+        result = current_service().budget_status(limit, offset)
+        return shaped(result, f"{result.line()} {result.open_count} open reservation(s).")
 
-    @tool(
-        title="Ask the human for more budget",
-        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False,
-                                    openWorldHint=False),
-    )  # fmt: skip
+    @tool(title="Ask the human for more budget", annotations=ToolAnnotations(destructiveHint=False,
+                                                                            openWorldHint=False))  # fmt: skip
     async def request_budget_increase(
         ctx: Context,
         credits: Annotated[int, Field(gt=0, le=1_000_000, description="How many more credits are needed.")],
         reason: Annotated[str, Field(min_length=1, max_length=1000, description="Why, in a sentence for the human.")],
         answer: Annotated[ElicitationResult[BudgetApproval], Resolve(ask_human)],
     ) -> Annotated[CallToolResult, BudgetIncreaseResult]:
-        """Ask the human to raise the session budget. The agent cannot raise it itself: the human is asked to
-        approve (when the client supports it), otherwise told how to raise it in the configuration."""
+        """Ask the human to raise the budget (you cannot). Free. If this client cannot ask
+        them, the result says how they can raise it."""
         svc = current_service()
         asked = not (isinstance(answer, AcceptedElicitation) and answer.data is None)  # None: no elicitation
         approved = isinstance(answer, AcceptedElicitation) and answer.data is not None and answer.data.approve

@@ -63,7 +63,7 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
     assert len(refused) == 20 - k and all("Over budget" in text for text in refused)
     assert watch.violations == [] and watch.changes >= 3 * k
     assert final == {"budget": budget, "spent": k * VIDEO_COST, "reserved": 0,
-                     "remaining": VIDEO_COST - 1, "open_reservations": []}  # fmt: skip
+                     "remaining": VIDEO_COST - 1, "open_reservations": [], "open_count": 0}  # fmt: skip
 
 
 async def test_concurrent_videos_over_stdio_create_exactly_k(sandbox_server: SandboxServer, sandbox: Sandbox) -> None:
