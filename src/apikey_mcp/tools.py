@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from .budget import BudgetExceededError
 from .config import MAX_WAIT_SECONDS
-from .gateway import GatewayError
+from .gateway import GatewayError, NotFoundError
 from .gateway.models import (
     ChatMessage,
     ChatRequest,
@@ -86,12 +86,33 @@ def agent_errors() -> Iterator[None]:
     """Every anticipated failure becomes a ToolError whose text says what happened and what to do."""
     try:
         yield
-    except (BudgetExceededError, InputError) as exc:
+    except BudgetExceededError as exc:
+        raise ToolError(over_budget(exc)) from None
+    except InputError as exc:
         raise ToolError(str(exc)) from None
     except GatewayError as exc:
         raise ToolError(f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}") from None
     except ValidationError as exc:  # a gateway request built from valid arguments can still be refused
         raise ToolError(refusal(exc)) from None
+
+
+_CHEAPER = {
+    "video": "a shorter or lower-resolution video",
+    "image": "fewer or smaller images",
+    "music": "a shorter piece",
+    "chat": "a shorter conversation or a lower max_tokens",
+    "embeddings": "fewer or shorter texts",
+}
+
+
+def over_budget(exc: BudgetExceededError) -> str:
+    """Refused as over budget, with advice that fits the kind of call (no resolution for a chat)."""
+    cheaper = _CHEAPER.get(exc.purpose.split(" ", 1)[0], "a smaller job")
+    return (
+        f"Over budget: {exc.purpose} is estimated at {exc.needed} credits but only {exc.remaining} of the "
+        f"session's {exc.budget} remain, so nothing was created. Try {cheaper}, or a cheaper model (list_models, "
+        "estimate), or ask the human to raise the budget (request_budget_increase)."
+    )
 
 
 def shaped(result: BaseModel, summary: str, links: list[ResourceLink] | None = None) -> CallToolResult:
@@ -269,7 +290,13 @@ def build_tools() -> list[Tool]:
             await ctx.report_progress(last, 100, f"{task.task_id}: {task.status}")
 
         with agent_errors():
-            result = await current_service().poll(task_id, wait_seconds, progress)
+            try:
+                result = await current_service().poll(task_id, wait_seconds, progress)
+            except NotFoundError as exc:
+                raise InputError(
+                    f"No task '{task_id}' here ({exc.code or 'not found'}). Task ids come from generate_image, "
+                    "generate_video or generate_music in this session; budget_status lists the running ones."
+                ) from None
         return shaped(result, task_summary(result), task_links(result))
 
     @tool(title="Chat completion", annotations=_SPEND)
