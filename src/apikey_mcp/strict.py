@@ -50,7 +50,7 @@ def refusal(exc: ValidationError, tool: str | None = None, accepted: list[str] |
     lines: dict[str, str] = {}
     for error in exc.errors(include_url=False):
         field = _path(error["loc"])
-        lines.setdefault(field, f"- {field}: {_explain(error, tool, accepted)}")
+        lines.setdefault(field, f"- {field}: {explain(error, tool, accepted)}")
     if tool is None:
         head = "Invalid arguments; nothing was sent to the gateway:"
     else:
@@ -86,8 +86,10 @@ def _shown(value: Any) -> str:
     return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
-def _explain(error: Any, tool: str | None, accepted: list[str] | None) -> str:
-    kind, ctx, got = error["type"], error.get("ctx") or {}, _shown(error.get("input"))
+def explain(error: Any, tool: str | None = None, accepted: list[str] | None = None, *, secret: bool = False) -> str:
+    """One pydantic error as what is allowed and what was given (never a secret's value)."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    got = "a value that is not shown" if secret else _shown(error.get("input"))
     if kind == "extra_forbidden":
         if tool is None or accepted is None:
             return "not an accepted field."
