@@ -34,6 +34,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
          "each entry is name=token, with a token of 16 or more characters."),
         (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
         (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
+        ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:

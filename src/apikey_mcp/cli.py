@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
         description="MCP server for the API-Key gateway (api-key.org), with an enforced session credit budget.",
     )
     p.add_argument("--version", action="version", version=f"apikey-mcp {__version__}")
-    p.add_argument("--sandbox", action="store_true", help="start the sandbox gateway in-process and use it")
+    p.add_argument("--sandbox", action="store_true", default=None,
+                   help="start the sandbox gateway in-process and use it (env APIKEY_SANDBOX=true)")  # fmt: skip
     p.add_argument("--base-url", help="gateway URL (env APIKEY_BASE_URL; default https://api-key.org)")
     p.add_argument("--api-key", help="gateway key (prefer env APIKEY_API_KEY: flags show in process lists)")
     p.add_argument("--auth-scheme", choices=["bearer", "x-api-key"], help="how the key is sent (default bearer)")
@@ -152,9 +153,10 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
     with ExitStack() as stack:
-        if args.sandbox:
-            overrides.update(_start_sandbox(stack, Settings(**overrides)))
         settings = Settings(**overrides)
+        if settings.sandbox:
+            overrides.update(_start_sandbox(stack, settings))
+            settings = Settings(**overrides)
         configure(settings.log_level)
         if settings.transport == "stdio":
             from .server import build_server
