@@ -62,7 +62,7 @@ def _walk(node: Any, defs: dict[str, Any], inputs: bool) -> Any:
             out[key] = {name: _optional(_walk(sub, defs, inputs), name in required) for name, sub in value.items()}
         else:
             out[key] = _walk(value, defs, inputs)
-    return _collapse(out) if "anyOf" in out else out
+    return _collapse(out, inputs) if "anyOf" in out else out
 
 
 def _optional(node: dict[str, Any], required: bool) -> dict[str, Any]:
@@ -77,13 +77,16 @@ def _optional(node: dict[str, Any], required: bool) -> dict[str, Any]:
     return out
 
 
-def _collapse(node: dict[str, Any]) -> dict[str, Any]:
+def _collapse(node: dict[str, Any], inputs: bool) -> dict[str, Any]:
     """`{"anyOf": [{"type": "integer", ...}, {"type": "null"}]}` -> `{"type": ["integer", "null"], ...}`.
 
     Options of distinct types whose other keywords each constrain one type only merge into one schema
-    that accepts the same values; anything else keeps its `anyOf`.
+    that accepts the same values; anything else keeps its `anyOf`. Input schemas keep an `anyOf` of two
+    real types: some clients map tool inputs onto a dialect with one `type` per schema.
     """
     options, rest = node["anyOf"], {k: v for k, v in node.items() if k != "anyOf"}
+    if inputs and sum(o != {"type": "null"} for o in options) > 1:
+        return node
     types: list[str] = []
     merged: dict[str, Any] = {}
     for option in options:
