@@ -1,0 +1,65 @@
+"""The official MCP Inspector CLI, a third-party client, against the stdio server on the sandbox.
+
+It is installed beforehand in tests/node (`npm ci --prefix tests/node`, done by .ci/run); npm runs offline
+here, so nothing is downloaded during the tests. Each call is one Inspector run with its own server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NODE_DIR = Path(__file__).parent / "node"
+INSPECTOR = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "inspector"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npx") is None,
+    reason="Node.js is not installed: the MCP Inspector CLI needs it",
+)
+
+
+def inspector(*method: str) -> tuple[dict[str, Any], str]:
+    """`npx -y @modelcontextprotocol/inspector --cli <our server> --sandbox <method...>`: its JSON and stderr."""
+    assert INSPECTOR.is_dir(), "Node.js is here but the MCP Inspector is not: run npm ci --prefix tests/node"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"npm_config_offline": "true"}
+    done = subprocess.run(
+        ["npx", "-y", "@modelcontextprotocol/inspector", "--cli", sys.executable, "-m", "apikey_mcp", "--sandbox",
+         *method],
+        cwd=NODE_DIR, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout), done.stderr
+
+
+def test_the_inspector_lists_our_tools_and_finds_them_portable() -> None:
+    listed, stderr = inspector("--method", "tools/list", "--strict")
+    names = {tool["name"] for tool in listed["tools"]}
+    assert {"estimate", "generate_video", "poll_task", "budget_status"} <= names and len(names) == 10
+    assert "Warning: tool" not in stderr and "Traceback" not in stderr
+
+
+def test_the_inspector_estimates_for_free_and_a_paid_call_reports_its_cost() -> None:
+    estimate, _ = inspector("--method", "tools/call", "--tool-name", "estimate",
+                            "--tool-arg", "model=seedance-2-fast", "duration=5")  # fmt: skip
+    started, _ = inspector("--method", "tools/call", "--tool-name", "generate_image",
+                           "--tool-arg", "prompt=a red fox", "model=flux-schnell")  # fmt: skip
+    assert not estimate["isError"] and estimate["structuredContent"]["credits"] > 0
+    assert estimate["structuredContent"]["budget"] == {"budget": 1000, "spent": 0, "reserved": 0, "remaining": 1000}
+    task = started["structuredContent"]
+    assert not started["isError"] and task["task_id"] and task["credits_reserved"] > 0
+    cost = {"credits_reserved": task["credits_reserved"], "budget": task["budget"]}
+    assert started["_meta"]["org.api-key/cost"] == cost
+
+
+def test_the_inspector_reads_a_resource() -> None:
+    read, _ = inspector("--method", "resources/read", "--uri", "apikey://models")
+    (content,) = read["contents"]
+    models = json.loads(content["text"])["data"]
+    assert content["mimeType"] == "application/json" and "seedance-2-fast" in {m["id"] for m in models}
