@@ -3,7 +3,7 @@
 The bundle holds no installed packages and no compiled code (manifest 0.4, server type `uv`): Claude
 Desktop's uv installs the dependencies for the user's own platform and Python. This script stages the
 bundle in build/mcpb, validates the manifest and packs it with the official `mcpb` CLI (installed in
-tests/node by `npm ci --prefix tests/node`), then checks what it packed:
+tests/hosted/node by `npm ci --prefix tests/hosted/node`), then checks what it packed:
 
     python scripts/build_bundle.py [--try-install]     # -> dist/apikey-mcp-<version>.mcpb
 
@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MCPB = ROOT / "tests" / "node" / "node_modules" / ".bin" / ("mcpb.cmd" if os.name == "nt" else "mcpb")
+MCPB = ROOT / "tests" / "hosted" / "node" / "node_modules" / ".bin" / ("mcpb.cmd" if os.name == "nt" else "mcpb")
 COMPILED = (".so", ".pyd", ".dylib", ".dll")
 MUST_HOLD = {"manifest.json", "pyproject.toml", "LICENSE", "server/main.py", "src/apikey_mcp/cli.py"}
 
@@ -101,7 +101,7 @@ def main() -> None:
     options.add_argument("--try-install", action="store_true", help="also install and start it with uv")
     args = options.parse_args()
     if not MCPB.exists():
-        raise SystemExit(f"{MCPB} is missing: run npm ci --prefix tests/node")
+        raise SystemExit(f"{MCPB} is missing: run npm ci --prefix tests/hosted/node")
     staged = stage(ROOT / "build" / "mcpb")
     print(run(MCPB, "validate", staged / "manifest.json").strip())
     args.out.mkdir(parents=True, exist_ok=True)

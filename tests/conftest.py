@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
+import anyio
+import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
@@ -30,3 +33,32 @@ def sandbox_server() -> Iterator[SandboxServer]:
 @pytest.fixture
 def sandbox(sandbox_server: SandboxServer) -> Sandbox:
     return sandbox_server.sandbox
+
+
+async def advance(
+    server: SandboxServer, task_id: str, to: str = "succeeded", *, progress: float | None = None, key: str = KEY
+) -> dict:
+    """Move a sandbox task on now (the test owns the task clock): to running, succeeded or failed."""
+    body: dict[str, object] = {"to": to} | ({"progress": progress} if progress is not None else {})
+    async with httpx2.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        response = await http.post(f"/sandbox/tasks/{task_id}/advance", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def held(sandbox: Sandbox) -> Sandbox:
+    """The sandbox with its task clock stopped: new tasks stay pending until the test calls `advance`."""
+    sandbox.hold = True
+    return sandbox
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20) -> None:
+    """Wait for a state that another thread or process brings about (a sandbox counter, a server that is
+    starting): re-check it often, and fail the test at the deadline, which only a broken run reaches."""
+    with anyio.fail_after(seconds):
+        while True:
+            met = condition()
+            if await met if inspect.isawaitable(met) else met:
+                return
+            await anyio.sleep(0.005)

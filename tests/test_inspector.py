@@ -1,33 +1,24 @@
 """The official MCP Inspector CLI, a third-party client, against the stdio server on the sandbox.
 
-It is installed beforehand in tests/node (`npm ci --prefix tests/node`, done by .ci/run); npm runs offline
-here, so nothing is downloaded during the tests. Each call is one Inspector run with its own server.
+It is installed beforehand in tests/hosted/node (`npm ci --prefix tests/hosted/node`, done by .ci/run), and
+npm runs offline here, so nothing is downloaded during the tests. Each call is one Inspector run with its
+own server, started as a client would start it: `npx -y @modelcontextprotocol/inspector --cli <command>`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-NODE_DIR = Path(__file__).parent / "node"
-INSPECTOR = NODE_DIR / "node_modules" / "@modelcontextprotocol" / "inspector"
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npx") is None,
-    reason="Node.js is not installed: the MCP Inspector CLI needs it",
-)
+from tests.node import NODE_DIR, node_package
 
 
 def inspector(*method: str) -> tuple[dict[str, Any], str]:
     """`npx -y @modelcontextprotocol/inspector --cli <our server> --sandbox <method...>`: its JSON and stderr."""
-    assert INSPECTOR.is_dir(), "Node.js is here but the MCP Inspector is not: run npm ci --prefix tests/node"
+    node_package("@modelcontextprotocol/inspector/package.json")  # skips without Node.js, fails if not installed
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"npm_config_offline": "true"}
     done = subprocess.run(
         ["npx", "-y", "@modelcontextprotocol/inspector", "--cli", sys.executable, "-m", "apikey_mcp", "--sandbox",

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import jsonschema
-import pytest
 
 from apikey_mcp import __version__
 from apikey_mcp.cli import parser
 from apikey_mcp.config import Settings
 from apikey_mcp.server import build_server
+from tests.node import node_package
 
 MANIFESTS = Path(__file__).parent.parent / "manifests"
 
@@ -24,7 +23,6 @@ def load(name: str) -> dict:
     return json.loads((MANIFESTS / name).read_text())
 
 
-NODE_TOOLS = Path(__file__).parent / "node" / "node_modules" / ".bin"
 SETTINGS_ENV = {f"APIKEY_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -50,12 +48,10 @@ def test_the_desktop_extension_installs_anywhere_and_can_run_on_the_sandbox_with
     assert set(manifest["compatibility"]["platforms"]) == {"darwin", "win32", "linux"}
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: the official mcpb CLI needs it")
 def test_mcpb_manifest_passes_the_official_validator() -> None:
-    mcpb = NODE_TOOLS / "mcpb"
-    assert mcpb.exists(), "Node.js is here but @anthropic-ai/mcpb is not: run npm ci --prefix tests/node"
+    mcpb = node_package("@anthropic-ai/mcpb/dist/cli/cli.js")
     result = subprocess.run(
-        [str(mcpb), "validate", str(MANIFESTS / "manifest.json")],
+        ["node", str(mcpb), "validate", str(MANIFESTS / "manifest.json")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0 and "validation passes" in result.stdout, result.stdout + result.stderr

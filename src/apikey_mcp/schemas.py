@@ -18,7 +18,7 @@ def lean(schema: dict[str, Any], *, inputs: bool = False) -> dict[str, Any]:
     Input schemas keep their defaults, which tell the agent something; output schemas drop them.
     """
     defs = schema.get("$defs", {})
-    out = _walk(schema, defs, inputs)
+    out: dict[str, Any] = _walk(schema, defs, inputs)
     out.pop("description", None)  # the model's docstring: the tool's description says what it returns
     if not inputs:  # a result's fields and their types; which are always there matters to validators only
         out.pop("required", None)

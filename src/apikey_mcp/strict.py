@@ -27,6 +27,7 @@ class StrictTool(Tool):
     @classmethod
     def of(cls, fn: Callable[..., Any], *, title: str, annotations: ToolAnnotations) -> StrictTool:
         tool = cls.from_function(fn, title=title, annotations=annotations, description=_plain(fn.__doc__ or ""))
+        assert isinstance(tool, StrictTool)  # from_function builds `cls`
         metadata = tool.fn_metadata
         base = metadata.arg_model
         metadata.arg_model = type(base.__name__, (base,), {"model_config": ConfigDict(extra="forbid"),

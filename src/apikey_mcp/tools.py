@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ContentBlock, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from .budget import BudgetExceededError
@@ -50,18 +50,24 @@ from .service import InputError, Service
 from .strict import StrictTool, refusal
 
 
-def model_id(kind: str, example: str) -> Any:
-    return Annotated[str, Field(description=f"{kind} model from list_models, e.g. '{example}'.")]
+def _model(kind: str, example: str) -> str:
+    return f"{kind} model from list_models, e.g. '{example}'."
 
 
+AnyModel = Annotated[str, Field(description=_model("Any", "seedance-2-fast"))]
+ImageModel = Annotated[str, Field(description=_model("Image", "flux-schnell"))]
+VideoModel = Annotated[str, Field(description=_model("Video", "seedance-2-fast"))]
+MusicModel = Annotated[str, Field(description=_model("Music", "music-1"))]
+ChatModel = Annotated[str, Field(description=_model("Chat", "gpt-4o-mini"))]
+EmbeddingModel = Annotated[str, Field(description=_model("Embedding", "embed-small"))]
 Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What to generate.")]
 NonEmpty = Annotated[str, Field(min_length=1)]
 Duration = Annotated[int | None, Field(ge=1, le=600, description="Seconds; omit for the model's default.")]
 
 # Only what differs from the spec's defaults (not read-only, destructive, not idempotent, open world).
-_READ = ToolAnnotations(readOnlyHint=True)
-_SPEND = ToolAnnotations(destructiveHint=False)
-_LOCAL = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+_READ = ToolAnnotations(read_only_hint=True)
+_SPEND = ToolAnnotations(destructive_hint=False)
+_LOCAL = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
 _current: ContextVar[Service] = ContextVar("apikey_mcp_service")
@@ -121,9 +127,12 @@ def shaped(result: BaseModel, summary: str, links: list[ResourceLink] | None = N
     A paid result also carries its cost and the budget's totals in `_meta`, for clients that track spend.
     """
     data = dump(result)
-    content: list = [TextContent(type="text", text=summary), TextContent(type="text", text=json.dumps(data))]
+    content: list[ContentBlock] = [
+        TextContent(type="text", text=summary),
+        TextContent(type="text", text=json.dumps(data)),
+    ]
     meta = {COST_META: result.cost()} if isinstance(result, TaskStarted | ChatResult | EmbeddingsResult) else None
-    return CallToolResult(content=content + (links or []), structured_content=data, _meta=meta)
+    return CallToolResult(content=content + (links or []), structured_content=data, meta=meta)
 
 
 def task_summary(result: TaskResult) -> str:
@@ -194,7 +203,7 @@ def build_tools() -> list[Tool]:
     @tool(title="Estimate credits", annotations=_READ)
     async def estimate(
         ctx: Context,
-        model: model_id("Any", "seedance-2-fast"),
+        model: AnyModel,
         duration: Duration = None,
         resolution: Annotated[str | None, Field(description="Video: e.g. '720p'.")] = None,
         input_mode: Annotated[InputMode | None, Field(description="Video: what it starts from.")] = None,
@@ -218,7 +227,7 @@ def build_tools() -> list[Tool]:
     async def generate_image(
         ctx: Context,
         prompt: Prompt,
-        model: model_id("Image", "flux-schnell"),
+        model: ImageModel,
         n: Annotated[int, Field(ge=1, le=8, description="How many images.")] = 1,
         size: Annotated[str | None, Field(description="e.g. '1024x1024'.")] = None,
         image_urls: Annotated[list[str] | None, Field(max_length=8, description="Reference image URLs.")] = None,
@@ -233,7 +242,7 @@ def build_tools() -> list[Tool]:
     async def generate_video(
         ctx: Context,
         prompt: Prompt,
-        model: model_id("Video", "seedance-2-fast"),
+        model: VideoModel,
         duration: Duration = None,
         resolution: Annotated[str | None, Field(description="e.g. '720p'.")] = None,
         input_mode: Annotated[InputMode, Field(description="What the video starts from.")] = "text-to-video",
@@ -256,7 +265,7 @@ def build_tools() -> list[Tool]:
     async def generate_music(
         ctx: Context,
         prompt: Prompt,
-        model: model_id("Music", "music-1"),
+        model: MusicModel,
         duration: Duration = None,
         instrumental: Annotated[bool | None, Field(description="True for no vocals.")] = None,
     ) -> Annotated[CallToolResult, TaskStarted]:
@@ -302,7 +311,7 @@ def build_tools() -> list[Tool]:
     @tool(title="Chat completion", annotations=_SPEND)
     async def chat_completion(
         ctx: Context,
-        model: model_id("Chat", "gpt-4o-mini"),
+        model: ChatModel,
         prompt: Annotated[str | None, Field(min_length=1, description="One user message; or give messages.")] = None,
         messages: Annotated[
             list[ChatMessage] | None, Field(min_length=1, description="A conversation: {role, content} items.")
@@ -326,7 +335,7 @@ def build_tools() -> list[Tool]:
     @tool(title="Create embeddings", annotations=_SPEND)
     async def create_embeddings(
         ctx: Context,
-        model: model_id("Embedding", "embed-small"),
+        model: EmbeddingModel,
         input: Annotated[list[NonEmpty], Field(min_length=1, max_length=256, description="Texts to embed.")],
     ) -> Annotated[CallToolResult, EmbeddingsResult]:
         """One vector per text. Costs credits per token: a bound from the texts is reserved, the
@@ -346,8 +355,8 @@ def build_tools() -> list[Tool]:
         result = current_service().budget_status(limit, offset)
         return shaped(result, f"{result.line()} {result.open_count} open reservation(s).")
 
-    @tool(title="Ask the human for more budget", annotations=ToolAnnotations(destructiveHint=False,
-                                                                            openWorldHint=False))  # fmt: skip
+    @tool(title="Ask the human for more budget",
+          annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))  # fmt: skip
     async def request_budget_increase(
         ctx: Context,
         credits: Annotated[int, Field(gt=0, le=1_000_000, description="How many more credits are needed.")],

@@ -7,7 +7,6 @@ import logging
 import wave
 from io import BytesIO
 
-import anyio
 import pytest
 
 from apikey_mcp.gateway import (
@@ -34,7 +33,7 @@ from apikey_mcp.gateway.models import (
     VideoRequest,
 )
 from apikey_mcp.sandbox import FAIL_MARKER, Sandbox, SandboxServer
-from tests.conftest import KEY
+from tests.conftest import KEY, wait_until
 
 
 class RecordingSleep:
@@ -59,12 +58,14 @@ async def client(sandbox_server: SandboxServer, sleeps: RecordingSleep):
 
 
 async def wait_terminal(client: GatewayClient, task_id: str) -> Task:
-    with anyio.fail_after(5):
-        while True:
-            task = await client.get_task(task_id)
-            if task.is_terminal:
-                return task
-            await anyio.sleep(0.02)
+    seen: list[Task] = []
+
+    async def ended() -> bool:
+        seen.append(await client.get_task(task_id))
+        return seen[-1].is_terminal
+
+    await wait_until(ended)
+    return seen[-1]
 
 
 def video(**overrides) -> VideoRequest:
