@@ -8,6 +8,7 @@ argument error itself, one line per field: what was wrong and what is allowed.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -48,15 +49,23 @@ class StrictTool(Tool):
 
 def refusal(exc: ValidationError, tool: str | None = None, accepted: list[str] | None = None) -> str:
     """The agent's reading of an argument error: a head line, then one line per field."""
-    lines: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
-        field = _path(error["loc"])
-        lines.setdefault(field, f"- {field}: {explain(error, tool, accepted)}")
+        found.setdefault(_path(error["loc"]), []).append(explain(error, tool, accepted))
+    lines = [f"- {field}: {_either(reasons)}" for field, reasons in found.items()]
     if tool is None:
         head = "Invalid arguments; nothing was sent to the gateway:"
     else:
         head = f"{tool} refused its arguments; nothing was estimated, reserved or created:"
-    return "\n".join([head, *lines.values()])
+    return "\n".join([head, *lines])
+
+
+def _either(reasons: list[str]) -> str:
+    """One line for a field: the alternatives of a union together (`must be a text or a list (got 5).`)."""
+    kinds = [m for r in reasons if (m := re.fullmatch(r"must be (an? \w+) \(got (.*)\)\.", r))]
+    if len(reasons) > 1 and len(kinds) == len(reasons):
+        return f"must be {' or '.join(dict.fromkeys(k.group(1) for k in kinds))} (got {kinds[0].group(2)})."
+    return reasons[0]
 
 
 def _plain(doc: str) -> str:

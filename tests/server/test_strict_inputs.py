@@ -54,6 +54,8 @@ async def test_an_unknown_argument_is_refused_before_anything_is_estimated_or_cr
           "- input_mode: must be one of 'text-to-video', 'image-to-video' or 'video-to-video' (got 'sideways')."]),
         ("chat_completion", {"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "hi"}]},
          ["- messages[0].role: must be one of"]),
+        ("chat_completion", {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 5}]},
+         ["- messages[0].content: must be a text or a list (got 5)."]),
         ("generate_image", {"prompt": "x", "model": "flux-schnell", "image_urls": ["not a url"]},
          ["- image_urls[0]: must be an http(s) URL (got 'not a url')."]),
     ],
