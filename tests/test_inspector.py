@@ -16,13 +16,17 @@ from typing import Any
 from tests.node import NODE_DIR, node_package
 
 
-def inspector(*method: str) -> tuple[dict[str, Any], str]:
-    """`npx -y @modelcontextprotocol/inspector --cli <our server> --sandbox <method...>`: its JSON and stderr."""
+def inspector(*method: str, env_sandbox: bool = False) -> tuple[dict[str, Any], str]:
+    """`npx -y @modelcontextprotocol/inspector --cli <our server> --sandbox <method...>`: its JSON and stderr.
+
+    With `env_sandbox`, the sandbox is switched on by APIKEY_SANDBOX=true instead, as the Desktop Extension does.
+    """
+    options, server = (["-e", "APIKEY_SANDBOX=true"], []) if env_sandbox else ([], ["--sandbox"])
     node_package("@modelcontextprotocol/inspector/package.json")  # skips without Node.js, fails if not installed
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"npm_config_offline": "true"}
     done = subprocess.run(
-        ["npx", "-y", "@modelcontextprotocol/inspector", "--cli", sys.executable, "-m", "apikey_mcp", "--sandbox",
-         *method],
+        ["npx", "-y", "@modelcontextprotocol/inspector", "--cli", *options, sys.executable, "-m", "apikey_mcp",
+         *server, *method],
         cwd=NODE_DIR, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -49,8 +53,9 @@ def test_the_inspector_estimates_for_free_and_a_paid_call_reports_its_cost() -> 
     assert started["_meta"]["org.api-key/cost"] == cost
 
 
-def test_the_inspector_reads_a_resource() -> None:
-    read, _ = inspector("--method", "resources/read", "--uri", "apikey://models")
+def test_the_inspector_reads_a_resource_from_a_server_switched_to_the_sandbox_by_its_environment() -> None:
+    read, stderr = inspector("--method", "resources/read", "--uri", "apikey://models", env_sandbox=True)
     (content,) = read["contents"]
     models = json.loads(content["text"])["data"]
     assert content["mimeType"] == "application/json" and "seedance-2-fast" in {m["id"] for m in models}
+    assert "using the SANDBOX gateway" in stderr
