@@ -86,13 +86,10 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
             gets = sandbox.requests[TASK_GETS]
             body = finished(task_id, 2)
             headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
-            started = time.monotonic()
             assert await post(slow, body, headers) == 204
-        waited = time.monotonic() - started
     assert result["status"] == "succeeded" and result["credits_charged"] == 2
     assert result["budget"]["spent"] == 2 and result["budget"]["reserved"] == 0
     assert sandbox.requests[TASK_GETS] == gets, "the callback, not another poll, finished it"
-    assert waited < 5  # generous for a busy machine; bench/http_bench.py measures the real latency
 
 
 @pytest.mark.parametrize("era", ["2026-07-28", "legacy"])

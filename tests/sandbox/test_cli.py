@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import anyio
 import httpx2
 
 from tests.conftest import free_port, wait_until
@@ -12,13 +13,18 @@ from tests.conftest import free_port, wait_until
 
 async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_per_key() -> None:
     port = free_port()
-    args = ["sandbox", "--port", str(port), "--key", "sk-one-1111", "--key", "sk-two-2222", "--credits", "500"]
+    args = ["sandbox", "--port", str(port), "--key", "sk-one-1111", "--key", "sk-two-2222", "--credits", "500",
+            "--hold"]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "apikey_mcp", *args]
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:  # noqa: ASYNC220 (reads its banner)
         try:
-            assert process.stderr is not None
-            banner = "".join(process.stderr.readline() for _ in range(5))
+            stderr = process.stderr
+            assert stderr is not None
+            with anyio.fail_after(30):
+                banner = await anyio.to_thread.run_sync(
+                    lambda: "".join(stderr.readline() for _ in range(5)), abandon_on_cancel=True
+                )
             async with httpx2.AsyncClient(base_url=base) as http:
 
                 async def healthy() -> bool:
