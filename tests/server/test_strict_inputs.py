@@ -9,7 +9,7 @@ import pytest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.server.conftest import call, call_error, connect, settings_for
 
-PAID_WITH_A_TYPO = [
+EVERY_TOOL_WITH_A_TYPO = [
     ("generate_image", {"prompt": "a fox", "model": "flux-schnell", "colour": "red"}, "colour"),
     ("generate_video", {"prompt": "a fox", "model": "seedance-2-fast", "durtion": 10}, "durtion"),
     ("generate_music", {"prompt": "a waltz", "model": "music-1", "lenght": 30}, "lenght"),
@@ -19,10 +19,11 @@ PAID_WITH_A_TYPO = [
     ("poll_task", {"task_id": "task_1", "wait": 5}, "wait"),
     ("request_budget_increase", {"credits": 5, "reason": "x", "answer": {"approve": True}}, "answer"),
     ("budget_status", {"everything": True}, "everything"),
+    ("list_models", {"kind": "video"}, "kind"),
 ]
 
 
-@pytest.mark.parametrize(("tool", "arguments", "unknown"), PAID_WITH_A_TYPO)
+@pytest.mark.parametrize(("tool", "arguments", "unknown"), EVERY_TOOL_WITH_A_TYPO)
 async def test_an_unknown_argument_is_refused_before_anything_is_estimated_or_created(
     sandbox_server: SandboxServer, sandbox: Sandbox, tool: str, arguments: dict, unknown: str
 ) -> None:
