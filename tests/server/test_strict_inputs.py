@@ -6,7 +6,9 @@ import re
 
 import pytest
 
+from apikey_mcp.config import Settings
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from apikey_mcp.server import build_server
 from tests.server.conftest import call, call_error, connect, settings_for
 
 EVERY_TOOL_WITH_A_TYPO = [
@@ -21,6 +23,11 @@ EVERY_TOOL_WITH_A_TYPO = [
     ("budget_status", {"everything": True}, "everything"),
     ("list_models", {"kind": "video"}, "kind"),
 ]
+
+
+async def test_the_typo_cases_cover_every_tool() -> None:
+    listed = await build_server(Settings()).list_tools()
+    assert {tool.name for tool in listed} == {tool for tool, _, _ in EVERY_TOOL_WITH_A_TYPO}
 
 
 @pytest.mark.parametrize(("tool", "arguments", "unknown"), EVERY_TOOL_WITH_A_TYPO)
