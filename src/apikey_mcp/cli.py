@@ -127,7 +127,7 @@ def _configuration_errors(cli: argparse.ArgumentParser, exc: ValueError) -> list
 
     from .hosted.auth import MIN_TOKEN_LENGTH, TokenConfigError  # imported only on this path: stdio starts lean
 
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ValidationError) and exc.title == "Settings":  # not some other model's, mid-run
         return [_setting_error(cli, error) for error in exc.errors()]
     if isinstance(exc, TokenConfigError):
         return [f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {exc}; each entry is name=token, with a "
