@@ -49,7 +49,7 @@ async def test_without_a_key_the_server_lists_tools_and_paid_calls_say_how_to_se
         text = await call_error(client, "generate_video", prompt="x", model="seedance-2-fast")
         poll = await call_error(client, "poll_task", task_id="task_1")
     assert models["count"] == 2
-    assert "APIKEY_API_KEY" in text and "--sandbox" in text and "APIKEY_API_KEY" in poll
+    assert "APIKEY_API_KEY" in text and "--sandbox" in text and "Sandbox switch" in text and "APIKEY_API_KEY" in poll
     assert sandbox.tasks == {} and sandbox.wallets  # nothing was sent that could create
 
 
