@@ -16,8 +16,7 @@ from .gateway.models import ModelParameters, Usage
 
 COST_META = "org.api-key/cost"  # the `_meta` key of a paid result: what the call cost and the budget after it
 MAX_PAGE = 100
-_ACCEPTS = {"type": "object", "description": "What it accepts: durations, min/max_duration, resolutions, input_modes, "
-            "sizes, max_images, context_window, max_output_tokens, dimensions."}  # fmt: skip
+_ACCEPTS = {"type": "object", "description": "What it accepts: durations, resolutions, input_modes, sizes, limits."}
 
 
 def dump(result: BaseModel) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def build_tools() -> list[Tool]:
         size: Annotated[str | None, Field(description="e.g. '1024x1024'.")] = None,
         image_urls: Annotated[list[str] | None, Field(max_length=8, description="Reference image URLs.")] = None,
     ) -> Annotated[CallToolResult, TaskStarted]:
-        """Start an image task. Costs credits: the estimate is reserved, or the call is refused and
+        """Start an image task. Costs credits: the estimate is reserved first; if it does not fit,
         nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
@@ -181,7 +181,7 @@ def build_tools() -> list[Tool]:
         video_url: Annotated[str | None, Field(description="Source video, for video-to-video.")] = None,
     ) -> Annotated[CallToolResult, TaskStarted]:
         """Start a text-, image- or video-to-video task. Costs the most: estimate first. The estimate
-        is reserved, or the call is refused and nothing is created. Returns a task_id; next: poll_task."""
+        is reserved first; if it does not fit, nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             needed = {"image-to-video": ("image_url", image_url), "video-to-video": ("video_url", video_url)}
             if input_mode in needed and not needed[input_mode][1]:
@@ -200,8 +200,8 @@ def build_tools() -> list[Tool]:
         duration: Duration = None,
         instrumental: Annotated[bool | None, Field(description="True for no vocals.")] = None,
     ) -> Annotated[CallToolResult, TaskStarted]:
-        """Start a music task. Costs credits per second: estimate first. The estimate is reserved, or
-        the call is refused and nothing is created. Returns a task_id; next: poll_task."""
+        """Start a music task. Costs credits per second: estimate first. The estimate is reserved
+        first; if it does not fit, nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
         return await start(ctx, request)
