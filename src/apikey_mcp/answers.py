@@ -11,11 +11,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ResourceLink, TextContent
 from pydantic import BaseModel, ValidationError
 
-from .budget import BudgetExceededError
+from .budget import BudgetExceededError, LedgerUnavailableError
 from .gateway import GatewayError
 from .gateway.models import TaskStatus
 from .results import COST_META, ChatResult, EmbeddingsResult, TaskResult, TaskStarted, dump
-from .service import InputError
+from .service import InputError, LedgerRefusedError
 from .strict import refusal
 
 
@@ -26,8 +26,10 @@ def agent_errors() -> Iterator[None]:
         yield
     except BudgetExceededError as exc:
         raise ToolError(over_budget(exc)) from None
-    except InputError as exc:
+    except (InputError, LedgerRefusedError) as exc:
         raise ToolError(str(exc)) from None
+    except LedgerUnavailableError as exc:
+        raise ToolError(f"The budget ledger cannot be read now ({exc}); try again shortly.") from None
     except GatewayError as exc:
         raise ToolError(f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}") from None
     except ValidationError as exc:  # a gateway request built from valid arguments can still be refused

@@ -1,4 +1,5 @@
-"""Command line: `apikey-mcp` serves MCP over stdio; `apikey-mcp sandbox` runs the sandbox gateway alone."""
+"""Command line: `apikey-mcp` serves MCP over stdio; `apikey-mcp sandbox` runs the sandbox gateway alone;
+`apikey-mcp admin` is the operator's hand on a hosted server's ledger."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
+from . import __version__, admin
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -19,7 +20,7 @@ log = logging.getLogger("apikey_mcp")
 USAGE_ERROR = 2  # the exit status of a configuration the server cannot start with, as argparse uses
 
 
-def _sandbox_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
@@ -67,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
     hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
     hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
-    hosted.add_argument("--state-file", help="SQLite file for budgets, reservations and tasks")
+    hosted.add_argument("--state-file", help="SQLite ledger file: budgets, reservations, audit trail")
+    hosted.add_argument("--database-url", help="PostgreSQL ledger instead, postgresql://... (env APIKEY_DATABASE_URL; "
+                        "for several server processes or machines)")  # fmt: skip
     hosted.add_argument(
         "--allowed-host",
         action="append",
@@ -81,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="let clients send their own gateway key in the x-apikey-gateway-key header",
     )
-    sub = p.add_subparsers(dest="command")
+    sub: argparse._SubParsersAction[Any] = p.add_subparsers(dest="command")  # of _Parser: one-line errors too
     _sandbox_parser(sub)
+    admin.add_parser(sub)
     return p
 
 
@@ -116,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         run_sandbox(args)
         return
+    if args.command == "admin":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        raise SystemExit(admin.run(args))
     try:
         serve(args)
     except ValueError as exc:  # a setting the server cannot start with: one line each, no traceback

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, WithJsonSchema
 
-from .budget import Snapshot
+from .budget import Reservation, Totals
 from .gateway.models import ModelParameters, Usage
 
 COST_META = "org.api-key/cost"  # the `_meta` key of a paid result: what the call cost and the budget after it
@@ -31,9 +31,8 @@ class BudgetTotals(BaseModel):
     remaining: int
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> BudgetTotals:
-        return cls(budget=snapshot.budget, spent=snapshot.spent, reserved=snapshot.reserved,
-                   remaining=snapshot.remaining)  # fmt: skip
+    def of(cls, totals: Totals) -> BudgetTotals:
+        return cls(budget=totals.budget, spent=totals.spent, reserved=totals.reserved, remaining=totals.remaining)
 
     def line(self) -> str:
         return f"Budget: {self.remaining} of {self.budget} credits left ({self.spent} spent, {self.reserved} reserved)."
@@ -51,17 +50,17 @@ class BudgetStatus(BudgetTotals):
     next_offset: int | None = None  # absent on the last page
 
     @classmethod
-    def page(cls, snapshot: Snapshot, limit: int = 20, offset: int = 0) -> BudgetStatus:
-        """The totals and one page of the open reservations (the list is bounded however many are open)."""
-        limit = max(0, min(limit, MAX_PAGE))
-        chosen = snapshot.open[offset : offset + limit]
+    def page(cls, totals: Totals, open: list[Reservation], limit: int = 20, offset: int = 0) -> BudgetStatus:
+        """The totals and one page of the open reservations, oldest first (`open` is bounded by the caller)."""
+        ordered = sorted(open, key=lambda r: r.created_at)
+        chosen = ordered[offset : offset + max(0, min(limit, MAX_PAGE))]
         following = offset + len(chosen)
         return cls(
-            **BudgetTotals.of(snapshot).model_dump(),
+            **BudgetTotals.of(totals).model_dump(),
             open_reservations=[OpenReservation(credits=r.credits, purpose=r.purpose, task_id=r.task_id)
                                for r in chosen],
-            open_count=len(snapshot.open),
-            next_offset=following if following < len(snapshot.open) and chosen else None,
+            open_count=len(ordered),
+            next_offset=following if following < len(ordered) and chosen else None,
         )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .answers import agent_errors, shaped, task_links, task_summary
+from .budget import HUMAN
 from .config import MAX_WAIT_SECONDS
 from .gateway import NotFoundError
 from .gateway.models import (
@@ -95,12 +96,13 @@ class BudgetApproval(BaseModel):
     approve: bool = Field(description="Raise the session budget by the requested credits?")
 
 
-def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval] | None:
-    """Ask through elicitation when the client supports it; None tells the tool to explain the manual way."""
+async def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval] | None:
+    """Ask through elicitation when the client supports it and a human answers it (stdio); None tells the tool
+    to explain the other way. Hosted, the principal's own client would answer: it is never asked."""
     capabilities = ctx.client_capabilities
-    if capabilities is None or capabilities.elicitation is None:
+    if current_service().hosted or capabilities is None or capabilities.elicitation is None:
         return None
-    remaining = current_service().budget()
+    remaining = await current_service().budget()
     return Elicit(
         f"The agent asks to raise this session's API-Key credit budget by {credits} credits "
         f"(now {remaining.remaining} of {remaining.budget} left). Reason: {reason}",
@@ -283,7 +285,8 @@ def build_tools() -> list[Tool]:
         offset: Annotated[int, Field(ge=0, description="From next_offset of the previous page.")] = 0,
     ) -> Annotated[CallToolResult, BudgetStatus]:
         """Budget, spent, reserved and remaining credits, and the open reservations (paged). Free."""
-        result = current_service().budget_status(limit, offset)
+        with agent_errors():
+            result = await current_service().budget_status(limit, offset)
         return shaped(result, f"{result.line()} {result.open_count} open reservation(s).")
 
     @tool(title="Ask the human for more budget",
@@ -294,26 +297,33 @@ def build_tools() -> list[Tool]:
         reason: Annotated[str, Field(min_length=1, max_length=1000, description="Why, in a sentence for the human.")],
         answer: Annotated[ElicitationResult[BudgetApproval], Resolve(ask_human)],
     ) -> Annotated[CallToolResult, BudgetIncreaseResult]:
-        """Ask the human to raise the budget (you cannot). Free. If this client cannot ask
-        them, the result says how they can raise it."""
+        """Ask for a higher budget (you cannot raise it). Free. The human is asked to approve; where they
+        cannot be, the result says who can raise it and how."""
         svc = current_service()
         asked = not (isinstance(answer, AcceptedElicitation) and answer.data is None)  # None: no elicitation
         approved = isinstance(answer, AcceptedElicitation) and answer.data is not None and answer.data.approve
-        if approved:
-            svc.ledger.raise_budget(credits)
-            message = f"The human approved: the budget is now {svc.ledger.budget} credits."
-            await tell(ctx, "info", f"budget raised by {credits} credits with the human's approval")
-        elif not asked:
-            wanted = svc.ledger.budget + credits
-            message = (
-                "This client cannot ask the human directly. Ask them to restart the server with a higher "
-                f"budget: --budget {wanted} or APIKEY_SESSION_BUDGET={wanted}."
-            )
-        else:
-            message = "The human did not approve the increase; keep within the current budget."
+        with agent_errors():
+            wanted = (await svc.ledger.totals()).budget + credits
+            if svc.hosted:  # the client that would answer is the principal's own: only the operator decides
+                approved = False
+                message = (
+                    "Only the operator of this server can raise this budget; neither you nor your client can. "
+                    f"Ask them to run: apikey-mcp admin set-budget {svc.ledger.principal} {wanted}"
+                )
+            elif approved:
+                totals = await svc.ledger.set_budget(wanted, HUMAN)
+                message = f"The human approved: the budget is now {totals.budget} credits."
+                await tell(ctx, "info", f"budget raised by {credits} credits with the human's approval")
+            elif not asked:
+                message = (
+                    "This client cannot ask the human directly. Ask them to restart the server with a higher "
+                    f"budget: --budget {wanted} or APIKEY_SESSION_BUDGET={wanted}."
+                )
+            else:
+                message = "The human did not approve the increase; keep within the current budget."
+            budget = await svc.budget()
         result = BudgetIncreaseResult(
-            approved=approved, requested=credits, granted=credits if approved else 0, message=message,
-            budget=svc.budget(),
+            approved=approved, requested=credits, granted=credits if approved else 0, message=message, budget=budget,
         )  # fmt: skip
         return shaped(result, f"{message} {result.budget.line()}")
 
