@@ -87,12 +87,25 @@ def check(bundle: Path) -> list[str]:
     return names
 
 
-def try_install(bundle: Path) -> str:
-    """Unpack the bundle and start it as Claude Desktop does: uv installs the dependencies, then runs it."""
+def try_install(bundle: Path) -> tuple[str, list[str]]:
+    """Unpack the bundle and start it as Claude Desktop does (uv installs the dependencies, then runs it):
+    its --version, then the tools an MCP client lists from it on the sandbox, as the Sandbox switch runs it."""
+    import anyio
+    from mcp import Client, StdioServerParameters
+
+    async def tools(unpacked: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"APIKEY_SANDBOX": "true"}
+        server = StdioServerParameters(command="uv", args=["run", "--quiet", "--directory", unpacked, "server/main.py"],
+                                       env=env)  # fmt: skip
+        with anyio.fail_after(300):
+            async with Client(server) as client:
+                return [tool.name for tool in (await client.list_tools()).tools]
+
     with tempfile.TemporaryDirectory() as unpacked:
         with zipfile.ZipFile(bundle) as archive:
             archive.extractall(unpacked)
-        return run("uv", "run", "--quiet", "--directory", unpacked, "server/main.py", "--version").strip()
+        started = run("uv", "run", "--quiet", "--directory", unpacked, "server/main.py", "--version").strip()
+        return started, anyio.run(tools, unpacked)
 
 
 def main() -> None:
@@ -111,10 +124,10 @@ def main() -> None:
     names = check(bundle)
     print(f"{bundle.relative_to(ROOT)}: {len(names)} files, {bundle.stat().st_size // 1024} KiB, no compiled code")
     if args.try_install:
-        started = try_install(bundle)
-        if started != f"apikey-mcp {version()}":
-            raise SystemExit(f"the unpacked bundle answered {started!r} to --version")
-        print(f"installed with uv and started: {started}")
+        started, tools = try_install(bundle)
+        if started != f"apikey-mcp {version()}" or "generate_video" not in tools:
+            raise SystemExit(f"the unpacked bundle answered {started!r} to --version and listed {tools}")
+        print(f"installed with uv and started: {started}, {len(tools)} tools listed on the sandbox")
 
 
 if __name__ == "__main__":
