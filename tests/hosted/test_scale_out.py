@@ -32,7 +32,11 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
 
 
 async def test_two_processes_on_one_ledger_never_overspend(
-    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process], ledger  # noqa: F811
+    sandbox_server: SandboxServer,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    processes: list[Process],
+    ledger,  # noqa: F811
 ) -> None:
     state_file, env = ledger
     env = {**env, "APIKEY_SESSION_BUDGET": str(BUDGET)}
