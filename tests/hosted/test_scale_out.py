@@ -35,8 +35,8 @@ async def test_two_processes_on_one_ledger_never_overspend(
     sandbox_server: SandboxServer,
     sandbox: Sandbox,
     tmp_path: Path,
-    processes: list[Process],
-    ledger,  # noqa: F811
+    processes: list[Process],  # noqa: F811 (the fixture imported above)
+    ledger,
 ) -> None:
     state_file, env = ledger
     env = {**env, "APIKEY_SESSION_BUDGET": str(BUDGET)}
