@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import GatewayClient
 from .gateway.models import Task
+from .polling import Pacer
 from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
 
@@ -50,6 +52,7 @@ class Accounts:
     store: LedgerStore
     hosted: bool = False
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
+    poll_clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
@@ -59,6 +62,7 @@ class Accounts:
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
+        self._pacer = Pacer()  # fallback polls take turns across every principal's watchers
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Accounts]:
@@ -115,7 +119,7 @@ class Accounts:
         service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
         self._own[(principal, fingerprint)] = service
         for task, reservation in self._awaiting_key.pop(principal, []):
-            await service.registry.track(task, reservation.modality, reservation)  # resumed with the key brought
+            await service.registry.track(task, reservation.modality, reservation, confirmed=False)  # with the key
         return service
 
     def _open(
@@ -127,7 +131,8 @@ class Accounts:
         registry = TaskRegistry(
             client, ledger, poll_interval=self.settings.poll_interval,
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
-            sleep=self.poll_sleep,
+            callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
+            sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group
@@ -171,7 +176,7 @@ class Accounts:
             log.info("%s: task %s waits for the principal's own key to be resumed", principal, task.task_id)
             return
         service = await self.service(principal)
-        await service.registry.track(task, reservation.modality, reservation)
+        await service.registry.track(task, reservation.modality, reservation, confirmed=False)
         log.info("%s: resumed task %s", principal, task.task_id)
 
     async def adopt_created(self, reservation_id: str, task: Task) -> tuple[Service, TrackedTask] | None:

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import secrets
+import select
+import socket
 import sys
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -188,13 +192,55 @@ def serve(args: argparse.Namespace) -> None:
 
 def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:
     """A sandbox gateway in this process; when hosted, its signed callbacks come back to this server."""
-    from .sandbox import Sandbox, SandboxServer
-
     key = "sk-sandbox-" + secrets.token_hex(12)
-    sandbox = Sandbox([key])
-    server = stack.enter_context(SandboxServer(sandbox))
-    log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", server.url)
-    overrides: dict[str, object] = {"base_url": server.url, "api_key": key}
+    secret = "whsec_" + secrets.token_hex(16)
+    sandbox = stack.enter_context(SandboxOnDemand(key, secret))
+    log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", sandbox.url)
+    overrides: dict[str, object] = {"base_url": sandbox.url, "api_key": key}
     if settings.transport != "stdio" and settings.public_url is None:
-        overrides |= {"public_url": f"http://{settings.host}:{settings.port}", "webhook_secret": sandbox.webhook_secret}
+        overrides |= {"public_url": f"http://{settings.host}:{settings.port}", "webhook_secret": secret}
     return overrides
+
+
+class SandboxOnDemand:
+    """The in-process sandbox gateway, built and served only when its first request arrives.
+
+    Building it (its modules, catalogue and app) takes a good part of a cold start, and the MCP handshake never
+    needs it; so its socket listens from the start (a request made early waits in the backlog) while a thread
+    sleeps in select() until the first connection, then serves it with uvicorn.
+    """
+
+    def __init__(self, key: str, webhook_secret: str) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._wake, self._waker = socket.socketpair()
+        self._server: Any = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, args=(key, webhook_secret), name="sandbox", daemon=True)
+
+    def _run(self, key: str, webhook_secret: str) -> None:
+        readable, _, _ = select.select([self._sock, self._wake], [], [])
+        if self._wake in readable:
+            return  # stopped before anyone asked
+        import uvicorn
+
+        from .sandbox import Sandbox
+
+        app = Sandbox([key], webhook_secret=webhook_secret).app
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        if self._stopping:
+            self._server.should_exit = True
+        asyncio.run(self._server.serve(sockets=[self._sock]))
+
+    def __enter__(self) -> SandboxOnDemand:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping = True
+        self._waker.send(b"x")
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout=10)
+        for sock in (self._sock, self._wake, self._waker):
+            sock.close()

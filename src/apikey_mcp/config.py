@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
+    fresh_seconds: float = Field(
+        default=1.0, ge=0, description="How old a task's known state may be for poll_task to answer without a poll."
+    )
     max_wait_seconds: float = Field(
         default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS, description="Longest a poll_task call may wait."
     )

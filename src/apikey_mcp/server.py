@@ -4,6 +4,7 @@ resources and prompts. It holds no logic of its own."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -68,14 +69,15 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    poll_clock: Callable[[], float] = time.monotonic,
     closed: anyio.Event | None = None,
 ) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`) on a memory store of its own
-    (pass `store` to look into it in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app
-    passes the `accounts` it shares across sessions and transports. `closed` is set once a stdio session's
-    accounts have shut down (every unfinished task id logged).
+    (pass `store` to look into it in tests; `poll_sleep` and `poll_clock` to own the task watchers' time).
+    Hosted, the app passes the `accounts` it shares across sessions and transports. `closed` is set once a
+    stdio session's accounts have shut down (every unfinished task id logged).
     """
 
     @asynccontextmanager
@@ -86,11 +88,12 @@ def build_server(
         if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
         try:
-            async with (
-                GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
-                Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep).running() as opened,
-            ):
-                yield opened
+            async with GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client:
+                opening = Accounts(
+                    settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep, poll_clock=poll_clock
+                )
+                async with opening.running() as opened:
+                    yield opened
         finally:
             if closed is not None:
                 closed.set()

@@ -1,14 +1,20 @@
 """The task registry: every task this session created or asked about, watched until it ends.
 
-One watcher per task polls the gateway with backoff, however many callers wait on it; a task's end closes
-its reservation exactly once (settled at the real charge on success, released on failure). Callers wait
-on the task's change event, so a later push (a signed callback) can wake them the same way. A ledger write
-that fails (the store is locked or down) is retried in the background until it lands, never dropped.
+One watcher per task asks the gateway about it, however many callers wait on it; a task's end closes its
+reservation exactly once (settled at the real charge on success, released on failure). Callers wait on the
+task's change event, so a push (a signed callback) wakes them the same way. A ledger write that fails (the
+store is locked or down) is retried in the background until it lands, never dropped.
+
+The watcher knows what it waits for (the schedule is in polling.py): a caller arriving in `wait` wakes it to
+plan again (closer polls while someone waits), a task that ends by a push wakes it to stop, and after every
+sleep it looks whether the task ended meanwhile before asking the gateway. `wait` itself asks the gateway
+only when what the registry knows is not fresh.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +26,7 @@ import anyio.abc
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
+from .polling import Durations, Known, Pacer, Schedule
 
 log = logging.getLogger(__name__)
 RETRY_CAP_SECONDS = 30.0  # longest wait between retries of a ledger write that failed
@@ -32,10 +39,28 @@ class TrackedTask:
     reservation: Reservation | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
     duplicates: list[Reservation] = field(default_factory=list)  # creates the gateway answered with this id again
+    # On the registry's clock: when the task started, when its state was last known (a poll's answer or a
+    # push), when the gateway was last asked, and the task's age when it last reported progress.
+    started: float = 0.0
+    known_at: float = 0.0
+    asked_at: float = 0.0
+    progress_age: float | None = None
+    live_age: float = 0.0  # the task's age when it was last seen unfinished
+    polls: int = 0
+    confirmed: bool = True  # False for a task resumed from the ledger, until the gateway or a push tells its state
+    waiters: int = 0  # callers in `wait` now
+    napping: anyio.CancelScope | None = field(default=None, repr=False)  # the watcher's sleep, to wake it
 
     @property
     def task_id(self) -> str:
         return self.task.task_id
+
+    def ended(self) -> bool:
+        return self.task.is_terminal
+
+    def wake_watcher(self) -> None:
+        if self.napping is not None:
+            self.napping.cancel()
 
 
 def modality_of(task: Task) -> str | None:
@@ -53,17 +78,29 @@ class TaskRegistry:
         poll_interval: float = 1.0,
         max_poll_interval: float = 5.0,
         adopt_unknown: bool = True,
+        callbacks: bool = False,
+        fresh_seconds: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        pacer: Pacer | None = None,
     ) -> None:
         """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
         (yes over stdio, where the key is the user's own; no when hosted, where the key is shared).
-        `sleep` is what a watcher waits with between polls: a test passes its own to own the clock."""
+        `callbacks`: whether the gateway pushes each task's end here (then polling is a slow fallback).
+        `fresh_seconds`: how old a known state may be for `wait` to answer from it without a request.
+        `sleep` and `clock` are what watchers wait with and tell time by: a test passes its own to own time.
+        `pacer` gives fallback polls (callbacks wired) their turns; hosting shares one across principals."""
         self.adopt_unknown = adopt_unknown
         self._sleep = sleep
+        self._clock = clock
         self.client = client
         self.ledger = ledger
         self.poll_interval = poll_interval
-        self.max_poll_interval = max_poll_interval
+        self.schedule = Schedule(first=poll_interval, waiting_max=max_poll_interval, callbacks=callbacks)
+        self.fresh_seconds = fresh_seconds
+        self.pacer = pacer or Pacer()
+        self.watching = 0  # watchers alive now
+        self.durations = Durations()
         self._tasks: dict[str, TrackedTask] = {}
         self._group: anyio.abc.TaskGroup | None = None
         self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
@@ -93,8 +130,11 @@ class TaskRegistry:
     def ids(self) -> list[str]:
         return list(self._tasks)
 
-    async def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
+    async def track(
+        self, task: Task, modality: str | None, reservation: Reservation | None, *, confirmed: bool = True
+    ) -> TrackedTask:
         """Register a task just created (or resumed after a restart); its reservation is now tied to it.
+        `confirmed=False`: `task` is a stand-in (a resumed task), so the gateway is asked first thing.
 
         A task id the gateway already gave for an earlier create keeps its one watcher; the new reservation
         is tied to the same task and closes when it ends (one task is charged once), so none leaks."""
@@ -113,7 +153,8 @@ class TaskRegistry:
                     await self._close(known, known.task)
             await self._apply(known, task)
             return known
-        tracked = TrackedTask(task, modality, reservation)
+        now = self._clock()
+        tracked = TrackedTask(task, modality, reservation, started=now, known_at=now, asked_at=now, confirmed=confirmed)
         self._tasks[task.task_id] = tracked
         if reservation is not None and reservation.task_id != task.task_id:  # not yet tied (a resumed one is)
             await self.durably(f"tie a reservation to {task.task_id}",
@@ -129,13 +170,19 @@ class TaskRegistry:
         tracked = self._tasks.get(task_id)
         if tracked is None and not self.adopt_unknown:
             raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
+        asked = self._clock()
+        if tracked is not None:
+            tracked.asked_at, tracked.polls = asked, tracked.polls + 1
         task = await self.client.get_task(task_id)
         tracked = self._tasks.get(task_id)
         if tracked is None:
-            tracked = self._tasks[task_id] = TrackedTask(task, modality_of(task))
+            started = asked - _age_by_wall_clock(task)
+            tracked = TrackedTask(task, modality_of(task), started=started, asked_at=asked, polls=1)
+            self._tasks[task_id] = tracked
             self._notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
+        tracked.known_at, tracked.confirmed = max(tracked.known_at, asked), True
         await self._apply(tracked, task)
         return tracked
 
@@ -143,8 +190,18 @@ class TaskRegistry:
         """Apply a task state that arrived by other means (a verified callback); None if the task is unknown."""
         tracked = self._tasks.get(task.task_id)
         if tracked is not None:
+            tracked.known_at, tracked.confirmed = self._clock(), True
             await self._apply(tracked, task)
         return tracked
+
+    def is_fresh(self, tracked: TrackedTask, *, waiting: bool = False) -> bool:
+        """Whether what the registry knows of the task may stand for the gateway's answer now: it has ended, or
+        the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent."""
+        if tracked.task.is_terminal:
+            return True
+        if not tracked.confirmed:
+            return False
+        return (waiting and self.schedule.callbacks) or self._clock() - tracked.known_at <= self.fresh_seconds
 
     async def wait(
         self,
@@ -152,17 +209,29 @@ class TaskRegistry:
         seconds: float,
         on_change: Callable[[TrackedTask], Awaitable[None]] | None = None,
     ) -> TrackedTask:
-        """The task's state after at most `seconds`, sooner if it ends; `on_change` hears every change."""
+        """The task's state after at most `seconds`, sooner if it ends; `on_change` hears every change.
+
+        The gateway is asked first only if the known state is not fresh (`is_fresh`); while the caller waits, the
+        task's watcher polls on the waiting schedule, or a push ends the wait.
+        """
         tracked = self._tasks.get(task_id)
-        if tracked is None or not tracked.task.is_terminal:
+        if tracked is None or not self.is_fresh(tracked, waiting=seconds > 0):
             tracked = await self.refresh(task_id)
         if on_change is not None:
             await on_change(tracked)
-        with anyio.move_on_after(seconds):
-            while not tracked.task.is_terminal:
-                await tracked.changed.wait()
-                if on_change is not None:
-                    await on_change(tracked)
+        if tracked.task.is_terminal or seconds <= 0:
+            return tracked
+        tracked.waiters += 1
+        if not self.schedule.callbacks:  # with callbacks a waiter changes no plan (and keeps the pacer's turn)
+            tracked.wake_watcher()  # to plan again, now that someone waits
+        try:
+            with anyio.move_on_after(seconds):
+                while not tracked.task.is_terminal:
+                    await tracked.changed.wait()
+                    if on_change is not None:
+                        await on_change(tracked)
+        finally:
+            tracked.waiters -= 1
         return tracked
 
     async def _apply(self, tracked: TrackedTask, task: Task) -> None:
@@ -170,7 +239,13 @@ class TaskRegistry:
             return  # a terminal state is final; a late or replayed update cannot undo it
         before = (tracked.task.status, tracked.task.progress)
         tracked.task = task
-        if task.is_terminal:
+        if task.progress is not None and task.status == TaskStatus.RUNNING:
+            tracked.progress_age = tracked.known_at - tracked.started
+        if not task.is_terminal:
+            tracked.live_age = tracked.known_at - tracked.started
+        else:
+            self._learn_duration(tracked)
+            tracked.wake_watcher()  # to stop: nothing left to ask
             await self._close(tracked, task)
         if (task.status, task.progress) != before or task.is_terminal:
             tracked.changed.set()
@@ -235,17 +310,60 @@ class TaskRegistry:
             raise RuntimeError("TaskRegistry.running() must be entered before tasks are tracked")
         self._group.start_soon(self._watch, tracked, name=f"watch {tracked.task_id}")
 
-    async def _watch(self, tracked: TrackedTask) -> None:
-        interval = self.poll_interval
-        while not tracked.task.is_terminal:
-            await self._sleep(interval)
+    def _learn_duration(self, tracked: TrackedTask) -> None:
+        """Learn the middle of what is known of the task's duration: it ended after it was last seen unfinished
+        and before its end was noticed. (The age at which the end was noticed alone is late by the poll's aim,
+        and aiming at it would creep later task after task; the middle shrinks whenever a poll overshoots.)"""
+        if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model:
+            noticed = tracked.known_at - tracked.started
+            self.durations.learn(tracked.task.model, (tracked.live_age + noticed) / 2)
+
+    def _known(self, tracked: TrackedTask) -> Known:
+        now = self._clock()
+        return Known(
+            age=now - tracked.started, since_request=now - tracked.asked_at, polls=tracked.polls,
+            progress=tracked.task.progress if tracked.task.status == TaskStatus.RUNNING else None,
+            age_at_progress=tracked.progress_age, typical=self.durations.typical(tracked.task.model),
+            waiting=tracked.waiters > 0,
+        )  # fmt: skip
+
+    async def _nap(self, tracked: TrackedTask, seconds: float) -> bool:
+        """Sleep; True if woken early (someone began to wait, or the task ended)."""
+        with anyio.CancelScope() as scope:
+            tracked.napping = scope
             try:
-                await self.refresh(tracked.task_id)
-            except NotFoundError:
-                log.error("task %s is no longer known to the gateway; its reservation stays open", tracked.task_id)
-                return
-            except GatewayError as exc:
-                log.warning("polling task %s failed (%s); will retry", tracked.task_id, exc.message)
-            except Exception:
-                log.exception("polling task %s crashed; will retry", tracked.task_id)
-            interval = min(interval * 1.5, self.max_poll_interval)
+                await self._sleep(seconds)
+            finally:
+                tracked.napping = None
+        return scope.cancelled_caught
+
+    async def _watch(self, tracked: TrackedTask) -> None:
+        self.watching += 1
+        try:
+            while not tracked.task.is_terminal:
+                delay = self.schedule.delay(self._known(tracked)) if tracked.confirmed else 0.0
+                if delay > 0 and await self._nap(tracked, delay):
+                    continue  # woken: plan again with what changed
+                if self.schedule.callbacks and (turn := self.pacer.reserve(self._clock())) > 0:
+                    if await self._nap(tracked, turn):
+                        continue
+                if tracked.ended():
+                    return  # it ended while we slept (a push): nothing to ask
+                try:
+                    await self.refresh(tracked.task_id)
+                except NotFoundError:
+                    log.error("task %s is no longer known to the gateway; its reservation stays open", tracked.task_id)
+                    return
+                except GatewayError as exc:
+                    log.warning("polling task %s failed (%s); will retry", tracked.task_id, exc.message)
+                except Exception:
+                    log.exception("polling task %s crashed; will retry", tracked.task_id)
+        finally:
+            self.watching -= 1
+
+
+def _age_by_wall_clock(task: Task) -> float:
+    """A task we did not create: its age from the gateway's created_at (unix seconds), when it says."""
+    if isinstance(task.created_at, int | float) and not isinstance(task.created_at, bool):
+        return max(0.0, time.time() - float(task.created_at))
+    return 0.0

@@ -57,11 +57,12 @@ def hosted_factory(sandbox_server: SandboxServer, tmp_path: Path) -> Iterator:
 
     def start(**overrides: Any) -> Hosted:
         state_file = overrides.pop("state_file", tmp_path / "state.sqlite3")
+        timing = {name: overrides.pop(name) for name in ("poll_sleep", "poll_clock") if name in overrides}
         made: dict[str, Settings] = {}
 
         def make(url: str):
             made["settings"] = hosted_settings(sandbox_server, state_file, url, **overrides)
-            return create_app(made["settings"])
+            return create_app(made["settings"], **timing)
 
         server = BackgroundServer.for_url(make).start()
         servers.append(server)

@@ -13,8 +13,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import ResourceUpdatedNotification
 
 from apikey_mcp.gateway import webhooks
-from apikey_mcp.sandbox import Sandbox
-from tests.conftest import wait_until
+from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.conftest import advance, wait_until
 from tests.hosted.conftest import ALICE, Hosted
 from tests.server.conftest import call
 
@@ -76,19 +76,28 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
         created = await call(client, "generate_image", prompt="pushed", model="flux-schnell")
         task_id = created["task_id"]
         result: dict = {}
+        waiting = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            waiting.set()  # poll_task reports the state it starts from, then waits
 
         async def wait() -> None:
-            result.update(await call(client, "poll_task", task_id=task_id, wait_seconds=20))
+            answer = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 20}, progress_callback=on_progress
+            )
+            result.update(answer.structured_content or {})
 
         async with anyio.create_task_group() as group:
             group.start_soon(wait)
-            await wait_until(lambda: sandbox.requests[TASK_GETS] >= 1)  # poll_task's one look before it waits
+            with anyio.fail_after(5):
+                await waiting.wait()
             gets = sandbox.requests[TASK_GETS]
             body = finished(task_id, 2)
             headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
             assert await post(slow, body, headers) == 204
     assert result["status"] == "succeeded" and result["credits_charged"] == 2
     assert result["budget"]["spent"] == 2 and result["budget"]["reserved"] == 0
+    assert gets == 0, "the create's answer was fresh: poll_task waited on it without asking the gateway"
     assert sandbox.requests[TASK_GETS] == gets, "the callback, not another poll, finished it"
 
 
@@ -122,3 +131,50 @@ async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox
                         heard.append(event.uri)
                         break
     assert heard == [uri]
+
+
+async def test_with_callbacks_a_waiting_poll_asks_nothing_and_the_watcher_stops_at_the_push(
+    hosted_factory, sandbox_server: SandboxServer, held: Sandbox
+) -> None:
+    naps: list[float] = []
+    parked = [0]
+    now = [1000.0]
+
+    async def park(seconds: float) -> None:
+        """The watchers' sleep, in the server's thread: it never ends by itself, only when woken. It notes when
+        (on the test's clock, after the create) the watcher meant to poll next."""
+        naps.append(now[0] - 1000.0 + seconds)
+        parked[0] += 1
+        try:
+            await anyio.sleep_forever()
+        finally:
+            parked[0] -= 1
+
+    hosted = hosted_factory(poll_sleep=park, poll_clock=lambda: now[0], poll_interval=1.0, max_poll_interval=5.0)
+    async with hosted.connect("streamable-http", ALICE) as client:
+        task_id = (await call(client, "generate_image", prompt="pushed", model="flux-schnell"))["task_id"]
+        now[0] += 30  # the create's answer is old now, but a waiting poll needs no GET: the end will be pushed
+        waiting = anyio.Event()
+        result: dict = {}
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            waiting.set()
+
+        async def wait() -> None:
+            answer = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=on_progress
+            )
+            result.update(answer.structured_content or {})
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            with anyio.fail_after(10):
+                await waiting.wait()
+            await wait_until(lambda: len(naps) >= 1)  # the watcher has planned its first poll
+            await advance(sandbox_server, task_id)  # the sandbox ends it and pushes the signed callback
+        await wait_until(lambda: parked[0] == 0)
+
+    assert result["status"] == "succeeded" and result["budget"]["reserved"] == 0
+    assert held.requests[TASK_GETS] == 0 and held.callbacks_sent[0]["status"] == 204
+    assert len(naps) == 1, "one nap after the create: with callbacks, a waiter changes no plan"
+    assert all(54 <= nap <= 66 for nap in naps), "with callbacks, polling is only a slow fallback"

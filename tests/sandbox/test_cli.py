@@ -44,3 +44,19 @@ async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_pe
     assert created.status_code == 200
     assert wallets == [{"balance": 500, "reserved": 40, "available": 460},
                        {"balance": 500, "reserved": 0, "available": 500}]  # fmt: skip
+
+
+def test_the_in_process_sandbox_is_built_only_when_its_first_request_arrives() -> None:
+    from apikey_mcp.cli import SandboxOnDemand
+
+    with SandboxOnDemand("sk-lazy-1234", "whsec_lazy") as idle:
+        assert idle.url.startswith("http://127.0.0.1:") and idle._server is None
+    assert not idle._thread.is_alive(), "stopped though nobody ever asked"
+
+    with SandboxOnDemand("sk-lazy-1234", "whsec_lazy") as sandbox:
+        unbuilt = sandbox._server is None
+        with httpx2.Client(base_url=sandbox.url, timeout=30) as http:  # waits in the backlog meanwhile
+            health = http.get("/healthz")
+            wallet = http.get("/sandbox/wallet", headers={"x-api-key": "sk-lazy-1234"})
+    assert unbuilt and health.status_code == 200 and wallet.json()["balance"] == 100_000
+    assert not sandbox._thread.is_alive()

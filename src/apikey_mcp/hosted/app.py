@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -77,7 +78,13 @@ def _check(settings: Settings, tokens: dict[str, str]) -> None:
         )
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    poll_clock: Callable[[], float] = time.monotonic,
+) -> Starlette:
+    """The hosted app; `poll_sleep` and `poll_clock` are the task watchers' time (a test may own it)."""
     tokens = load_tokens(settings)
     _check(settings, tokens)
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
@@ -88,7 +95,7 @@ def create_app(settings: Settings) -> Starlette:
         raise HostingError(str(exc)) from None
     where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
-    accounts = Accounts(settings, client, store, hosted=True)
+    accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
     updates = ResourceUpdates()
     accounts.task_listeners.append(updates.task_changed)
 

@@ -86,6 +86,7 @@ class SandboxTask:
     outputs: int = 1
     started: float = field(default_factory=time.monotonic)
     held: bool = False  # moved on only by /sandbox/tasks/{id}/advance, never by the clock
+    ended_at: float | None = None  # unix seconds, to the microsecond: benchmarks time what follows the end
 
 
 class Sandbox:
@@ -150,6 +151,7 @@ class Sandbox:
             Route("/sandbox/files/{task_id}/{index:int}.{ext}", self.file, methods=["GET"]),
             Route("/sandbox/wallet", self.wallet, methods=["GET"]),
             Route("/sandbox/tasks/{task_id}/advance", self.advance, methods=["POST"]),
+            Route("/sandbox/tasks/{task_id}", self.task_times, methods=["GET"]),
             Route("/sandbox/stats", self.stats, methods=["GET"]),
             Route("/healthz", lambda request: PlainTextResponse("ok"), methods=["GET"]),
         ]
@@ -337,7 +339,8 @@ class Sandbox:
         """Settle the charge on success, refund it on failure: the wallet's reservation ends either way."""
         wallet = self.wallets[entry.key]
         wallet.reserved -= entry.reserved
-        update: dict[str, object] = {"updated_at": int(time.time())}
+        entry.ended_at = time.time()
+        update: dict[str, object] = {"updated_at": int(entry.ended_at)}
         if entry.will_fail:
             update |= {
                 "status": TaskStatus.FAILED, "progress": None,
@@ -419,6 +422,14 @@ class Sandbox:
             if entry.callback_url:
                 self._spawn(self._send_callback, entry)
         return _json(entry.task)
+
+    async def task_times(self, request: Request) -> Response:
+        """When a task ended, exactly (unix seconds): not part of the gateway's contract, and not counted as a poll."""
+        key = self._key(request)
+        entry = self.tasks.get(request.path_params["task_id"])
+        if entry is None or entry.key != key:
+            raise SandboxError(404, "task_not_found", f"Task '{request.path_params['task_id']}' was not found")
+        return JSONResponse({"status": str(entry.task.status), "ended_at": entry.ended_at})
 
     async def wallet(self, request: Request) -> Response:
         wallet = self.wallets[self._key(request)]
