@@ -50,7 +50,7 @@ class BudgetStatus(BudgetTotals):
     next_offset: int | None = None  # absent on the last page
 
     @classmethod
-    def page(cls, totals: Totals, open: list[Reservation], limit: int = 20, offset: int = 0) -> BudgetStatus:
+    def page(cls, totals: Totals, open: list[Reservation], limit: int = 5, offset: int = 0) -> BudgetStatus:
         """The totals and one page of the open reservations, oldest first (`open` is bounded by the caller)."""
         ordered = sorted(open, key=lambda r: r.created_at)
         chosen = ordered[offset : offset + max(0, min(limit, MAX_PAGE))]

@@ -143,7 +143,7 @@ class Service:
         """Read from the store at every call: an operator's change shows at once, in every process."""
         return BudgetTotals.of(await self.ledger.totals())
 
-    async def budget_status(self, limit: int = 20, offset: int = 0) -> BudgetStatus:
+    async def budget_status(self, limit: int = 5, offset: int = 0) -> BudgetStatus:
         """The totals and one page of the open reservations (counted up to OPEN_SCAN)."""
         totals, held = await self.ledger.totals(), await self.ledger.open_reservations(OPEN_SCAN)
         return BudgetStatus.page(totals, held, limit, offset)

@@ -281,7 +281,7 @@ def build_tools() -> list[Tool]:
     @tool(title="Budget status", annotations=_LOCAL)
     async def budget_status(
         ctx: Context,
-        limit: Annotated[int, Field(ge=0, le=MAX_PAGE, description="Open reservations per page.")] = 20,
+        limit: Annotated[int, Field(ge=0, le=MAX_PAGE, description="Open reservations per page.")] = 5,
         offset: Annotated[int, Field(ge=0, description="From next_offset of the previous page.")] = 0,
     ) -> Annotated[CallToolResult, BudgetStatus]:
         """Budget, spent, reserved and remaining credits, and the open reservations (paged). Free."""
