@@ -171,10 +171,10 @@ async def test_a_task_id_returned_twice_leaks_no_reservation_and_is_watched_once
                 while (await store.totals("local")).reserved:
                     await anyio.sleep(0.01)
             polls_at_end = len(polls)
-            await anyio.sleep(0.3)  # a second watcher would keep polling a task that has ended
+            await anyio.sleep(0.3)  # a watcher left behind would poll every 50 ms at most: 6 times in this window
     assert done["status"] == "succeeded"
     assert await store.totals("local") == Totals(1000, 40, 0)  # one task, charged once; the other hold released
-    assert len(polls) == polls_at_end
+    assert len(polls) - polls_at_end <= 1  # at most the one a watcher asleep at the end sends as it wakes
 
 
 def test_an_empty_state_file_refuses_to_start(tmp_path: Path) -> None:
