@@ -17,7 +17,7 @@ from typing import TypeVar
 import anyio
 from pydantic import HttpUrl
 
-from .budget import Ledger, Reservation
+from .budget import Ledger, LedgerUnavailableError, Reservation
 from .config import Settings
 from .downloads import save_outputs
 from .gateway import GatewayClient, GatewayError
@@ -181,7 +181,14 @@ class Service:
         tracked = await self._paid(
             plan, purpose, send, track, recover=lambda task_id: Task(task_id=task_id, status="pending")
         )
-        return await self.task_result(tracked)
+        try:
+            return await self.task_result(tracked)
+        except LedgerUnavailableError as exc:  # the task exists: its id must reach the agent all the same
+            held = tracked.reservation.credits if tracked.reservation else 0
+            raise InputError(
+                f"Created {modality} task {tracked.task_id} ({held} credits reserved): poll_task it. "
+                f"The budget could not be read just now ({exc})."
+            ) from None
 
     def _create_for(self, request: MediaRequest) -> tuple[str, Callable[..., Awaitable[Task]]]:
         if isinstance(request, ImageRequest):
