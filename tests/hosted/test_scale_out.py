@@ -12,7 +12,7 @@ import pytest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import advance, free_port, wait_until
 from tests.hosted.conftest import ALICE, BOB
-from tests.hosted.test_restart import Process, processes  # noqa: F401 (the fixture)
+from tests.hosted.test_restart import Process
 from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call
 
@@ -32,7 +32,11 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
 
 
 async def test_two_processes_on_one_ledger_never_overspend(
-    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process], ledger  # noqa: F811
+    sandbox_server: SandboxServer,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    processes: list[Process],
+    ledger,
 ) -> None:
     state_file, env = ledger
     env = {**env, "APIKEY_SESSION_BUDGET": str(BUDGET)}
@@ -65,7 +69,7 @@ async def test_two_processes_on_one_ledger_never_overspend(
 
 
 async def test_a_task_created_through_one_process_is_polled_and_settled_through_the_other(
-    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: list[Process], ledger  # noqa: F811
+    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: list[Process], ledger
 ) -> None:
     state_file, env = ledger
     first = Process(sandbox_server, state_file, tmp_path / "first.log", free_port(), **env)
