@@ -94,6 +94,10 @@ class Accounts:
                 self.store.record_ledger(principal, service.ledger.snapshot(), None)
         return service
 
+    def principals(self) -> list[str]:
+        """Every principal with a budget in memory."""
+        return list(self._services)
+
     def find_task(self, task_id: str) -> tuple[Service, TrackedTask] | None:
         """Whose task this is (for callbacks, which carry no principal)."""
         for service in [*self._services.values(), *self._own.values()]:

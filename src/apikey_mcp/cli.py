@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
     hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
     hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
+    hosted.add_argument("--oauth-issuer", help="accept OAuth 2.1 access tokens (JWT) from this authorization "
+                        "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...")
+    hosted.add_argument("--oauth-scope", help="scope an OAuth token needs (default 'apikey')")
     hosted.add_argument("--state-file", help="SQLite file for budgets, reservations and tasks")
     hosted.add_argument(
         "--allowed-host",

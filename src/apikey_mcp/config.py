@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("auth_tokens_file", "APIKEY_MCP_AUTH_TOKENS_FILE")
     )
     webhook_secret: SecretStr | None = None
+    oauth_issuer: str | None = Field(default=None, description="OAuth authorization server whose JWTs we accept.")
+    oauth_audience: str | None = Field(default=None, description="The tokens' audience; default <public-url>/mcp.")
+    oauth_scope: str | None = Field(default="apikey", description="Scope a token needs (403 without it).")
+    oauth_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host headers to accept (proxies).")
     max_body_bytes: int = Field(default=1024**2, gt=0)
     allow_byok: bool = Field(default=False, description="Let clients send their own gateway key in a header.")

@@ -1,8 +1,8 @@
 """The hosted server: the SDK's Streamable HTTP and SSE transports in one Starlette app, run by uvicorn.
 
 Routes: `/mcp` (Streamable HTTP), `/sse` + `/messages/` (SSE), `GET /healthz`, and `POST /webhooks/api-key`
-(the gateway's signed callbacks). Every MCP route needs an operator-issued bearer token when tokens are
-configured; Host and Origin are checked against allow-lists (DNS rebinding); request bodies are capped.
+(the gateway's signed callbacks). Who may use the MCP routes is access.py's concern (operator tokens, OAuth
+or both); Host and Origin are checked against allow-lists (DNS rebinding); request bodies are capped.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from urllib.parse import urlsplit
 
 import platformdirs
 import uvicorn
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
 from ..state import StateStore
-from .auth import StaticTokenVerifier, load_tokens
+from .access import Access
+from .auth import load_tokens
 from .callbacks import CallbackReceiver
 from .updates import ResourceUpdates
 
@@ -64,15 +64,20 @@ def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
 
 
 def _check(settings: Settings, tokens: dict[str, str]) -> None:
-    if not tokens and not is_loopback(settings.host):
+    if not tokens and settings.oauth_issuer is None and not is_loopback(settings.host):
         raise HostingError(
             f"Refusing to serve on {settings.host} with no client authentication: anyone who reaches it could "
-            "spend your credits. Set APIKEY_MCP_AUTH_TOKENS (name=token pairs) or bind 127.0.0.1."
+            "spend your credits. Set APIKEY_MCP_AUTH_TOKENS (name=token pairs), --oauth-issuer, or bind 127.0.0.1."
         )
     if settings.public_url and settings.webhook_secret is None:
         raise HostingError(
             "--public-url makes the gateway send signed callbacks here; set APIKEY_WEBHOOK_SECRET to the "
             "secret that signs them, so they can be verified."
+        )
+    if settings.oauth_issuer and not (settings.public_url or settings.oauth_audience or is_loopback(settings.host)):
+        raise HostingError(
+            "--oauth-issuer needs this server's public URL (--public-url), which tokens must name as their "
+            "audience (<public-url>/mcp); or set APIKEY_OAUTH_AUDIENCE."
         )
 
 
@@ -84,45 +89,52 @@ def create_app(settings: Settings) -> Starlette:
     accounts = Accounts(settings, client, store, hosted=True)
     updates = ResourceUpdates()
     accounts.task_listeners.append(updates.task_changed)
-
-    verifier = StaticTokenVerifier(tokens) if tokens else None
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
-    auth = AuthSettings(issuer_url=base, resource_server_url=None) if verifier else None
-    server = build_server(settings, accounts=accounts, auth=auth, token_verifier=verifier, subscriptions=updates.bus)
+    server = build_server(settings, accounts=accounts, subscriptions=updates.bus)
     updates.install(server)
 
+    base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
     common = {"transport_security": security, "max_request_body_size": settings.max_body_bytes, "host": settings.host}
-    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"]), *access.metadata_routes()]
     if settings.webhook_secret is not None:
         receiver = CallbackReceiver(accounts, store, settings.webhook_secret.get_secret_value(),
                                     max_bytes=settings.max_body_bytes)  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
-    apps = []
-    if streamable:
-        apps.append(server.streamable_http_app(streamable_http_path="/mcp", **common))
-    if settings.transport in ("http", "sse"):
-        apps.append(server.sse_app(sse_path="/sse", message_path="/messages/", **common))
-    for app in apps:
-        routes += app.routes
+    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", **common).routes[0].app if streamable else None
+    endpoints: list[str] = []
+    for door in access.doors:
+        if mcp_app is not None:
+            routes.append(Route(f"{door.prefix}/mcp", door.guard(mcp_app)))
+            endpoints.append(f"{door.prefix}/mcp ({door.kind})")
+        if settings.transport in ("http", "sse"):
+            sse = server.sse_app(sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", **common)
+            get_sse, post = sse.routes[0], sse.routes[1]
+            routes.append(Route(f"{door.prefix}/sse", door.guard(get_sse.app), methods=["GET"]))
+            routes.append(Mount(f"{door.prefix}/messages", app=door.guard(post.app)))
+            endpoints.append(f"{door.prefix}/sse ({door.kind})")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(client)
+            await stack.enter_async_context(access)
             await stack.enter_async_context(store.opened())
             await stack.enter_async_context(accounts.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
-            log.info("serving %s on %s (state %s)", settings.transport, base, store.path)
+            log.info("serving %s on %s: %s (state %s)", settings.transport, base, ", ".join(endpoints), store.path)
+            if not access.doors[0].authenticated:
+                log.warning("serving with NO client authentication: anyone who reaches %s can spend the budget", base)
             yield
         log.info("stopped; the state file has every budget, reservation and task id")
 
-    # The SDK's apps carry the same auth middleware (extract the bearer token); the outer app applies it once.
-    return Starlette(routes=routes, middleware=apps[0].user_middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=access.middleware(), lifespan=lifespan)
+    app.state.accounts = accounts
+    return app
 
 
 async def _healthz(request: Request) -> JSONResponse:
