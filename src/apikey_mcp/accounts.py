@@ -98,6 +98,11 @@ class Accounts:
         """Every principal with a budget in memory."""
         return list(self._services)
 
+    def owns(self, principal: str, task_id: str) -> bool:
+        """Whether `task_id` is one of the principal's tasks in memory (with its key or an own one)."""
+        services = [self._services.get(principal), *(s for (p, _), s in self._own.items() if p == principal)]
+        return any(s is not None and s.registry.get(task_id) is not None for s in services)
+
     def find_task(self, task_id: str) -> tuple[Service, TrackedTask] | None:
         """Whose task this is (for callbacks, which carry no principal)."""
         for service in [*self._services.values(), *self._own.values()]:

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--oauth-issuer", help="accept OAuth 2.1 access tokens (JWT) from this authorization "
                         "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...")
     hosted.add_argument("--oauth-scope", help="scope an OAuth token needs (default 'apikey')")
+    hosted.add_argument("--max-sessions-per-principal", type=int, help="open Streamable HTTP sessions (default 16)")
+    hosted.add_argument("--max-sse-streams-per-principal", type=int, help="open SSE streams (default 8)")
+    hosted.add_argument("--max-listens-per-principal", type=int, help="open subscriptions/listen streams (default 8)")
     hosted.add_argument("--state-file", help="SQLite file for budgets, reservations and tasks")
     hosted.add_argument(
         "--allowed-host",

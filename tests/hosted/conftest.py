@@ -34,6 +34,19 @@ def hosted_settings(sandbox_server: SandboxServer, state_file: Path, url: str, *
     return Settings(**values)
 
 
+HELLO = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": HELLO}
+
+
+async def post_initialize(url: str, token: str | None) -> httpx2.Response:
+    """One bare `initialize` POST (opens a Streamable HTTP session when it succeeds)."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.post(url, headers=headers, json=INIT)
+
+
 class Hosted:
     """A running hosted server and how to reach it."""
 

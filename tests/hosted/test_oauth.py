@@ -12,13 +12,9 @@ import httpx2
 import pytest
 
 from apikey_mcp.hosted import oauth
-from tests.hosted.conftest import ALICE, Hosted
+from tests.hosted.conftest import ALICE, Hosted, post_initialize
 from tests.hosted.issuer import Issuer, issuer, tampered, unsigned  # noqa: F401  (issuer is a fixture)
 from tests.server.conftest import call, call_error
-
-HELLO = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": HELLO}
-ACCEPT = {"Accept": "application/json, text/event-stream"}
 
 
 @pytest.fixture
@@ -28,12 +24,6 @@ def oauth_hosted(hosted_factory, issuer: Issuer) -> Hosted:  # noqa: F811
 
 def metadata_url(hosted: Hosted) -> str:
     return f"{hosted.url}/.well-known/oauth-protected-resource/mcp"
-
-
-async def post_initialize(url: str, token: str | None) -> httpx2.Response:
-    headers = ACCEPT | ({"Authorization": f"Bearer {token}"} if token else {})
-    async with httpx2.AsyncClient(timeout=10) as http:
-        return await http.post(url, headers=headers, json=INIT)
 
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])

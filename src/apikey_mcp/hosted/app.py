@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from ..accounts import Accounts
 from ..config import Settings
@@ -30,6 +31,7 @@ from ..state import StateStore
 from .access import Access
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
+from .limits import SessionLimit, StreamLimit
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,8 @@ def create_app(settings: Settings) -> Starlette:
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
     store = StateStore(settings.state_file or default_state_file())
     accounts = Accounts(settings, client, store, hosted=True)
-    updates = ResourceUpdates()
+    updates = ResourceUpdates(accounts.owns, listens_per_principal=settings.max_listens_per_principal,
+                              listens_total=settings.max_sessions)  # fmt: skip
     accounts.task_listeners.append(updates.task_changed)
     server = build_server(settings, accounts=accounts, subscriptions=updates.bus)
     updates.install(server)
@@ -104,7 +107,12 @@ def create_app(settings: Settings) -> Starlette:
                                     max_bytes=settings.max_body_bytes)  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
-    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", **common).routes[0].app if streamable else None
+    mcp_app: ASGIApp | None = None
+    if streamable:
+        streamable_app = server.streamable_http_app(streamable_http_path="/mcp", max_sessions=settings.max_sessions,
+                                                    **common)  # fmt: skip
+        limit = settings.max_sessions_per_principal
+        mcp_app = SessionLimit(streamable_app.routes[0].app, server.session_manager, limit)
     endpoints: list[str] = []
     for door in access.doors:
         if mcp_app is not None:
@@ -113,7 +121,8 @@ def create_app(settings: Settings) -> Starlette:
         if settings.transport in ("http", "sse"):
             sse = server.sse_app(sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", **common)
             get_sse, post = sse.routes[0], sse.routes[1]
-            routes.append(Route(f"{door.prefix}/sse", door.guard(get_sse.app), methods=["GET"]))
+            stream = StreamLimit(get_sse.app, settings.max_sse_streams_per_principal)
+            routes.append(Route(f"{door.prefix}/sse", door.guard(stream), methods=["GET"]))
             routes.append(Mount(f"{door.prefix}/messages", app=door.guard(post.app)))
             endpoints.append(f"{door.prefix}/sse ({door.kind})")
 
@@ -134,6 +143,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(routes=routes, middleware=access.middleware(), lifespan=lifespan)
     app.state.accounts = accounts
+    app.state.updates = updates
     return app
 
 
