@@ -16,6 +16,11 @@ from tests.conftest import KEY
 from tests.server.conftest import call, call_error, connect, settings_for, stdio_env, text_of
 
 
+@pytest.fixture(params=["memory", "stdio"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 def rpc(id_: int | None, method: str, params: dict | None = None) -> bytes:
     message = {"jsonrpc": "2.0", "method": method, "params": params or {}}
     if id_ is not None:
@@ -118,7 +123,7 @@ async def test_sandbox_flag_runs_everything_with_no_account(flag: str) -> None:
     async with Client(params) as client:
         created = await call(client, "generate_image", prompt="hello sandbox", model="flux-schnell")
         with anyio.fail_after(15):
-            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10)
+            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
         llms = (await client.read_resource("apikey://docs/llms.txt")).contents[0].text
     assert done["status"] == "succeeded" and done["budget"]["budget"] == 300
     assert done["outputs"][0]["url"].startswith("http://127.0.0.1:")

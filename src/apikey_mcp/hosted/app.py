@@ -100,7 +100,6 @@ def create_app(settings: Settings) -> Starlette:
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
-    common = {"transport_security": security, "max_request_body_size": settings.max_body_bytes, "host": settings.host}
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"]), *access.metadata_routes()]
     if settings.webhook_secret is not None:
         receiver = CallbackReceiver(accounts, store, settings.webhook_secret.get_secret_value(),
@@ -109,21 +108,26 @@ def create_app(settings: Settings) -> Starlette:
     streamable = settings.transport in ("http", "streamable-http")
     mcp_app: ASGIApp | None = None
     if streamable:
-        streamable_app = server.streamable_http_app(streamable_http_path="/mcp", max_sessions=settings.max_sessions,
-                                                    **common)  # fmt: skip
+        streamable_app = server.streamable_http_app(
+            streamable_http_path="/mcp", transport_security=security, max_request_body_size=settings.max_body_bytes,
+            host=settings.host, max_sessions=settings.max_sessions,
+        )  # fmt: skip
         limit = settings.max_sessions_per_principal
-        mcp_app = SessionLimit(streamable_app.routes[0].app, server.session_manager, limit)
+        mcp_app = SessionLimit(_asgi(streamable_app.routes[0]), server.session_manager, limit)
     endpoints: list[str] = []
     for door in access.doors:
         if mcp_app is not None:
             routes.append(Route(f"{door.prefix}/mcp", door.guard(mcp_app)))
             endpoints.append(f"{door.prefix}/mcp ({door.kind})")
         if settings.transport in ("http", "sse"):
-            sse = server.sse_app(sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", **common)
+            sse = server.sse_app(
+                sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", transport_security=security,
+                max_request_body_size=settings.max_body_bytes, host=settings.host,
+            )  # fmt: skip
             get_sse, post = sse.routes[0], sse.routes[1]
-            stream = StreamLimit(get_sse.app, settings.max_sse_streams_per_principal)
+            stream = StreamLimit(_asgi(get_sse), settings.max_sse_streams_per_principal)
             routes.append(Route(f"{door.prefix}/sse", door.guard(stream), methods=["GET"]))
-            routes.append(Mount(f"{door.prefix}/messages", app=door.guard(post.app)))
+            routes.append(Mount(f"{door.prefix}/messages", app=door.guard(_asgi(post))))
             endpoints.append(f"{door.prefix}/sse ({door.kind})")
 
     @asynccontextmanager
@@ -145,6 +149,12 @@ def create_app(settings: Settings) -> Starlette:
     app.state.accounts = accounts
     app.state.updates = updates
     return app
+
+
+def _asgi(route: BaseRoute) -> ASGIApp:
+    """The ASGI app behind one of the SDK's routes, to mount again behind our own guards."""
+    assert isinstance(route, Route | Mount), route
+    return route.app
 
 
 async def _healthz(request: Request) -> JSONResponse:

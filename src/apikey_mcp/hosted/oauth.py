@@ -142,7 +142,7 @@ class JwtVerifier:
             if response.status_code == 404:
                 continue
             response.raise_for_status()
-            metadata = response.json()
+            metadata: dict[str, Any] = response.json()
             if metadata.get("issuer") != self.issuer:  # RFC 8414 §3.3: it must be exactly the issuer asked for
                 raise OAuthConfigError(f"{url} names issuer {metadata.get('issuer')!r}, not {self.issuer!r}")
             return metadata
