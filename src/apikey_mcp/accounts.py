@@ -135,7 +135,7 @@ class Accounts:
         registry = TaskRegistry(
             client, ledger, poll_interval=self.settings.poll_interval,
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
-            sleep=self.poll_sleep,
+            sleep=self.poll_sleep, retention=self.settings.task_retention_seconds,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group

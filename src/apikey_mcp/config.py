@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS, description="Longest a poll_task call may wait."
     )
     docs_cache_seconds: float = Field(default=600.0, ge=0)
+    task_retention_seconds: float = Field(
+        default=900.0, ge=0, description="How long a finished task stays in memory (the state file keeps it)."
+    )
 
     # Hosted mode (--transport http | sse | streamable-http)
     transport: Literal["stdio", "http", "sse", "streamable-http"] = "stdio"

@@ -8,6 +8,8 @@ on the task's change event, so a later push (a signed callback) can wake them th
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
 
 log = logging.getLogger(__name__)
+MAX_RETIRED = 10_000  # ids of let-go finished tasks kept per registry, so their owner can still look them up
 
 
 @dataclass
@@ -50,10 +53,14 @@ class TaskRegistry:
         max_poll_interval: float = 5.0,
         adopt_unknown: bool = True,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        retention: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
         (yes over stdio, where the key is the user's own; no when hosted, where the key is shared).
-        `sleep` is what a watcher waits with between polls: a test passes its own to own the clock."""
+        `sleep` is what a watcher waits with between polls: a test passes its own to own the clock.
+        `retention`: seconds a finished task stays in memory (None: for ever). After that only its id is
+        kept (up to MAX_RETIRED), so that its owner may still look it up at the gateway."""
         self.adopt_unknown = adopt_unknown
         self._sleep = sleep
         self.client = client
@@ -61,6 +68,11 @@ class TaskRegistry:
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self._tasks: dict[str, TrackedTask] = {}
+        self.retention = retention
+        self._clock = clock
+        self._finished: dict[str, float] = {}  # task id -> when it ended, oldest first
+        self._retired: OrderedDict[str, None] = OrderedDict()  # ids of finished tasks let go of, newest last
+        self.forgotten: list[Callable[[str], None]] = []  # told of every finished task let go of
         self._group: anyio.abc.TaskGroup | None = None
         self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
 
@@ -89,8 +101,31 @@ class TaskRegistry:
     def ids(self) -> list[str]:
         return list(self._tasks)
 
+    def knows(self, task_id: str) -> bool:
+        """Whether this registry tracks the task, or tracked it until its retention ran out."""
+        return task_id in self._tasks or task_id in self._retired
+
+    def prune(self) -> None:
+        """Let go of finished tasks older than the retention (each is in the state file, if any)."""
+        if self.retention is None:
+            return
+        cutoff = self._clock() - self.retention
+        while self._finished:
+            task_id, ended = next(iter(self._finished.items()))
+            if ended > cutoff:
+                break
+            del self._finished[task_id]
+            self._tasks.pop(task_id, None)
+            self._retired[task_id] = None
+            self._retired.move_to_end(task_id)
+            if len(self._retired) > MAX_RETIRED:
+                self._retired.popitem(last=False)
+            for forget in self.forgotten:
+                forget(task_id)
+
     def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
         """Register a task just created (or resumed after a restart); its reservation is now tied to it."""
+        self.prune()
         tracked = TrackedTask(task, modality, reservation)
         self._tasks[task.task_id] = tracked
         if reservation is not None:
@@ -103,13 +138,15 @@ class TaskRegistry:
 
     async def refresh(self, task_id: str) -> TrackedTask:
         """Fetch the task's state now. A task this session did not create is adopted, with no reservation."""
+        self.prune()
         tracked = self._tasks.get(task_id)
-        if tracked is None and not self.adopt_unknown:
+        if tracked is None and not self.adopt_unknown and task_id not in self._retired:
             raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
         task = await self.client.get_task(task_id)
         tracked = self._tasks.get(task_id)
         if tracked is None:
             tracked = self._tasks[task_id] = TrackedTask(task, modality_of(task))
+            self._retired.pop(task_id, None)
             self._notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
@@ -149,6 +186,8 @@ class TaskRegistry:
         tracked.task = task
         if task.is_terminal and tracked.reservation is not None:
             self._close(tracked.reservation, task)
+        if task.is_terminal and task.task_id not in self._finished:
+            self._finished[task.task_id] = self._clock()
         if (task.status, task.progress) != before or task.is_terminal:
             tracked.changed.set()
             tracked.changed = anyio.Event()

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from apikey_mcp.accounts import Accounts
 from apikey_mcp.config import Settings
 from apikey_mcp.hosted import create_app
+from apikey_mcp.hosted.updates import ResourceUpdates
 from apikey_mcp.sandbox import BackgroundServer, SandboxServer
 from tests.conftest import KEY
 
@@ -54,6 +55,7 @@ class Hosted:
         self.url = server.url
         self.settings = settings
         self.accounts: Accounts = app.state.accounts
+        self.updates: ResourceUpdates = app.state.updates
 
     @asynccontextmanager
     async def connect(
