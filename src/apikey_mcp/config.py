@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     auth_scheme: Literal["bearer", "x-api-key"] = "bearer"
     session_budget: int = Field(default=DEFAULT_BUDGET, ge=0, description="Credits this session may spend.")
     output_dir: Path | None = None
-    max_download_bytes: int = Field(default=512 * 1024**2, gt=0)
+    max_download_bytes: int = Field(default=512 * 1024**2, gt=0, description="Size cap per downloaded file.")
+    max_task_download_bytes: int = Field(default=1024**3, gt=0, description="Size cap on one task's files together.")
+    download_deadline_seconds: float = Field(default=600.0, gt=0, description="Longest one task's save may take.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
@@ -56,7 +58,7 @@ class Settings(BaseSettings):
     oauth_issuer: str | None = Field(default=None, description="OAuth authorization server whose JWTs we accept.")
     oauth_audience: str | None = Field(default=None, description="The tokens' audience; default <public-url>/mcp.")
     oauth_scope: str | None = Field(default="apikey", description="Scope a token needs (403 without it).")
-    oauth_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    oauth_algorithms: str = Field(default="RS256,PS256,ES256,EdDSA", description="Allowed JWT algorithms (a,b,c).")
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host headers to accept (proxies).")
     max_sessions: int = Field(default=10_000, gt=0, description="Streamable HTTP sessions open at once, in all.")
     max_sessions_per_principal: int = Field(default=16, gt=0)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -209,6 +210,12 @@ class TaskRegistry:
                 log.info("task %s succeeded; settled %d credits", task.task_id, charged)
         elif self.ledger.release(reservation):
             log.info("task %s failed; released %d reserved credits", task.task_id, reservation.credits)
+
+    def spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: object, name: str) -> None:
+        """Run `func` beside the watchers (a result save), for as long as they run."""
+        if self._group is None:
+            raise RuntimeError("TaskRegistry.running() must be entered before work is started")
+        self._group.start_soon(func, *args, name=name)
 
     def _watch_soon(self, tracked: TrackedTask) -> None:
         if self._group is None:

@@ -160,8 +160,11 @@ class GatewayClient:
         content_type = response.headers.get("content-type", "text/plain").split(";")[0].strip()
         return Document(path=path, content_type=content_type, text=response.text)
 
-    async def download(self, url: str, dest: Path, *, max_bytes: int) -> int:
-        """Stream a result file to dest (written whole or not at all); returns its size in bytes.
+    async def download(
+        self, url: str, dest: Path, *, max_bytes: int, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Stream a result file to dest (written whole or not at all); returns its size in bytes. `progress`
+        hears the size of every chunk as it is written.
 
         Redirects (a CDN) are followed by hand, so that every hop goes through the key's origin check.
         """
@@ -185,6 +188,8 @@ class GatewayClient:
                             if size > max_bytes:
                                 raise GatewayError(f"Result file exceeds the {max_bytes}-byte cap", hint=_CAP)
                             await out.write(chunk)
+                            if progress is not None:
+                                progress(len(chunk))
                     partial.replace(dest)
                     return size
             raise GatewayError(f"Result link redirected more than {_MAX_REDIRECTS} times", hint=_CAP)

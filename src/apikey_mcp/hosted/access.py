@@ -101,6 +101,10 @@ class _ByDoor(AuthenticationBackend):
         return None
 
 
+def _names(listed: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in listed.split(",") if name.strip())
+
+
 class Access:
     def __init__(self, doors: list[Door], jwt_verifier: JwtVerifier | None, resource: str) -> None:
         self.doors = doors
@@ -113,7 +117,7 @@ class Access:
         if settings.oauth_issuer is None:
             kind = "operator tokens" if static else "NO authentication"
             return cls([Door("", kind, static, [])], None, resource)
-        verifier = JwtVerifier(settings.oauth_issuer, resource, algorithms=tuple(settings.oauth_algorithms))
+        verifier = JwtVerifier(settings.oauth_issuer, resource, algorithms=_names(settings.oauth_algorithms))
         scopes = [settings.oauth_scope] if settings.oauth_scope else []
         oauth = Door("", "OAuth", verifier, scopes, build_resource_metadata_url(AnyHttpUrl(resource)))
         doors = [oauth]

@@ -33,9 +33,28 @@ class Faults:
     # lost after the task was made (a proxy's 504).
     refused_creates: deque[int] = field(default_factory=deque)
     lost_creates: deque[int] = field(default_factory=deque)
+    # Result files from a slow host: one byte every `file_drip` seconds, never finished (0: off).
+    file_drip: float = 0.0
 
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
+
+
+async def _drip(receive: Receive, send: Send, every: float) -> None:
+    """A 200 whose body comes one byte at a time, until the client goes away."""
+    headers = [(b"content-type", b"image/png"), (b"content-length", b"1000000")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    async with anyio.create_task_group() as group:
+
+        async def until_gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(until_gone)
+        for _ in range(1_000_000):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await anyio.sleep(every)
 
 
 class FaultsMiddleware:
@@ -51,6 +70,9 @@ class FaultsMiddleware:
         path: str = scope["path"]
         route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
         self.sandbox.requests[f"{scope['method']} {route}"] += 1
+        if path.startswith("/sandbox/files/") and self.sandbox.faults.file_drip:
+            await _drip(receive, send, self.sandbox.faults.file_drip)
+            return
         if path.startswith("/v1/"):
             try:
                 await self._faults()
