@@ -119,7 +119,8 @@ class Accounts:
         if sum(1 for p, _ in self._own if p == principal) >= MAX_OWN_KEYS:
             raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal at a time")
         main = self.service(principal)
-        client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme)
+        client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
+                               other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
         service = self._open(principal, main.ledger, client=client, own_key=True)
         self._own[(principal, fingerprint)] = service
         for task, modality, reservation in self._awaiting_key.pop(principal, []):

@@ -79,7 +79,8 @@ def build_server(
         if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
         async with (
-            GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
+            GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
+                          other_secrets=[settings.webhook_secret]) as client,
             Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
         ):
             yield opened

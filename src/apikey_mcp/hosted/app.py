@@ -86,7 +86,8 @@ def _check(settings: Settings, tokens: dict[str, str]) -> None:
 def create_app(settings: Settings) -> Starlette:
     tokens = load_tokens(settings)
     _check(settings, tokens)
-    client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
+    client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
+                           other_secrets=[settings.webhook_secret])  # fmt: skip
     store = StateStore(settings.state_file or default_state_file())
     accounts = Accounts(settings, client, store, hosted=True)
     updates = ResourceUpdates(accounts.owns, listens_per_principal=settings.max_listens_per_principal,
