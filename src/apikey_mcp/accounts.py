@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pydantic import SecretStr
 
 from .budget import Ledger, Reservation
 from .config import Settings
-from .gateway import GatewayClient
+from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
 from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
@@ -42,6 +43,25 @@ class TooManyKeysError(ValueError):
     pass
 
 
+class KeyRefusedError(ValueError):
+    """An own gateway key the gateway refused, or that could not be checked; the message says which."""
+
+
+KEY_CHECK_TASK = "apikey-mcp-key-check"  # no such task: a good key gets 404, a bad one 401, and nothing is spent
+
+
+async def _check_key(client: GatewayClient) -> None:
+    try:
+        await client.get_task(KEY_CHECK_TASK)
+    except NotFoundError:
+        return
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise KeyRefusedError(f"The gateway refused the key in the own-key header ({exc.code}).") from None
+    except GatewayError as exc:
+        raise KeyRefusedError(f"Could not check the key in the own-key header ({exc.message}); try again.") from None
+    raise KeyRefusedError("The gateway answered a check of the own key oddly; it was not used.")
+
+
 @dataclass
 class Accounts:
     """`hosted` accounts see only their own tasks: a task id they did not create is not found."""
@@ -54,7 +74,7 @@ class Accounts:
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
-        self._own: dict[tuple[str, str], Service] = {}  # (principal, key fingerprint) -> service with that key
+        self._own: OrderedDict[tuple[str, str], Service] = OrderedDict()  # (principal, key digest) -> its service
         self._awaiting_key: dict[str, list[tuple[Task, str | None, Reservation | None]]] = {}
         self._salt = secrets.token_bytes(16)
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
@@ -83,11 +103,8 @@ class Accounts:
                     for service in self._own.values():
                         await service.client.aclose()
 
-    def service(self, principal: str = LOCAL, own_key: SecretStr | None = None) -> Service:
-        """The principal's service (with its own gateway key, if it brought one); a new principal starts with
-        the configured budget."""
-        if own_key is not None:
-            return self._own_key_service(principal, own_key)
+    def service(self, principal: str = LOCAL) -> Service:
+        """The principal's service; a new principal starts with the configured budget."""
         service = self._services.get(principal)
         if service is None:
             service = self._open(principal, Ledger(self.settings.session_budget))
@@ -111,18 +128,36 @@ class Accounts:
                 return service, tracked
         return None
 
-    def _own_key_service(self, principal: str, key: SecretStr) -> Service:
-        fingerprint = hashlib.blake2b(key.get_secret_value().encode(), key=self._salt, digest_size=16).hexdigest()
-        service = self._own.get((principal, fingerprint))
-        if service is not None:
+    async def own_key_service(self, principal: str, key: SecretStr) -> Service:
+        """The principal's service with its own gateway key, under its one budget. A key new here is first
+        checked with a free call, so a junk key never takes one of the MAX_OWN_KEYS slots; at the limit, the
+        least recently used key with no task running gives its slot up."""
+        slot = (principal, hashlib.blake2b(key.get_secret_value().encode(), key=self._salt, digest_size=16).hexdigest())
+        if (service := self._own.get(slot)) is not None:
+            self._own.move_to_end(slot)
             return service
-        if sum(1 for p, _ in self._own if p == principal) >= MAX_OWN_KEYS:
-            raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal at a time")
-        main = self.service(principal)
         client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
                                other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
-        service = self._open(principal, main.ledger, client=client, own_key=True)
-        self._own[(principal, fingerprint)] = service
+        try:
+            await _check_key(client)
+            if (service := self._own.get(slot)) is None:  # unless a concurrent request got there first
+                service = self._own_slot(principal, slot, client)
+        finally:
+            if service is None or service.client is not client:
+                await client.aclose()
+        return service
+
+    def _own_slot(self, principal: str, slot: tuple[str, str], client: GatewayClient) -> Service:
+        mine = [s for s in self._own if s[0] == principal]  # least recently used first
+        if len(mine) >= MAX_OWN_KEYS:
+            idle = next((s for s in mine if not self._own[s].registry.unfinished()), None)
+            if idle is None:
+                raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal, and each has a task "
+                                       "running: wait for one to finish")  # fmt: skip
+            assert self._group is not None
+            self._group.start_soon(self._own.pop(idle).client.aclose)
+        service = self._open(principal, self.service(principal).ledger, client=client, own_key=True)
+        self._own[slot] = service
         for task, modality, reservation in self._awaiting_key.pop(principal, []):
             service.registry.track(task, modality, reservation)  # resumed with the key the principal brought
         return service

@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--max-sessions-per-principal", type=int, help="open Streamable HTTP sessions (default 16)")
     hosted.add_argument("--max-sse-streams-per-principal", type=int, help="open SSE streams (default 8)")
     hosted.add_argument("--max-listens-per-principal", type=int, help="open subscriptions/listen streams (default 8)")
+    hosted.add_argument("--forwarded-allow-ips", help="your proxy's address(es), comma-separated: trust its "
+                        "X-Forwarded-For for the client address (default: trust none)")
     hosted.add_argument("--state-file", help="SQLite file for budgets, reservations and tasks")
     hosted.add_argument(
         "--allowed-host",

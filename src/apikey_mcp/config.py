@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     max_sessions_per_principal: int = Field(default=16, gt=0)
     max_sse_streams_per_principal: int = Field(default=8, gt=0)
     max_listens_per_principal: int = Field(default=8, gt=0, description="subscriptions/listen streams.")
+    auth_failures_per_minute: int = Field(default=20, gt=0, description="Per client address, then 429.")
+    forwarded_allow_ips: str | None = Field(
+        default=None, description="Proxies whose X-Forwarded-For names the client (for the auth throttle)."
+    )
     max_body_bytes: int = Field(default=1024**2, gt=0)
     allow_byok: bool = Field(default=False, description="Let clients send their own gateway key in a header.")
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)

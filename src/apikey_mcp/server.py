@@ -27,7 +27,7 @@ from mcp.types import (
 from pydantic import SecretStr
 
 from . import __version__
-from .accounts import LOCAL, Accounts, TooManyKeysError
+from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
 from .budget import Ledger
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
@@ -113,14 +113,14 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
     token = get_access_token()
     accounts: Accounts = ctx.lifespan_context
     principal = token.client_id if token is not None else LOCAL
-    own_key = None
-    if accounts.settings.allow_byok:
-        headers = getattr(ctx.request, "headers", None) or {}
-        if value := headers.get(OWN_KEY_HEADER):
-            own_key = SecretStr(value)
+    headers = getattr(ctx.request, "headers", None) or {}
+    own_key = headers.get(OWN_KEY_HEADER) if accounts.settings.allow_byok else None
     try:
-        service = accounts.service(principal, own_key)
-    except TooManyKeysError as exc:
+        if own_key:
+            service = await accounts.own_key_service(principal, SecretStr(own_key))
+        else:
+            service = accounts.service(principal)
+    except (TooManyKeysError, KeyRefusedError) as exc:
         raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
     with serving(service):
         return await call_next(ctx)

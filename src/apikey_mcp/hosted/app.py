@@ -18,6 +18,7 @@ import platformdirs
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
@@ -31,6 +32,7 @@ from ..state import StateStore
 from .access import Access
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
+from .guards import AuthThrottle, HostCheck
 from .limits import SessionLimit, StreamLimit
 from .updates import ResourceUpdates
 
@@ -118,7 +120,7 @@ def create_app(settings: Settings) -> Starlette:
     endpoints: list[str] = []
     for door in access.doors:
         if mcp_app is not None:
-            routes.append(Route(f"{door.prefix}/mcp", door.guard(mcp_app)))
+            routes.append(Route(f"{door.prefix}/mcp", HostCheck(door.guard(mcp_app), security)))
             endpoints.append(f"{door.prefix}/mcp ({door.kind})")
         if settings.transport in ("http", "sse"):
             sse = server.sse_app(
@@ -127,8 +129,8 @@ def create_app(settings: Settings) -> Starlette:
             )  # fmt: skip
             get_sse, post = sse.routes[0], sse.routes[1]
             stream = StreamLimit(_asgi(get_sse), settings.max_sse_streams_per_principal)
-            routes.append(Route(f"{door.prefix}/sse", door.guard(stream), methods=["GET"]))
-            routes.append(Mount(f"{door.prefix}/messages", app=door.guard(_asgi(post))))
+            routes.append(Route(f"{door.prefix}/sse", HostCheck(door.guard(stream), security), methods=["GET"]))
+            routes.append(Mount(f"{door.prefix}/messages", app=HostCheck(door.guard(_asgi(post)), security)))
             endpoints.append(f"{door.prefix}/sse ({door.kind})")
 
     @asynccontextmanager
@@ -146,10 +148,16 @@ def create_app(settings: Settings) -> Starlette:
             yield
         log.info("stopped; the state file has every budget, reservation and task id")
 
-    app = Starlette(routes=routes, middleware=access.middleware(), lifespan=lifespan)
+    throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
+    app = Starlette(routes=routes, middleware=[throttle, *access.middleware()], lifespan=lifespan)
     app.state.accounts = accounts
     app.state.updates = updates
     return app
+
+
+def _guarded(path: str) -> bool:
+    """Routes where a failed authentication counts against the client's address (not the gateway's callbacks)."""
+    return not path.startswith(("/healthz", "/webhooks/", "/.well-known/"))
 
 
 def _asgi(route: BaseRoute) -> ASGIApp:
@@ -166,6 +174,7 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip
     uvicorn.Server(config).run()
