@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -20,7 +18,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-NODE_DIR = Path(__file__).parent / "node"
+from tests.node import NODE_DIR, node_package
+
 CLIENTS = {"agent-a": "agent-a-secret-0123456789", "agent-b": "agent-b-secret-0123456789"}
 KID = "test-key-1"
 
@@ -68,15 +67,11 @@ def unsigned(token: str) -> str:
 
 @pytest.fixture(scope="module")
 def issuer() -> Iterator[Issuer]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the OAuth tests need it to run oidc-provider")
-    if not (NODE_DIR / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail("node is installed but oidc-provider is not: run `npm ci --prefix tests/hosted/node`")
+    node_package("oidc-provider/package.json")  # skips without node, fails if node is there but this is not
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key)) | {"kid": KID, "alg": "RS256", "use": "sig"}
     process = subprocess.Popen(
-        [node, str(NODE_DIR / "issuer.mjs"), json.dumps(jwk)],
+        ["node", str(NODE_DIR / "issuer.mjs"), json.dumps(jwk)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:

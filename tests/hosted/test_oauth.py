@@ -6,14 +6,17 @@ the 401 and its WWW-Authenticate header, token audience), which the published su
 
 from __future__ import annotations
 
+import json
 import time
 
+import anyio
 import httpx2
 import pytest
 
 from apikey_mcp.hosted import oauth
 from tests.hosted.conftest import ALICE, Hosted, post_initialize
-from tests.hosted.issuer import Issuer, issuer, tampered, unsigned  # noqa: F401  (issuer is a fixture)
+from tests.hosted.issuer import CLIENTS, Issuer, issuer, tampered, unsigned  # noqa: F401  (issuer is a fixture)
+from tests.node import NODE_DIR
 from tests.server.conftest import call, call_error
 
 
@@ -126,3 +129,15 @@ async def test_without_an_issuer_nothing_advertises_oauth(hosted: Hosted) -> Non
     refused = await post_initialize(f"{hosted.url}/mcp", None)
     assert document.status_code == 404
     assert refused.status_code == 401 and "resource_metadata" not in refused.headers["www-authenticate"]
+
+
+async def test_the_typescript_sdk_finds_the_issuer_and_signs_in_by_itself(
+    oauth_hosted: Hosted, issuer: Issuer  # noqa: F811
+) -> None:
+    script = NODE_DIR / "oauth_client.mjs"
+    command = ["node", str(script), f"{oauth_hosted.url}/mcp", issuer.url, "agent-b", CLIENTS["agent-b"]]
+    result = await anyio.run_process(command, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    seen = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    assert "generate_image" in seen["tools"] and seen["budget"]["budget"] == 1000
+    assert f"{issuer.url}#agent-b" in oauth_hosted.accounts.principals()
