@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -55,6 +55,12 @@ class SessionLimit:
 
     def open_sessions(self, principal: str) -> int:
         live = self._manager._server_instances  # no public view of the live sessions in the SDK
+        if len(self._sessions) > len(live):  # some principals hold only ended sessions: forget them all
+            for name in list(self._sessions):
+                self._forget_ended(name, live)
+        return self._forget_ended(principal, live)
+
+    def _forget_ended(self, principal: str, live: Container[str]) -> int:
         mine = {sid for sid in self._sessions.get(principal, ()) if sid in live}
         if mine:
             self._sessions[principal] = mine

@@ -106,7 +106,7 @@ class ResourceUpdates:
         sessions = self._subscribers.get(uri)
         if sessions is None:
             return
-        if tracked.task.is_terminal:  # nothing will change again: forget the subscribers after this last word
+        if tracked.task.is_terminal or not sessions:  # nothing will change again, or nobody is left to hear it
             del self._subscribers[uri]
         for session in list(sessions):
             if tracked.task.is_terminal:
