@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # the state file (and sqlite3) is for hosting only: stdio nee
 log = logging.getLogger(__name__)
 LOCAL = "local"
 MAX_OWN_KEYS = 4  # per principal: each own key holds a client and its watchers
+REFUSED_SECONDS, MAX_REFUSED = 60.0, 1024  # own keys the gateway refused are refused here for a minute
 
 
 class TooManyKeysError(ValueError):
@@ -77,6 +79,7 @@ class Accounts:
         self._own: OrderedDict[tuple[str, str], Service] = OrderedDict()  # (principal, key digest) -> its service
         self._awaiting_key: dict[str, list[tuple[Task, str | None, Reservation | None]]] = {}
         self._salt = secrets.token_bytes(16)
+        self._refused: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key digest -> (when, why)
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
@@ -136,10 +139,18 @@ class Accounts:
         if (service := self._own.get(slot)) is not None:
             self._own.move_to_end(slot)
             return service
+        if (refused := self._refused.get(slot[1])) is not None and time.monotonic() - refused[0] < REFUSED_SECONDS:
+            raise KeyRefusedError(refused[1])  # the gateway is not asked again about a key it just refused
         client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
                                other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
         try:
-            await _check_key(client)
+            try:
+                await _check_key(client)
+            except KeyRefusedError as exc:
+                self._refused[slot[1]] = (time.monotonic(), str(exc))
+                while len(self._refused) > MAX_REFUSED:
+                    self._refused.popitem(last=False)
+                raise
             if (service := self._own.get(slot)) is None:  # unless a concurrent request got there first
                 service = self._own_slot(principal, slot, client)
         finally:

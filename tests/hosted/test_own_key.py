@@ -63,9 +63,15 @@ async def test_a_wrong_own_key_is_refused_before_it_takes_a_slot(hosted_factory,
         async with http, client:
             pass
     refused = _first(raised.value, MCPError)
+    checks = sandbox.requests[TASK_GETS]
+    http, client = await connect_with_key(hosted, ALICE, wrong)
+    with pytest.raises(BaseException) as again:
+        async with http, client:
+            pass
     assert "refused the key" in str(refused) and "invalid_api_key" in str(refused)
     assert wrong not in str(refused) and sandbox.tasks == {}
     assert not hosted.accounts._own  # no slot taken
+    assert str(_first(again.value, MCPError)) == str(refused) and sandbox.requests[TASK_GETS] == checks == 1
 
 
 def _first(error: BaseException, kind: type[Exception]) -> Exception:
