@@ -96,6 +96,7 @@ async def test_a_token_without_the_scope_is_403(oauth_hosted: Hosted, issuer: Is
     challenge = response.headers["www-authenticate"]
     assert 'error="insufficient_scope"' in challenge and 'scope="apikey"' in challenge
     assert f'resource_metadata="{metadata_url(oauth_hosted)}"' in challenge
+    assert oauth_hosted.accounts.principals() == []  # no budget without the scope
 
 
 async def test_the_protected_resource_metadata_names_the_issuer(oauth_hosted: Hosted, issuer: Issuer) -> None:  # noqa: F811
