@@ -10,6 +10,7 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tests.conftest import advance
 from tests.hosted.conftest import ALICE, BOB, Hosted, post_initialize
 from tests.server.conftest import call
 
@@ -67,10 +68,21 @@ async def test_a_closed_session_frees_its_slot(limited: Hosted) -> None:
     assert response.status_code == 200
 
 
-async def test_a_listener_is_honoured_only_for_its_own_tasks(limited: Hosted) -> None:
-    async with limited.connect("streamable-http", ALICE) as alice, limited.connect("streamable-http", BOB) as bob:
-        task_id = (await call(alice, "generate_image", prompt="alice's", model="flux-schnell"))["task_id"]
-        uri = f"apikey://tasks/{task_id}"
-        async with bob.listen(resource_subscriptions=[uri]) as spy, alice.listen(resource_subscriptions=[uri]) as own:
-            assert spy.honored.resource_subscriptions is None
-            assert own.honored.resource_subscriptions == [uri]
+async def test_a_listener_hears_only_its_own_tasks(hosted_factory, held, sandbox_server) -> None:
+    hosted: Hosted = hosted_factory(**LIMITS)
+    async with hosted.connect("streamable-http", ALICE) as alice, hosted.connect("streamable-http", BOB) as bob:
+        alices = (await call(alice, "generate_image", prompt="alice's", model="flux-schnell"))["task_id"]
+        bobs = (await call(bob, "generate_image", prompt="bob's", model="flux-schnell"))["task_id"]
+        alices_uri, bobs_uri = f"apikey://tasks/{alices}", f"apikey://tasks/{bobs}"
+        async with (
+            bob.listen(resource_subscriptions=[alices_uri, bobs_uri]) as bob_hears,
+            alice.listen(resource_subscriptions=[alices_uri]) as alice_hears,
+        ):
+            await advance(sandbox_server, alices)
+            with anyio.fail_after(10):
+                alice_first = await alice_hears.__anext__()
+            await advance(sandbox_server, bobs)  # after alice's news: bob would have heard that first
+            with anyio.fail_after(10):
+                bob_first = await bob_hears.__anext__()
+    assert bob_hears.honored.resource_subscriptions == [bobs_uri]
+    assert alice_first.uri == alices_uri and bob_first.uri == bobs_uri
