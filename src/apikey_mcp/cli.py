@@ -133,10 +133,11 @@ def serve(args: argparse.Namespace) -> None:
         configure(settings.log_level)
         if settings.transport == "stdio":
             from .server import build_server
+            from .stdio import serve_stdio
 
             log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
                      settings.session_budget)  # fmt: skip
-            build_server(settings).run("stdio")
+            serve_stdio(lambda closed: build_server(settings, closed=closed))
             return
         from .hosted import HostingError
         from .hosted import serve as serve_http

@@ -63,12 +63,14 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    closed: anyio.Event | None = None,
 ) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
     budget in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app passes the `accounts`
-    it shares across sessions and transports.
+    it shares across sessions and transports. `closed` is set once a stdio session's accounts have shut down
+    (every unfinished task id logged).
     """
 
     @asynccontextmanager
@@ -78,12 +80,16 @@ def build_server(
             return
         if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
-        async with (
-            GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                          other_secrets=[settings.webhook_secret]) as client,
-            Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
-        ):
-            yield opened
+        try:
+            async with (
+                GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
+                              other_secrets=[settings.webhook_secret]) as client,
+                Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
+            ):
+                yield opened
+        finally:
+            if closed is not None:
+                closed.set()
 
     server = MCPServer(
         "apikey-mcp",

@@ -61,7 +61,7 @@ _T = TypeVar("_T")
 _A = TypeVar("_A")
 _Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
 DEFAULT_MAX_TOKENS = 1024
-SAVE_GRACE = 0.5  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
+SAVE_GRACE = 0.25  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
 MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import anyio
+from typing import Any
 
 from apikey_mcp.downloads import file_name
 from apikey_mcp.gateway.models import TaskOutput
 from apikey_mcp.sandbox import Sandbox, SandboxServer, assets
+from tests.conftest import wait_until
 from tests.server.conftest import call, connect, settings_for
 
 
@@ -21,15 +22,18 @@ async def test_a_slow_drip_result_host_cannot_hold_poll_task(
     async with connect("memory", settings) as client:
         created = await call(client, "generate_image", prompt="slow host", model="flux-schnell")
         task_id = created["task_id"]
-        with anyio.fail_after(10):
-            while (await call(client, "poll_task", task_id=task_id, wait_seconds=0))["status"] != "succeeded":
-                await anyio.sleep(0.02)
+        last: dict[str, Any] = {}
+
+        async def polled(until: Callable[[dict[str, Any]], bool]) -> bool:
+            last.update(await call(client, "poll_task", task_id=task_id, wait_seconds=0))
+            return until(last)
+
+        await wait_until(lambda: polled(lambda r: r["status"] == "succeeded"))  # the first look starts the save
         started = time.monotonic()
-        pending = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=1)
+        pending = await call(client, "poll_task", task_id=task_id, wait_seconds=1)
         took = time.monotonic() - started
-        with anyio.fail_after(20):  # the save's own deadline (3 s) ends it
-            while "under way" in (last := await call(client, "poll_task", task_id=created["task_id"]))["next_step"]:
-                await anyio.sleep(0.1)
+        await wait_until(lambda: polled(lambda r: "under way" not in r["next_step"]))  # the save's 3 s deadline
+    # The bound: wait_seconds + 1 s (the server allows itself wait_seconds + SAVE_GRACE, 0.25 s).
     assert took < 1 + 1, f"poll_task(wait_seconds=1) took {took:.2f} s"
     assert pending["status"] == "succeeded" and pending["outputs"][0]["path"] is None
     assert "under way" in pending["next_step"] and pending["outputs"][0]["url"].startswith("http")
@@ -42,11 +46,13 @@ async def test_one_tasks_files_together_are_capped(sandbox_server: SandboxServer
     settings = settings_for(sandbox_server, output_dir=tmp_path, max_task_download_bytes=2 * size + size // 2)
     async with connect("memory", settings) as client:
         created = await call(client, "generate_image", prompt="three cats", model="flux-schnell", n=3)
-        with anyio.fail_after(20):
-            while (done := await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10))[
-                "status"
-            ] != "succeeded" or "under way" in done["next_step"]:
-                await anyio.sleep(0.02)
+        done: dict[str, Any] = {}
+
+        async def saved() -> bool:
+            done.update(await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10))
+            return done["status"] == "succeeded" and "under way" not in done["next_step"]
+
+        await wait_until(saved)
     paths = [o["path"] for o in done["outputs"]]
     assert paths[:2] == [str(tmp_path / file_name(created["task_id"], i, TaskOutput(mime_type="image/png")))
                          for i in range(2)] and paths[2] is None  # fmt: skip

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx2
 import pytest
 
@@ -94,8 +96,9 @@ async def test_a_failing_observer_cannot_lose_a_created_task(
         service.ledger.observers.append(broken)
         service.registry.observers.append(broken)
         result = await service.generate(VIDEO)
-        await service.registry.wait(result.task_id, 5)
-        assert result.task_id in sandbox.tasks
+        with anyio.fail_after(20):
+            tracked = await service.registry.wait(result.task_id, math.inf)
+        assert tracked.task.is_terminal and result.task_id in sandbox.tasks
         assert (service.ledger.reserved, service.ledger.spent) == (0, 40)
     assert "observer failed" in caplog.text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from apikey_mcp.config import Settings
-from apikey_mcp.sandbox import SandboxServer
+from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY
 from tests.server.conftest import call, call_error, connect, settings_for, stdio_env, text_of
 
@@ -19,6 +20,12 @@ from tests.server.conftest import call, call_error, connect, settings_for, stdio
 @pytest.fixture(params=["memory", "stdio"])
 def transport(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+def answered(stdout: bytes) -> set[int]:
+    """The ids answered in the complete lines read so far (a read may end mid-line)."""
+    complete = stdout.split(b"\n")[:-1]
+    return {message["id"] for message in map(json.loads, complete) if "id" in message}
 
 
 def rpc(id_: int | None, method: str, params: dict | None = None) -> bytes:
@@ -50,7 +57,7 @@ async def test_stdout_carries_only_json_rpc_and_the_key_appears_nowhere(sandbox_
             await process.stdin.send(request)
         stdout = b""
         with anyio.fail_after(20):  # until every request is answered (they may finish in any order)
-            while len({json.loads(line).get("id") for line in stdout.splitlines()} - {None}) < 7:
+            while len(answered(stdout)) < 7:
                 stdout += await process.stdout.receive()
         await process.stdin.aclose()
         with anyio.fail_after(10):
@@ -61,8 +68,7 @@ async def test_stdout_carries_only_json_rpc_and_the_key_appears_nowhere(sandbox_
     lines = stdout.decode().splitlines()
     messages = [json.loads(line) for line in lines]  # every line parses: nothing else was printed
     assert all(m["jsonrpc"] == "2.0" for m in messages)
-    answered = {m["id"] for m in messages if "id" in m}
-    assert answered == {1, 2, 3, 4, 5, 6, 7}
+    assert stdout.endswith(b"\n") and answered(stdout) == {1, 2, 3, 4, 5, 6, 7}
     assert any(m.get("method") == "notifications/message" for m in messages)  # logs reached the client
     assert b"serving MCP over stdio" in stderr  # logs went to stderr
     assert KEY.encode() not in stdout and KEY.encode() not in stderr
@@ -116,10 +122,11 @@ async def test_a_wrong_key_is_reported_without_echoing_it(sandbox_server: Sandbo
     assert "invalid_api_key" in text and "APIKEY_API_KEY" in text and wrong not in text
 
 
-@pytest.mark.parametrize("flag", ["--sandbox"])
-async def test_sandbox_flag_runs_everything_with_no_account(flag: str) -> None:
+async def test_sandbox_flag_runs_everything_with_no_account() -> None:
     env = stdio_env(Settings(poll_interval=0.05))
-    params = StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", flag, "--budget", "300"], env=env)
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "apikey_mcp", "--sandbox", "--budget", "300"], env=env
+    )
     async with Client(params) as client:
         created = await call(client, "generate_image", prompt="hello sandbox", model="flux-schnell")
         with anyio.fail_after(15):
@@ -128,3 +135,35 @@ async def test_sandbox_flag_runs_everything_with_no_account(flag: str) -> None:
     assert done["status"] == "succeeded" and done["budget"]["budget"] == 300
     assert done["outputs"][0]["url"].startswith("http://127.0.0.1:")
     assert "SANDBOX" in llms
+
+
+async def test_sigterm_stops_the_server_cleanly_and_names_its_unfinished_tasks(
+    sandbox_server: SandboxServer, held: Sandbox
+) -> None:
+    env = stdio_env(settings_for(sandbox_server))
+    create = {"name": "generate_image", "arguments": {"prompt": "unfinished", "model": "flux-schnell"}}
+    async with await anyio.open_process(
+        [sys.executable, "-m", "apikey_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        assert process.stdin and process.stdout and process.stderr
+        for request in [
+            rpc(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                  "clientInfo": {"name": "raw", "version": "0"}}),
+            rpc(None, "notifications/initialized"),
+            rpc(2, "tools/call", create),
+        ]:  # fmt: skip
+            await process.stdin.send(request)
+        stdout = b""
+        with anyio.fail_after(20):
+            while 2 not in answered(stdout):
+                stdout += await process.stdout.receive()
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            code = await process.wait()
+            stdout += b"".join([chunk async for chunk in process.stdout])
+            stderr = b"".join([chunk async for chunk in process.stderr])
+    (task_id,) = held.tasks
+    assert code == 0
+    assert all(json.loads(line)["jsonrpc"] == "2.0" for line in stdout.decode().splitlines())
+    assert b"SIGTERM: stopping" in stderr and f"unfinished task(s) {task_id}".encode() in stderr

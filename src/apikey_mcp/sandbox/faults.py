@@ -6,6 +6,7 @@ task's status while a callback should have made polling unnecessary).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -35,6 +36,9 @@ class Faults:
     lost_creates: deque[int] = field(default_factory=deque)
     # Result files from a slow host: one byte every `file_drip` seconds, never finished (0: off).
     file_drip: float = 0.0
+    # Requests of a route ("POST /v1/videos") wait, counted but unanswered, until their gate is set: a test
+    # holds a request in flight for as long as it needs, with no timer to race.
+    gates: dict[str, threading.Event] = field(default_factory=dict)
 
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
@@ -69,10 +73,14 @@ class FaultsMiddleware:
             return
         path: str = scope["path"]
         route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
-        self.sandbox.requests[f"{scope['method']} {route}"] += 1
+        label = f"{scope['method']} {route}"
+        self.sandbox.requests[label] += 1
         if path.startswith("/sandbox/files/") and self.sandbox.faults.file_drip:
             await _drip(receive, send, self.sandbox.faults.file_drip)
             return
+        if (gate := self.sandbox.faults.gates.get(label)) is not None:
+            while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
+                await anyio.sleep(0.002)
         if path.startswith("/v1/"):
             try:
                 await self._faults()
