@@ -1,20 +1,27 @@
-"""The session ledger: a credit budget that paid calls reserve from before they start.
+"""The ledger: credit budgets that paid calls reserve from before they start, kept by one store.
 
-`spent + reserved <= budget` holds after every operation: a reservation that does not fit is refused
-whole, and each reservation ends exactly once, settled at the real charge or released. Every method is
-synchronous and takes a lock, so it is atomic under any interleaving of async tasks (and threads).
+`LedgerStore` is the single authority for every principal's budget. Each operation is one transaction:
+a reservation that does not fit is refused whole (`spent + reserved <= budget` holds after every
+reservation), and each reservation ends exactly once, settled at the real charge or released. Totals are
+running sums the store keeps, so reading them costs the same however many reservations there were. The
+implementations live in `stores/` (memory for stdio, SQLite and PostgreSQL when hosted).
+
+Who made a change is recorded with it (`actor`): `principal:NAME` for the server acting on a principal's
+call, `operator` for `apikey-mcp admin`, `configuration` for a new principal's default budget, `human` for
+an approved elicitation over stdio.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
+import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
-log = logging.getLogger(__name__)
+OPERATOR = "operator"
+CONFIGURATION = "configuration"
+HUMAN = "human"
 
 
 class BudgetExceededError(Exception):
@@ -23,10 +30,18 @@ class BudgetExceededError(Exception):
     def __init__(self, needed: int, remaining: int, budget: int, purpose: str) -> None:
         self.needed, self.remaining, self.budget, self.purpose = needed, remaining, budget, purpose
         super().__init__(
-            f"Over budget: {purpose} is estimated at {needed} credits but only {remaining} of the session's "
-            f"{budget} remain, so nothing was created. Choose a shorter or lower-resolution job or a cheaper "
-            f"model (list_models, estimate), or ask the human to raise the budget (request_budget_increase)."
+            f"Over budget: {purpose} is estimated at {needed} credits but only {remaining} of the "
+            f"{budget}-credit budget remain, so nothing was created. Choose a shorter or lower-resolution job "
+            f"or a cheaper model (list_models, estimate), or ask for a higher budget (request_budget_increase)."
         )
+
+
+class LedgerUnavailableError(Exception):
+    """The store could not complete an operation (locked, read-only, unreachable): nothing was changed."""
+
+
+class UnknownPrincipalError(LookupError):
+    pass
 
 
 class ReservationState(StrEnum):
@@ -38,128 +53,135 @@ class ReservationState(StrEnum):
 @dataclass
 class Reservation:
     id: str
+    principal: str
     credits: int
     purpose: str
     task_id: str | None = None
     state: ReservationState = ReservationState.RESERVED
     charged: int | None = None
+    modality: str | None = None
+    own_key: bool = False  # made with the principal's own gateway key (resumed only when it brings one again)
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class Totals:
     budget: int
     spent: int
     reserved: int
-    open: tuple[Reservation, ...]
 
     @property
     def remaining(self) -> int:
         return self.budget - self.spent - self.reserved
 
 
+@dataclass(frozen=True)
+class Event:
+    """One line of the audit trail: a ledger change, who made it, and the principal's totals after it."""
+
+    seq: int
+    at: float
+    principal: str
+    kind: str  # reserve, attach, settle, release, budget
+    actor: str
+    reservation_id: str | None
+    credits: int | None
+    totals: Totals
+    detail: str | None = None
+
+
+class LedgerStore(Protocol):
+    """Budgets, reservations, the audit trail and seen callback signatures, each operation atomic."""
+
+    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+        """The principal's totals, creating it with `budget` (actor: configuration) if new; True if created."""
+        ...
+
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+        """Hold `credits`, or raise BudgetExceededError and hold nothing."""
+        ...
+
+    async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
+        """Tie an open reservation to the task it paid for; False if it is closed or unknown."""
+        ...
+
+    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
+        """Close at the real charge (which may exceed the hold); False if already closed. Exactly once."""
+        ...
+
+    async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
+        """Close unspent; False if already closed. Exactly once."""
+        ...
+
+    async def totals(self, principal: str) -> Totals:
+        """Running totals, O(1); UnknownPrincipalError if the principal has none."""
+        ...
+
+    async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
+        """Set (or create) a principal's budget. It may go below spent + reserved: that only refuses new holds."""
+        ...
+
+    async def principals(self) -> list[tuple[str, Totals]]: ...
+
+    async def reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    async def reservations(
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
+    ) -> list[Reservation]:
+        """Newest first, paged."""
+        ...
+
+    async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
+        """The audit trail, oldest first, paged."""
+        ...
+
+    async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
+        """Remember a callback signature; False if seen within `keep_seconds` (a replay)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class Ledger:
-    """Budget, reservations and spend for one session (or, when hosted, one principal).
+    """One principal's view of the store: what the paid-call flow and the task watchers use."""
 
-    `open` restores reservations still held from an earlier run (hosted mode keeps the ledger on disk).
-    Observers are called after every change, under the lock, with the snapshot and the reservation that
-    changed (None when the budget itself did); the state file writes through one of them.
-    """
+    def __init__(self, store: LedgerStore, principal: str, *, own_key: bool = False) -> None:
+        self.store, self.principal, self.own_key = store, principal, own_key
 
-    def __init__(self, budget: int, *, spent: int = 0, open: tuple[Reservation, ...] = ()) -> None:
-        if budget < 0 or spent < 0:
-            raise ValueError("budget and spent must be >= 0")
-        self._budget = budget
-        self._spent = spent
-        self._open: dict[str, Reservation] = {r.id: r for r in open}
-        self._lock = threading.Lock()
-        self.observers: list[Callable[[Snapshot, Reservation | None], None]] = []
-
-    @property
-    def budget(self) -> int:
-        return self._budget
-
-    @property
-    def spent(self) -> int:
-        return self._spent
-
-    @property
-    def reserved(self) -> int:
-        with self._lock:
-            return self._reserved()
-
-    @property
-    def remaining(self) -> int:
-        with self._lock:
-            return self._budget - self._spent - self._reserved()
-
-    def _reserved(self) -> int:
-        return sum(r.credits for r in self._open.values())
-
-    def snapshot(self) -> Snapshot:
-        with self._lock:
-            return self._snapshot()
-
-    def reserve(self, credits: int, purpose: str) -> Reservation:
-        """Hold `credits` for a call about to be made, or raise BudgetExceededError and hold nothing."""
+    async def reserve(self, credits: int, purpose: str) -> Reservation:
         if credits < 0:
             raise ValueError("credits must be >= 0")
-        with self._lock:
-            remaining = self._budget - self._spent - self._reserved()
-            if credits > remaining:
-                raise BudgetExceededError(credits, remaining, self._budget, purpose)
-            reservation = Reservation(uuid.uuid4().hex, credits, purpose)
-            self._open[reservation.id] = reservation
-            self._changed(reservation)
-            return reservation
+        return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key)
 
-    def attach(self, reservation: Reservation, task_id: str) -> None:
-        """Tie a reservation to the task it paid for, so the task's end can close it."""
-        with self._lock:
-            reservation.task_id = task_id
-            self._changed(reservation)
+    async def attach(self, reservation: Reservation, task_id: str, modality: str | None = None) -> None:
+        reservation.task_id, reservation.modality = task_id, modality or reservation.modality
+        await self.store.attach(reservation.id, task_id, modality)
 
-    def settle(self, reservation: Reservation, charged: int) -> bool:
-        """Close a reservation at the real charge; False if it was already closed (exactly once)."""
-        with self._lock:
-            if self._open.pop(reservation.id, None) is None:
-                return False
-            if charged > reservation.credits:
-                log.warning(
-                    "gateway charged %d credits for %s, over the %d reserved (max_credits)",
-                    charged, reservation.purpose, reservation.credits,
-                )  # fmt: skip
+    async def settle(self, reservation: Reservation, charged: int) -> bool:
+        closed = await self.store.settle(reservation.id, charged)
+        if closed:
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
-            self._spent += charged
-            self._changed(reservation)
-            return True
+        return closed
 
-    def release(self, reservation: Reservation) -> bool:
-        """Give a reservation back unspent (failed or refunded); False if it was already closed."""
-        with self._lock:
-            if self._open.pop(reservation.id, None) is None:
-                return False
+    async def release(self, reservation: Reservation) -> bool:
+        closed = await self.store.release(reservation.id)
+        if closed:
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
-            self._changed(reservation)
-            return True
+        return closed
 
-    def raise_budget(self, credits: int) -> None:
-        """Add to the budget. Only the human may cause this: configuration, or an approved elicitation."""
-        if credits <= 0:
-            raise ValueError("a budget increase must be > 0")
-        with self._lock:
-            self._budget += credits
-            log.info("budget raised by %d credits to %d", credits, self._budget)
-            self._changed(None)
+    async def totals(self) -> Totals:
+        return await self.store.totals(self.principal)
 
-    def _snapshot(self) -> Snapshot:
-        return Snapshot(self._budget, self._spent, self._reserved(), tuple(self._open.values()))
+    async def open_reservations(self, limit: int = 100) -> list[Reservation]:
+        return await self.store.reservations(self.principal, open_only=True, limit=limit)
 
-    def _changed(self, reservation: Reservation | None = None) -> None:
-        """Tell the observers. A failing observer is logged, never allowed to undo or block the change."""
-        if self.observers:
-            snapshot = self._snapshot()
-            for observer in self.observers:
-                try:
-                    observer(snapshot, reservation)
-                except Exception:
-                    log.exception("a ledger observer failed (the ledger itself is unaffected)")
+    async def set_budget(self, credits: int, actor: str) -> Totals:
+        return await self.store.set_budget(self.principal, credits, actor)
+
+
+def new_reservation(principal: str, credits: int, purpose: str, own_key: bool) -> Reservation:
+    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
+
+
+def principal_actor(principal: str) -> str:
+    return f"principal:{principal}"

@@ -23,12 +23,16 @@ from tests.server.conftest import call
 class Process:
     """`apikey-mcp --transport http` in a subprocess of its own."""
 
-    def __init__(self, sandbox_server: SandboxServer, state_file: Path, log: Path, port: int) -> None:
+    def __init__(
+        self, sandbox_server: SandboxServer, state_file: Path | None, log: Path, port: int, **extra_env: str
+    ) -> None:
+        """`state_file` None: the ledger is wherever `extra_env` says (APIKEY_DATABASE_URL)."""
         self.port, self.log = port, log
         env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
         env |= {"APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_MCP_AUTH_TOKENS": TOKENS,
-                "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1"}  # fmt: skip
-        args = ["--transport", "http", "--port", str(port), "--state-file", str(state_file), "--log-level", "INFO"]
+                "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1", **extra_env}  # fmt: skip
+        args = ["--transport", "http", "--port", str(port), "--log-level", "INFO"]
+        args += ["--state-file", str(state_file)] if state_file is not None else []
         with log.open("ab") as err:
             self.popen = subprocess.Popen([sys.executable, "-m", "apikey_mcp", *args], env=env, stderr=err)
         self.hosted = Hosted.__new__(Hosted)
@@ -123,6 +127,6 @@ async def test_sigterm_answers_calls_in_flight_and_logs_unfinished_task_ids(
     assert not answer.is_error and answer.structured_content is not None
     assert answer.structured_content["status"] == "pending"
     text = log.read_text()
-    assert "stopped; the state file has" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
+    assert "stopped; the ledger" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
     assert f"created image task {task_id}" in text
     assert f"unfinished task(s) {task_id}" in text

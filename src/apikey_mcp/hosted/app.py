@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
 import platformdirs
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
@@ -28,7 +29,7 @@ from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
-from ..state import StateStore
+from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .access import Access
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
@@ -88,9 +89,15 @@ def _check(settings: Settings, tokens: dict[str, str]) -> None:
 def create_app(settings: Settings) -> Starlette:
     tokens = load_tokens(settings)
     _check(settings, tokens)
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    state_file = None if database_url else settings.state_file or default_state_file()
+    try:
+        store = store_for(database_url=database_url, state_file=state_file)
+    except StoreRefusedError as exc:
+        raise HostingError(str(exc)) from None
+    where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
                            other_secrets=[settings.webhook_secret])  # fmt: skip
-    store = StateStore(settings.state_file or default_state_file())
     accounts = Accounts(settings, client, store, hosted=True)
     updates = ResourceUpdates(accounts.owns, listens_per_principal=settings.max_listens_per_principal,
                               listens_total=settings.max_sessions)  # fmt: skip
@@ -105,7 +112,7 @@ def create_app(settings: Settings) -> Starlette:
                                          allowed_origins=origins)  # fmt: skip
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"]), *access.metadata_routes()]
     if settings.webhook_secret is not None:
-        receiver = CallbackReceiver(accounts, store, settings.webhook_secret.get_secret_value(),
+        receiver = CallbackReceiver(accounts, settings.webhook_secret.get_secret_value(),
                                     max_bytes=settings.max_body_bytes)  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
@@ -138,15 +145,16 @@ def create_app(settings: Settings) -> Starlette:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(client)
             await stack.enter_async_context(access)
-            await stack.enter_async_context(store.opened())
+            stack.push_async_callback(store.aclose)
+            await ready(store)
             await stack.enter_async_context(accounts.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
-            log.info("serving %s on %s: %s (state %s)", settings.transport, base, ", ".join(endpoints), store.path)
+            log.info("serving %s on %s: %s (ledger: %s)", settings.transport, base, ", ".join(endpoints), where)
             if not access.doors[0].authenticated:
                 log.warning("serving with NO client authentication: anyone who reaches %s can spend the budget", base)
             yield
-        log.info("stopped; the state file has every budget, reservation and task id")
+        log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
 
     throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
     app = Starlette(routes=routes, middleware=[throttle, *access.middleware()], lifespan=lifespan)
@@ -166,12 +174,22 @@ def _asgi(route: BaseRoute) -> ASGIApp:
     return route.app
 
 
+async def _probe(database_url: str) -> None:
+    async with open_store(database_url=database_url):
+        pass
+
+
 async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
 def serve(settings: Settings) -> None:
     app = create_app(settings)
+    if settings.database_url is not None:  # an unreachable database: a clear refusal now, not a failed startup
+        try:
+            anyio.run(_probe, settings.database_url.get_secret_value())
+        except StoreRefusedError as exc:
+            raise HostingError(str(exc)) from None
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),

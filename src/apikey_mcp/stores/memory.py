@@ -1,0 +1,156 @@
+"""The in-memory ledger store: stdio, where the session is the process and its budget ends with it.
+
+Every operation runs without an await inside, so it is atomic on the event loop. Closed reservations and
+the audit trail keep only their newest entries (bounded); open reservations are what the budget holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+
+from ..budget import (
+    CONFIGURATION,
+    BudgetExceededError,
+    Event,
+    Reservation,
+    ReservationState,
+    Totals,
+    UnknownPrincipalError,
+    new_reservation,
+    principal_actor,
+)
+
+MAX_CLOSED = 10_000
+MAX_EVENTS = 10_000
+MAX_SIGNATURES = 100_000
+
+
+class _Account:
+    __slots__ = ("budget", "reserved", "spent")
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.spent, self.reserved = budget, 0, 0
+
+    def totals(self) -> Totals:
+        return Totals(self.budget, self.spent, self.reserved)
+
+
+class MemoryLedgerStore:
+    def __init__(self) -> None:
+        self._accounts: dict[str, _Account] = {}
+        self._open: dict[str, Reservation] = {}
+        self._closed: OrderedDict[str, Reservation] = OrderedDict()
+        self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._seq = 0
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None,
+             d: str | None = None) -> None:  # fmt: skip
+        self._seq += 1
+        totals = self._accounts[principal].totals()
+        self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d))
+
+    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+        if (account := self._accounts.get(principal)) is not None:
+            return account.totals(), False
+        self._accounts[principal] = _Account(budget)
+        self._log(principal, "budget", CONFIGURATION, None, budget)
+        return self._accounts[principal].totals(), True
+
+    def _account(self, principal: str) -> _Account:
+        try:
+            return self._accounts[principal]
+        except KeyError:
+            raise UnknownPrincipalError(f"no principal '{principal}'") from None
+
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+        account = self._account(principal)
+        remaining = account.budget - account.spent - account.reserved
+        if credits > remaining:
+            raise BudgetExceededError(credits, max(remaining, 0), account.budget, purpose)
+        reservation = new_reservation(principal, credits, purpose, own_key)
+        account.reserved += credits
+        self._open[reservation.id] = reservation
+        self._log(principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
+        return _copy(reservation)
+
+    async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
+        reservation = self._open.get(reservation_id)
+        if reservation is None:
+            return False
+        reservation.task_id, reservation.modality = task_id, modality or reservation.modality
+        self._log(reservation.principal, "attach", principal_actor(reservation.principal), reservation_id, None,
+                  task_id)  # fmt: skip
+        return True
+
+    def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
+        reservation = self._open.pop(reservation_id, None)
+        if reservation is None:
+            return False
+        account = self._accounts[reservation.principal]
+        account.reserved -= reservation.credits
+        account.spent += charged
+        reservation.state, reservation.charged = state, charged
+        self._closed[reservation_id] = reservation
+        while len(self._closed) > MAX_CLOSED:
+            self._closed.popitem(last=False)
+        kind = "settle" if state == ReservationState.SETTLED else "release"
+        self._log(reservation.principal, kind, actor or principal_actor(reservation.principal), reservation_id,
+                  charged)  # fmt: skip
+        return True
+
+    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
+        if charged < 0:
+            raise ValueError("a charge must be >= 0")
+        return self._close(reservation_id, ReservationState.SETTLED, charged, actor)
+
+    async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
+        return self._close(reservation_id, ReservationState.RELEASED, 0, actor)
+
+    async def totals(self, principal: str) -> Totals:
+        return self._account(principal).totals()
+
+    async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
+        if credits < 0:
+            raise ValueError("a budget must be >= 0")
+        account = self._accounts.setdefault(principal, _Account(credits))
+        account.budget = credits
+        self._log(principal, "budget", actor, None, credits)
+        return account.totals()
+
+    async def principals(self) -> list[tuple[str, Totals]]:
+        return sorted((name, account.totals()) for name, account in self._accounts.items())
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        found = self._open.get(reservation_id) or self._closed.get(reservation_id)
+        return _copy(found) if found else None
+
+    async def reservations(
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
+    ) -> list[Reservation]:
+        pool = list(self._open.values()) if open_only else [*self._open.values(), *self._closed.values()]
+        chosen = [r for r in pool if principal is None or r.principal == principal]
+        chosen.sort(key=lambda r: r.created_at, reverse=True)
+        return [_copy(r) for r in chosen[offset : offset + limit]]
+
+    async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
+        chosen = [e for e in self._events if principal is None or e.principal == principal]
+        return chosen[offset : offset + limit]
+
+    async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
+        now = time.time()
+        while self._seen and (next(iter(self._seen.values())) < now - keep_seconds or len(self._seen) > MAX_SIGNATURES):
+            self._seen.popitem(last=False)
+        if signature in self._seen:
+            return False
+        self._seen[signature] = now
+        return True
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _copy(reservation: Reservation) -> Reservation:
+    """Callers get their own copy: the store's record changes only through the store."""
+    return Reservation(**vars(reservation))

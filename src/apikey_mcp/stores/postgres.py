@@ -1,0 +1,258 @@
+"""The PostgreSQL ledger store, for operators who run several server processes or machines.
+
+A reservation is one conditional UPDATE that adds to `reserved` only where `spent + reserved + credits
+<= budget`: PostgreSQL re-checks the condition on the row it locked, so no number of concurrent
+processes can overspend. Settle and release update the reservation only while it is still open and move
+its credits on the principal's row in the same statement, so each happens exactly once. psycopg 3 async,
+with its connection pool; tables are prefixed `apikey_` so the database may be shared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from ..budget import (
+    CONFIGURATION,
+    BudgetExceededError,
+    Event,
+    LedgerUnavailableError,
+    Reservation,
+    ReservationState,
+    Totals,
+    UnknownPrincipalError,
+    new_reservation,
+    principal_actor,
+)
+from .common import StoreRefusedError
+
+_T = TypeVar("_T")
+_Conn = psycopg.AsyncConnection[Any]
+_SCHEMA = """
+SELECT pg_advisory_xact_lock(1095781197);
+CREATE TABLE IF NOT EXISTS apikey_principals (
+    name TEXT PRIMARY KEY, budget BIGINT NOT NULL CHECK (budget >= 0), spent BIGINT NOT NULL DEFAULT 0,
+    reserved BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0));
+CREATE TABLE IF NOT EXISTS apikey_reservations (
+    id TEXT PRIMARY KEY, principal TEXT NOT NULL REFERENCES apikey_principals (name), credits BIGINT NOT NULL,
+    purpose TEXT NOT NULL, task_id TEXT, modality TEXT, own_key BOOLEAN NOT NULL DEFAULT FALSE,
+    state TEXT NOT NULL, charged BIGINT, created_at DOUBLE PRECISION NOT NULL, closed_at DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS apikey_reservations_open ON apikey_reservations (created_at) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS apikey_reservations_by_principal ON apikey_reservations (principal, created_at);
+CREATE TABLE IF NOT EXISTS apikey_events (
+    seq BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, reservation_id TEXT, credits BIGINT, budget BIGINT NOT NULL, spent BIGINT NOT NULL,
+    reserved BIGINT NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
+"""
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_LOG = (
+    "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)"
+    " SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s FROM apikey_principals WHERE name = %s"
+)
+
+# A reservation in one statement, one round trip: the conditional UPDATE decides; the reservation and its
+# audit line are inserted only from the row it returned.
+_RESERVE = """
+WITH held AS (
+    UPDATE apikey_principals SET reserved = reserved + %(c)s
+    WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name, budget, spent, reserved),
+made AS (
+    INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at)
+    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s FROM held RETURNING id)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
+SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s FROM held
+RETURNING seq
+"""
+# Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
+_CLOSE = """
+WITH closed AS (
+    UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s
+    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits),
+moved AS (
+    UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s
+    FROM closed WHERE p.name = closed.principal RETURNING p.name, p.budget, p.spent, p.reserved)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved)
+SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved
+FROM moved RETURNING seq
+"""
+
+
+class PostgresLedgerStore:
+    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0) -> None:
+        """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`)."""
+        self._timeout, self._url = timeout, url
+        self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
+                                         kwargs={"connect_timeout": int(timeout), "autocommit": True})  # fmt: skip
+
+    @classmethod
+    async def connect(cls, url: str, **options: Any) -> PostgresLedgerStore:
+        store = cls(url, **options)
+        await store.open()
+        return store
+
+    async def open(self) -> None:
+        """Connect and create the tables if they are missing; refuse clearly when the database is unreachable."""
+        try:  # one connection first: an unreachable server is reported at once, with its reason
+            async with await psycopg.AsyncConnection.connect(self._url, connect_timeout=int(self._timeout)) as conn:
+                await conn.execute(_SCHEMA)
+            await self._pool.open(wait=True, timeout=self._timeout)
+        except (psycopg.Error, OSError) as exc:
+            await self._pool.close()
+            raise StoreRefusedError(f"Cannot use the PostgreSQL ledger database: {exc}") from None
+
+    async def _run(self, op: Callable[[_Conn], Awaitable[_T]], *, one_statement: bool = False) -> _T:
+        """One transaction on a pooled connection, finished even if the caller is cancelled meanwhile.
+        `one_statement`: the op is a single statement, its own transaction (one round trip, no BEGIN)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._pool.connection() as conn:
+                    if one_statement:
+                        result = await op(conn)
+                    else:
+                        async with conn.transaction():  # commits at the end, rolls back on an error
+                            result = await op(conn)
+            except psycopg.Error as exc:
+                raise LedgerUnavailableError(f"the PostgreSQL ledger cannot be written ({exc})") from None
+        return result
+
+    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+        async def op(c: _Conn) -> tuple[Totals, bool]:
+            cur = await c.execute(
+                "INSERT INTO apikey_principals (name, budget) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (principal, budget),
+            )
+            if cur.rowcount == 1:
+                await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, principal))
+            return await _totals(c, principal), cur.rowcount == 1
+
+        return await self._run(op)
+
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+        reservation = new_reservation(principal, credits, purpose, own_key)
+
+        async def op(c: _Conn) -> bool:
+            cur = await c.execute(_RESERVE, {"c": credits, "p": principal, "id": reservation.id, "purpose": purpose,
+                                             "own": own_key, "t": reservation.created_at,
+                                             "actor": principal_actor(principal)})  # fmt: skip
+            return await cur.fetchone() is not None
+
+        if not await self._run(op, one_statement=True):
+            totals = await self.totals(principal)
+            raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
+        return reservation
+
+    async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
+        async def op(c: _Conn) -> bool:
+            cur = await c.execute(
+                "UPDATE apikey_reservations SET task_id = %s, modality = coalesce(%s, modality)"
+                " WHERE id = %s AND state = 'reserved' RETURNING principal",
+                (task_id, modality, reservation_id),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                await c.execute(_LOG, (time.time(), "attach", principal_actor(row[0]), reservation_id, None, task_id,
+                                       row[0]))  # fmt: skip
+            return row is not None
+
+        return await self._run(op)
+
+    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
+        async def op(c: _Conn) -> bool:
+            kind = "settle" if state == ReservationState.SETTLED else "release"
+            cur = await c.execute(_CLOSE, {"s": str(state), "ch": charged, "t": time.time(), "id": reservation_id,
+                                           "kind": kind, "actor": actor})  # fmt: skip
+            return await cur.fetchone() is not None
+
+        return await self._run(op, one_statement=True)
+
+    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
+        if charged < 0:
+            raise ValueError("a charge must be >= 0")
+        return await self._close(reservation_id, ReservationState.SETTLED, charged, actor)
+
+    async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
+        return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
+
+    async def totals(self, principal: str) -> Totals:
+        return await self._run(lambda c: _totals(c, principal), one_statement=True)
+
+    async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
+        if credits < 0:
+            raise ValueError("a budget must be >= 0")
+
+        async def op(c: _Conn) -> Totals:
+            await c.execute(
+                "INSERT INTO apikey_principals (name, budget) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET budget = EXCLUDED.budget",
+                (principal, credits),
+            )
+            await c.execute(_LOG, (time.time(), "budget", actor, None, credits, None, principal))
+            return await _totals(c, principal)
+
+        return await self._run(op)
+
+    async def _rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async def op(c: _Conn) -> list[tuple[Any, ...]]:
+            return await (await c.execute(sql, params)).fetchall()
+
+        return await self._run(op, one_statement=True)
+
+    async def principals(self) -> list[tuple[str, Totals]]:
+        rows = await self._rows("SELECT name, budget, spent, reserved FROM apikey_principals ORDER BY name")
+        return [(name, Totals(*rest)) for name, *rest in rows]
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        rows = await self._rows(f"SELECT {_COLUMNS} FROM apikey_reservations WHERE id = %s", (reservation_id,))
+        return _reservation(rows[0]) if rows else None
+
+    async def reservations(
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
+    ) -> list[Reservation]:
+        where = ["TRUE"] + ["principal = %s"] * (principal is not None) + ["state = 'reserved'"] * open_only
+        sql = (f"SELECT {_COLUMNS} FROM apikey_reservations WHERE {' AND '.join(where)}"
+               " ORDER BY created_at DESC LIMIT %s OFFSET %s")  # fmt: skip
+        rows = await self._rows(sql, [*([principal] if principal is not None else []), limit, offset])
+        return [_reservation(r) for r in rows]
+
+    async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
+        where, params = ("WHERE principal = %s", [principal]) if principal is not None else ("", [])
+        rows = await self._rows(
+            "SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail"
+            f" FROM apikey_events {where} ORDER BY seq LIMIT %s OFFSET %s", [*params, limit, offset],
+        )  # fmt: skip
+        return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d) for s, at, p, k, a, r, cr, b, sp, rs, d in rows]
+
+    async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
+        async def op(c: _Conn) -> bool:
+            now = time.time()
+            await c.execute("DELETE FROM apikey_callbacks WHERE received_at < %s", (now - keep_seconds,))
+            cur = await c.execute(
+                "INSERT INTO apikey_callbacks VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING signature",
+                (signature, now),
+            )
+            return await cur.fetchone() is not None
+
+        return await self._run(op)
+
+    async def aclose(self) -> None:
+        await self._pool.close()
+
+
+async def _totals(c: _Conn, principal: str) -> Totals:
+    row = await (await c.execute("SELECT budget, spent, reserved FROM apikey_principals WHERE name = %s",
+                                 (principal,))).fetchone()  # fmt: skip
+    if row is None:
+        raise UnknownPrincipalError(f"no principal '{principal}'")
+    return Totals(*row)
+
+
+def _reservation(row: tuple[Any, ...]) -> Reservation:
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
+                       bool(own_key), created_at)  # fmt: skip

@@ -1,0 +1,266 @@
+"""The SQLite ledger store: the hosted server's embedded default, one file on one machine.
+
+Several processes may share one file: every operation is one `BEGIN IMMEDIATE` transaction (it takes the
+file's write lock before reading, so two processes cannot both see room for the same credits) and waits
+up to `busy_seconds` for another holder. WAL mode keeps readers from blocking the writer, and a commit
+survives `kill -9`. A file that is empty, not SQLite, or another program's is refused, never reset.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from ..budget import (
+    CONFIGURATION,
+    BudgetExceededError,
+    Event,
+    LedgerUnavailableError,
+    Reservation,
+    ReservationState,
+    Totals,
+    UnknownPrincipalError,
+    new_reservation,
+    principal_actor,
+)
+from .common import StoreRefusedError
+from .migrate import is_v1, migrate_v1
+
+_T = TypeVar("_T")
+APPLICATION_ID = 0x41504B4D  # 'APKM': marks the file as ours
+SCHEMA_VERSION = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS principals (
+    name TEXT PRIMARY KEY, budget INTEGER NOT NULL CHECK (budget >= 0), spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0));
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY, principal TEXT NOT NULL REFERENCES principals(name), credits INTEGER NOT NULL,
+    purpose TEXT NOT NULL, task_id TEXT, modality TEXT, own_key INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL,
+    charged INTEGER, created_at REAL NOT NULL, closed_at REAL);
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations (created_at) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS reservations_by_principal ON reservations (principal, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, reservation_id TEXT, credits INTEGER, budget INTEGER NOT NULL, spent INTEGER NOT NULL,
+    reserved INTEGER NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
+"""
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+
+
+class SqliteLedgerStore:
+    def __init__(self, path: Path, *, busy_seconds: float = 30.0) -> None:
+        self.path = Path(path)
+        self._conn = _open(self.path, busy_seconds)
+        self._lock = threading.Lock()
+
+    async def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """One transaction in a worker thread, finished even if the caller is cancelled meanwhile."""
+
+        def transaction() -> _T:
+            with self._lock:
+                try:
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = op(self._conn)
+                    except BaseException:
+                        self._conn.execute("ROLLBACK")
+                        raise
+                    self._conn.execute("COMMIT")
+                    return result
+                except sqlite3.Error as exc:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise LedgerUnavailableError(f"the ledger file {self.path} cannot be written ({exc})") from None
+
+        with anyio.CancelScope(shield=True):
+            result = await anyio.to_thread.run_sync(transaction)
+        return result
+
+    def _log(self, c: sqlite3.Connection, principal: str, kind: str, actor: str, rid: str | None,
+             credits: int | None, detail: str | None = None) -> None:  # fmt: skip
+        c.execute(
+            "INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)"
+            " SELECT ?, name, ?, ?, ?, ?, budget, spent, reserved, ? FROM principals WHERE name = ?",
+            (time.time(), kind, actor, rid, credits, detail, principal),
+        )
+
+    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+        def op(c: sqlite3.Connection) -> tuple[Totals, bool]:
+            created = c.execute("INSERT OR IGNORE INTO principals (name, budget) VALUES (?, ?)", (principal, budget))
+            if created.rowcount == 1:
+                self._log(c, principal, "budget", CONFIGURATION, None, budget)
+            return _totals(c, principal), created.rowcount == 1
+
+        return await self._run(op)
+
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+        reservation = new_reservation(principal, credits, purpose, own_key)
+
+        def op(c: sqlite3.Connection) -> None:
+            held = c.execute(
+                "UPDATE principals SET reserved = reserved + ? WHERE name = ? AND spent + reserved + ? <= budget",
+                (credits, principal, credits),
+            )
+            if held.rowcount != 1:
+                totals = _totals(c, principal)
+                raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
+            c.execute(
+                "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at)"
+                " VALUES (?, ?, ?, ?, ?, 'reserved', ?)",
+                (reservation.id, principal, credits, purpose, int(own_key), reservation.created_at),
+            )
+            self._log(c, principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
+
+        await self._run(op)
+        return reservation
+
+    async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            row = c.execute(
+                "UPDATE reservations SET task_id = ?, modality = coalesce(?, modality)"
+                " WHERE id = ? AND state = 'reserved' RETURNING principal",
+                (task_id, modality, reservation_id),
+            ).fetchone()
+            if row is not None:
+                self._log(c, row[0], "attach", principal_actor(row[0]), reservation_id, None, task_id)
+            return row is not None
+
+        return await self._run(op)
+
+    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            row = c.execute(
+                "UPDATE reservations SET state = ?, charged = ?, closed_at = ? WHERE id = ? AND state = 'reserved'"
+                " RETURNING principal, credits",
+                (str(state), charged, time.time(), reservation_id),
+            ).fetchone()
+            if row is None:
+                return False
+            principal, credits = row
+            c.execute("UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
+                      (credits, charged, principal))  # fmt: skip
+            kind = "settle" if state == ReservationState.SETTLED else "release"
+            self._log(c, principal, kind, actor or principal_actor(principal), reservation_id, charged)
+            return True
+
+        return await self._run(op)
+
+    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
+        if charged < 0:
+            raise ValueError("a charge must be >= 0")
+        return await self._close(reservation_id, ReservationState.SETTLED, charged, actor)
+
+    async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
+        return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
+
+    async def totals(self, principal: str) -> Totals:
+        return await self._run(lambda c: _totals(c, principal))
+
+    async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
+        if credits < 0:
+            raise ValueError("a budget must be >= 0")
+
+        def op(c: sqlite3.Connection) -> Totals:
+            c.execute("INSERT INTO principals (name, budget) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET budget = ?",
+                      (principal, credits, credits))  # fmt: skip
+            self._log(c, principal, "budget", actor, None, credits)
+            return _totals(c, principal)
+
+        return await self._run(op)
+
+    async def principals(self) -> list[tuple[str, Totals]]:
+        rows = await self._run(lambda c: c.execute("SELECT name, budget, spent, reserved FROM principals ORDER BY name")
+                               .fetchall())  # fmt: skip
+        return [(name, Totals(*rest)) for name, *rest in rows]
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        row = await self._run(
+            lambda c: c.execute(f"SELECT {_COLUMNS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+        )
+        return _reservation(row) if row else None
+
+    async def reservations(
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
+    ) -> list[Reservation]:
+        where = ["1 = 1"] + ["principal = ?"] * (principal is not None) + ["state = 'reserved'"] * open_only
+        sql = (f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)}"
+               " ORDER BY created_at DESC LIMIT ? OFFSET ?")  # fmt: skip
+        params = [*([principal] if principal is not None else []), limit, offset]
+        return [_reservation(r) for r in await self._run(lambda c: c.execute(sql, params).fetchall())]
+
+    async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
+        where, params = ("WHERE principal = ?", [principal]) if principal is not None else ("", [])
+        sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail"
+               f" FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
+        rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall())
+        return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d) for s, at, p, k, a, r, cr, b, sp, rs, d in rows]
+
+    async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            now = time.time()
+            c.execute("DELETE FROM callbacks WHERE received_at < ?", (now - keep_seconds,))
+            return c.execute("INSERT OR IGNORE INTO callbacks VALUES (?, ?)", (signature, now)).rowcount == 1
+
+        return await self._run(op)
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._conn.close)
+
+
+def _totals(c: sqlite3.Connection, principal: str) -> Totals:
+    row = c.execute("SELECT budget, spent, reserved FROM principals WHERE name = ?", (principal,)).fetchone()
+    if row is None:
+        raise UnknownPrincipalError(f"no principal '{principal}'")
+    return Totals(*row)
+
+
+def _reservation(row: tuple[Any, ...]) -> Reservation:
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
+                       bool(own_key), created_at)  # fmt: skip
+
+
+def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
+    """Connect, refusing a file that is not ours; a new file gets the schema."""
+    if path.exists() and path.stat().st_size == 0:
+        raise StoreRefusedError(
+            f"The state file {path} is empty (0 bytes). Refusing to start, since starting afresh would reset "
+            "every budget: restore it from a backup, or delete it to start with new budgets."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
+        owner = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if owner != APPLICATION_ID and is_v1(conn, tables):
+            migrate_v1(conn, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION)
+            owner = APPLICATION_ID
+        if owner != APPLICATION_ID and tables:
+            raise StoreRefusedError(
+                f"The state file {path} is not an apikey-mcp ledger (application id {owner:#x}, tables "
+                f"{', '.join(sorted(tables))}). Refusing to start: point --state-file at the right file."
+            )
+        conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer; commits survive kill -9
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if owner != APPLICATION_ID:
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
+                               f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")  # fmt: skip
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        conn.close()
+        raise StoreRefusedError(
+            f"The state file {path} cannot be used as the ledger ({exc}): refusing to start."
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn

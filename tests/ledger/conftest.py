@@ -1,0 +1,80 @@
+"""The three ledger stores, each fresh per test: memory, SQLite in tmp_path, PostgreSQL in a schema of its own.
+
+PostgreSQL needs a server: `.ci/run` starts one and exports APIKEY_TEST_DATABASE_URL; by hand,
+`export APIKEY_TEST_DATABASE_URL=$(.ci/postgres start /tmp/apikey-pg)`. Without it the PostgreSQL tests
+skip locally but fail in CI (CI=true), so they can never silently not run there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from apikey_mcp.budget import LedgerStore
+from apikey_mcp.stores import MemoryLedgerStore
+
+STORES = ["memory", "sqlite", "postgres"]
+# Read once, at import: an autouse fixture clears APIKEY_* from the environment of each test.
+DATABASE_URL = os.environ.get("APIKEY_TEST_DATABASE_URL")
+
+
+def database_url() -> str:
+    """The test server's URL, or a skip (a failure in CI)."""
+    url = DATABASE_URL
+    if not url:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("APIKEY_TEST_DATABASE_URL is not set in CI: .ci/run must start PostgreSQL")
+        pytest.skip("no PostgreSQL: export APIKEY_TEST_DATABASE_URL=$(.ci/postgres start /tmp/apikey-pg)")
+    return url
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL whose tables live in a fresh schema, dropped afterwards."""
+    import psycopg
+
+    base = database_url()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}options={quote(f'-c search_path={schema}')}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@asynccontextmanager
+async def make_store(kind: str, tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    from apikey_mcp.stores import open_store
+
+    if kind == "memory":
+        store = MemoryLedgerStore()
+        yield store
+    elif kind == "sqlite":
+        async with open_store(state_file=tmp_path / f"ledger-{uuid.uuid4().hex[:6]}.sqlite3") as store:
+            yield store
+    else:
+        with postgres_schema() as url:
+            async with open_store(database_url=url) as store:
+                yield store
+
+
+@pytest.fixture(params=STORES)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        database_url()
+    return request.param
+
+
+@pytest.fixture
+async def store(store_kind: str, tmp_path: Path) -> AsyncIterator[LedgerStore]:
+    async with make_store(store_kind, tmp_path) as opened:
+        yield opened

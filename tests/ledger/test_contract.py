@@ -1,0 +1,142 @@
+"""The ledger contract, the same for every store: atomic reservations, exactly-once closing, running totals,
+the operator's budget, paged listings and the audit trail."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from apikey_mcp.budget import (
+    OPERATOR,
+    BudgetExceededError,
+    LedgerStore,
+    ReservationState,
+    Totals,
+    UnknownPrincipalError,
+)
+
+
+async def test_a_reservation_that_does_not_fit_is_refused_whole(store: LedgerStore) -> None:
+    assert await store.ensure_principal("alice", 100) == (Totals(100, 0, 0), True)
+    assert await store.ensure_principal("alice", 5000) == (Totals(100, 0, 0), False)  # the default is for new ones
+    first = await store.reserve("alice", 60, "video")
+    with pytest.raises(BudgetExceededError) as refused:
+        await store.reserve("alice", 41, "another")
+    assert (refused.value.needed, refused.value.remaining, refused.value.budget) == (41, 40, 100)
+    assert await store.totals("alice") == Totals(100, 0, 60)
+    assert (await store.reservation(first.id)).state == ReservationState.RESERVED
+
+
+async def test_settle_and_release_happen_exactly_once(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    first = await store.reserve("alice", 60, "video")
+    assert await store.settle(first.id, 55)
+    assert not await store.settle(first.id, 55) and not await store.release(first.id)
+    assert await store.totals("alice") == Totals(100, 55, 0)
+    second = await store.reserve("alice", 45, "all that is left")
+    assert await store.release(second.id) and not await store.settle(second.id, 45)
+    assert (await store.totals("alice")).remaining == 45
+    assert not await store.settle("no-such-reservation", 1) and not await store.release("no-such-reservation")
+    closed = await store.reservation(first.id)
+    assert (closed.state, closed.charged) == (ReservationState.SETTLED, 55)
+
+
+async def test_a_charge_over_the_hold_is_counted_in_full(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    held = await store.reserve("alice", 40, "chat")
+    assert await store.settle(held.id, 70)  # the gateway may charge more than reserved: never capped
+    assert await store.totals("alice") == Totals(100, 70, 0)
+
+
+async def test_attach_ties_only_an_open_reservation(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    held = await store.reserve("alice", 10, "image", own_key=True)
+    assert await store.attach(held.id, "task_1", "image")
+    found = await store.reservation(held.id)
+    assert (found.task_id, found.modality, found.own_key) == ("task_1", "image", True)
+    await store.release(held.id)
+    assert not await store.attach(held.id, "task_2") and not await store.attach("nope", "task_3")
+
+
+async def test_the_operator_sets_a_budget_and_a_lower_one_only_refuses_new_holds(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    held = await store.reserve("alice", 80, "video")
+    assert await store.set_budget("alice", 50, OPERATOR) == Totals(50, 0, 80)
+    with pytest.raises(BudgetExceededError) as refused:
+        await store.reserve("alice", 1, "more")
+    assert refused.value.remaining == 0
+    assert await store.settle(held.id, 80)
+    assert await store.set_budget("bob", 7, OPERATOR) == Totals(7, 0, 0)  # the operator may provision ahead
+    assert [name for name, _ in await store.principals()] == ["alice", "bob"]
+    with pytest.raises(UnknownPrincipalError):
+        await store.totals("carol")
+    with pytest.raises(UnknownPrincipalError):
+        await store.reserve("carol", 1, "x")
+
+
+async def test_reservations_are_listed_newest_first_and_paged(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 1000)
+    await store.ensure_principal("bob", 1000)
+    made = [await store.reserve("alice" if i % 2 else "bob", i, f"r{i}") for i in range(1, 8)]
+    await store.release(made[0].id)
+    await store.settle(made[1].id, 2)
+    everyone = await store.reservations()
+    assert [r.id for r in everyone] == [r.id for r in reversed(made)]
+    assert [r.id for r in await store.reservations(limit=3, offset=2)] == [r.id for r in reversed(made)][2:5]
+    open_alice = await store.reservations("alice", open_only=True)
+    assert [r.credits for r in open_alice] == [7, 5, 3]
+    assert all(r.state == ReservationState.RESERVED for r in open_alice)
+
+
+async def test_every_change_is_in_the_audit_trail_with_who_made_it(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    held = await store.reserve("alice", 30, "video")
+    await store.attach(held.id, "task_9", "video")
+    await store.settle(held.id, 25)
+    other = await store.reserve("alice", 10, "image")
+    await store.release(other.id, actor=OPERATOR)
+    await store.set_budget("alice", 200, OPERATOR)
+    events = await store.history("alice")
+    assert [(e.kind, e.actor, e.credits) for e in events] == [
+        ("budget", "configuration", 100), ("reserve", "principal:alice", 30), ("attach", "principal:alice", None),
+        ("settle", "principal:alice", 25), ("reserve", "principal:alice", 10), ("release", "operator", 0),
+        ("budget", "operator", 200),
+    ]  # fmt: skip
+    assert events[3].totals == Totals(100, 25, 0) and events[-1].totals == Totals(200, 25, 0)
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert [e.kind for e in await store.history(limit=2, offset=1)] == ["reserve", "attach"]
+
+
+async def test_a_callback_signature_is_first_seen_once(store: LedgerStore) -> None:
+    assert await store.first_sighting("sig-a", keep_seconds=600)
+    assert not await store.first_sighting("sig-a", keep_seconds=600)
+    assert await store.first_sighting("sig-b", keep_seconds=600)
+
+
+async def test_concurrent_reservations_never_overspend(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 1000)
+    granted: list[str] = []
+    refused: list[int] = []
+
+    async def one() -> None:
+        try:
+            granted.append((await store.reserve("alice", 30, "video")).id)
+        except BudgetExceededError:
+            refused.append(1)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(one)
+    assert (len(granted), len(refused)) == (33, 17)
+    assert await store.totals("alice") == Totals(1000, 0, 990)
+
+    settled: list[bool] = []
+
+    async def close(reservation_id: str) -> None:
+        settled.append(await store.settle(reservation_id, 30))
+
+    async with anyio.create_task_group() as group:
+        for reservation_id in granted * 2:  # every one settled twice at once
+            group.start_soon(close, reservation_id)
+    assert settled.count(True) == 33
+    assert await store.totals("alice") == Totals(1000, 990, 0)
