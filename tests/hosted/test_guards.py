@@ -15,11 +15,13 @@ from tests.hosted.conftest import ALICE, Hosted, post_initialize
 
 async def test_guessing_tokens_is_throttled_per_address(hosted_factory) -> None:
     hosted: Hosted = hosted_factory(auth_failures_per_minute=3)
+    discovery = [await post_initialize(f"{hosted.url}/mcp", None) for _ in range(5)]  # no token: not a guess
     guesses = [await post_initialize(f"{hosted.url}/mcp", f"guess-{i}-0123456789abcdef") for i in range(4)]
     right_one = await post_initialize(f"{hosted.url}/mcp", ALICE)  # a right guess now tells nothing either
     async with httpx2.AsyncClient(timeout=10) as http:
         sse = await http.get(f"{hosted.url}/sse", headers={"Authorization": "Bearer another-guess-0123456789"})
         health = await http.get(f"{hosted.url}/healthz")
+    assert [d.status_code for d in discovery] == [401] * 5
     assert [g.status_code for g in guesses] == [401, 401, 401, 429]
     assert right_one.status_code == sse.status_code == 429
     assert 1 <= int(guesses[-1].headers["retry-after"]) <= 60

@@ -1,9 +1,11 @@
 """Refusals that must be cheap and quiet: token guessing, and requests for another Host or from another Origin.
 
-- `AuthThrottle`: a client address that failed authentication `limit` times within a minute gets 429 with
+- `AuthThrottle`: a client address that presented a wrong token `limit` times within a minute gets 429 with
   `Retry-After` on every MCP route until its oldest failure is a minute old, a valid token or not (else the
   answer would still tell a right guess from a wrong one). The address is the TCP peer, or the proxy's
-  forwarded one when `--forwarded-allow-ips` names the proxy. Bounded: at most MAX_ADDRESSES are tracked.
+  forwarded one when `--forwarded-allow-ips` names the proxy. A request with no token at all (how an OAuth
+  client starts, to discover the authorization server) is no guess and does not count. Bounded: at most
+  MAX_ADDRESSES are tracked.
 - `HostCheck`: Host and Origin are checked before the SDK's transport sees the request, so a refused one
   is answered 421/403 like any other, without the traceback and dropped connection the SSE transport gives.
 """
@@ -67,8 +69,10 @@ class AuthThrottle:
             body = {"error": "too_many_requests", "error_description": "Too many failed authentications; retry later"}
             return await JSONResponse(body, status_code=429, headers={"Retry-After": seconds})(scope, receive, send)
 
+        guessed = any(name == b"authorization" for name, _ in scope.get("headers", ()))
+
         async def noting_refusal(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
+            if guessed and message["type"] == "http.response.start" and message["status"] == 401:
                 self._failed(address)
             await send(message)
 
