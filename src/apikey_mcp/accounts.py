@@ -17,6 +17,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pydantic import SecretStr
 
 from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
-from .gateway import GatewayClient
+from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
 from .polling import Pacer
 from .service import Cache, Service
@@ -37,10 +38,30 @@ from .tasks import TaskRegistry, TrackedTask, modality_of
 log = logging.getLogger(__name__)
 LOCAL = "local"
 MAX_OWN_KEYS = 4  # per principal: each own key holds a client and its watchers
+REFUSED_SECONDS, MAX_REFUSED = 60.0, 1024  # own keys the gateway refused are refused here for a minute
 
 
 class TooManyKeysError(ValueError):
     pass
+
+
+class KeyRefusedError(ValueError):
+    """An own gateway key the gateway refused, or that could not be checked; the message says which."""
+
+
+KEY_CHECK_TASK = "apikey-mcp-key-check"  # no such task: a good key gets 404, a bad one 401, and nothing is spent
+
+
+async def _check_key(client: GatewayClient) -> None:
+    try:
+        await client.get_task(KEY_CHECK_TASK)
+    except NotFoundError:
+        return
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        raise KeyRefusedError(f"The gateway refused the key in the own-key header ({exc.code}).") from None
+    except GatewayError as exc:
+        raise KeyRefusedError(f"Could not check the key in the own-key header ({exc.message}); try again.") from None
+    raise KeyRefusedError("The gateway answered a check of the own key oddly; it was not used.")
 
 
 @dataclass
@@ -56,9 +77,10 @@ class Accounts:
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
-        self._own: dict[tuple[str, str], Service] = {}  # (principal, key fingerprint) -> service with that key
+        self._own: OrderedDict[tuple[str, str], Service] = OrderedDict()  # (principal, key digest) -> its service
         self._awaiting_key: dict[str, list[tuple[Task, Reservation]]] = {}
         self._salt = secrets.token_bytes(16)
+        self._refused: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key digest -> (when, why)
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
@@ -87,7 +109,7 @@ class Accounts:
         """The principal's service (with its own gateway key, if it brought one). A principal the store has
         never seen starts with the configured budget; a known one keeps the budget the store has."""
         if own_key is not None:
-            return await self._own_key_service(principal, own_key)
+            return await self.own_key_service(principal, own_key)
         service = self._services.get(principal)
         if service is None:
             totals, created = await self.store.ensure_principal(principal, self.settings.session_budget)
@@ -98,6 +120,15 @@ class Accounts:
             service = self._services.get(principal) or self._open(principal, Ledger(self.store, principal))
         return service
 
+    def principals(self) -> list[str]:
+        """Every principal with a budget in memory."""
+        return list(self._services)
+
+    def owns(self, principal: str, task_id: str) -> bool:
+        """Whether `task_id` is one of the principal's tasks in memory (with its key or an own one)."""
+        services = [self._services.get(principal), *(s for (p, _), s in self._own.items() if p == principal)]
+        return any(s is not None and s.registry.get(task_id) is not None for s in services)
+
     def find_task(self, task_id: str) -> tuple[Service, TrackedTask] | None:
         """Whose task this is (for callbacks, which carry no principal)."""
         for service in [*self._services.values(), *self._own.values()]:
@@ -105,21 +136,47 @@ class Accounts:
                 return service, tracked
         return None
 
-    async def _own_key_service(self, principal: str, key: SecretStr) -> Service:
-        fingerprint = hashlib.blake2b(key.get_secret_value().encode(), key=self._salt, digest_size=16).hexdigest()
-        service = self._own.get((principal, fingerprint))
-        if service is not None:
+    async def own_key_service(self, principal: str, key: SecretStr) -> Service:
+        """The principal's service with its own gateway key, under its one budget. A key new here is first
+        checked with a free call, so a junk key never takes one of the MAX_OWN_KEYS slots; at the limit, the
+        least recently used key with no task running gives its slot up."""
+        slot = (principal, hashlib.blake2b(key.get_secret_value().encode(), key=self._salt, digest_size=16).hexdigest())
+        if (service := self._own.get(slot)) is not None:
+            self._own.move_to_end(slot)
             return service
-        if sum(1 for p, _ in self._own if p == principal) >= MAX_OWN_KEYS:
-            raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal at a time")
-        await self.service(principal)  # the principal's budget exists in the store
-        if (service := self._own.get((principal, fingerprint))) is not None:
-            return service
-        client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme)
+        if (refused := self._refused.get(slot[1])) is not None and time.monotonic() - refused[0] < REFUSED_SECONDS:
+            raise KeyRefusedError(refused[1])  # the gateway is not asked again about a key it just refused
+        client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
+                               other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
+        try:
+            try:
+                await _check_key(client)
+            except KeyRefusedError as exc:
+                self._refused[slot[1]] = (time.monotonic(), str(exc))
+                while len(self._refused) > MAX_REFUSED:
+                    self._refused.popitem(last=False)
+                raise
+            await self.service(principal)  # the principal's budget exists in the store
+            if (service := self._own.get(slot)) is None:  # unless a concurrent request got there first
+                service = self._own_slot(principal, slot, client)
+                for task, reservation in self._awaiting_key.pop(principal, []):
+                    await service.registry.track(task, reservation.modality, reservation, confirmed=False)
+        finally:
+            if service is None or service.client is not client:
+                await client.aclose()
+        return service
+
+    def _own_slot(self, principal: str, slot: tuple[str, str], client: GatewayClient) -> Service:
+        mine = [s for s in self._own if s[0] == principal]  # least recently used first
+        if len(mine) >= MAX_OWN_KEYS:
+            idle = next((s for s in mine if not self._own[s].registry.unfinished()), None)
+            if idle is None:
+                raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal, and each has a task "
+                                       "running: wait for one to finish")  # fmt: skip
+            assert self._group is not None
+            self._group.start_soon(self._own.pop(idle).client.aclose)
         service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
-        self._own[(principal, fingerprint)] = service
-        for task, reservation in self._awaiting_key.pop(principal, []):
-            await service.registry.track(task, reservation.modality, reservation, confirmed=False)  # with the key
+        self._own[slot] = service
         return service
 
     def _open(
@@ -133,6 +190,7 @@ class Accounts:
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
             callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
             sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
+            retention=self.settings.task_retention_seconds,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     auth_scheme: Literal["bearer", "x-api-key"] = "bearer"
     session_budget: int = Field(default=DEFAULT_BUDGET, ge=0, description="Credits this session may spend.")
     output_dir: Path | None = None
-    max_download_bytes: int = Field(default=512 * 1024**2, gt=0)
+    max_download_bytes: int = Field(default=512 * 1024**2, gt=0, description="Size cap per downloaded file.")
+    max_task_download_bytes: int = Field(default=1024**3, gt=0, description="Size cap on one task's files together.")
+    download_deadline_seconds: float = Field(default=600.0, gt=0, description="Longest one task's save may take.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
@@ -38,6 +40,9 @@ class Settings(BaseSettings):
         default=MAX_WAIT_SECONDS, gt=0, le=MAX_WAIT_SECONDS, description="Longest a poll_task call may wait."
     )
     docs_cache_seconds: float = Field(default=600.0, ge=0)
+    task_retention_seconds: float = Field(
+        default=900.0, ge=0, description="How long a finished task stays in memory (the state file keeps it)."
+    )
 
     # Hosted mode (--transport http | sse | streamable-http)
     transport: Literal["stdio", "http", "sse", "streamable-http"] = "stdio"
@@ -57,7 +62,19 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("auth_tokens_file", "APIKEY_MCP_AUTH_TOKENS_FILE")
     )
     webhook_secret: SecretStr | None = None
+    oauth_issuer: str | None = Field(default=None, description="OAuth authorization server whose JWTs we accept.")
+    oauth_audience: str | None = Field(default=None, description="The tokens' audience; default <public-url>/mcp.")
+    oauth_scope: str | None = Field(default="apikey", description="Scope a token needs (403 without it).")
+    oauth_algorithms: str = Field(default="RS256,PS256,ES256,EdDSA", description="Allowed JWT algorithms (a,b,c).")
     allowed_hosts: list[str] = Field(default_factory=list, description="Extra Host headers to accept (proxies).")
+    max_sessions: int = Field(default=10_000, gt=0, description="Streamable HTTP sessions open at once, in all.")
+    max_sessions_per_principal: int = Field(default=16, gt=0)
+    max_sse_streams_per_principal: int = Field(default=8, gt=0)
+    max_listens_per_principal: int = Field(default=8, gt=0, description="subscriptions/listen streams.")
+    auth_failures_per_minute: int = Field(default=20, gt=0, description="Per client address, then 429.")
+    forwarded_allow_ips: str | None = Field(
+        default=None, description="Proxies whose X-Forwarded-For names the client (for the auth throttle)."
+    )
     max_body_bytes: int = Field(default=1024**2, gt=0)
     allow_byok: bool = Field(default=False, description="Let clients send their own gateway key in a header.")
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)

@@ -30,7 +30,7 @@ from mcp.types import (
 from pydantic import Field, SecretStr
 
 from . import __version__
-from .accounts import LOCAL, Accounts, TooManyKeysError
+from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
 from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
@@ -88,7 +88,10 @@ def build_server(
         if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
         try:
-            async with GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client:
+            async with GatewayClient(
+                settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
+                other_secrets=[settings.webhook_secret],
+            ) as client:  # fmt: skip
                 opening = Accounts(
                     settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep, poll_clock=poll_clock
                 )
@@ -126,14 +129,11 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
     token = get_access_token()
     accounts: Accounts = ctx.lifespan_context
     principal = token.client_id if token is not None else LOCAL
-    own_key = None
-    if accounts.settings.allow_byok:
-        headers = getattr(ctx.request, "headers", None) or {}
-        if value := headers.get(OWN_KEY_HEADER):
-            own_key = SecretStr(value)
+    headers = getattr(ctx.request, "headers", None) or {}
+    own_key = headers.get(OWN_KEY_HEADER) if accounts.settings.allow_byok else None
     try:
-        service = await accounts.service(principal, own_key)
-    except TooManyKeysError as exc:
+        service = await accounts.service(principal, SecretStr(own_key) if own_key else None)
+    except (TooManyKeysError, KeyRefusedError) as exc:
         raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
     except LedgerUnavailableError as exc:
         raise MCPError(code=INTERNAL_ERROR, message=f"The budget ledger is unavailable ({exc}); try again.") from None

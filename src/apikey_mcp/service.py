@@ -19,7 +19,7 @@ from pydantic import HttpUrl
 
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .config import Settings
-from .downloads import save_outputs
+from .downloads import Downloads
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import (
     MAX_CREDITS,
@@ -58,6 +58,7 @@ _T = TypeVar("_T")
 _A = TypeVar("_A")
 _Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
 DEFAULT_MAX_TOKENS = 1024
+SAVE_GRACE = 0.25  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
 OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more than any real session holds, bounded
 MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
@@ -112,8 +113,13 @@ class Service:
         self.registry = registry
         self._cache = Cache() if cache is None else cache
         self.hosted = hosted
-        self._saved: dict[str, list[str]] = {}
-        self._saving: dict[str, anyio.Lock] = {}
+        self._downloads: Downloads | None = None
+        if settings.output_dir is not None:
+            self._downloads = Downloads(
+                client, Path(settings.output_dir), max_file_bytes=settings.max_download_bytes,
+                max_task_bytes=settings.max_task_download_bytes, deadline=settings.download_deadline_seconds,
+            )  # fmt: skip
+            registry.forgotten.append(self._downloads.forget)
 
     # ------------------------------------------------------------ budget and catalogue
 
@@ -207,44 +213,35 @@ class Service:
     async def poll(
         self, task_id: str, wait_seconds: float, on_change: Callable[[Task], Awaitable[None]] | None = None
     ) -> TaskResult:
+        """The task after at most `wait_seconds` (plus SAVE_GRACE to save a finished task's small results): a
+        result host, however slow, holds the answer no longer."""
+
         async def changed(tracked: TrackedTask) -> None:
             if on_change is not None:
                 await on_change(tracked.task)
 
         wait = min(max(wait_seconds, 0.0), self.settings.max_wait_seconds)
+        deadline = anyio.current_time() + wait
         tracked = await self.registry.wait(task_id, wait, changed)
         warning = None
-        if tracked.task.status == TaskStatus.SUCCEEDED and self.settings.output_dir is not None:
-            try:
-                await self._save(tracked)
-            except (GatewayError, OSError) as exc:  # the result links still stand: never hide them
-                log.warning("could not save the results of %s: %s", task_id, exc)
-                warning = f"Saving to the output directory failed ({exc}); the links above still work."
+        if tracked.task.status == TaskStatus.SUCCEEDED and self._downloads is not None:
+            save = self._downloads.start(tracked.task_id, tracked.task.outputs, self.registry.spawn)
+            with anyio.move_on_after(max(deadline - anyio.current_time(), SAVE_GRACE)):
+                await save.done.wait()
+            warning = save.summary()
         return await self.task_result(tracked, warning)
-
-    async def _save(self, tracked: TrackedTask) -> None:
-        """Download a finished task's results once, however many polls ask at the same time."""
-        lock = self._saving.setdefault(tracked.task_id, anyio.Lock())
-        async with lock:
-            if tracked.task_id in self._saved:
-                return
-            assert self.settings.output_dir is not None
-            paths = await save_outputs(
-                self.client, tracked.task_id, tracked.task.outputs, Path(self.settings.output_dir),
-                max_bytes=self.settings.max_download_bytes,
-            )  # fmt: skip
-            self._saved[tracked.task_id] = [str(p) for p in paths]
 
     async def task_result(self, tracked: TrackedTask, warning: str | None = None) -> TaskResult:
         task, reservation = tracked.task, tracked.reservation
-        saved = self._saved.get(task.task_id, [])
+        save = self._downloads.get(task.task_id) if self._downloads is not None else None
+        saved = save.paths if save is not None else []
         outputs = [
             OutputFile(url=o.url, mime_type=o.mime_type, path=saved[i] if i < len(saved) else None)
             for i, o in enumerate(o for o in task.outputs if o.url)
         ]
         charged = task.credits.charged if task.credits else None
         if task.status == TaskStatus.SUCCEEDED:
-            step = "Done: the outputs are durable links" + (", saved locally too." if saved else ".")
+            step = "Done: the outputs are durable links" + (", saved locally too." if any(saved) else ".")
         elif task.status == TaskStatus.FAILED:
             held = f"its {reservation.credits} reserved credits were released" if reservation else "nothing was charged"
             step = f"The task failed and {held}. Adjust the prompt or parameters and try again."

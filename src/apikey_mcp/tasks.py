@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -29,6 +31,7 @@ from .gateway.models import Task, TaskStatus
 from .polling import Durations, Known, Pacer, Schedule
 
 log = logging.getLogger(__name__)
+MAX_RETIRED = 10_000  # ids of let-go finished tasks kept per registry, so their owner can still look them up
 RETRY_CAP_SECONDS = 30.0  # longest wait between retries of a ledger write that failed
 
 
@@ -81,6 +84,7 @@ class TaskRegistry:
         callbacks: bool = False,
         fresh_seconds: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        retention: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         pacer: Pacer | None = None,
     ) -> None:
@@ -89,7 +93,9 @@ class TaskRegistry:
         `callbacks`: whether the gateway pushes each task's end here (then polling is a slow fallback).
         `fresh_seconds`: how old a known state may be for `wait` to answer from it without a request.
         `sleep` and `clock` are what watchers wait with and tell time by: a test passes its own to own time.
-        `pacer` gives fallback polls (callbacks wired) their turns; hosting shares one across principals."""
+        `pacer` gives fallback polls (callbacks wired) their turns; hosting shares one across principals.
+        `retention`: seconds a finished task stays in memory (None: for ever). After that only its id is
+        kept (up to MAX_RETIRED), so that its owner may still look it up at the gateway."""
         self.adopt_unknown = adopt_unknown
         self._sleep = sleep
         self._clock = clock
@@ -102,6 +108,10 @@ class TaskRegistry:
         self.watching = 0  # watchers alive now
         self.durations = Durations()
         self._tasks: dict[str, TrackedTask] = {}
+        self.retention = retention
+        self._finished: dict[str, float] = {}  # task id -> when it ended, oldest first
+        self._retired: OrderedDict[str, None] = OrderedDict()  # ids of finished tasks let go of, newest last
+        self.forgotten: list[Callable[[str], None]] = []  # told of every finished task let go of
         self._group: anyio.abc.TaskGroup | None = None
         self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
 
@@ -130,6 +140,28 @@ class TaskRegistry:
     def ids(self) -> list[str]:
         return list(self._tasks)
 
+    def knows(self, task_id: str) -> bool:
+        """Whether this registry tracks the task, or tracked it until its retention ran out."""
+        return task_id in self._tasks or task_id in self._retired
+
+    def prune(self) -> None:
+        """Let go of finished tasks older than the retention (each is in the state file, if any)."""
+        if self.retention is None:
+            return
+        cutoff = self._clock() - self.retention
+        while self._finished:
+            task_id, ended = next(iter(self._finished.items()))
+            if ended > cutoff:
+                break
+            del self._finished[task_id]
+            self._tasks.pop(task_id, None)
+            self._retired[task_id] = None
+            self._retired.move_to_end(task_id)
+            if len(self._retired) > MAX_RETIRED:
+                self._retired.popitem(last=False)
+            for forget in self.forgotten:
+                forget(task_id)
+
     async def track(
         self, task: Task, modality: str | None, reservation: Reservation | None, *, confirmed: bool = True
     ) -> TrackedTask:
@@ -138,6 +170,7 @@ class TaskRegistry:
 
         A task id the gateway already gave for an earlier create keeps its one watcher; the new reservation
         is tied to the same task and closes when it ends (one task is charged once), so none leaks."""
+        self.prune()
         known = self._tasks.get(task.task_id)
         if known is not None:
             if reservation is not None and reservation.id != (known.reservation.id if known.reservation else None):
@@ -168,9 +201,10 @@ class TaskRegistry:
     async def refresh(self, task_id: str) -> TrackedTask:
         """Fetch the task's state now. A task this session did not create is adopted, with no reservation;
         one the principal created through another process on the same ledger is taken up with its hold."""
+        self.prune()
         tracked = self._tasks.get(task_id)
         held = None
-        if tracked is None and not self.adopt_unknown:
+        if tracked is None and not self.adopt_unknown and task_id not in self._retired:
             held = await self.ledger.task_reservation(task_id)
             if held is None:
                 raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
@@ -185,6 +219,7 @@ class TaskRegistry:
             started = asked - _age_by_wall_clock(task)
             tracked = TrackedTask(task, modality_of(task), started=started, asked_at=asked, polls=1)
             self._tasks[task_id] = tracked
+            self._retired.pop(task_id, None)
             self._notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
@@ -253,6 +288,8 @@ class TaskRegistry:
             self._learn_duration(tracked)
             tracked.wake_watcher()  # to stop: nothing left to ask
             await self._close(tracked, task)
+            if task.task_id not in self._finished:
+                self._finished[task.task_id] = self._clock()
         if (task.status, task.progress) != before or task.is_terminal:
             tracked.changed.set()
             tracked.changed = anyio.Event()
@@ -310,6 +347,12 @@ class TaskRegistry:
                 continue
             log.info("the ledger took it at last: %s", what)
             return
+
+    def spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: object, name: str) -> None:
+        """Run `func` beside the watchers (a result save), for as long as they run."""
+        if self._group is None:
+            raise RuntimeError("TaskRegistry.running() must be entered before work is started")
+        self._group.start_soon(func, *args, name=name)
 
     def _watch_soon(self, tracked: TrackedTask) -> None:
         if self._group is None:

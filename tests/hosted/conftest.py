@@ -12,9 +12,12 @@ import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from starlette.applications import Starlette
 
+from apikey_mcp.accounts import Accounts
 from apikey_mcp.config import Settings
 from apikey_mcp.hosted import create_app
+from apikey_mcp.hosted.updates import ResourceUpdates
 from apikey_mcp.sandbox import BackgroundServer, SandboxServer
 from tests.conftest import KEY
 
@@ -32,22 +35,40 @@ def hosted_settings(sandbox_server: SandboxServer, state_file: Path, url: str, *
     return Settings(**values)
 
 
+HELLO = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": HELLO}
+
+
+async def post_initialize(url: str, token: str | None) -> httpx2.Response:
+    """One bare `initialize` POST (opens a Streamable HTTP session when it succeeds)."""
+    headers = {"Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.post(url, headers=headers, json=INIT)
+
+
 class Hosted:
     """A running hosted server and how to reach it."""
 
-    def __init__(self, server: BackgroundServer, settings: Settings) -> None:
+    def __init__(self, server: BackgroundServer, settings: Settings, app: Starlette) -> None:
         self.url = server.url
         self.settings = settings
+        self.accounts: Accounts = app.state.accounts
+        self.updates: ResourceUpdates = app.state.updates
 
     @asynccontextmanager
-    async def connect(self, transport: str, token: str | None, **options: Any) -> AsyncIterator[Client]:
+    async def connect(
+        self, transport: str, token: str | None, *, prefix: str = "", **options: Any
+    ) -> AsyncIterator[Client]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        base = f"{self.url}{prefix}"
         if transport == "streamable-http":
             async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-                async with Client(streamable_http_client(f"{self.url}/mcp", http_client=http), **options) as client:
+                async with Client(streamable_http_client(f"{base}/mcp", http_client=http), **options) as client:
                     yield client
         else:
-            async with Client(sse_client(f"{self.url}/sse", headers=headers), **options) as client:
+            async with Client(sse_client(f"{base}/sse", headers=headers), **options) as client:
                 yield client
 
 
@@ -58,15 +79,16 @@ def hosted_factory(sandbox_server: SandboxServer, tmp_path: Path) -> Iterator:
     def start(**overrides: Any) -> Hosted:
         state_file = overrides.pop("state_file", tmp_path / "state.sqlite3")
         timing = {name: overrides.pop(name) for name in ("poll_sleep", "poll_clock") if name in overrides}
-        made: dict[str, Settings] = {}
+        made: dict[str, Any] = {}
 
         def make(url: str):
             made["settings"] = hosted_settings(sandbox_server, state_file, url, **overrides)
-            return create_app(made["settings"], **timing)
+            made["app"] = create_app(made["settings"], **timing)
+            return made["app"]
 
         server = BackgroundServer.for_url(make).start()
         servers.append(server)
-        return Hosted(server, made["settings"])
+        return Hosted(server, made["settings"], made["app"])
 
     yield start
     for server in servers:

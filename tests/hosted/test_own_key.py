@@ -6,13 +6,18 @@ import logging
 
 import anyio
 import httpx2
+import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
-from apikey_mcp.sandbox import Sandbox
+from apikey_mcp.accounts import MAX_OWN_KEYS
+from apikey_mcp.sandbox import Sandbox, Wallet
 from tests.conftest import KEY, OTHER_KEY
 from tests.hosted.conftest import ALICE, BOB, Hosted
 from tests.server.conftest import call, call_error, text_of
+
+TASK_GETS = "GET /v1/tasks/{task_id}"
 
 
 async def connect_with_key(hosted: Hosted, token: str, own_key: str):
@@ -50,12 +55,54 @@ async def test_without_the_operators_consent_the_header_is_ignored(hosted: Hoste
     assert (sandbox.wallets[OTHER_KEY].balance, sandbox.wallets[OTHER_KEY].reserved) == (10_000, 0)
 
 
-async def test_a_wrong_own_key_is_refused_without_being_echoed(hosted_factory, sandbox: Sandbox) -> None:
+async def test_a_wrong_own_key_is_refused_before_it_takes_a_slot(hosted_factory, sandbox: Sandbox) -> None:
     hosted = hosted_factory(allow_byok=True)
     wrong = "sk-own-wrong-7d1e2f"
     http, client = await connect_with_key(hosted, ALICE, wrong)
-    async with http, client:
-        text = await call_error(client, "generate_image", prompt="x", model="flux-schnell")
-        budget = await call(client, "budget_status")
-    assert "invalid_api_key" in text and wrong not in text
-    assert budget["reserved"] == budget["spent"] == 0 and sandbox.tasks == {}
+    with pytest.raises(BaseException) as raised:
+        async with http, client:
+            pass
+    refused = _first(raised.value, MCPError)
+    checks = sandbox.requests[TASK_GETS]
+    http, client = await connect_with_key(hosted, ALICE, wrong)
+    with pytest.raises(BaseException) as again:
+        async with http, client:
+            pass
+    assert "refused the key" in str(refused) and "invalid_api_key" in str(refused)
+    assert wrong not in str(refused) and sandbox.tasks == {}
+    assert not hosted.accounts._own  # no slot taken
+    assert str(_first(again.value, MCPError)) == str(refused) and sandbox.requests[TASK_GETS] == checks == 1
+
+
+def _first(error: BaseException, kind: type[Exception]) -> Exception:
+    """The first `kind` in an exception (group), however deeply nested."""
+    if isinstance(error, kind):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        try:
+            return _first(inner, kind)
+        except LookupError:
+            continue
+    raise LookupError(f"no {kind.__name__} in {error!r}")
+
+
+async def test_own_key_slots_are_recycled_least_recently_used(hosted_factory, sandbox: Sandbox) -> None:
+    keys = [f"sk-sandbox-own-{i}-5b7e9c2a" for i in range(MAX_OWN_KEYS + 1)]
+    for key in keys:
+        sandbox.wallets[key] = Wallet(100)
+    hosted = hosted_factory(allow_byok=True)
+
+    async def use(key: str) -> int:
+        """Calls with `key`; how many key checks the gateway has seen so far."""
+        http, client = await connect_with_key(hosted, ALICE, key)
+        async with http, client:
+            await call(client, "budget_status")
+        return sandbox.requests[TASK_GETS]
+
+    for key in keys[:MAX_OWN_KEYS]:
+        await use(key)
+    assert await use(keys[0]) == MAX_OWN_KEYS  # held: not checked again, and now the most recently used
+    assert await use(keys[MAX_OWN_KEYS]) == MAX_OWN_KEYS + 1  # a new key: checked, takes keys[1]'s slot
+    assert await use(keys[0]) == MAX_OWN_KEYS + 1  # still held
+    assert await use(keys[1]) == MAX_OWN_KEYS + 2  # let go of, so checked again
+    assert len(hosted.accounts._own) == MAX_OWN_KEYS

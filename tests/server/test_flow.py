@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import anyio
@@ -166,5 +167,6 @@ async def test_output_dir_gets_the_files_with_safe_names(sandbox_server: Sandbox
         created = await call(client, "generate_image", prompt="two cats", model="flux-schnell", n=2)
         done = await poll_until_done(client, created["task_id"])
     paths = [o["path"] for o in done["outputs"]]
-    assert paths == [str(tmp_path / f"{created['task_id']}-{i}.png") for i in range(2)]
+    digest = hashlib.sha256(created["task_id"].encode()).hexdigest()[:10]
+    assert paths == [str(tmp_path / f"{created['task_id']}-{digest}-{i}.png") for i in range(2)]
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in paths)

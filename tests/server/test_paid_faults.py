@@ -101,4 +101,5 @@ async def test_a_results_folder_that_cannot_be_written_still_returns_the_links(
         created = await call(client, "generate_image", prompt="x", model="flux-schnell")
         done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
     assert done["status"] == "succeeded" and done["outputs"][0]["url"].startswith("http")
-    assert "Saving to the output directory failed" in done["next_step"]
+    assert "Saved 0 of 1 files to the output directory" in done["next_step"]
+    assert "cannot create the output directory" in done["next_step"]

@@ -6,11 +6,12 @@ may have reached the gateway, since a second try could create and charge twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -86,12 +87,15 @@ class GatewayClient:
         max_retries: int = c.MAX_RETRIES,
         transport: httpx2.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        other_secrets: Sequence[SecretStr | None] = (),
     ) -> None:
+        """`other_secrets` are removed, like the key, from all text taken from the gateway's answers (the
+        operator's key and webhook secret, for a client that calls with a principal's own key)."""
         if isinstance(api_key, str):
             api_key = SecretStr(api_key) if api_key else None
         self.base_url = base_url.rstrip("/")
         self.has_key = api_key is not None
-        self._redact = _redactor(api_key)
+        self._redact = _redactor([api_key, *other_secrets])
         self.max_retries = max_retries
         self._sleep = sleep
         origin = httpx2.URL(self.base_url)
@@ -158,10 +162,13 @@ class GatewayClient:
         path = DOCUMENT_PATHS[name]
         response = await self._send("GET", path, safe=True, timeout=c.READ_TIMEOUT)
         content_type = response.headers.get("content-type", "text/plain").split(";")[0].strip()
-        return Document(path=path, content_type=content_type, text=response.text)
+        return Document(path=path, content_type=content_type, text=self._redact(response.text))
 
-    async def download(self, url: str, dest: Path, *, max_bytes: int) -> int:
-        """Stream a result file to dest (written whole or not at all); returns its size in bytes.
+    async def download(
+        self, url: str, dest: Path, *, max_bytes: int, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Stream a result file to dest (written whole or not at all); returns its size in bytes. `progress`
+        hears the size of every chunk as it is written.
 
         Redirects (a CDN) are followed by hand, so that every hop goes through the key's origin check.
         """
@@ -185,6 +192,8 @@ class GatewayClient:
                             if size > max_bytes:
                                 raise GatewayError(f"Result file exceeds the {max_bytes}-byte cap", hint=_CAP)
                             await out.write(chunk)
+                            if progress is not None:
+                                progress(len(chunk))
                     partial.replace(dest)
                     return size
             raise GatewayError(f"Result link redirected more than {_MAX_REDIRECTS} times", hint=_CAP)
@@ -214,8 +223,8 @@ class GatewayClient:
         payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
         response = await self._send(method, path, json=payload, safe=is_safe, timeout=timeout)
         try:
-            return result.model_validate_json(response.content)
-        except ValidationError as exc:
+            return result.model_validate(self._scrub(json.loads(response.content)))
+        except (ValidationError, ValueError) as exc:
             text = self._redact(response.text[:_MAX_KEPT_BODY])
             raise GatewayProtocolError(
                 f"Unexpected answer from {method} {path}: {_summary(exc)}; raw: {text[:300]}",
@@ -253,6 +262,16 @@ class GatewayClient:
                     continue
             raise error_from_response(response, self._redact)
 
+    def _scrub(self, value: object) -> object:
+        """Every string in a parsed answer, redacted: a secret escaped in the JSON text is caught too."""
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, list):
+            return [self._scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self._scrub(item) for key, item in value.items()}
+        return value
+
     def _transport_error(
         self, method: str, path: str, exc: httpx2.TransportError, safe: bool
     ) -> tuple[GatewayError, bool]:
@@ -282,12 +301,12 @@ _MAX_REDIRECTS = 5
 _MAX_KEPT_BODY = 10_000
 
 
-def _redactor(key: SecretStr | None) -> Callable[[str], str]:
-    """Removes the key, and anything sent as a bearer token, from text taken from an answer."""
-    secret = key.get_secret_value() if key is not None else None
+def _redactor(keys: Sequence[SecretStr | None]) -> Callable[[str], str]:
+    """Removes every secret, and anything sent as a bearer token, from text taken from an answer."""
+    secrets = [key.get_secret_value() for key in keys if key is not None and key.get_secret_value()]
 
     def redact(text: str) -> str:
-        if secret:
+        for secret in secrets:
             text = text.replace(secret, "[redacted]")
         return _BEARER.sub("Bearer [redacted]", text)
 
@@ -306,7 +325,9 @@ def _path_segment(value: str) -> str:
     return quote(value, safe="")
 
 
-def _summary(exc: ValidationError) -> str:
+def _summary(exc: ValueError) -> str:
+    if not isinstance(exc, ValidationError):
+        return "not JSON"
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
     return f"{where}: {first['msg']}"

@@ -1,8 +1,8 @@
 """The hosted server: the SDK's Streamable HTTP and SSE transports in one Starlette app, run by uvicorn.
 
 Routes: `/mcp` (Streamable HTTP), `/sse` + `/messages/` (SSE), `GET /healthz`, and `POST /webhooks/api-key`
-(the gateway's signed callbacks). Every MCP route needs an operator-issued bearer token when tokens are
-configured; Host and Origin are checked against allow-lists (DNS rebinding); request bodies are capped.
+(the gateway's signed callbacks). Who may use the MCP routes is access.py's concern (operator tokens, OAuth
+or both); Host and Origin are checked against allow-lists (DNS rebinding); request bodies are capped.
 """
 
 from __future__ import annotations
@@ -18,20 +18,24 @@ from urllib.parse import urlsplit
 import anyio
 import platformdirs
 import uvicorn
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
 from ..stores import StoreRefusedError, describe, open_store, ready, store_for
-from .auth import StaticTokenVerifier, load_tokens
+from .access import Access
+from .auth import load_tokens
 from .callbacks import CallbackReceiver
+from .guards import AuthThrottle, HostCheck
+from .limits import SessionLimit, StreamLimit
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
@@ -66,15 +70,20 @@ def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
 
 
 def _check(settings: Settings, tokens: dict[str, str]) -> None:
-    if not tokens and not is_loopback(settings.host):
+    if not tokens and settings.oauth_issuer is None and not is_loopback(settings.host):
         raise HostingError(
             f"Refusing to serve on {settings.host} with no client authentication: anyone who reaches it could "
-            "spend your credits. Set APIKEY_MCP_AUTH_TOKENS (name=token pairs) or bind 127.0.0.1."
+            "spend your credits. Set APIKEY_MCP_AUTH_TOKENS (name=token pairs), --oauth-issuer, or bind 127.0.0.1."
         )
     if settings.public_url and settings.webhook_secret is None:
         raise HostingError(
             "--public-url makes the gateway send signed callbacks here; set APIKEY_WEBHOOK_SECRET to the "
             "secret that signs them, so they can be verified."
+        )
+    if settings.oauth_issuer and not (settings.public_url or settings.oauth_audience or is_loopback(settings.host)):
+        raise HostingError(
+            "--oauth-issuer needs this server's public URL (--public-url), which tokens must name as their "
+            "audience (<public-url>/mcp); or set APIKEY_OAUTH_AUDIENCE."
         )
 
 
@@ -94,55 +103,82 @@ def create_app(
     except StoreRefusedError as exc:
         raise HostingError(str(exc)) from None
     where = describe(database_url=database_url, state_file=state_file)
-    client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
+    client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
+                           other_secrets=[settings.webhook_secret])  # fmt: skip
     accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
-    updates = ResourceUpdates()
+    updates = ResourceUpdates(accounts.owns, listens_per_principal=settings.max_listens_per_principal,
+                              listens_total=settings.max_sessions)  # fmt: skip
     accounts.task_listeners.append(updates.task_changed)
-
-    verifier = StaticTokenVerifier(tokens) if tokens else None
-    base = settings.public_url or f"http://{settings.host}:{settings.port}"
-    auth = AuthSettings(issuer_url=base, resource_server_url=None) if verifier else None
-    server = build_server(settings, accounts=accounts, auth=auth, token_verifier=verifier, subscriptions=updates.bus)
+    server = build_server(settings, accounts=accounts, subscriptions=updates.bus)
     updates.install(server)
 
+    base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
-    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"]), *access.metadata_routes()]
     if settings.webhook_secret is not None:
         receiver = CallbackReceiver(accounts, settings.webhook_secret.get_secret_value(),
                                     max_bytes=settings.max_body_bytes)  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
-    apps = []
+    mcp_app: ASGIApp | None = None
     if streamable:
-        apps.append(server.streamable_http_app(
+        streamable_app = server.streamable_http_app(
             streamable_http_path="/mcp", transport_security=security, max_request_body_size=settings.max_body_bytes,
-            host=settings.host,
-        ))  # fmt: skip
-    if settings.transport in ("http", "sse"):
-        apps.append(server.sse_app(
-            sse_path="/sse", message_path="/messages/", transport_security=security,
-            max_request_body_size=settings.max_body_bytes, host=settings.host,
-        ))  # fmt: skip
-    for app in apps:
-        routes += app.routes
+            host=settings.host, max_sessions=settings.max_sessions,
+        )  # fmt: skip
+        limit = settings.max_sessions_per_principal
+        mcp_app = SessionLimit(_asgi(streamable_app.routes[0]), server.session_manager, limit)
+    endpoints: list[str] = []
+    for door in access.doors:
+        if mcp_app is not None:
+            routes.append(Route(f"{door.prefix}/mcp", HostCheck(door.guard(mcp_app), security)))
+            endpoints.append(f"{door.prefix}/mcp ({door.kind})")
+        if settings.transport in ("http", "sse"):
+            sse = server.sse_app(
+                sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", transport_security=security,
+                max_request_body_size=settings.max_body_bytes, host=settings.host,
+            )  # fmt: skip
+            get_sse, post = sse.routes[0], sse.routes[1]
+            stream = StreamLimit(_asgi(get_sse), settings.max_sse_streams_per_principal)
+            routes.append(Route(f"{door.prefix}/sse", HostCheck(door.guard(stream), security), methods=["GET"]))
+            routes.append(Mount(f"{door.prefix}/messages", app=HostCheck(door.guard(_asgi(post)), security)))
+            endpoints.append(f"{door.prefix}/sse ({door.kind})")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(client)
+            await stack.enter_async_context(access)
             stack.push_async_callback(store.aclose)
             await ready(store)
             await stack.enter_async_context(accounts.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
-            log.info("serving %s on %s (ledger: %s)", settings.transport, base, where)
+            log.info("serving %s on %s: %s (ledger: %s)", settings.transport, base, ", ".join(endpoints), where)
+            if not access.doors[0].authenticated:
+                log.warning("serving with NO client authentication: anyone who reaches %s can spend the budget", base)
             yield
         log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
 
-    # The SDK's apps carry the same auth middleware (extract the bearer token); the outer app applies it once.
-    return Starlette(routes=routes, middleware=apps[0].user_middleware, lifespan=lifespan)
+    throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
+    app = Starlette(routes=routes, middleware=[throttle, *access.middleware()], lifespan=lifespan)
+    app.state.accounts = accounts
+    app.state.updates = updates
+    return app
+
+
+def _guarded(path: str) -> bool:
+    """Routes where a failed authentication counts against the client's address (not the gateway's callbacks)."""
+    return not path.startswith(("/healthz", "/webhooks/", "/.well-known/"))
+
+
+def _asgi(route: BaseRoute) -> ASGIApp:
+    """The ASGI app behind one of the SDK's routes, to mount again behind our own guards."""
+    assert isinstance(route, Route | Mount), route
+    return route.app
 
 
 async def _probe(database_url: str) -> None:
@@ -163,6 +199,7 @@ def serve(settings: Settings) -> None:
             raise HostingError(str(exc)) from None
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip
     uvicorn.Server(config).run()

@@ -34,12 +34,31 @@ class Faults:
     # lost after the task was made (a proxy's 504).
     refused_creates: deque[int] = field(default_factory=deque)
     lost_creates: deque[int] = field(default_factory=deque)
+    # Result files from a slow host: one byte every `file_drip` seconds, never finished (0: off).
+    file_drip: float = 0.0
     # Requests of a route ("POST /v1/videos") wait, counted but unanswered, until their gate is set: a test
     # holds a request in flight for as long as it needs, with no timer to race.
     gates: dict[str, threading.Event] = field(default_factory=dict)
 
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
+
+
+async def _drip(receive: Receive, send: Send, every: float) -> None:
+    """A 200 whose body comes one byte at a time, until the client goes away."""
+    headers = [(b"content-type", b"image/png"), (b"content-length", b"1000000")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    async with anyio.create_task_group() as group:
+
+        async def until_gone() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(until_gone)
+        for _ in range(1_000_000):
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            await anyio.sleep(every)
 
 
 class FaultsMiddleware:
@@ -56,6 +75,9 @@ class FaultsMiddleware:
         route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
         label = f"{scope['method']} {route}"
         self.sandbox.requests[label] += 1
+        if path.startswith("/sandbox/files/") and self.sandbox.faults.file_drip:
+            await _drip(receive, send, self.sandbox.faults.file_drip)
+            return
         if (gate := self.sandbox.faults.gates.get(label)) is not None:
             while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
                 await anyio.sleep(0.002)
