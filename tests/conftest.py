@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
+import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
@@ -30,3 +31,21 @@ def sandbox_server() -> Iterator[SandboxServer]:
 @pytest.fixture
 def sandbox(sandbox_server: SandboxServer) -> Sandbox:
     return sandbox_server.sandbox
+
+
+async def advance(
+    server: SandboxServer, task_id: str, to: str = "succeeded", *, progress: float | None = None, key: str = KEY
+) -> dict:
+    """Move a sandbox task on now (the test owns the task clock): to running, succeeded or failed."""
+    body: dict[str, object] = {"to": to} | ({"progress": progress} if progress is not None else {})
+    async with httpx2.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {key}"}) as http:
+        response = await http.post(f"/sandbox/tasks/{task_id}/advance", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+def held(sandbox: Sandbox) -> Sandbox:
+    """The sandbox with its task clock stopped: new tasks stay pending until the test calls `advance`."""
+    sandbox.hold = True
+    return sandbox

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -50,13 +50,14 @@ class Accounts:
     client: GatewayClient
     store: StateStore | None = None
     hosted: bool = False
+    poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
         self._own: dict[tuple[str, str], Service] = {}  # (principal, key fingerprint) -> service with that key
         self._awaiting_key: dict[str, list[tuple[Task, str | None, Reservation | None]]] = {}
         self._salt = secrets.token_bytes(16)
-        self.task_listeners: list[Callable[[str, TrackedTask], Awaitable[None]]] = []
+        self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
 
@@ -125,12 +126,16 @@ class Accounts:
         registry = TaskRegistry(
             client, ledger, poll_interval=self.settings.poll_interval,
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
+            sleep=self.poll_sleep,
         )  # fmt: skip
         registry.start(self._group)
         group = self._group
-        registry.observers.append(
-            lambda tracked: [group.start_soon(listen, principal, tracked) for listen in self.task_listeners]
-        )
+
+        def announce(tracked: TrackedTask) -> None:
+            for listen in self.task_listeners:
+                group.start_soon(listen, principal, tracked)
+
+        registry.observers.append(announce)
         flush = None
         if (store := self.store) is not None:
             if not own_key:  # an own-key service shares the principal's ledger, already recorded

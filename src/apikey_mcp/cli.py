@@ -18,13 +18,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("apikey_mcp")
 
 
-def _sandbox_parser(sub: argparse._SubParsersAction) -> None:
+def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--key", action="append", dest="keys", metavar="KEY", help="a key to accept (repeatable)")
     p.add_argument("--credits", type=int, default=100_000, help="each key's wallet (default 100000)")
     p.add_argument("--task-seconds", type=float, default=3.0, help="pending to terminal, in seconds (default 3)")
+    p.add_argument(
+        "--hold", action="store_true", help="keep new tasks pending until POST /sandbox/tasks/{id}/advance moves them"
+    )
     p.add_argument("--webhook-secret", help="secret that signs callbacks (default: random, printed)")
     p.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail, 0-1")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every /v1 request")
@@ -84,7 +87,7 @@ def run_sandbox(args: argparse.Namespace) -> None:
     faults = Faults(latency=args.latency, error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate)
     sandbox = Sandbox(
         keys, credits=args.credits, task_seconds=args.task_seconds, failure_rate=args.failure_rate,
-        webhook_secret=args.webhook_secret, faults=faults,
+        webhook_secret=args.webhook_secret, faults=faults, hold=args.hold,
     )  # fmt: skip
     host = f"[{args.host}]" if ":" in args.host else args.host
     lines = [
@@ -120,10 +123,11 @@ def serve(args: argparse.Namespace) -> None:
         configure(settings.log_level)
         if settings.transport == "stdio":
             from .server import build_server
+            from .stdio import serve_stdio
 
             log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
                      settings.session_budget)  # fmt: skip
-            build_server(settings).run("stdio")
+            serve_stdio(lambda closed: build_server(settings, closed=closed))
             return
         from .hosted import HostingError
         from .hosted import serve as serve_http

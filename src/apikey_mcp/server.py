@@ -4,10 +4,11 @@ resources and prompts. It holds no logic of its own."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
@@ -16,7 +17,13 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_REQUEST, Completion, ResourceTemplateReference
+from mcp.types import (
+    INVALID_REQUEST,
+    Completion,
+    CompletionArgument,
+    PromptReference,
+    ResourceTemplateReference,
+)
 from pydantic import SecretStr
 
 from . import __version__
@@ -55,11 +62,15 @@ def build_server(
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
     subscriptions: SubscriptionBus | None = None,
+    poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    closed: anyio.Event | None = None,
 ) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
-    budget in tests). Hosted, the app passes the `accounts` it shares across sessions and transports.
+    budget in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app passes the `accounts`
+    it shares across sessions and transports. `closed` is set once a stdio session's accounts have shut down
+    (every unfinished task id logged).
     """
 
     @asynccontextmanager
@@ -69,11 +80,15 @@ def build_server(
             return
         if settings.api_key is None:
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
-        async with (
-            GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
-            Accounts(settings, client).running(ledger=ledger) as opened,
-        ):
-            yield opened
+        try:
+            async with (
+                GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
+                Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
+            ):
+                yield opened
+        finally:
+            if closed is not None:
+                closed.set()
 
     server = MCPServer(
         "apikey-mcp",
@@ -144,8 +159,10 @@ def _register_resources(server: MCPServer) -> None:
         except GatewayError as exc:
             raise ResourceError(f"Cannot read task '{task_id}': {exc}") from None
 
-    @server.completion()
-    async def complete(ref, argument, context) -> Completion | None:
+    @server.completion()  # type: ignore[untyped-decorator, no-untyped-call]  # the SDK's decorator is untyped
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference, argument: CompletionArgument, context: object
+    ) -> Completion | None:
         if isinstance(ref, ResourceTemplateReference) and ref.uri == "apikey://tasks/{task_id}":
             ids = [i for i in reversed(current_service().registry.ids()) if i.startswith(argument.value)]
             return Completion(values=ids[:100], total=len(ids), has_more=len(ids) > 100)

@@ -356,7 +356,7 @@ class Service:
             result = await done(answer, reservation)
             if self._flush is not None:
                 await self._flush()  # and so is what came back
-            return result
+        return result
 
     def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
         """Release the reservation of a request the gateway refused; keep it when the outcome is unknown."""

@@ -148,7 +148,11 @@ class StateStore:
     ) -> None:
         row = (task.task_id, principal, modality, reservation.id if reservation else None, int(own_key),
                int(task.is_terminal), task.model_dump_json(exclude_none=True), time.time())  # fmt: skip
-        self._queue(lambda conn: conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row))
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+        self._queue(write)
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
         """Remember a callback's signature; False if it was seen before (a replay) or cannot be recorded."""

@@ -49,10 +49,13 @@ class TaskRegistry:
         poll_interval: float = 1.0,
         max_poll_interval: float = 5.0,
         adopt_unknown: bool = True,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
-        (yes over stdio, where the key is the user's own; no when hosted, where the key is shared)."""
+        (yes over stdio, where the key is the user's own; no when hosted, where the key is shared).
+        `sleep` is what a watcher waits with between polls: a test passes its own to own the clock."""
         self.adopt_unknown = adopt_unknown
+        self._sleep = sleep
         self.client = client
         self.ledger = ledger
         self.poll_interval = poll_interval
@@ -176,7 +179,7 @@ class TaskRegistry:
     async def _watch(self, tracked: TrackedTask) -> None:
         interval = self.poll_interval
         while not tracked.task.is_terminal:
-            await anyio.sleep(interval)
+            await self._sleep(interval)
             try:
                 await self.refresh(tracked.task_id)
             except NotFoundError:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, MCPServer, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ResourceLink, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ContentBlock, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from .budget import BudgetExceededError
@@ -48,9 +48,9 @@ Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What t
 NonEmpty = Annotated[str, Field(min_length=1)]
 Duration = Annotated[int | None, Field(ge=1, le=600, description="Seconds; omit for the model's default.")]
 
-_READ = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=True)
-_SPEND = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
-_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
+_READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=True)
+_SPEND = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+_LOCAL = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 _current: ContextVar[Service] = ContextVar("apikey_mcp_service")
@@ -88,7 +88,10 @@ def agent_errors() -> Iterator[None]:
 def shaped(result: BaseModel, summary: str, links: list[ResourceLink] | None = None) -> CallToolResult:
     """A structured result with a one-line summary first, the JSON for clients that read only text, and links."""
     data = result.model_dump(mode="json")
-    content: list = [TextContent(type="text", text=summary), TextContent(type="text", text=json.dumps(data))]
+    content: list[ContentBlock] = [
+        TextContent(type="text", text=summary),
+        TextContent(type="text", text=json.dumps(data)),
+    ]
     return CallToolResult(content=content + (links or []), structured_content=data)
 
 
@@ -298,8 +301,8 @@ def register_tools(server: MCPServer) -> None:
 
     @server.tool(
         title="Ask the human for more budget",
-        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False,
-                                    openWorldHint=False),
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False,
+                                    open_world_hint=False),
     )  # fmt: skip
     async def request_budget_increase(
         ctx: Context,

@@ -59,7 +59,7 @@ async def client(sandbox_server: SandboxServer, sleeps: RecordingSleep):
 
 
 async def wait_terminal(client: GatewayClient, task_id: str) -> Task:
-    with anyio.fail_after(5):
+    with anyio.fail_after(20):
         while True:
             task = await client.get_task(task_id)
             if task.is_terminal:

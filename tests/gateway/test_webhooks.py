@@ -41,7 +41,7 @@ async def test_terminal_events_are_posted_signed(receiver: str, received) -> Non
             bad = await client.generate_video(
                 VideoRequest(model="seedance-2", prompt=f"b {FAIL_MARKER}", callback_url=receiver)
             )
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 while len(received) < 2:
                     await anyio.sleep(0.01)
     events = {headers[webhooks.TASK_ID_HEADER]: (headers, body) for headers, body in received}

@@ -30,8 +30,8 @@ def finished(task_id: str, charged: int) -> bytes:
 
 @pytest.fixture
 def slow(hosted_factory, sandbox: Sandbox) -> Hosted:
-    """Tasks that take 30 s and a server that polls once a minute: only a callback can finish them in time."""
-    sandbox.task_seconds = 30
+    """Tasks held until the test moves them and a server that polls once a minute: only a callback ends them."""
+    sandbox.hold = True
     return hosted_factory(poll_interval=60, max_poll_interval=60)
 
 
@@ -64,7 +64,7 @@ async def test_forged_tampered_stale_and_replayed_callbacks_change_nothing(slow:
 
     assert statuses == {"forged": 401, "tampered": 401, "stale": 401, "unsigned": 401}
     assert replayed == 409
-    assert before["reserved"] == 2 and before["spent"] == 0 and task["status"] in ("pending", "running")
+    assert before["reserved"] == 2 and before["spent"] == 0 and task["status"] == "pending"
     assert (after["reserved"], after["spent"]) == (0, 2)
 
 
@@ -81,7 +81,7 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
 
         async with anyio.create_task_group() as group:
             group.start_soon(wait)
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 while sandbox.requests[TASK_GETS] < 1:  # poll_task's one fresh look before it waits
                     await anyio.sleep(0.01)
             gets = sandbox.requests[TASK_GETS]
@@ -93,7 +93,7 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
     assert result["status"] == "succeeded" and result["credits_charged"] == 2
     assert result["budget"]["spent"] == 2 and result["budget"]["reserved"] == 0
     assert sandbox.requests[TASK_GETS] == gets, "the callback, not another poll, finished it"
-    assert waited < 2
+    assert waited < 5  # generous for a busy machine; bench/http_bench.py measures the real latency
 
 
 @pytest.mark.parametrize("era", ["2026-07-28", "legacy"])
@@ -116,14 +116,14 @@ async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox
                 warnings.simplefilter("ignore", MCPDeprecationWarning)
                 await client.subscribe_resource(uri)
             assert await post(slow, body, headers) == 204
-            with anyio.fail_after(5):
+            with anyio.fail_after(20):
                 while not heard:
                     await anyio.sleep(0.01)
     else:
         async with slow.connect("streamable-http", ALICE) as client:
             async with client.listen(resource_subscriptions=[uri]) as subscription:
                 assert await post(slow, body, headers) == 204
-                with anyio.fail_after(5):
+                with anyio.fail_after(20):
                     async for event in subscription:
                         heard.append(event.uri)
                         break

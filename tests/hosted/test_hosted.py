@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import httpx2
 import pytest
+from mcp.shared.exceptions import MCPError
 
 from apikey_mcp.config import Settings
 from apikey_mcp.hosted import HostingError, create_app
@@ -18,7 +19,7 @@ async def test_estimate_generate_poll_over_each_transport(hosted: Hosted, transp
         estimate = await call(client, "estimate", model="seedance-2-fast", duration=6)
         created = await call(client, "generate_video", prompt="a harbor", model="seedance-2-fast", duration=6)
         with anyio.fail_after(10):
-            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10)
+            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
         budget = await call(client, "budget_status")
     assert done["status"] == "succeeded" and done["credits_charged"] == estimate["credits"] == 48
     assert (budget["spent"], budget["reserved"]) == (48, 0)
@@ -30,7 +31,7 @@ async def test_principals_have_separate_budgets_and_cannot_see_each_others_tasks
         created = await call(alice, "generate_image", prompt="alice's", model="flux-schnell")
         task_id = created["task_id"]
         seen_by_bob = await call_error(bob, "poll_task", task_id=task_id, wait_seconds=0)
-        with pytest.raises(Exception, match="No task"):
+        with pytest.raises(MCPError, match="No task"):
             await bob.read_resource(f"apikey://tasks/{task_id}")
         alice_budget = await call(alice, "budget_status")
         bob_budget = await call(bob, "budget_status")
@@ -47,7 +48,7 @@ async def test_principals_have_separate_budgets_and_cannot_see_each_others_tasks
 async def test_reconnecting_does_not_reset_a_budget(hosted: Hosted, transport: str) -> None:
     async with hosted.connect(transport, ALICE) as client:
         created = await call(client, "generate_music", prompt="a theme", model="music-1", duration=30)
-        await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10)
+        await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
     for again in ("streamable-http", "sse"):
         async with hosted.connect(again, ALICE) as client:
             budget = await call(client, "budget_status")
@@ -58,7 +59,7 @@ async def test_a_restart_on_the_same_state_file_keeps_every_budget(hosted_factor
     first = hosted_factory()
     async with first.connect("streamable-http", BOB) as client:
         created = await call(client, "generate_image", prompt="kept", model="seedream-4")
-        await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10)
+        await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
     second = hosted_factory()  # same state file, new process state
     async with second.connect("sse", BOB) as client:
         budget = await call(client, "budget_status")

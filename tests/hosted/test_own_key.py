@@ -30,7 +30,7 @@ async def test_an_own_key_pays_from_its_own_wallet_under_the_principals_budget(
     async with http, client:
         created = await call(client, "generate_image", prompt="mine", model="flux-schnell")
         with anyio.fail_after(10):
-            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10)
+            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
         texts = [text_of(await client.call_tool("budget_status", {}))]
     async with hosted.connect("streamable-http", ALICE) as plain:
         budget = await call(plain, "budget_status")  # the same principal, without the key: the same budget

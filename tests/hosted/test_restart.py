@@ -12,9 +12,10 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+from mcp.types import CallToolResult
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.conftest import KEY, free_port
+from tests.conftest import KEY, advance, free_port
 from tests.hosted.conftest import ALICE, TOKENS, Hosted
 from tests.server.conftest import call
 
@@ -60,9 +61,8 @@ def processes(tmp_path: Path):
 
 
 async def test_sigkill_after_a_create_loses_no_task_and_resets_no_budget(
-    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process]
+    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: list[Process]
 ) -> None:
-    sandbox.task_seconds = 3
     state, log, port = tmp_path / "state.sqlite3", tmp_path / "server.log", free_port()
     first = Process(sandbox_server, state, log, port)
     processes.append(first)
@@ -71,15 +71,16 @@ async def test_sigkill_after_a_create_loses_no_task_and_resets_no_budget(
         created = await call(client, "generate_video", prompt="survives", model="seedance-2-fast")
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # no cleanup ran: only what was on disk survives
     task_id = created["task_id"]
-    assert sandbox.tasks[task_id].task.status != "succeeded", "the task was still running at the kill"
+    assert held.tasks[task_id].task.status == "pending", "the task was unfinished at the kill"
 
     second = Process(sandbox_server, state, log, port)
     processes.append(second)
     await second.ready()
     async with second.hosted.connect("sse", ALICE) as client:
         restored = await call(client, "budget_status")
-        with anyio.fail_after(15):
-            done = await call(client, "poll_task", task_id=task_id, wait_seconds=10)
+        await advance(sandbox_server, task_id)  # the task ends only now, after the restart
+        with anyio.fail_after(30):
+            done = await call(client, "poll_task", task_id=task_id, wait_seconds=20)
         settled = await call(client, "budget_status")
     assert restored["reserved"] == 40 and restored["spent"] == 0
     assert [r["task_id"] for r in restored["open_reservations"]] == [task_id]
@@ -89,28 +90,33 @@ async def test_sigkill_after_a_create_loses_no_task_and_resets_no_budget(
 
 
 async def test_sigterm_answers_calls_in_flight_and_logs_unfinished_task_ids(
-    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process]
+    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: list[Process]
 ) -> None:
-    sandbox.task_seconds = 60
     log = tmp_path / "server.log"
     process = Process(sandbox_server, tmp_path / "state.sqlite3", log, free_port())
     processes.append(process)
     await process.ready()
-    outcome: list = []
+    in_flight = anyio.Event()
+    outcome: list[CallToolResult] = []
+
+    async def progressed(progress: float, total: float | None, message: str | None) -> None:
+        in_flight.set()  # poll_task reports the task's state as soon as it starts waiting
+
     async with process.hosted.connect("streamable-http", ALICE) as client:
         task_id = (await call(client, "generate_image", prompt="long", model="flux-schnell"))["task_id"]
 
         async def waiting() -> None:
-            try:
-                outcome.append(await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 3}))
-            except Exception as exc:  # a closed connection is an answer too, not a hang
-                outcome.append(exc)
+            arguments = {"task_id": task_id, "wait_seconds": 3}
+            outcome.append(await client.call_tool("poll_task", arguments, progress_callback=progressed))
 
         async with anyio.create_task_group() as group:
             group.start_soon(waiting)
-            await anyio.sleep(0.5)
+            with anyio.fail_after(20):
+                await in_flight.wait()
             await anyio.to_thread.run_sync(process.stop, signal.SIGTERM)
-    assert outcome, "the call in flight was answered"
+    (answer,) = outcome  # the call in flight was answered, not dropped
+    assert not answer.is_error and answer.structured_content is not None
+    assert answer.structured_content["status"] == "pending"
     text = log.read_text()
     assert "stopped; the state file has" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
     assert f"created image task {task_id}" in text

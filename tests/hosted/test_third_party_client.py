@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
 
 from tests.hosted.conftest import ALICE, Hosted
-
-NODE_CLIENT = Path(__file__).parent / "node"
-needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+from tests.node import NODE_DIR, node_package
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def node_client() -> Path:
-    """The TS SDK as pinned in package-lock.json (.ci/run installs it; installed here if missing)."""
-    if not (NODE_CLIENT / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True, timeout=300)
-    return NODE_CLIENT / "client.mjs"
+    """Our client script on the TS SDK as pinned in package-lock.json (installed by .ci/run)."""
+    node_package("@modelcontextprotocol/sdk/package.json")
+    return NODE_DIR / "client.mjs"
 
 
-@needs_node
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_the_typescript_sdk_lists_and_calls_tools(hosted: Hosted, node_client: Path, transport: str) -> None:
     result = await anyio.run_process(["node", str(node_client), transport, hosted.url, ALICE], check=False)
@@ -37,7 +31,6 @@ async def test_the_typescript_sdk_lists_and_calls_tools(hosted: Hosted, node_cli
     assert seen["badIsError"] is True
 
 
-@needs_node
 async def test_the_typescript_sdk_is_refused_without_a_token(hosted: Hosted, node_client: Path) -> None:
     result = await anyio.run_process(["node", str(node_client), "streamable-http", hosted.url, "wrong"], check=False)
     assert result.returncode != 0 and "401" in result.stderr.decode()

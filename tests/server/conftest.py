@@ -47,8 +47,9 @@ async def connect(
         yield client
 
 
-@pytest.fixture(params=["memory", "stdio"])
+@pytest.fixture(params=["memory"])
 def transport(request: pytest.FixtureRequest) -> str:
+    """The behaviour matrix runs in memory; test_stdio.py adds the subprocess where only stdio can show it."""
     return request.param
 
 

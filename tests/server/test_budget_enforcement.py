@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
 from apikey_mcp.budget import BudgetExceededError, Ledger, Reservation, Snapshot
-from apikey_mcp.gateway import GatewayClient
+from apikey_mcp.gateway import GatewayClient, InsufficientCreditsError
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.service import Service
 from apikey_mcp.tasks import TaskRegistry
-from tests.conftest import KEY
+from tests.conftest import KEY, advance
 from tests.server.conftest import FAST_POLLING, call, connect, settings_for, text_of
 
 VIDEO = {"prompt": "a drone shot over hills", "model": "seedance-2-fast", "duration": 5, "resolution": "720p"}
@@ -56,7 +56,7 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
         created = [r.structured_content["task_id"] for r in outcomes if not r.is_error]
         refused = [text_of(r) for r in outcomes if r.is_error]
         for task_id in created:
-            await call(client, "poll_task", task_id=task_id, wait_seconds=5)
+            await call(client, "poll_task", task_id=task_id, wait_seconds=30)
         final = await call(client, "budget_status")
 
     assert len(created) == len(sandbox.tasks) == k
@@ -93,22 +93,39 @@ async def running_service(server: SandboxServer) -> AsyncIterator[Service]:
             yield Service(settings, client, ledger, registry)
 
 
+async def cancel_once_sent(sandbox: Sandbox, route: str, call: Callable[[], Awaitable[object]]) -> None:
+    """Run `call` and cancel it as soon as the sandbox has received `route` (held there by its latency)."""
+    sent = sandbox.requests[route]
+    async with anyio.create_task_group() as group:
+        scope = anyio.CancelScope()
+
+        async def calling() -> None:
+            with scope:
+                await call()
+
+        group.start_soon(calling)
+        with anyio.fail_after(10):
+            while sandbox.requests[route] == sent:
+                await anyio.sleep(0.005)
+        scope.cancel()
+
+
 async def test_a_cancelled_call_keeps_its_task_and_leaks_no_reservation(
-    sandbox_server: SandboxServer, sandbox: Sandbox
+    sandbox_server: SandboxServer, held: Sandbox
 ) -> None:
     async with running_service(sandbox_server) as service:
         await service.models()  # catalogue cached: what follows is the estimate, then the create
-        sandbox.faults.latency = 0.3  # every request, so the create is in flight when the caller gives up
-        with anyio.move_on_after(0.45):  # after the estimate (0.3 s), during the create
-            await service.generate(VideoRequest.model_validate(VIDEO))
-        assert len(sandbox.tasks) == 1, "the create went through despite the cancellation"
-        (task_id,) = sandbox.tasks
+        held.faults.latency = 1.0  # the create is held in flight when the caller gives up
+        await cancel_once_sent(held, "POST /v1/videos", lambda: service.generate(VideoRequest.model_validate(VIDEO)))
+        assert len(held.tasks) == 1, "the create went through despite the cancellation"
+        (task_id,) = held.tasks
         tracked = service.registry.get(task_id)
         assert tracked is not None and tracked.reservation is not None, "the created task id was kept"
         assert tracked.reservation.task_id == task_id and service.ledger.reserved == VIDEO_COST
-        sandbox.faults.latency = 0
-        with anyio.fail_after(5):
-            await service.registry.wait(task_id, 5)
+        held.faults.latency = 0
+        await advance(sandbox_server, task_id)
+        with anyio.fail_after(10):
+            await service.registry.wait(task_id, 10)
         assert (service.ledger.spent, service.ledger.reserved) == (VIDEO_COST, 0)
 
 
@@ -117,10 +134,11 @@ async def test_a_call_cancelled_before_its_create_reserves_nothing(
 ) -> None:
     async with running_service(sandbox_server) as service:
         await service.models()
-        sandbox.faults.latency = 0.3
-        with anyio.move_on_after(0.1):  # during the estimate
-            await service.generate(VideoRequest.model_validate(VIDEO))
-        await anyio.sleep(0.5)
+        sandbox.faults.latency = 1.0  # the estimate is held in flight when the caller gives up
+        generate = lambda: service.generate(VideoRequest.model_validate(VIDEO))  # noqa: E731
+        await cancel_once_sent(sandbox, "POST /v1/credits/estimate", generate)
+        # the call is over, so nothing can follow: no create was sent and nothing is held
+        assert sandbox.requests["POST /v1/videos"] == 0
         assert sandbox.tasks == {} and service.ledger.reserved == 0 and service.ledger.spent == 0
 
 
@@ -129,7 +147,7 @@ async def test_a_create_the_gateway_refuses_releases_its_reservation(
 ) -> None:
     async with running_service(sandbox_server) as service:
         sandbox.wallets[KEY].balance = 10  # the gateway wallet cannot pay although the session budget could
-        with pytest.raises(Exception, match="Insufficient credits"):
+        with pytest.raises(InsufficientCreditsError, match="Insufficient credits"):
             await service.generate(VideoRequest.model_validate(VIDEO))
         assert service.ledger.reserved == 0 and service.ledger.spent == 0 and sandbox.tasks == {}
 

@@ -1,4 +1,4 @@
-"""The paid-call flow end to end through an MCP client, in-process and over stdio, against the sandbox."""
+"""The paid-call flow end to end through an MCP client, in process, against the sandbox as a real server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from apikey_mcp.sandbox import FAIL_MARKER, Sandbox, SandboxServer
-from tests.conftest import KEY
+from tests.conftest import KEY, advance
 from tests.server.conftest import call, call_error, connect, settings_for
 
 JOBS = {
@@ -19,9 +19,9 @@ JOBS = {
 
 
 async def poll_until_done(client, task_id: str) -> dict:
-    with anyio.fail_after(10):
+    with anyio.fail_after(60):
         while True:
-            result = await call(client, "poll_task", task_id=task_id, wait_seconds=5)
+            result = await call(client, "poll_task", task_id=task_id, wait_seconds=30)
             if result["status"] in ("succeeded", "failed"):
                 return result
 
@@ -114,31 +114,48 @@ async def test_chat_whose_bound_does_not_fit_is_refused_before_it_is_sent(
     assert "Over budget" in text and "POST /v1/chat/completions" not in sandbox.requests
 
 
-async def test_poll_sends_progress_on_each_status_change(sandbox_server: SandboxServer) -> None:
+async def test_poll_sends_progress_on_each_status_change(sandbox_server: SandboxServer, held: Sandbox) -> None:
     seen: list[tuple[float, str | None]] = []
+    news = anyio.Event()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        nonlocal news
         seen.append((progress, message))
+        news.set()
+        news = anyio.Event()
 
-    sandbox_server.sandbox.task_seconds = 0.3
+    async def heard(status: str) -> None:
+        with anyio.fail_after(20):
+            while not any(status in (m or "") for _, m in seen):
+                await news.wait()
+
+    result: dict = {}
     async with connect("memory", settings_for(sandbox_server)) as client:
-        created = await call(client, "generate_music", prompt="lofi", model="music-1", duration=10)
-        result = await client.call_tool(
-            "poll_task", {"task_id": created["task_id"], "wait_seconds": 10}, progress_callback=on_progress
-        )
-    assert result.structured_content["status"] == "succeeded"
+        task_id = (await call(client, "generate_music", prompt="lofi", model="music-1", duration=10))["task_id"]
+
+        async def polling() -> None:
+            arguments = {"task_id": task_id, "wait_seconds": 30}
+            answer = await client.call_tool("poll_task", arguments, progress_callback=on_progress)
+            result.update(answer.structured_content or {})
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(polling)
+            await heard("pending")
+            await advance(sandbox_server, task_id, "running", progress=0.5)
+            await heard("running")
+            await advance(sandbox_server, task_id)
+    assert result["status"] == "succeeded"
     values = [p for p, _ in seen]
-    assert values == sorted(values) and values[-1] == 100 and len(values) >= 2
-    assert any("running" in (m or "") for _, m in seen) and "succeeded" in seen[-1][1]
+    assert values == sorted(values) and values[-1] == 100
+    assert (50.0, f"{task_id}: running") in seen and "succeeded" in (seen[-1][1] or "")
 
 
-async def test_poll_returns_when_its_wait_runs_out(sandbox_server: SandboxServer) -> None:
-    sandbox_server.sandbox.task_seconds = 30
+async def test_poll_returns_when_its_wait_runs_out(sandbox_server: SandboxServer, held: Sandbox) -> None:
     async with connect("memory", settings_for(sandbox_server)) as client:
         created = await call(client, "generate_image", prompt="slow", model="flux-schnell")
-        with anyio.fail_after(3):
+        with anyio.fail_after(20):
             result = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=0.2)
-    assert result["status"] in ("pending", "running") and "poll_task" in result["next_step"]
+    assert result["status"] == "pending" and "poll_task" in result["next_step"]
 
 
 async def test_output_dir_gets_the_files_with_safe_names(sandbox_server: SandboxServer, tmp_path) -> None:

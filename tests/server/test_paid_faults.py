@@ -107,6 +107,6 @@ async def test_a_results_folder_that_cannot_be_written_still_returns_the_links(
     blocked.write_text("a file where the folder should be")
     async with connect("memory", settings_for(sandbox_server, output_dir=blocked / "out")) as client:
         created = await call(client, "generate_image", prompt="x", model="flux-schnell")
-        done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=5)
+        done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
     assert done["status"] == "succeeded" and done["outputs"][0]["url"].startswith("http")
     assert "Saving to the output directory failed" in done["next_step"]

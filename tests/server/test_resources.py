@@ -40,7 +40,7 @@ async def test_the_gateways_documents_are_resources_with_their_mime_types(
     assert "Authorization: Bearer" in texts["apikey://docs/auth.md"]
 
 
-async def test_models_budget_and_task_resources(transport: str, sandbox_server: SandboxServer) -> None:
+async def test_models_budget_and_task_resources(transport: str, sandbox_server: SandboxServer, held: Sandbox) -> None:
     async with connect(transport, settings_for(sandbox_server)) as client:
         models = json.loads(await read_text(client, "apikey://models"))
         created = await call(client, "generate_image", prompt="a kite", model="flux-schnell")
@@ -51,7 +51,7 @@ async def test_models_budget_and_task_resources(transport: str, sandbox_server: 
             await client.read_resource("apikey://tasks/task_nope")
     assert {m["id"] for m in models["data"]} >= {"seedance-2", "seedance-2-fast"}
     assert budget["reserved"] == created["credits_reserved"] > 0
-    assert task["task_id"] == created["task_id"] and task["status"] in ("pending", "running", "succeeded")
+    assert task["task_id"] == created["task_id"] and task["status"] == "pending"  # held until the test moves it
     assert templates == ["apikey://tasks/{task_id}"]
 
 

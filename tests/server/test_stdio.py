@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -11,9 +12,14 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from apikey_mcp.config import Settings
-from apikey_mcp.sandbox import SandboxServer
+from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY
 from tests.server.conftest import call, call_error, connect, settings_for, stdio_env, text_of
+
+
+@pytest.fixture(params=["memory", "stdio"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 def rpc(id_: int | None, method: str, params: dict | None = None) -> bytes:
@@ -118,8 +124,40 @@ async def test_sandbox_flag_runs_everything_with_no_account(flag: str) -> None:
     async with Client(params) as client:
         created = await call(client, "generate_image", prompt="hello sandbox", model="flux-schnell")
         with anyio.fail_after(15):
-            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10)
+            done = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=30)
         llms = (await client.read_resource("apikey://docs/llms.txt")).contents[0].text
     assert done["status"] == "succeeded" and done["budget"]["budget"] == 300
     assert done["outputs"][0]["url"].startswith("http://127.0.0.1:")
     assert "SANDBOX" in llms
+
+
+async def test_sigterm_stops_the_server_cleanly_and_names_its_unfinished_tasks(
+    sandbox_server: SandboxServer, held: Sandbox
+) -> None:
+    env = stdio_env(settings_for(sandbox_server))
+    create = {"name": "generate_image", "arguments": {"prompt": "unfinished", "model": "flux-schnell"}}
+    async with await anyio.open_process(
+        [sys.executable, "-m", "apikey_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        assert process.stdin and process.stdout and process.stderr
+        for request in [
+            rpc(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                  "clientInfo": {"name": "raw", "version": "0"}}),
+            rpc(None, "notifications/initialized"),
+            rpc(2, "tools/call", create),
+        ]:  # fmt: skip
+            await process.stdin.send(request)
+        stdout = b""
+        with anyio.fail_after(20):
+            while b'"id":2' not in stdout:
+                stdout += await process.stdout.receive()
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            code = await process.wait()
+            stdout += b"".join([chunk async for chunk in process.stdout])
+            stderr = b"".join([chunk async for chunk in process.stderr])
+    (task_id,) = held.tasks
+    assert code == 0
+    assert all(json.loads(line)["jsonrpc"] == "2.0" for line in stdout.decode().splitlines())
+    assert b"SIGTERM: stopping" in stderr and f"unfinished task(s) {task_id}".encode() in stderr

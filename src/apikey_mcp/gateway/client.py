@@ -267,7 +267,7 @@ class GatewayClient:
     def _backoff(self, attempt: int) -> float:
         """Doubling from INITIAL_RETRY_DELAY to MAX_RETRY_DELAY, less up to a quarter of jitter."""
         delay = min(c.INITIAL_RETRY_DELAY * 2 ** (attempt - 1), c.MAX_RETRY_DELAY)
-        return delay * (1 - 0.25 * random.random())
+        return float(delay * (1 - 0.25 * random.random()))
 
     def _retry_delay(self, attempt: int, response: httpx2.Response) -> float | None:
         """Retry-After when the gateway gives a sane one; None when it asks for longer than we wait."""

@@ -94,7 +94,6 @@ def create_app(settings: Settings) -> Starlette:
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
-    common = {"transport_security": security, "max_request_body_size": settings.max_body_bytes, "host": settings.host}
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
     if settings.webhook_secret is not None:
         receiver = CallbackReceiver(accounts, store, settings.webhook_secret.get_secret_value(),
@@ -103,9 +102,15 @@ def create_app(settings: Settings) -> Starlette:
     streamable = settings.transport in ("http", "streamable-http")
     apps = []
     if streamable:
-        apps.append(server.streamable_http_app(streamable_http_path="/mcp", **common))
+        apps.append(server.streamable_http_app(
+            streamable_http_path="/mcp", transport_security=security, max_request_body_size=settings.max_body_bytes,
+            host=settings.host,
+        ))  # fmt: skip
     if settings.transport in ("http", "sse"):
-        apps.append(server.sse_app(sse_path="/sse", message_path="/messages/", **common))
+        apps.append(server.sse_app(
+            sse_path="/sse", message_path="/messages/", transport_security=security,
+            max_request_body_size=settings.max_body_bytes, host=settings.host,
+        ))  # fmt: skip
     for app in apps:
         routes += app.routes
 

@@ -5,6 +5,10 @@ and run through pending -> running -> succeeded | failed on a configurable clock
 charge, failure refunds it, and a signed callback is POSTed when callback_url was given. Results are
 small real files served by the sandbox itself. Fault knobs (latency, 5xx, 429) serve the tests and
 benchmarks. Sandbox-only extras live under /sandbox/.
+
+Time can belong to the caller: with `hold` set, a new task stays `pending` until it is moved on with
+`POST /sandbox/tasks/{task_id}/advance` (`{"to": "running" | "succeeded" | "failed", "progress": 0.5}`),
+so a test decides when a task ends instead of racing the task clock.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx2
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -81,6 +85,7 @@ class SandboxTask:
     base_url: str
     outputs: int = 1
     started: float = field(default_factory=time.monotonic)
+    held: bool = False  # moved on only by /sandbox/tasks/{id}/advance, never by the clock
 
 
 class Sandbox:
@@ -96,9 +101,11 @@ class Sandbox:
         webhook_secret: str | None = None,
         faults: Faults | None = None,
         seed: int | None = None,
+        hold: bool = False,
     ) -> None:
         self.wallets = {key: Wallet(credits) for key in keys}
         self.task_seconds = task_seconds
+        self.hold = hold  # new tasks wait for /sandbox/tasks/{id}/advance instead of the clock
         self.failure_rate = failure_rate
         self.webhook_secret = webhook_secret or "whsec_" + secrets.token_hex(16)
         self.faults = faults or Faults()
@@ -142,17 +149,24 @@ class Sandbox:
         extras = [
             Route("/sandbox/files/{task_id}/{index:int}.{ext}", self.file, methods=["GET"]),
             Route("/sandbox/wallet", self.wallet, methods=["GET"]),
+            Route("/sandbox/tasks/{task_id}/advance", self.advance, methods=["POST"]),
             Route("/sandbox/stats", self.stats, methods=["GET"]),
             Route("/healthz", lambda request: PlainTextResponse("ok"), methods=["GET"]),
         ]
         return v1 + documents + extras
 
-    def _key(self, request: Request, *, required: bool = True) -> str | None:
+    def _key(self, request: Request) -> str:
+        """The caller's key, which must be one of the sandbox's."""
+        key = self._optional_key(request)
+        if key is None:
+            raise SandboxError(401, "invalid_api_key", "Missing API key: send Authorization: Bearer KEY")
+        return key
+
+    def _optional_key(self, request: Request) -> str | None:
+        """The caller's key if it sent one (free endpoints need none); a wrong key is still refused."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key")
         if not key:
-            if required:
-                raise SandboxError(401, "invalid_api_key", "Missing API key: send Authorization: Bearer KEY")
             return None
         if key not in self.wallets:
             raise SandboxError(401, "invalid_api_key", "Invalid API key")
@@ -180,11 +194,11 @@ class Sandbox:
     # ------------------------------------------------------------ catalogue and estimate
 
     async def list_models(self, request: Request) -> Response:
-        self._key(request, required=False)
+        self._optional_key(request)
         return _json(ModelList(data=list(pricing.CATALOGUE.values())))
 
     async def estimate(self, request: Request) -> Response:
-        self._key(request, required=False)
+        self._optional_key(request)
         body = await self._body(request, EstimateRequest)
         credits, breakdown = self._price(body)
         within = None if body.max_credits is None else credits <= body.max_credits
@@ -266,7 +280,6 @@ class Sandbox:
         self, request: Request, modality: str, kind: type[ImageRequest | VideoRequest | MusicRequest]
     ) -> Response:
         key = self._key(request)
-        assert key is not None
         body = await self._body(request, kind)
         if isinstance(body, VideoRequest):
             needs = {"image-to-video": ("image_url", body.image_url), "video-to-video": ("video_url", body.video_url)}
@@ -292,17 +305,30 @@ class Sandbox:
         base_url = str(request.base_url).rstrip("/")
         outputs = body.n if isinstance(body, ImageRequest) else 1
         entry = SandboxTask(task, key, modality, body.prompt, credits, will_fail, callback, base_url, outputs)
+        entry.held = self.hold
         self.tasks[task_id] = entry
-        assert self._task_group is not None, "the sandbox app must run with its lifespan"
-        self._task_group.start_soon(self._run, entry)
+        if not entry.held:
+            self._spawn(self._run, entry)
         return _json(task, status=200)
 
+    def _spawn(self, func: Callable[[SandboxTask], Coroutine[Any, Any, None]], entry: SandboxTask) -> None:
+        assert self._task_group is not None, "the sandbox app must run with its lifespan"
+        self._task_group.start_soon(func, entry)
+
     async def _run(self, entry: SandboxTask) -> None:
-        """The task's life: pending for a fifth of its time, then running, then its end and callback."""
+        """The task's life on the clock: pending for a fifth of its time, then running, then its end."""
         await anyio.sleep(self.task_seconds * 0.2)
+        if entry.task.status == TaskStatus.PENDING:  # unless it was advanced meanwhile
+            self._start(entry)
+        await anyio.sleep(self.task_seconds * 0.8)
+        if not entry.task.is_terminal:
+            await self._end(entry)
+
+    def _start(self, entry: SandboxTask) -> None:
         entry.task.status = TaskStatus.RUNNING
         entry.task.updated_at = int(time.time())
-        await anyio.sleep(self.task_seconds * 0.8)
+
+    async def _end(self, entry: SandboxTask) -> None:
         self._finish(entry)
         if entry.callback_url:
             await self._send_callback(entry)
@@ -351,7 +377,7 @@ class Sandbox:
         if entry is None or entry.key != key:
             raise SandboxError(404, "task_not_found", f"Task '{request.path_params['task_id']}' was not found")
         task = entry.task
-        if task.status == TaskStatus.RUNNING:
+        if task.status == TaskStatus.RUNNING and not entry.held:
             elapsed = (time.monotonic() - entry.started) / max(self.task_seconds, 1e-9)
             task.progress = round(min(0.99, max(0.0, elapsed)), 3)
         return _json(task)
@@ -367,20 +393,48 @@ class Sandbox:
 
     # ------------------------------------------------------------ documents and sandbox extras
 
-    def _document(self, name: str):
+    def _document(self, name: str) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         async def serve(request: Request) -> Response:
             text, media_type = docs.render(name, base_url=str(request.base_url).rstrip("/"))
             return Response(text, media_type=media_type)
 
         return serve
 
+    async def advance(self, request: Request) -> Response:
+        """Move a task on now: to `running` (with an optional `progress`), `succeeded` or `failed`."""
+        key = self._key(request)
+        entry = self.tasks.get(request.path_params["task_id"])
+        if entry is None or entry.key != key:
+            raise SandboxError(404, "task_not_found", f"Task '{request.path_params['task_id']}' was not found")
+        step = await self._body(request, Advance)
+        if entry.task.is_terminal:
+            raise SandboxError(409, "task_finished", f"Task '{entry.task.task_id}' already {entry.task.status}")
+        if step.to == "running":
+            self._start(entry)
+            if step.progress is not None:
+                entry.task.progress = step.progress
+        else:
+            entry.will_fail = step.to == "failed"
+            self._finish(entry)
+            if entry.callback_url:
+                self._spawn(self._send_callback, entry)
+        return _json(entry.task)
+
     async def wallet(self, request: Request) -> Response:
-        wallet = self.wallets[self._key(request) or ""]
+        wallet = self.wallets[self._key(request)]
         return JSONResponse({"balance": wallet.balance, "reserved": wallet.reserved, "available": wallet.available})
 
     async def stats(self, request: Request) -> Response:
         self._key(request)
         return JSONResponse({"requests": dict(self.requests), "tasks": len(self.tasks)})
+
+
+class Advance(BaseModel):
+    """The body of POST /sandbox/tasks/{task_id}/advance."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: Literal["running", "succeeded", "failed"] = "succeeded"
+    progress: float | None = Field(default=None, ge=0, le=1)
 
 
 def _json(model: BaseModel, status: int = 200) -> Response:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from ..gateway import models as m
 from . import pricing
@@ -19,7 +21,7 @@ _NOTE = (
     "media results are tiny placeholder files."
 )
 
-_ENDPOINTS = [
+_ENDPOINTS: list[tuple[str, str, type[BaseModel] | None, type[BaseModel] | None, str]] = [
     ("GET", "/v1/models", None, m.ModelList, "List public models, categories and metadata."),
     ("POST", "/v1/credits/estimate", m.EstimateRequest, m.Estimate, "Estimate credits before starting paid tasks."),
     ("POST", "/v1/chat/completions", m.ChatRequest, m.ChatCompletion, "OpenAI-compatible chat completion."),
@@ -133,21 +135,26 @@ def _api_catalog(base_url: str) -> str:
 
 
 @cache
-def _schemas() -> tuple[dict, dict]:
-    models = {model for _, _, body, answer, _ in _ENDPOINTS for model in (body, answer) if model} | {m.ErrorEnvelope}
+def _schemas() -> tuple[dict[type[BaseModel], dict[str, Any]], dict[str, Any]]:
+    models: set[type[BaseModel]] = {m.ErrorEnvelope}
+    models |= {model for _, _, body, answer, _ in _ENDPOINTS for model in (body, answer) if model}
+    inputs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (model, "validation") for model in sorted(models, key=lambda x: x.__name__)
+    ]
     refs, definitions = models_json_schema(
-        [(model, "validation") for model in sorted(models, key=lambda x: x.__name__)],
+        inputs,
         ref_template="#/components/schemas/{model}",
     )
     return {model: refs[(model, "validation")] for model in models}, definitions.get("$defs", {})
 
 
-def openapi(base_url: str) -> dict:
+def openapi(base_url: str) -> dict[str, Any]:
     refs, schemas = _schemas()
     error = {"content": {"application/json": {"schema": refs[m.ErrorEnvelope]}}, "description": "Error envelope"}
-    paths: dict[str, dict] = {}
+    paths: dict[str, dict[str, Any]] = {}
     for method, path, body, answer, summary in _ENDPOINTS:
-        operation: dict = {
+        assert answer is not None, f"{path} answers with a model"
+        operation: dict[str, Any] = {
             "summary": summary,
             "responses": {
                 "200": {"description": "OK", "content": {"application/json": {"schema": refs[answer]}}},

@@ -8,7 +8,9 @@ per 1,000 tokens. Every price is a whole number of credits, rounded up, at least
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ..gateway.models import EstimateRequest, ModelInfo, ModelParameters
 
@@ -97,15 +99,18 @@ def model_info(model: str, modality: str | None = None) -> ModelInfo:
     return info
 
 
+_C = TypeVar("_C")
+
+
 def _credits(amount: float) -> int:
     return max(1, math.ceil(amount - 1e-9))
 
 
-def _choose(value: str | int | None, allowed: list, default: object, param: str, model: str) -> object:
-    value = default if value is None else value
-    if value not in allowed:
-        raise PriceError(f"{param} {value!r} is not offered by {model}; choose one of {allowed}", param=param)
-    return value
+def _choose(value: _C | None, allowed: Sequence[_C], default: _C, param: str, model: str) -> _C:
+    chosen = default if value is None else value
+    if chosen not in allowed:
+        raise PriceError(f"{param} {chosen!r} is not offered by {model}; choose one of {list(allowed)}", param=param)
+    return chosen
 
 
 def price(request: EstimateRequest) -> tuple[int, dict[str, object]]:
@@ -117,7 +122,12 @@ def price(request: EstimateRequest) -> tuple[int, dict[str, object]]:
         resolution = _choose(request.resolution, p.resolutions or [], DEFAULT_RESOLUTION, "resolution", info.id)
         mode = _choose(request.input_mode, p.input_modes or [], "text-to-video", "input_mode", info.id)
         per_second = _VIDEO_PER_SECOND[info.id] * _RESOLUTION_FACTOR[resolution] * _MODE_FACTOR[mode]
-        breakdown = {"duration": duration, "resolution": resolution, "input_mode": mode, "per_second": per_second}
+        breakdown: dict[str, object] = {
+            "duration": duration,
+            "resolution": resolution,
+            "input_mode": mode,
+            "per_second": per_second,
+        }
         return _credits(per_second * duration), breakdown
     if request.modality == "image":
         size = _choose(request.size, p.sizes or [], DEFAULT_SIZE[info.id], "size", info.id)
