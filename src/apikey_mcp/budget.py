@@ -13,6 +13,8 @@ an approved elicitation over stdio.
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -175,6 +177,10 @@ class Ledger:
 
     async def set_budget(self, credits: int, actor: str) -> Totals:
         return await self.store.set_budget(self.principal, credits, actor)
+
+
+def new_reservation(principal: str, credits: int, purpose: str, own_key: bool) -> Reservation:
+    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
 
 
 def principal_actor(principal: str) -> str:

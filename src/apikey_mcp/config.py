@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = Field(default=None, description="Where the gateway can reach us, for callbacks.")
     state_file: Path | None = Field(default=None, description="Default: state.sqlite3 in the user data dir.")
+    database_url: SecretStr | None = Field(
+        default=None, description="postgresql://... : keep the ledger in PostgreSQL (several processes or machines)."
+    )
     auth_tokens: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("auth_tokens", "APIKEY_MCP_AUTH_TOKENS"),

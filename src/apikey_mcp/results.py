@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .budget import Snapshot
+from .budget import Reservation, Totals
 from .gateway.models import ModelParameters, Usage
 
 
@@ -26,14 +26,14 @@ class BudgetStatus(BaseModel):
     open_reservations: list[OpenReservation] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> BudgetStatus:
+    def of(cls, totals: Totals, open: list[Reservation]) -> BudgetStatus:
         return cls(
-            budget=snapshot.budget,
-            spent=snapshot.spent,
-            reserved=snapshot.reserved,
-            remaining=snapshot.remaining,
+            budget=totals.budget,
+            spent=totals.spent,
+            reserved=totals.reserved,
+            remaining=totals.remaining,
             open_reservations=[OpenReservation(credits=r.credits, purpose=r.purpose, task_id=r.task_id)
-                               for r in snapshot.open],
+                               for r in open],
         )  # fmt: skip
 
     def line(self) -> str:

@@ -18,6 +18,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
+    INTERNAL_ERROR,
     INVALID_REQUEST,
     Completion,
     CompletionArgument,
@@ -28,10 +29,11 @@ from pydantic import SecretStr
 
 from . import __version__
 from .accounts import LOCAL, Accounts, TooManyKeysError
-from .budget import Ledger
+from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
+from .stores.memory import MemoryLedgerStore
 from .tools import current_service, register_tools, serving
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ _DOC_MIME = {
 def build_server(
     settings: Settings,
     *,
-    ledger: Ledger | None = None,
+    store: LedgerStore | None = None,
     accounts: Accounts | None = None,
     auth: AuthSettings | None = None,
     token_verifier: TokenVerifier | None = None,
@@ -67,10 +69,10 @@ def build_server(
 ) -> MCPServer:
     """The MCP server for these settings.
 
-    Over stdio each session opens its own accounts (one principal, `local`; pass `ledger` to observe its
-    budget in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app passes the `accounts`
-    it shares across sessions and transports. `closed` is set once a stdio session's accounts have shut down
-    (every unfinished task id logged).
+    Over stdio each session opens its own accounts (one principal, `local`) on a memory store of its own
+    (pass `store` to look into it in tests; `poll_sleep` to own the task watchers' clock). Hosted, the app
+    passes the `accounts` it shares across sessions and transports. `closed` is set once a stdio session's
+    accounts have shut down (every unfinished task id logged).
     """
 
     @asynccontextmanager
@@ -83,7 +85,7 @@ def build_server(
         try:
             async with (
                 GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme) as client,
-                Accounts(settings, client, poll_sleep=poll_sleep).running(ledger=ledger) as opened,
+                Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep).running() as opened,
             ):
                 yield opened
         finally:
@@ -124,9 +126,11 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
         if value := headers.get(OWN_KEY_HEADER):
             own_key = SecretStr(value)
     try:
-        service = accounts.service(principal, own_key)
+        service = await accounts.service(principal, own_key)
     except TooManyKeysError as exc:
         raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
+    except LedgerUnavailableError as exc:
+        raise MCPError(code=INTERNAL_ERROR, message=f"The budget ledger is unavailable ({exc}); try again.") from None
     with serving(service):
         return await call_next(ctx)
 
@@ -146,7 +150,10 @@ def _register_resources(server: MCPServer) -> None:
     @server.resource("apikey://budget", name="budget", title="Session budget", mime_type="application/json")
     async def budget() -> str:
         """The session's budget, spent, reserved and remaining credits."""
-        return current_service().budget().model_dump_json()
+        try:
+            return (await current_service().budget()).model_dump_json()
+        except LedgerUnavailableError as exc:
+            raise ResourceError(f"The budget ledger cannot be read now ({exc})") from None
 
     @server.resource("apikey://tasks/{task_id}", name="task", title="Task status", mime_type="application/json")
     async def task(task_id: str) -> str:

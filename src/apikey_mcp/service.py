@@ -1,8 +1,11 @@
 """What the tools do, without MCP: the paid-call flow, polling, the catalogue and the docs.
 
-Every paid call goes estimate -> reserve (or refuse, creating nothing) -> create with max_credits equal
-to the reservation -> tie the reservation to the task -> settle or release when it ends. The create and
-the bookkeeping that follows it are shielded from cancellation, so a created task id is never lost.
+Every paid call goes estimate -> reserve in the ledger store (or refuse, sending nothing) -> create with
+max_credits equal to the reservation -> tie the reservation to the task -> settle or release when it ends.
+Each failure is sorted by one question, "may the request have reached the gateway?": before the create
+is sent, the hold is given back; once it may have been, the hold stays counted until the gateway's
+answer, a poll, a callback or the operator closes it. The create and what follows are shielded from
+cancellation, so a created task id is never lost.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
-from pydantic import HttpUrl
+import anyio.lowlevel
+import httpx2
+from pydantic import HttpUrl, ValidationError
 
-from .budget import Ledger, Reservation
+from .budget import Ledger, LedgerUnavailableError, Reservation
 from .config import Settings
 from .downloads import save_outputs
 from .gateway import (
@@ -29,6 +34,7 @@ from .gateway import (
     ServerError,
 )
 from .gateway.models import (
+    MAX_CREDITS,
     ChatCompletion,
     ChatRequest,
     Document,
@@ -96,11 +102,18 @@ class UnconfirmedError(GatewayError):
     """A paid request whose outcome is unknown (timeout, broken connection, unreadable answer)."""
 
 
+class LedgerRefusedError(Exception):
+    """The ledger could not record a reservation, so the paid call was not sent."""
+
+
+class BadAnswerError(ValueError):
+    """A gateway answer with a number no charge can be (infinite, negative, beyond any wallet)."""
+
+
 class Service:
     """One principal's view of the gateway: its ledger and tasks, the shared client and caches.
 
-    `flush`, when given, makes the ledger durable (hosted mode's state file) before a create is sent and
-    again once its task id is known.
+    `hosted`: the principal's own client answers elicitation, so only the operator may raise its budget.
     """
 
     def __init__(
@@ -111,21 +124,22 @@ class Service:
         registry: TaskRegistry,
         *,
         cache: Cache | None = None,
-        flush: Callable[[], Awaitable[None]] | None = None,
+        hosted: bool = False,
     ) -> None:
         self.settings = settings
         self.client = client
         self.ledger = ledger
         self.registry = registry
         self._cache = Cache() if cache is None else cache
-        self._flush = flush
+        self.hosted = hosted
         self._saved: dict[str, list[str]] = {}
         self._saving: dict[str, anyio.Lock] = {}
 
     # ------------------------------------------------------------ budget and catalogue
 
-    def budget(self) -> BudgetStatus:
-        return BudgetStatus.of(self.ledger.snapshot())
+    async def budget(self) -> BudgetStatus:
+        """Read from the store at every call: an operator's change shows at once, in every process."""
+        return BudgetStatus.of(await self.ledger.totals(), await self.ledger.open_reservations())
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)
@@ -162,7 +176,7 @@ class Service:
             raise InputError(f"There is no model '{model}'; list_models shows the models.")
         plan = EstimateRequest.model_validate({"model": model, "modality": info.modality, **parameters})
         estimate = await self.client.estimate(plan)
-        budget = self.budget()
+        budget = await self.budget()
         return EstimateResult(
             model=estimate.model, modality=estimate.modality, credits=estimate.credits,
             fits_budget=estimate.credits <= budget.remaining, breakdown=estimate.breakdown, budget=budget,
@@ -184,12 +198,12 @@ class Service:
 
         async def track(task: Task, reservation: Reservation) -> TrackedTask:
             log.info("created %s task %s (%d credits reserved)", modality, task.task_id, reservation.credits)
-            return self.registry.track(task, modality, reservation)
+            return await self.registry.track(task, modality, reservation)
 
         tracked = await self._paid(
             plan, purpose, send, track, recover=lambda task_id: Task(task_id=task_id, status="pending")
         )
-        return self.task_result(tracked)
+        return await self.task_result(tracked)
 
     def _create_for(self, request: MediaRequest) -> tuple[str, Callable[..., Awaitable[Task]]]:
         if isinstance(request, ImageRequest):
@@ -214,7 +228,7 @@ class Service:
             except (GatewayError, OSError) as exc:  # the result links still stand: never hide them
                 log.warning("could not save the results of %s: %s", task_id, exc)
                 warning = f"Saving to the output directory failed ({exc}); the links above still work."
-        return self.task_result(tracked, warning)
+        return await self.task_result(tracked, warning)
 
     async def _save(self, tracked: TrackedTask) -> None:
         """Download a finished task's results once, however many polls ask at the same time."""
@@ -229,7 +243,7 @@ class Service:
             )  # fmt: skip
             self._saved[tracked.task_id] = [str(p) for p in paths]
 
-    def task_result(self, tracked: TrackedTask, warning: str | None = None) -> TaskResult:
+    async def task_result(self, tracked: TrackedTask, warning: str | None = None) -> TaskResult:
         task, reservation = tracked.task, tracked.reservation
         saved = self._saved.get(task.task_id, [])
         outputs = [
@@ -250,7 +264,7 @@ class Service:
             task_id=task.task_id, status=str(task.status), modality=tracked.modality, model=task.model,
             progress=task.progress, credits_reserved=reservation.credits if reservation else None,
             credits_charged=charged if task.status == TaskStatus.SUCCEEDED else None, outputs=outputs,
-            error=task.error.message if task.error else None, next_step=step, budget=self.budget(),
+            error=task.error.message if task.error else None, next_step=step, budget=await self.budget(),
         )  # fmt: skip
 
     # ------------------------------------------------------------ chat and embeddings
@@ -271,7 +285,7 @@ class Service:
         return ChatResult(
             model=completion.model, content=message_text(choice.message.content) if choice else None,
             finish_reason=choice.finish_reason if choice else None, usage=completion.usage,
-            credits_charged=charged, budget=self.budget(),
+            credits_charged=charged, budget=await self.budget(),
         )  # fmt: skip
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingsResult:
@@ -289,7 +303,7 @@ class Service:
         vectors = [item.embedding for item in sorted(result.data, key=lambda item: item.index)]
         return EmbeddingsResult(
             model=result.model, embeddings=vectors, dimensions=len(vectors[0]) if vectors else 0,
-            usage=result.usage, credits_charged=charged, budget=self.budget(),
+            usage=result.usage, credits_charged=charged, budget=await self.budget(),
         )  # fmt: skip
 
     def _settle_usage(self, plan: EstimateRequest) -> Callable[[_Usage, Reservation], Awaitable[tuple[_Usage, int]]]:
@@ -297,7 +311,9 @@ class Service:
 
         async def settle(answer: _Usage, reservation: Reservation) -> tuple[_Usage, int]:
             charged = await self._charge_of(answer, plan, reservation)
-            self.ledger.settle(reservation, charged)
+            await self.registry.durably(
+                f"settle the {plan.modality} call", lambda: self.ledger.settle(reservation, charged)
+            )
             return answer, charged
 
         return settle
@@ -307,7 +323,9 @@ class Service:
     ) -> int:
         """The real charge: as the gateway states it, else priced from the usage, else the whole reservation."""
         stated = (answer.model_extra or {}).get("credits")
-        if isinstance(stated, int | float) and stated >= 0:
+        if isinstance(stated, int | float) and not isinstance(stated, bool):
+            if not 0 <= stated <= MAX_CREDITS:  # inf, nan, negative or absurd: not a charge we can count
+                raise BadAnswerError(f"the gateway stated a charge of {stated!r} credits")
             return int(-(-stated // 1))
         if answer.usage is None:
             return reservation.credits
@@ -331,46 +349,78 @@ class Service:
     ) -> _T:
         """Estimate, reserve, `send` with max_credits = the reservation, then `done` ties the reservation up.
 
-        Once the gateway may have acted on `send`, the reservation is never released: it is settled, tied
-        to the task, or kept open until the outcome is known (a timeout or an unreadable answer; a callback
-        or the human can close it). `recover` rebuilds the answer from a task id found in an unreadable one.
+        Nothing is sent unless the store recorded the reservation. Once `send` has begun, the reservation is
+        released only when the gateway's own answer says it did nothing; any other failure (a timeout, an
+        unreadable or undecodable answer, a redirect loop, a bad number) keeps it counted, unconfirmed.
+        `recover` rebuilds the answer from a task id found in an unreadable one.
         """
         estimate = await self.client.estimate(plan)
-        reservation = self.ledger.reserve(estimate.credits, purpose)  # raises BudgetExceededError: nothing created
+        with anyio.CancelScope(shield=True):  # a hold the store made is never lost to a cancelled caller
+            try:
+                reservation = await self.ledger.reserve(estimate.credits, purpose)  # BudgetExceededError: none
+            except LedgerUnavailableError as exc:
+                raise LedgerRefusedError(
+                    f"The {purpose} was not sent: the budget ledger could not record its reservation ({exc}). "
+                    "Nothing was created or charged. Try again later, or ask the operator to check the ledger."
+                ) from None
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled while reserving: give it back, send nothing
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.registry.durably(f"release the {purpose}", lambda: self.ledger.release(reservation))
+            raise
         with anyio.CancelScope(shield=True):  # a created task id must not be lost to a cancelled call
             try:
-                if self._flush is not None:
-                    await self._flush()  # the reservation is on disk before anything can be created
                 answer = await send(reservation)
             except GatewayError as exc:
                 task_id = _task_id_in(exc) if recover is not None else None
                 if task_id is None:
-                    self._unsent_or_unknown(exc, reservation, purpose)
+                    await self._unsent_or_unknown(exc, reservation, purpose)
                     raise
                 log.warning("unreadable answer to the %s, but it names task %s: tracking it", purpose, task_id)
                 assert recover is not None
                 answer = recover(task_id)
-            except BaseException:
-                self.ledger.release(reservation)
-                raise
-            result = await done(answer, reservation)
-            if self._flush is not None:
-                await self._flush()  # and so is what came back
-        return result
+            except Exception as exc:  # after the request left: undecodable body, redirect loop, a bad number
+                raise _unconfirmed(purpose, reservation, _describe(exc), None) from exc
+            try:
+                return await done(answer, reservation)
+            except Exception as exc:
+                task_id = getattr(answer, "task_id", None)
+                raise _unconfirmed(purpose, reservation, _describe(exc), task_id) from exc
 
-    def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
+    async def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
         """Release the reservation of a request the gateway refused; keep it when the outcome is unknown."""
         if not _may_have_happened(exc):
-            self.ledger.release(reservation)
+            await self.registry.durably(f"release the {purpose}", lambda: self.ledger.release(reservation))
             return
-        raise UnconfirmedError(
-            f"The gateway did not confirm the {purpose} ({exc.message}). It may have been created, so its "
-            f"{reservation.credits} credits stay reserved until that is known",
-            hint="Check the api-key.org dashboard before trying again; budget_status shows the reservation.",
-        ) from exc
+        raise _unconfirmed(purpose, reservation, exc.message, None) from exc
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)
+
+
+def _unconfirmed(purpose: str, reservation: Reservation, why: str, task_id: str | None) -> UnconfirmedError:
+    """The error for a paid request that may have reached the gateway: its credits stay counted."""
+    task = f" It was answered with task {task_id}: poll_task shows its state." if task_id else ""
+    return UnconfirmedError(
+        f"The gateway did not confirm the {purpose} ({why}). It may have been created, so its "
+        f"{reservation.credits} credits stay reserved until that is known.{task}",
+        hint="Check the api-key.org dashboard before trying again; budget_status shows the reservation, and "
+        "the operator can close it (apikey-mcp admin close).",
+    )
+
+
+def _describe(exc: Exception) -> str:
+    """A short, key-free account of an exception from a gateway answer."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"unreadable answer: {where + ': ' if where else ''}{first['msg']}"
+    if isinstance(exc, httpx2.DecodingError):
+        return "the answer's body could not be decoded"
+    if isinstance(exc, httpx2.TooManyRedirects):
+        return "the answer redirected too many times"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _may_have_happened(exc: GatewayError) -> bool:

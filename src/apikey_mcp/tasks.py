@@ -2,7 +2,8 @@
 
 One watcher per task polls the gateway with backoff, however many callers wait on it; a task's end closes
 its reservation exactly once (settled at the real charge on success, released on failure). Callers wait
-on the task's change event, so a later push (a signed callback) can wake them the same way.
+on the task's change event, so a later push (a signed callback) can wake them the same way. A ledger write
+that fails (the store is locked or down) is retried in the background until it lands, never dropped.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-from .budget import Ledger, Reservation
+from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
 
 log = logging.getLogger(__name__)
+RETRY_CAP_SECONDS = 30.0  # longest wait between retries of a ledger write that failed
 
 
 @dataclass
@@ -28,6 +30,7 @@ class TrackedTask:
     modality: str | None
     reservation: Reservation | None = None
     changed: anyio.Event = field(default_factory=anyio.Event)
+    duplicates: list[Reservation] = field(default_factory=list)  # creates the gateway answered with this id again
 
     @property
     def task_id(self) -> str:
@@ -89,14 +92,33 @@ class TaskRegistry:
     def ids(self) -> list[str]:
         return list(self._tasks)
 
-    def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
-        """Register a task just created (or resumed after a restart); its reservation is now tied to it."""
+    async def track(self, task: Task, modality: str | None, reservation: Reservation | None) -> TrackedTask:
+        """Register a task just created (or resumed after a restart); its reservation is now tied to it.
+
+        A task id the gateway already gave for an earlier create keeps its one watcher; the new reservation
+        is tied to the same task and closes when it ends (one task is charged once), so none leaks."""
+        known = self._tasks.get(task.task_id)
+        if known is not None:
+            if reservation is not None and reservation.id != (known.reservation.id if known.reservation else None):
+                log.warning("the gateway answered a create with task %s again; its reservation follows that task",
+                            task.task_id)  # fmt: skip
+                await self.durably(f"tie a reservation to {task.task_id}",
+                                    lambda: self.ledger.attach(reservation, task.task_id, modality))  # fmt: skip
+                if known.reservation is None:
+                    known.reservation = reservation
+                else:
+                    known.duplicates.append(reservation)
+                if known.task.is_terminal:
+                    await self._close(known, known.task)
+            await self._apply(known, task)
+            return known
         tracked = TrackedTask(task, modality, reservation)
         self._tasks[task.task_id] = tracked
-        if reservation is not None:
-            self.ledger.attach(reservation, task.task_id)
+        if reservation is not None and reservation.task_id != task.task_id:  # not yet tied (a resumed one is)
+            await self.durably(f"tie a reservation to {task.task_id}",
+                                lambda: self.ledger.attach(reservation, task.task_id, modality))  # fmt: skip
         self._notify(tracked)
-        self._apply(tracked, task)
+        await self._apply(tracked, task)
         if not task.is_terminal:
             self._watch_soon(tracked)
         return tracked
@@ -113,14 +135,14 @@ class TaskRegistry:
             self._notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
-        self._apply(tracked, task)
+        await self._apply(tracked, task)
         return tracked
 
-    def update(self, task: Task) -> TrackedTask | None:
+    async def update(self, task: Task) -> TrackedTask | None:
         """Apply a task state that arrived by other means (a verified callback); None if the task is unknown."""
         tracked = self._tasks.get(task.task_id)
         if tracked is not None:
-            self._apply(tracked, task)
+            await self._apply(tracked, task)
         return tracked
 
     async def wait(
@@ -142,13 +164,13 @@ class TaskRegistry:
                     await on_change(tracked)
         return tracked
 
-    def _apply(self, tracked: TrackedTask, task: Task) -> None:
+    async def _apply(self, tracked: TrackedTask, task: Task) -> None:
         if tracked.task.is_terminal and tracked.task is not task:
             return  # a terminal state is final; a late or replayed update cannot undo it
         before = (tracked.task.status, tracked.task.progress)
         tracked.task = task
-        if task.is_terminal and tracked.reservation is not None:
-            self._close(tracked.reservation, task)
+        if task.is_terminal:
+            await self._close(tracked, task)
         if (task.status, task.progress) != before or task.is_terminal:
             tracked.changed.set()
             tracked.changed = anyio.Event()
@@ -162,14 +184,50 @@ class TaskRegistry:
             except Exception:
                 log.exception("a task observer failed for %s (the task is still tracked)", tracked.task_id)
 
-    def _close(self, reservation: Reservation, task: Task) -> None:
-        if task.status == TaskStatus.SUCCEEDED:
-            charged = task.credits.charged if task.credits and task.credits.charged is not None else None
-            charged = reservation.credits if charged is None else charged  # no stated charge: the whole hold
-            if self.ledger.settle(reservation, charged):
-                log.info("task %s succeeded; settled %d credits", task.task_id, charged)
-        elif self.ledger.release(reservation):
-            log.info("task %s failed; released %d reserved credits", task.task_id, reservation.credits)
+    async def _close(self, tracked: TrackedTask, task: Task) -> None:
+        """Settle the task's reservation at its charge (or release it if it failed); a duplicate create's
+        reservation is released, since the gateway charges one task once."""
+        if (reservation := tracked.reservation) is not None:
+            if task.status == TaskStatus.SUCCEEDED:
+                charged = task.credits.charged if task.credits and task.credits.charged is not None else None
+                charged = reservation.credits if charged is None else charged  # no stated charge: the whole hold
+                await self.durably(f"settle task {task.task_id}", lambda: self._settle(reservation, charged, task))
+            else:
+                await self.durably(f"release task {task.task_id}", lambda: self._release(reservation, task))
+        for duplicate in tracked.duplicates:
+            await self.durably(f"release a duplicate of {task.task_id}", lambda r=duplicate: self._release(r, task))
+
+    async def _settle(self, reservation: Reservation, charged: int, task: Task) -> None:
+        if await self.ledger.settle(reservation, charged):
+            log.info("task %s succeeded; settled %d credits", task.task_id, charged)
+
+    async def _release(self, reservation: Reservation, task: Task) -> None:
+        if await self.ledger.release(reservation):
+            log.info("task %s ended (%s); released %d reserved credits", task.task_id, task.status, reservation.credits)
+
+    async def durably(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
+        """Write to the ledger now; if the store cannot take it, keep retrying in the background (the
+        reservation stays counted meanwhile, so the budget errs on the safe side)."""
+        try:
+            await write()
+            return
+        except LedgerUnavailableError as exc:
+            log.error("could not %s (%s); retrying until the ledger takes it", what, exc)
+        if self._group is None:
+            raise RuntimeError("TaskRegistry.running() must be entered before tasks are tracked")
+        self._group.start_soon(self._retry, what, write, name=f"retry: {what}")
+
+    async def _retry(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
+        delay = self.poll_interval
+        while True:
+            await anyio.sleep(delay)
+            try:
+                await write()
+            except LedgerUnavailableError:
+                delay = min(delay * 2, RETRY_CAP_SECONDS)
+                continue
+            log.info("the ledger took it at last: %s", what)
+            return
 
     def _watch_soon(self, tracked: TrackedTask) -> None:
         if self._group is None:

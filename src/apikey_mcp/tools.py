@@ -16,7 +16,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ResourceLink, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
-from .budget import BudgetExceededError
+from .budget import HUMAN, BudgetExceededError, LedgerUnavailableError
 from .config import MAX_WAIT_SECONDS
 from .gateway import GatewayError
 from .gateway.models import (
@@ -41,7 +41,7 @@ from .results import (
     ModelsResult,
     TaskResult,
 )
-from .service import InputError, Service
+from .service import InputError, LedgerRefusedError, Service
 
 Model = Annotated[str, Field(min_length=1, description="Model id from list_models, e.g. 'seedance-2-fast'.")]
 Prompt = Annotated[str, Field(min_length=1, max_length=8000, description="What to generate, in plain words.")]
@@ -75,8 +75,10 @@ def agent_errors() -> Iterator[None]:
     """Every anticipated failure becomes a ToolError whose text says what happened and what to do."""
     try:
         yield
-    except (BudgetExceededError, InputError) as exc:
+    except (BudgetExceededError, InputError, LedgerRefusedError) as exc:
         raise ToolError(str(exc)) from None
+    except LedgerUnavailableError as exc:
+        raise ToolError(f"The budget ledger cannot be read now ({exc}); try again shortly.") from None
     except GatewayError as exc:
         raise ToolError(f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}") from None
     except ValidationError as exc:
@@ -124,12 +126,13 @@ class BudgetApproval(BaseModel):
     approve: bool = Field(description="Raise the session budget by the requested credits?")
 
 
-def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval] | None:
-    """Ask through elicitation when the client supports it; None tells the tool to explain the manual way."""
+async def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval] | None:
+    """Ask through elicitation when the client supports it and a human answers it (stdio); None tells the tool
+    to explain the other way. Hosted, the principal's own client would answer: it is never asked."""
     capabilities = ctx.client_capabilities
-    if capabilities is None or capabilities.elicitation is None:
+    if current_service().hosted or capabilities is None or capabilities.elicitation is None:
         return None
-    remaining = current_service().budget()
+    remaining = await current_service().budget()
     return Elicit(
         f"The agent asks to raise this session's API-Key credit budget by {credits} credits "
         f"(now {remaining.remaining} of {remaining.budget} left). Reason: {reason}",
@@ -296,7 +299,8 @@ def register_tools(server: MCPServer) -> None:
     @server.tool(title="Budget status", annotations=_LOCAL)
     async def budget_status(ctx: Context) -> Annotated[CallToolResult, BudgetStatus]:
         """The session's credit budget: total, spent, reserved for running tasks, and remaining. Free."""
-        result = current_service().budget()
+        with agent_errors():
+            result = await current_service().budget()
         return shaped(result, result.line())
 
     @server.tool(
@@ -310,26 +314,33 @@ def register_tools(server: MCPServer) -> None:
         reason: Annotated[str, Field(min_length=1, max_length=1000, description="Why, in a sentence for the human.")],
         answer: Annotated[ElicitationResult[BudgetApproval], Resolve(ask_human)],
     ) -> Annotated[CallToolResult, BudgetIncreaseResult]:
-        """Ask the human to raise the session budget. The agent cannot raise it itself: the human is asked to
-        approve (when the client supports it), otherwise told how to raise it in the configuration."""
+        """Ask for a higher budget. The agent cannot raise it itself: over stdio the human is asked to approve
+        (when the client supports it); on a hosted server only its operator can raise it, and this says how."""
         svc = current_service()
         asked = not (isinstance(answer, AcceptedElicitation) and answer.data is None)  # None: no elicitation
         approved = isinstance(answer, AcceptedElicitation) and answer.data is not None and answer.data.approve
-        if approved:
-            svc.ledger.raise_budget(credits)
-            message = f"The human approved: the budget is now {svc.ledger.budget} credits."
-            await tell(ctx, "info", f"budget raised by {credits} credits with the human's approval")
-        elif not asked:
-            wanted = svc.ledger.budget + credits
-            message = (
-                "This client cannot ask the human directly. Ask them to restart the server with a higher "
-                f"budget: --budget {wanted} or APIKEY_SESSION_BUDGET={wanted}."
-            )
-        else:
-            message = "The human did not approve the increase; keep within the current budget."
+        with agent_errors():
+            wanted = (await svc.ledger.totals()).budget + credits
+            if svc.hosted:  # the client that would answer is the principal's own: only the operator decides
+                approved = False
+                message = (
+                    "Only the operator of this server can raise this budget; neither you nor your client can. "
+                    f"Ask them to run: apikey-mcp admin set-budget {svc.ledger.principal} {wanted}"
+                )
+            elif approved:
+                totals = await svc.ledger.set_budget(wanted, HUMAN)
+                message = f"The human approved: the budget is now {totals.budget} credits."
+                await tell(ctx, "info", f"budget raised by {credits} credits with the human's approval")
+            elif not asked:
+                message = (
+                    "This client cannot ask the human directly. Ask them to restart the server with a higher "
+                    f"budget: --budget {wanted} or APIKEY_SESSION_BUDGET={wanted}."
+                )
+            else:
+                message = "The human did not approve the increase; keep within the current budget."
+            budget = await svc.budget()
         result = BudgetIncreaseResult(
-            approved=approved, requested=credits, granted=credits if approved else 0, message=message,
-            budget=svc.budget(),
+            approved=approved, requested=credits, granted=credits if approved else 0, message=message, budget=budget,
         )  # fmt: skip
         return shaped(result, f"{message} {result.budget.line()}")
 

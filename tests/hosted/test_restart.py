@@ -118,6 +118,6 @@ async def test_sigterm_answers_calls_in_flight_and_logs_unfinished_task_ids(
     assert not answer.is_error and answer.structured_content is not None
     assert answer.structured_content["status"] == "pending"
     text = log.read_text()
-    assert "stopped; the state file has" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
+    assert "stopped; the ledger" in text  # the shutdown ran (uvicorn then re-raises SIGTERM)
     assert f"created image task {task_id}" in text
     assert f"unfinished task(s) {task_id}" in text

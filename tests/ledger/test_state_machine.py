@@ -6,10 +6,10 @@ The store runs on an asyncio event loop kept by the test; hypothesis drives it s
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
-import asyncio
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st

@@ -12,10 +12,14 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 
-from apikey_mcp.budget import Ledger
+from apikey_mcp.budget import Ledger, LedgerStore, Totals
 from apikey_mcp.config import Settings
+from apikey_mcp.gateway import GatewayClient
 from apikey_mcp.sandbox import SandboxServer
 from apikey_mcp.server import build_server
+from apikey_mcp.service import Service
+from apikey_mcp.stores import MemoryLedgerStore
+from apikey_mcp.tasks import TaskRegistry
 from tests.conftest import KEY
 
 FAST_POLLING = {"poll_interval": 0.01, "max_poll_interval": 0.05}
@@ -36,12 +40,12 @@ def stdio_env(settings: Settings) -> dict[str, str]:
 
 @asynccontextmanager
 async def connect(
-    transport: str, settings: Settings, *, ledger: Ledger | None = None, **client_options: Any
+    transport: str, settings: Settings, *, store: LedgerStore | None = None, **client_options: Any
 ) -> AsyncIterator[Client]:
     if transport == "memory":
-        target: Any = build_server(settings, ledger=ledger)
+        target: Any = build_server(settings, store=store)
     else:
-        assert ledger is None, "a subprocess has its own ledger"
+        assert store is None, "a subprocess has its own ledger"
         target = StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp"], env=stdio_env(settings))
     async with Client(target, **client_options) as client:
         yield client
@@ -70,3 +74,27 @@ async def call_error(client: Client, tool: str, **arguments: Any) -> str:
 
 def text_of(result: CallToolResult) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
+
+
+async def local_ledger(budget: int, store: LedgerStore | None = None) -> Ledger:
+    """The stdio principal's ledger on a store of its own (or the one given)."""
+    store = store or MemoryLedgerStore()
+    await store.ensure_principal("local", budget)
+    return Ledger(store, "local")
+
+
+async def totals(service: Service) -> Totals:
+    return await service.ledger.totals()
+
+
+@asynccontextmanager
+async def running_service(
+    server: SandboxServer, budget: int = 1000, *, store: LedgerStore | None = None, **overrides: Any
+) -> AsyncIterator[Service]:
+    """The service without MCP around it (a fixture cannot own a task group across setup and teardown)."""
+    settings = settings_for(server, session_budget=budget, **overrides)
+    async with GatewayClient(server.url, KEY) as client:
+        ledger = await local_ledger(budget, store)
+        registry = TaskRegistry(client, ledger, **FAST_POLLING)
+        async with registry.running():
+            yield Service(settings, client, ledger, registry)

@@ -2,39 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
 
-from apikey_mcp.budget import BudgetExceededError, Ledger, Reservation, Snapshot
-from apikey_mcp.gateway import GatewayClient, InsufficientCreditsError
+from apikey_mcp.budget import Totals
+from apikey_mcp.gateway import InsufficientCreditsError
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from apikey_mcp.service import Service
-from apikey_mcp.tasks import TaskRegistry
+from apikey_mcp.stores import MemoryLedgerStore
 from tests.conftest import KEY, advance
-from tests.server.conftest import FAST_POLLING, call, connect, settings_for, text_of
+from tests.server.conftest import call, connect, running_service, settings_for, text_of, totals
 
 VIDEO = {"prompt": "a drone shot over hills", "model": "seedance-2-fast", "duration": 5, "resolution": "720p"}
 VIDEO_COST = 40
 
 
-class InvariantWatch:
-    """Checks spent + reserved <= budget on every change of the ledger, from the inside."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.changes = 0
-        self.violations: list[Snapshot] = []
-        self.peak_reserved = 0
-        ledger.observers.append(self)
-
-    def __call__(self, snapshot: Snapshot, reservation: Reservation | None) -> None:
-        self.changes += 1
-        self.peak_reserved = max(self.peak_reserved, snapshot.reserved)
-        if snapshot.spent + snapshot.reserved > snapshot.budget:
-            self.violations.append(snapshot)
+async def invariant_violations(store: MemoryLedgerStore) -> list:
+    """Every change the store made, checked: spent + reserved <= budget after each (the audit trail has them)."""
+    events = await store.history("local")
+    assert events, "the ledger recorded its changes"
+    return [e for e in events if e.totals.spent + e.totals.reserved > e.totals.budget]
 
 
 @pytest.mark.parametrize("k", [0, 1, 7])
@@ -42,10 +31,9 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
     sandbox_server: SandboxServer, sandbox: Sandbox, k: int
 ) -> None:
     budget = k * VIDEO_COST + VIDEO_COST - 1
-    ledger = Ledger(budget)
-    watch = InvariantWatch(ledger)
+    store = MemoryLedgerStore()
     outcomes: list = []
-    async with connect("memory", settings_for(sandbox_server, session_budget=budget), ledger=ledger) as client:
+    async with connect("memory", settings_for(sandbox_server, session_budget=budget), store=store) as client:
 
         async def one() -> None:
             outcomes.append(await client.call_tool("generate_video", VIDEO))
@@ -61,7 +49,8 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
 
     assert len(created) == len(sandbox.tasks) == k
     assert len(refused) == 20 - k and all("Over budget" in text for text in refused)
-    assert watch.violations == [] and watch.changes >= 3 * k
+    assert await invariant_violations(store) == []
+    assert len(await store.history("local")) >= 1 + 3 * k  # budget, then reserve, attach, settle per video
     assert final == {"budget": budget, "spent": k * VIDEO_COST, "reserved": 0,
                      "remaining": VIDEO_COST - 1, "open_reservations": []}  # fmt: skip
 
@@ -80,17 +69,6 @@ async def test_concurrent_videos_over_stdio_create_exactly_k(sandbox_server: San
         status = await call(client, "budget_status")
     assert sum(not r.is_error for r in results) == len(sandbox.tasks) == 3
     assert status["spent"] + status["reserved"] == 3 * VIDEO_COST <= status["budget"]
-
-
-@asynccontextmanager
-async def running_service(server: SandboxServer) -> AsyncIterator[Service]:
-    """The service without MCP around it (a fixture cannot own a task group across setup and teardown)."""
-    settings = settings_for(server, session_budget=100)
-    async with GatewayClient(server.url, KEY) as client:
-        ledger = Ledger(100)
-        registry = TaskRegistry(client, ledger, **FAST_POLLING)
-        async with registry.running():
-            yield Service(settings, client, ledger, registry)
 
 
 async def cancel_once_sent(sandbox: Sandbox, route: str, call: Callable[[], Awaitable[object]]) -> None:
@@ -113,7 +91,7 @@ async def cancel_once_sent(sandbox: Sandbox, route: str, call: Callable[[], Awai
 async def test_a_cancelled_call_keeps_its_task_and_leaks_no_reservation(
     sandbox_server: SandboxServer, held: Sandbox
 ) -> None:
-    async with running_service(sandbox_server) as service:
+    async with running_service(sandbox_server, 100) as service:
         await service.models()  # catalogue cached: what follows is the estimate, then the create
         held.faults.latency = 1.0  # the create is held in flight when the caller gives up
         await cancel_once_sent(held, "POST /v1/videos", lambda: service.generate(VideoRequest.model_validate(VIDEO)))
@@ -121,52 +99,32 @@ async def test_a_cancelled_call_keeps_its_task_and_leaks_no_reservation(
         (task_id,) = held.tasks
         tracked = service.registry.get(task_id)
         assert tracked is not None and tracked.reservation is not None, "the created task id was kept"
-        assert tracked.reservation.task_id == task_id and service.ledger.reserved == VIDEO_COST
+        assert tracked.reservation.task_id == task_id and (await totals(service)).reserved == VIDEO_COST
         held.faults.latency = 0
         await advance(sandbox_server, task_id)
         with anyio.fail_after(10):
             await service.registry.wait(task_id, 10)
-        assert (service.ledger.spent, service.ledger.reserved) == (VIDEO_COST, 0)
+        assert await totals(service) == Totals(100, VIDEO_COST, 0)
 
 
 async def test_a_call_cancelled_before_its_create_reserves_nothing(
     sandbox_server: SandboxServer, sandbox: Sandbox
 ) -> None:
-    async with running_service(sandbox_server) as service:
+    async with running_service(sandbox_server, 100) as service:
         await service.models()
         sandbox.faults.latency = 1.0  # the estimate is held in flight when the caller gives up
         generate = lambda: service.generate(VideoRequest.model_validate(VIDEO))  # noqa: E731
         await cancel_once_sent(sandbox, "POST /v1/credits/estimate", generate)
         # the call is over, so nothing can follow: no create was sent and nothing is held
         assert sandbox.requests["POST /v1/videos"] == 0
-        assert sandbox.tasks == {} and service.ledger.reserved == 0 and service.ledger.spent == 0
+        assert sandbox.tasks == {} and await totals(service) == Totals(100, 0, 0)
 
 
 async def test_a_create_the_gateway_refuses_releases_its_reservation(
     sandbox_server: SandboxServer, sandbox: Sandbox
 ) -> None:
-    async with running_service(sandbox_server) as service:
+    async with running_service(sandbox_server, 100) as service:
         sandbox.wallets[KEY].balance = 10  # the gateway wallet cannot pay although the session budget could
         with pytest.raises(InsufficientCreditsError, match="Insufficient credits"):
             await service.generate(VideoRequest.model_validate(VIDEO))
-        assert service.ledger.reserved == 0 and service.ledger.spent == 0 and sandbox.tasks == {}
-
-
-def test_a_reservation_ends_exactly_once() -> None:
-    ledger = Ledger(100)
-    first = ledger.reserve(60, "video")
-    with pytest.raises(BudgetExceededError):
-        ledger.reserve(41, "another")
-    assert ledger.settle(first, 55) and not ledger.settle(first, 55) and not ledger.release(first)
-    assert (ledger.spent, ledger.reserved, ledger.remaining) == (55, 0, 45)
-    second = ledger.reserve(45, "all that is left")
-    assert ledger.release(second) and not ledger.settle(second, 45)
-    assert ledger.remaining == 45
-
-
-def test_the_budget_can_only_be_raised() -> None:
-    ledger = Ledger(10)
-    with pytest.raises(ValueError):
-        ledger.raise_budget(-5)
-    ledger.raise_budget(5)
-    assert ledger.budget == 15
+        assert await totals(service) == Totals(100, 0, 0) and sandbox.tasks == {}

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx2
 import pytest
 
-from apikey_mcp.budget import Ledger
+from apikey_mcp.budget import Totals
 from apikey_mcp.config import Settings
 from apikey_mcp.gateway import GatewayClient, ServerError
 from apikey_mcp.gateway.models import VideoRequest
@@ -17,18 +15,9 @@ from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.service import Service, UnconfirmedError
 from apikey_mcp.tasks import TaskRegistry
 from tests.conftest import KEY
-from tests.server.conftest import FAST_POLLING, call, connect, settings_for
+from tests.server.conftest import FAST_POLLING, call, connect, local_ledger, running_service, settings_for, totals
 
 VIDEO = VideoRequest(model="seedance-2-fast", prompt="x")  # 40 credits
-
-
-@asynccontextmanager
-async def service_on(server: SandboxServer) -> AsyncIterator[Service]:
-    async with GatewayClient(server.url, KEY) as client:
-        ledger = Ledger(1000)
-        registry = TaskRegistry(client, ledger, **FAST_POLLING)
-        async with registry.running():
-            yield Service(settings_for(server), client, ledger, registry)
 
 
 def spent_at_gateway(sandbox: Sandbox) -> int:
@@ -41,24 +30,25 @@ async def test_a_create_whose_answer_is_lost_keeps_its_reservation(
     sandbox_server: SandboxServer, sandbox: Sandbox, status: int
 ) -> None:
     sandbox.faults.lost_creates.append(status)  # the task is created and reserved at the gateway; we see a 5xx
-    async with service_on(sandbox_server) as service:
+    async with running_service(sandbox_server) as service:
         with pytest.raises(UnconfirmedError, match="stay reserved") as caught:
             await service.generate(VIDEO)
         assert isinstance(caught.value.__cause__, ServerError)
         assert len(sandbox.tasks) == 1
-        assert (service.ledger.reserved, service.ledger.spent) == (40, 0)
+        counted = await totals(service)
+        assert (counted.reserved, counted.spent) == (40, 0)
         at_gateway = spent_at_gateway(sandbox) + sandbox.wallets[KEY].reserved
-        assert at_gateway <= service.ledger.spent + service.ledger.reserved
+        assert at_gateway <= counted.spent + counted.reserved
 
 
 async def test_the_gateways_own_refusal_releases_the_reservation(
     sandbox_server: SandboxServer, sandbox: Sandbox
 ) -> None:
     sandbox.faults.refused_creates.append(500)  # with the gateway's envelope: it says it did nothing
-    async with service_on(sandbox_server) as service:
+    async with running_service(sandbox_server) as service:
         with pytest.raises(ServerError):
             await service.generate(VIDEO)
-        assert (service.ledger.reserved, service.ledger.spent) == (0, 0) and sandbox.tasks == {}
+        assert await totals(service) == Totals(1000, 0, 0) and sandbox.tasks == {}
 
 
 async def test_an_unreadable_answer_that_names_its_task_is_still_tracked() -> None:
@@ -72,31 +62,30 @@ async def test_an_unreadable_answer_that_names_its_task_is_still_tracked() -> No
         return httpx2.Response(200, json={"task_id": "task_odd", "status": "running"})
 
     async with GatewayClient("https://gw.test", KEY, transport=httpx2.MockTransport(handler)) as client:
-        ledger = Ledger(1000)
+        ledger = await local_ledger(1000)
         registry = TaskRegistry(client, ledger, **FAST_POLLING)
         async with registry.running():
             service = Service(Settings(base_url="https://gw.test"), client, ledger, registry)
             result = await service.generate(VIDEO)
             assert result.task_id == "task_odd" and result.credits_reserved == 40
             assert registry.get("task_odd").reservation.task_id == "task_odd"
-            assert ledger.reserved == 40
+            assert (await ledger.totals()).reserved == 40
 
 
 async def test_a_failing_observer_cannot_lose_a_created_task(
     sandbox_server: SandboxServer, sandbox: Sandbox, caplog
 ) -> None:
     caplog.set_level(logging.ERROR)
-    async with service_on(sandbox_server) as service:
+    async with running_service(sandbox_server) as service:
 
         def broken(*args: object) -> None:
             raise RuntimeError("disk full")
 
-        service.ledger.observers.append(broken)
         service.registry.observers.append(broken)
         result = await service.generate(VIDEO)
         await service.registry.wait(result.task_id, 5)
         assert result.task_id in sandbox.tasks
-        assert (service.ledger.reserved, service.ledger.spent) == (0, 40)
+        assert await totals(service) == Totals(1000, 40, 0)
     assert "observer failed" in caplog.text
 
 

@@ -29,8 +29,14 @@ Modality = Literal["chat", "embedding", "image", "video", "music"]
 InputMode = Literal["text-to-video", "image-to-video", "video-to-video"]
 
 
+MAX_CREDITS = 10**15  # more than any wallet holds: a larger (or infinite) number is a broken answer
+
+
 def _whole_credits(value: Any) -> Any:
-    """Credits are whole numbers to us; a fractional charge is rounded up, so the ledger never under-counts."""
+    """Credits are whole numbers to us; a fractional charge is rounded up, so the ledger never under-counts.
+    A number that is not finite or beyond any wallet (1e400) is a validation error, not a crash."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and not (-MAX_CREDITS <= value <= MAX_CREDITS):
+        raise ValueError(f"credits must be a finite number of at most {MAX_CREDITS}")
     if isinstance(value, float):
         value = math.ceil(value - 1e-9)
     return max(0, value) if isinstance(value, int) else value

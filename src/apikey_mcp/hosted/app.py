@@ -27,7 +27,7 @@ from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
-from ..state import StateStore
+from ..stores import StoreRefusedError, describe, ready, store_for
 from .auth import StaticTokenVerifier, load_tokens
 from .callbacks import CallbackReceiver
 from .updates import ResourceUpdates
@@ -79,8 +79,14 @@ def _check(settings: Settings, tokens: dict[str, str]) -> None:
 def create_app(settings: Settings) -> Starlette:
     tokens = load_tokens(settings)
     _check(settings, tokens)
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    state_file = None if database_url else settings.state_file or default_state_file()
+    try:
+        store = store_for(database_url=database_url, state_file=state_file)
+    except StoreRefusedError as exc:
+        raise HostingError(str(exc)) from None
+    where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
-    store = StateStore(settings.state_file or default_state_file())
     accounts = Accounts(settings, client, store, hosted=True)
     updates = ResourceUpdates()
     accounts.task_listeners.append(updates.task_changed)
@@ -96,7 +102,7 @@ def create_app(settings: Settings) -> Starlette:
                                          allowed_origins=origins)  # fmt: skip
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
     if settings.webhook_secret is not None:
-        receiver = CallbackReceiver(accounts, store, settings.webhook_secret.get_secret_value(),
+        receiver = CallbackReceiver(accounts, settings.webhook_secret.get_secret_value(),
                                     max_bytes=settings.max_body_bytes)  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
@@ -118,13 +124,14 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(client)
-            await stack.enter_async_context(store.opened())
+            stack.push_async_callback(store.aclose)
+            await ready(store)
             await stack.enter_async_context(accounts.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
-            log.info("serving %s on %s (state %s)", settings.transport, base, store.path)
+            log.info("serving %s on %s (ledger: %s)", settings.transport, base, where)
             yield
-        log.info("stopped; the state file has every budget, reservation and task id")
+        log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
 
     # The SDK's apps carry the same auth middleware (extract the bearer token); the outer app applies it once.
     return Starlette(routes=routes, middleware=apps[0].user_middleware, lifespan=lifespan)

@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse, Response
 from ..accounts import Accounts
 from ..gateway import webhooks
 from ..gateway.models import Task
-from ..state import StateStore
 
 log = logging.getLogger(__name__)
 RESERVATION_PARAM = "r"  # our callback URLs carry the reservation id, to recover a create whose answer was lost
@@ -41,9 +40,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 class CallbackReceiver:
-    def __init__(self, accounts: Accounts, store: StateStore, secret: str, *, max_bytes: int) -> None:
+    def __init__(self, accounts: Accounts, secret: str, *, max_bytes: int) -> None:
         self.accounts = accounts
-        self.store = store
         self._secret = secret
         self.max_bytes = max_bytes
 
@@ -58,7 +56,7 @@ class CallbackReceiver:
             log.warning("rejected a callback: %s", exc)
             return _refuse(401, f"untrusted callback: {exc}")
         signature = request.headers[webhooks.SIGNATURE_HEADER].strip().lower()
-        if not await self.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE):
+        if not await self.accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE):
             log.warning("rejected a replayed callback for task %s", request.headers.get(webhooks.TASK_ID_HEADER))
             return _refuse(409, "this callback was already received")
         try:
@@ -69,10 +67,10 @@ class CallbackReceiver:
             return _refuse(400, "the task id header and the body disagree")
         found = self.accounts.find_task(task.task_id)
         if found is None and (reservation_id := request.query_params.get(RESERVATION_PARAM)):
-            found = self.accounts.adopt_created(reservation_id, task)
+            found = await self.accounts.adopt_created(reservation_id, task)
         if found is None:
             return _refuse(404, f"no task '{task.task_id}' here")
         service, _ = found
-        service.registry.update(task)
+        await service.registry.update(task)
         log.info("callback: task %s is %s", task.task_id, task.status)
         return Response(status_code=204)

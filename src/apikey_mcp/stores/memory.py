@@ -7,7 +7,6 @@ the audit trail keep only their newest entries (bounded); open reservations are 
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict, deque
 
 from ..budget import (
@@ -18,6 +17,7 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
+    new_reservation,
     principal_actor,
 )
 
@@ -68,7 +68,7 @@ class MemoryLedgerStore:
         remaining = account.budget - account.spent - account.reserved
         if credits > remaining:
             raise BudgetExceededError(credits, max(remaining, 0), account.budget, purpose)
-        reservation = Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
+        reservation = new_reservation(principal, credits, purpose, own_key)
         account.reserved += credits
         self._open[reservation.id] = reservation
         self._log(principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)

@@ -10,7 +10,6 @@ with its connection pool; tables are prefixed `apikey_` so the database may be s
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
+    new_reservation,
     principal_actor,
 )
 from .common import StoreRefusedError
@@ -58,22 +58,27 @@ _LOG = (
 
 
 class PostgresLedgerStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0) -> None:
+        """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`)."""
+        self._timeout = timeout
+        self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
+                                         kwargs={"connect_timeout": int(timeout)})  # fmt: skip
 
     @classmethod
-    async def connect(cls, url: str, *, max_size: int = 10, timeout: float = 15.0) -> PostgresLedgerStore:
-        """Open the pool and create the tables if they are missing; refuse clearly when unreachable."""
-        pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
-                                   kwargs={"connect_timeout": int(timeout)})  # fmt: skip
+    async def connect(cls, url: str, **options: Any) -> PostgresLedgerStore:
+        store = cls(url, **options)
+        await store.open()
+        return store
+
+    async def open(self) -> None:
+        """Connect and create the tables if they are missing; refuse clearly when the database is unreachable."""
         try:
-            await pool.open(wait=True, timeout=timeout)
-            async with pool.connection() as conn:
+            await self._pool.open(wait=True, timeout=self._timeout)
+            async with self._pool.connection() as conn:
                 await conn.execute(_SCHEMA)
         except (psycopg.Error, OSError) as exc:
-            await pool.close()
+            await self._pool.close()
             raise StoreRefusedError(f"Cannot use the PostgreSQL ledger database: {exc}") from None
-        return cls(pool)
 
     async def _run(self, op: Callable[[_Conn], Awaitable[_T]]) -> _T:
         """One transaction on a pooled connection, finished even if the caller is cancelled meanwhile."""
@@ -87,7 +92,8 @@ class PostgresLedgerStore:
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
         async def op(c: _Conn) -> tuple[Totals, bool]:
             cur = await c.execute(
-                "INSERT INTO apikey_principals (name, budget) VALUES (%s, %s) ON CONFLICT DO NOTHING", (principal, budget)
+                "INSERT INTO apikey_principals (name, budget) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (principal, budget),
             )
             if cur.rowcount == 1:
                 await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, principal))
@@ -96,7 +102,7 @@ class PostgresLedgerStore:
         return await self._run(op)
 
     async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
-        reservation = Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
+        reservation = new_reservation(principal, credits, purpose, own_key)
 
         async def op(c: _Conn) -> None:
             held = await c.execute(
@@ -214,7 +220,8 @@ class PostgresLedgerStore:
             now = time.time()
             await c.execute("DELETE FROM apikey_callbacks WHERE received_at < %s", (now - keep_seconds,))
             cur = await c.execute(
-                "INSERT INTO apikey_callbacks VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING signature", (signature, now)
+                "INSERT INTO apikey_callbacks VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING signature",
+                (signature, now),
             )
             return await cur.fetchone() is not None
 

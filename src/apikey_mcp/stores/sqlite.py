@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +26,7 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
+    new_reservation,
     principal_actor,
 )
 from .common import StoreRefusedError
@@ -100,7 +100,7 @@ class SqliteLedgerStore:
         return await self._run(op)
 
     async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
-        reservation = Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
+        reservation = new_reservation(principal, credits, purpose, own_key)
 
         def op(c: sqlite3.Connection) -> None:
             held = c.execute(
@@ -189,7 +189,8 @@ class SqliteLedgerStore:
         self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
     ) -> list[Reservation]:
         where = ["1 = 1"] + ["principal = ?"] * (principal is not None) + ["state = 'reserved'"] * open_only
-        sql = f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT ? OFFSET ?"
+        sql = (f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)}"
+               " ORDER BY created_at DESC LIMIT ? OFFSET ?")  # fmt: skip
         params = [*([principal] if principal is not None else []), limit, offset]
         return [_reservation(r) for r in await self._run(lambda c: c.execute(sql, params).fetchall())]
 
@@ -249,9 +250,11 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
         if owner != APPLICATION_ID:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
                                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")  # fmt: skip
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
         conn.close()
-        raise StoreRefusedError(f"The state file {path} cannot be used as the ledger: {exc}. Refusing to start.") from None
+        raise StoreRefusedError(
+            f"The state file {path} cannot be used as the ledger ({exc}): refusing to start."
+        ) from None
     except BaseException:
         conn.close()
         raise
