@@ -124,11 +124,7 @@ class Accounts:
         """A service over `ledger`; with `client`, one that calls the gateway with the principal's own key."""
         assert self._group is not None, "Accounts.running() must be entered first"
         client = client or self.client
-        registry = TaskRegistry(
-            client, ledger, poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
-            sleep=self.poll_sleep,
-        )  # fmt: skip
+        registry = self._registry(principal, client, ledger, own_key=own_key)
         registry.start(self._group)
         group = self._group
 
@@ -141,6 +137,14 @@ class Accounts:
         if not own_key:
             self._services[principal] = service
         return service
+
+    def _registry(self, principal: str, client: GatewayClient, ledger: Ledger, *, own_key: bool) -> TaskRegistry:
+        """The principal's task registry (replica mode gives one that coordinates with the fleet)."""
+        return TaskRegistry(
+            client, ledger, poll_interval=self.settings.poll_interval,
+            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
+            sleep=self.poll_sleep,
+        )  # fmt: skip
 
     async def _restore(self) -> None:
         """Watch every task the store holds credits for; say which holds have no task (closeable by the operator)."""

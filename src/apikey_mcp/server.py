@@ -15,6 +15,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from mcp.server.request_state import RequestStateSecurity
 from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -66,6 +67,7 @@ def build_server(
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     closed: anyio.Event | None = None,
+    request_state_security: RequestStateSecurity | None = None,
 ) -> MCPServer:
     """The MCP server for these settings.
 
@@ -105,6 +107,7 @@ def build_server(
         auth=auth,
         token_verifier=token_verifier,
         subscriptions=subscriptions,
+        request_state_security=request_state_security,  # replicas share one key: any of them unseals an answer
     )
     register_tools(server)
     _register_resources(server)

@@ -30,6 +30,7 @@ from ..server import build_server
 from ..stores import StoreRefusedError, describe, ready, store_for
 from .auth import StaticTokenVerifier, load_tokens
 from .callbacks import CallbackReceiver
+from .replicas import Replica, ReplicaConfigError, replica_mode
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,21 @@ def create_app(settings: Settings) -> Starlette:
         raise HostingError(str(exc)) from None
     where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme)
-    accounts = Accounts(settings, client, store, hosted=True)
     updates = ResourceUpdates()
+    replica = None
+    if database_url and replica_mode(settings):  # one of many replicas behind a load balancer
+        try:
+            replica = Replica.configure(settings, client, store, database_url, updates)
+        except ReplicaConfigError as exc:
+            raise HostingError(str(exc)) from None
+    accounts = replica.accounts if replica else Accounts(settings, client, store, hosted=True)
     accounts.task_listeners.append(updates.task_changed)
 
     verifier = StaticTokenVerifier(tokens) if tokens else None
     base = settings.public_url or f"http://{settings.host}:{settings.port}"
     auth = AuthSettings(issuer_url=base, resource_server_url=None) if verifier else None
-    server = build_server(settings, accounts=accounts, auth=auth, token_verifier=verifier, subscriptions=updates.bus)
+    server = build_server(settings, accounts=accounts, auth=auth, token_verifier=verifier, subscriptions=updates.bus,
+                          request_state_security=replica.security if replica else None)  # fmt: skip
     updates.install(server)
 
     hosts, origins = _allowed(settings)
@@ -102,17 +110,18 @@ def create_app(settings: Settings) -> Starlette:
                                          allowed_origins=origins)  # fmt: skip
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
     if settings.webhook_secret is not None:
-        receiver = CallbackReceiver(accounts, settings.webhook_secret.get_secret_value(),
-                                    max_bytes=settings.max_body_bytes)  # fmt: skip
+        secret = settings.webhook_secret.get_secret_value()
+        receiver = (replica.callback_receiver(secret, max_bytes=settings.max_body_bytes) if replica
+                    else CallbackReceiver(accounts, secret, max_bytes=settings.max_body_bytes))  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
     apps = []
     if streamable:
         apps.append(server.streamable_http_app(
             streamable_http_path="/mcp", transport_security=security, max_request_body_size=settings.max_body_bytes,
-            host=settings.host,
+            host=settings.host, stateless_http=replica is not None,
         ))  # fmt: skip
-    if settings.transport in ("http", "sse"):
+    if settings.transport in ("http", "sse") and replica is None:
         apps.append(server.sse_app(
             sse_path="/sse", message_path="/messages/", transport_security=security,
             max_request_body_size=settings.max_body_bytes, host=settings.host,
@@ -127,6 +136,8 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(store.aclose)
             await ready(store)
             await stack.enter_async_context(accounts.running())
+            if replica is not None:
+                await stack.enter_async_context(replica.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
             log.info("serving %s on %s (ledger: %s)", settings.transport, base, where)
