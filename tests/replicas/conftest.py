@@ -154,9 +154,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "APIKEY_SESSION_BUDGET": str(BUDGET), "APIKEY_POLL_INTERVAL": "30", "APIKEY_MAX_POLL_INTERVAL": "30",
             "APIKEY_LEASE_SECONDS": str(LEASE_SECONDS), "APIKEY_LOG_LEVEL": "INFO",
         }  # fmt: skip
-        replicas = [start_replica(env, tmp) for _ in range(3)]
-        for replica in replicas:
-            stack.callback(lambda r=replica: stop(r.process))
+        replicas: list[Replica] = []
+        stack.callback(lambda: [stop(r.process) for r in replicas])  # those running at the end (one may be new)
+        replicas += [start_replica(env, tmp) for _ in range(3)]
         prefix = tmp / "nginx"
         prefix.mkdir()
         (prefix / "nginx.conf").write_text(nginx_config(balancer_port, [r.port for r in replicas]))

@@ -47,10 +47,10 @@ class FleetTaskRegistry(TaskRegistry):
             raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
         self._following.add(task_id)
         tracked = self.get(task_id)
-        if tracked is None:
+        if tracked is None:  # followed without its reservation: the watcher closes it (or this one, on taking over)
             reservation = shared.reservation
             modality = reservation.modality if reservation and reservation.modality else modality_of(shared.task)
-            return await self.track(shared.task, modality, reservation)
+            return await self.track(shared.task, modality, None)
         await self.update(shared.task)
         return tracked
 
@@ -82,6 +82,8 @@ class FleetTaskRegistry(TaskRegistry):
         try:
             if not fresh:  # taken over or resumed: it may have moved on (or ended) meanwhile
                 log.info("%s: watching task %s (lease taken)", self.principal, task_id)
+                if tracked.reservation is None and (shared := await _quietly(self.fleet.find(task_id))) is not None:
+                    tracked.reservation = shared.reservation
                 await _quietly(self.refresh(task_id))
             await super()._watch(tracked)
         finally:
