@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 
+import anyio
 import httpx2
 import pytest
 
@@ -21,11 +25,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def no_apikey_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read APIKEY_* from the environment: a developer's own must not change what tests see."""
+    for name in [name for name in os.environ if name.startswith("APIKEY_")]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def sandbox_server() -> Iterator[SandboxServer]:
     """A fresh sandbox (its own wallets and tasks) per test; tasks end 50 ms after they are created."""
     with SandboxServer(Sandbox([KEY, OTHER_KEY], credits=10_000, task_seconds=0.05, seed=7)) as server:
         yield server
+        for gate in server.sandbox.faults.gates.values():
+            gate.set()  # a request a failed test left held must not keep the server from stopping
+
+
+@pytest.fixture
+def unreachable_url() -> Iterator[str]:
+    """A loopback address that refuses connections for the whole test: bound, never listening, so no other
+    process can take the port meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -49,3 +71,21 @@ def held(sandbox: Sandbox) -> Sandbox:
     """The sandbox with its task clock stopped: new tasks stay pending until the test calls `advance`."""
     sandbox.hold = True
     return sandbox
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20) -> None:
+    """Wait for a state that another thread or process brings about (a sandbox counter, a server that is
+    starting): re-check it often, and fail the test at the deadline, which only a broken run reaches."""
+    with anyio.fail_after(seconds):
+        while True:
+            met = condition()
+            if await met if inspect.isawaitable(met) else met:
+                return
+            await anyio.sleep(0.005)
+
+
+def gate(sandbox: Sandbox, route: str) -> threading.Event:
+    """Hold the sandbox's requests of `route` ("POST /v1/videos") in flight, counted but unanswered, until
+    the returned event is set."""
+    held = sandbox.faults.gates[route] = threading.Event()
+    return held

@@ -1,4 +1,5 @@
-"""Command line: `apikey-mcp` serves MCP over stdio; `apikey-mcp sandbox` runs the sandbox gateway alone."""
+"""Command line: `apikey-mcp` serves MCP over stdio; `apikey-mcp sandbox` runs the sandbox gateway alone;
+`apikey-mcp admin` is the operator's hand on a hosted server's ledger."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, admin
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -59,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
     hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
     hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
-    hosted.add_argument("--state-file", help="SQLite file for budgets, reservations and tasks")
+    hosted.add_argument("--state-file", help="SQLite ledger file: budgets, reservations, audit trail")
+    hosted.add_argument("--database-url", help="PostgreSQL ledger instead, postgresql://... (env APIKEY_DATABASE_URL; "
+                        "for several server processes or machines)")  # fmt: skip
     hosted.add_argument(
         "--allowed-host",
         action="append",
@@ -75,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command")
     _sandbox_parser(sub)
+    admin.add_parser(sub)
     return p
 
 
@@ -107,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         run_sandbox(args)
         return
+    if args.command == "admin":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        raise SystemExit(admin.run(args))
     serve(args)
 
 

@@ -383,10 +383,11 @@ class Service:
             except Exception as exc:  # after the request left: undecodable body, redirect loop, a bad number
                 raise _unconfirmed(purpose, reservation, _describe(exc), None) from exc
             try:
-                return await done(answer, reservation)
+                result = await done(answer, reservation)
             except Exception as exc:
                 task_id = getattr(answer, "task_id", None)
                 raise _unconfirmed(purpose, reservation, _describe(exc), task_id) from exc
+        return result
 
     async def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
         """Release the reservation of a request the gateway refused; keep it when the outcome is unknown."""
@@ -425,12 +426,16 @@ def _describe(exc: Exception) -> str:
 
 def _may_have_happened(exc: GatewayError) -> bool:
     """Whether the gateway may have acted on a paid request that failed: after a timeout, a broken
-    connection or an unreadable answer, or a 5xx that is not the gateway's own refusal (a proxy's 502/504)."""
+    connection or an unreadable answer, a 5xx that is not the gateway's own refusal (a proxy's 502/504), or
+    an answer that is neither success nor refusal (a redirect). A 4xx is the gateway saying it did nothing."""
     if isinstance(exc, GatewayUnreachableError):
         return False
     if isinstance(exc, GatewayProtocolError | GatewayConnectionError):
         return True
-    return isinstance(exc, ServerError) and (exc.status in (502, 504) or exc.code is None)
+    if isinstance(exc, ServerError):
+        return exc.status in (502, 504) or exc.code is None
+    status = getattr(exc, "status", None)
+    return status is not None and not 400 <= status < 500  # a redirect or an unknown status: not a refusal
 
 
 def _task_id_in(exc: GatewayError) -> str | None:

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import anyio.abc
@@ -195,7 +196,7 @@ class TaskRegistry:
             else:
                 await self.durably(f"release task {task.task_id}", lambda: self._release(reservation, task))
         for duplicate in tracked.duplicates:
-            await self.durably(f"release a duplicate of {task.task_id}", lambda r=duplicate: self._release(r, task))
+            await self.durably(f"release a duplicate of {task.task_id}", partial(self._release, duplicate, task))
 
     async def _settle(self, reservation: Reservation, charged: int, task: Task) -> None:
         if await self.ledger.settle(reservation, charged):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import anyio
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,7 +13,7 @@ from starlette.routing import Route
 from apikey_mcp.gateway import GatewayClient, webhooks
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import FAIL_MARKER, BackgroundServer, Sandbox, SandboxServer
-from tests.conftest import KEY
+from tests.conftest import KEY, wait_until
 
 SECRET = "whsec_test_5a1e"
 
@@ -41,9 +40,7 @@ async def test_terminal_events_are_posted_signed(receiver: str, received) -> Non
             bad = await client.generate_video(
                 VideoRequest(model="seedance-2", prompt=f"b {FAIL_MARKER}", callback_url=receiver)
             )
-            with anyio.fail_after(20):
-                while len(received) < 2:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: len(received) == 2)
     events = {headers[webhooks.TASK_ID_HEADER]: (headers, body) for headers, body in received}
     for task_id, event, status in [
         (ok.task_id, webhooks.EVENT_COMPLETED, "succeeded"),

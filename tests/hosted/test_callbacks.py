@@ -14,6 +14,7 @@ from mcp.types import ResourceUpdatedNotification
 
 from apikey_mcp.gateway import webhooks
 from apikey_mcp.sandbox import Sandbox
+from tests.conftest import wait_until
 from tests.hosted.conftest import ALICE, Hosted
 from tests.server.conftest import call
 
@@ -81,19 +82,14 @@ async def test_a_valid_callback_completes_a_waiting_poll_without_polling_the_gat
 
         async with anyio.create_task_group() as group:
             group.start_soon(wait)
-            with anyio.fail_after(20):
-                while sandbox.requests[TASK_GETS] < 1:  # poll_task's one fresh look before it waits
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: sandbox.requests[TASK_GETS] >= 1)  # poll_task's one look before it waits
             gets = sandbox.requests[TASK_GETS]
             body = finished(task_id, 2)
             headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
-            started = time.monotonic()
             assert await post(slow, body, headers) == 204
-        waited = time.monotonic() - started
     assert result["status"] == "succeeded" and result["credits_charged"] == 2
     assert result["budget"]["spent"] == 2 and result["budget"]["reserved"] == 0
     assert sandbox.requests[TASK_GETS] == gets, "the callback, not another poll, finished it"
-    assert waited < 5  # generous for a busy machine; bench/http_bench.py measures the real latency
 
 
 @pytest.mark.parametrize("era", ["2026-07-28", "legacy"])
@@ -116,9 +112,7 @@ async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox
                 warnings.simplefilter("ignore", MCPDeprecationWarning)
                 await client.subscribe_resource(uri)
             assert await post(slow, body, headers) == 204
-            with anyio.fail_after(20):
-                while not heard:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: bool(heard))
     else:
         async with slow.connect("streamable-http", ALICE) as client:
             async with client.listen(resource_subscriptions=[uri]) as subscription:

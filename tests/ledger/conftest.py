@@ -20,11 +20,13 @@ from apikey_mcp.budget import LedgerStore
 from apikey_mcp.stores import MemoryLedgerStore
 
 STORES = ["memory", "sqlite", "postgres"]
+# Read once, at import: an autouse fixture clears APIKEY_* from the environment of each test.
+DATABASE_URL = os.environ.get("APIKEY_TEST_DATABASE_URL")
 
 
 def database_url() -> str:
     """The test server's URL, or a skip (a failure in CI)."""
-    url = os.environ.get("APIKEY_TEST_DATABASE_URL")
+    url = DATABASE_URL
     if not url:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("APIKEY_TEST_DATABASE_URL is not set in CI: .ci/run must start PostgreSQL")

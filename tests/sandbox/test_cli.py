@@ -4,37 +4,39 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
+import anyio
 import httpx2
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 
-def wait_healthy(http: httpx2.Client) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if http.get("/healthz").status_code == 200:
-                return
-        except httpx2.TransportError:
-            time.sleep(0.05)
-    raise TimeoutError("the sandbox did not start")
-
-
-def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_per_key() -> None:
+async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_per_key() -> None:
     port = free_port()
-    args = ["sandbox", "--port", str(port), "--key", "sk-one-1111", "--key", "sk-two-2222", "--credits", "500"]
+    args = ["sandbox", "--port", str(port), "--key", "sk-one-1111", "--key", "sk-two-2222", "--credits", "500",
+            "--hold"]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    with subprocess.Popen([sys.executable, "-m", "apikey_mcp", *args], stderr=subprocess.PIPE, text=True) as process:
+    command = [sys.executable, "-m", "apikey_mcp", *args]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:  # noqa: ASYNC220 (reads its banner)
         try:
-            assert process.stderr is not None
-            banner = "".join(process.stderr.readline() for _ in range(5))
-            with httpx2.Client(base_url=base) as http:
-                wait_healthy(http)
+            stderr = process.stderr
+            assert stderr is not None
+            with anyio.fail_after(30):
+                banner = await anyio.to_thread.run_sync(
+                    lambda: "".join(stderr.readline() for _ in range(5)), abandon_on_cancel=True
+                )
+            async with httpx2.AsyncClient(base_url=base) as http:
+
+                async def healthy() -> bool:
+                    try:
+                        return (await http.get("/healthz")).status_code == 200
+                    except httpx2.TransportError:
+                        return False
+
+                await wait_until(healthy)
                 video = {"model": "seedance-2-fast", "prompt": "x", "duration": 5}
-                created = http.post("/v1/videos", json=video, headers={"Authorization": "Bearer sk-one-1111"})
-                wallets = [http.get("/sandbox/wallet", headers={"x-api-key": key}).json()
+                created = await http.post("/v1/videos", json=video, headers={"Authorization": "Bearer sk-one-1111"})
+                wallets = [(await http.get("/sandbox/wallet", headers={"x-api-key": key})).json()
                            for key in ("sk-one-1111", "sk-two-2222")]  # fmt: skip
         finally:
             process.terminate()

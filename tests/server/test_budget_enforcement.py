@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -12,7 +13,7 @@ from apikey_mcp.gateway import InsufficientCreditsError
 from apikey_mcp.gateway.models import VideoRequest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.stores import MemoryLedgerStore
-from tests.conftest import KEY, advance
+from tests.conftest import KEY, advance, gate, wait_until
 from tests.server.conftest import call, connect, running_service, settings_for, text_of, totals
 
 VIDEO = {"prompt": "a drone shot over hills", "model": "seedance-2-fast", "duration": 5, "resolution": "720p"}
@@ -71,21 +72,21 @@ async def test_concurrent_videos_over_stdio_create_exactly_k(sandbox_server: San
     assert status["spent"] + status["reserved"] == 3 * VIDEO_COST <= status["budget"]
 
 
-async def cancel_once_sent(sandbox: Sandbox, route: str, call: Callable[[], Awaitable[object]]) -> None:
-    """Run `call` and cancel it as soon as the sandbox has received `route` (held there by its latency)."""
-    sent = sandbox.requests[route]
+async def cancel_in_flight(sandbox: Sandbox, route: str, call: Callable[[], Awaitable[object]]) -> None:
+    """Run `call`, hold its request of `route` at the sandbox, cancel the call while it is held there, then
+    let the request go on."""
+    held, sent = gate(sandbox, route), sandbox.requests[route]
+    scope = anyio.CancelScope()
+
+    async def calling() -> None:
+        with scope:
+            await call()
+
     async with anyio.create_task_group() as group:
-        scope = anyio.CancelScope()
-
-        async def calling() -> None:
-            with scope:
-                await call()
-
         group.start_soon(calling)
-        with anyio.fail_after(10):
-            while sandbox.requests[route] == sent:
-                await anyio.sleep(0.005)
-        scope.cancel()
+        await wait_until(lambda: sandbox.requests[route] > sent)
+        scope.cancel()  # while the request is held at the sandbox, unanswered
+        held.set()
 
 
 async def test_a_cancelled_call_keeps_its_task_and_leaks_no_reservation(
@@ -93,17 +94,17 @@ async def test_a_cancelled_call_keeps_its_task_and_leaks_no_reservation(
 ) -> None:
     async with running_service(sandbox_server, 100) as service:
         await service.models()  # catalogue cached: what follows is the estimate, then the create
-        held.faults.latency = 1.0  # the create is held in flight when the caller gives up
-        await cancel_once_sent(held, "POST /v1/videos", lambda: service.generate(VideoRequest.model_validate(VIDEO)))
+        generate = lambda: service.generate(VideoRequest.model_validate(VIDEO))  # noqa: E731
+        await cancel_in_flight(held, "POST /v1/videos", generate)
         assert len(held.tasks) == 1, "the create went through despite the cancellation"
         (task_id,) = held.tasks
         tracked = service.registry.get(task_id)
         assert tracked is not None and tracked.reservation is not None, "the created task id was kept"
         assert tracked.reservation.task_id == task_id and (await totals(service)).reserved == VIDEO_COST
-        held.faults.latency = 0
         await advance(sandbox_server, task_id)
-        with anyio.fail_after(10):
-            await service.registry.wait(task_id, 10)
+        with anyio.fail_after(20):
+            tracked = await service.registry.wait(task_id, math.inf)
+        assert tracked.task.is_terminal
         assert await totals(service) == Totals(100, VIDEO_COST, 0)
 
 
@@ -112,9 +113,8 @@ async def test_a_call_cancelled_before_its_create_reserves_nothing(
 ) -> None:
     async with running_service(sandbox_server, 100) as service:
         await service.models()
-        sandbox.faults.latency = 1.0  # the estimate is held in flight when the caller gives up
         generate = lambda: service.generate(VideoRequest.model_validate(VIDEO))  # noqa: E731
-        await cancel_once_sent(sandbox, "POST /v1/credits/estimate", generate)
+        await cancel_in_flight(sandbox, "POST /v1/credits/estimate", generate)
         # the call is over, so nothing can follow: no create was sent and nothing is held
         assert sandbox.requests["POST /v1/videos"] == 0
         assert sandbox.tasks == {} and await totals(service) == Totals(100, 0, 0)

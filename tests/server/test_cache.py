@@ -7,6 +7,7 @@ from anyio.lowlevel import checkpoint
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.service import Cache
+from tests.conftest import gate, wait_until
 from tests.server.conftest import call, connect, settings_for
 
 
@@ -31,7 +32,7 @@ async def test_concurrent_misses_of_one_key_make_one_fetch_and_share_its_answer(
     assert answers == ["models"] * 10 and len(fetches) == 1
 
 
-async def test_an_expired_entry_is_fetched_again_and_other_keys_do_not_wait() -> None:
+async def test_an_expired_entry_is_fetched_again() -> None:
     cache, fetches = Cache(), []
 
     async def fetch() -> int:
@@ -41,22 +42,43 @@ async def test_an_expired_entry_is_fetched_again_and_other_keys_do_not_wait() ->
 
     first = await cache.get("docs", 0, fetch)  # expires at once
     second = await cache.get("docs", 0, fetch)
-    other = await cache.get("models", 60, fetch)
-    assert (first, second, other) == (1, 2, 3)
+    kept = await cache.get("models", 60, fetch)
+    assert (first, second, kept, await cache.get("models", 60, fetch)) == (1, 2, 3, 3)
+
+
+async def test_a_slow_fetch_of_one_key_does_not_hold_up_another() -> None:
+    cache, release = Cache(), anyio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "docs"
+
+    async def quick() -> str:
+        return "models"
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cache.get, "docs", 60, slow)
+        await anyio.wait_all_tasks_blocked()  # the docs fetch is under way
+        with anyio.fail_after(5):
+            assert await cache.get("models", 60, quick) == "models"
+        release.set()
 
 
 async def test_concurrent_list_models_calls_reach_the_gateway_once(
     sandbox_server: SandboxServer, sandbox: Sandbox
 ) -> None:
-    sandbox.faults.latency = 0.3  # the first request is still in flight when the others arrive
     async with connect("memory", settings_for(sandbox_server)) as client:
         counts: list[int] = []
 
         async def listing() -> None:
             counts.append((await call(client, "list_models", modality="video"))["count"])
 
+        held = gate(sandbox, "GET /v1/models")  # the first request waits at the sandbox...
         async with anyio.create_task_group() as group:
             for _ in range(8):
                 group.start_soon(listing)
+            await wait_until(lambda: sandbox.requests["GET /v1/models"] >= 1)
+            await anyio.wait_all_tasks_blocked()  # ...until every call has arrived and waits behind it
+            held.set()
     assert counts == [counts[0]] * 8 and counts[0] > 0
     assert sandbox.requests["GET /v1/models"] == 1

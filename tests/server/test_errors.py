@@ -53,10 +53,8 @@ async def test_without_a_key_the_server_lists_tools_and_paid_calls_say_how_to_se
     assert sandbox.tasks == {} and sandbox.wallets  # nothing was sent that could create
 
 
-async def test_an_unreachable_gateway_is_reported_plainly() -> None:
-    with SandboxServer(Sandbox(["k"])) as gone:
-        url = gone.url
-    async with connect("memory", Settings(base_url=url, api_key="k")) as client:
+async def test_an_unreachable_gateway_is_reported_plainly(unreachable_url: str) -> None:
+    async with connect("memory", Settings(base_url=unreachable_url, api_key="k")) as client:
         text = await call_error(client, "list_models")
         status = await call(client, "budget_status")  # what needs no gateway still works
     assert "Cannot connect" in text and "base URL" in text and status["remaining"] == 1000

@@ -153,9 +153,12 @@ async def test_poll_sends_progress_on_each_status_change(sandbox_server: Sandbox
 async def test_poll_returns_when_its_wait_runs_out(sandbox_server: SandboxServer, held: Sandbox) -> None:
     async with connect("memory", settings_for(sandbox_server)) as client:
         created = await call(client, "generate_image", prompt="slow", model="flux-schnell")
+        started = anyio.current_time()
         with anyio.fail_after(20):
             result = await call(client, "poll_task", task_id=created["task_id"], wait_seconds=0.2)
+        waited = anyio.current_time() - started
     assert result["status"] == "pending" and "poll_task" in result["next_step"]
+    assert waited >= 0.2  # it did wait (a lower bound only: a busy machine can only make it longer)
 
 
 async def test_output_dir_gets_the_files_with_safe_names(sandbox_server: SandboxServer, tmp_path) -> None:

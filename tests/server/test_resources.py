@@ -67,10 +67,8 @@ async def test_task_ids_complete_from_what_this_session_created(transport: str, 
     assert one.completion.values == [ids[1]]
 
 
-async def test_documents_from_an_unreachable_gateway_are_a_clear_error() -> None:
-    with SandboxServer(Sandbox(["k"])) as gone:
-        url = gone.url
-    async with connect("memory", Settings(base_url=url, api_key="k")) as client:
+async def test_documents_from_an_unreachable_gateway_are_a_clear_error(unreachable_url: str) -> None:
+    async with connect("memory", Settings(base_url=unreachable_url, api_key="k")) as client:
         with pytest.raises(MCPError, match=r"Cannot fetch /llms\.txt from the gateway: Cannot connect"):
             await client.read_resource("apikey://docs/llms.txt")
 

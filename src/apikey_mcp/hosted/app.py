@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
 import platformdirs
 import uvicorn
 from mcp.server.auth.settings import AuthSettings
@@ -27,7 +28,7 @@ from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
-from ..stores import StoreRefusedError, describe, ready, store_for
+from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .auth import StaticTokenVerifier, load_tokens
 from .callbacks import CallbackReceiver
 from .replicas import Replica, ReplicaConfigError, replica_mode
@@ -148,12 +149,22 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, middleware=apps[0].user_middleware, lifespan=lifespan)
 
 
+async def _probe(database_url: str) -> None:
+    async with open_store(database_url=database_url):
+        pass
+
+
 async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
 def serve(settings: Settings) -> None:
     app = create_app(settings)
+    if settings.database_url is not None:  # an unreachable database: a clear refusal now, not a failed startup
+        try:
+            anyio.run(_probe, settings.database_url.get_secret_value())
+        except StoreRefusedError as exc:
+            raise HostingError(str(exc)) from None
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds), proxy_headers=False,

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..accounts import Accounts
+from ..budget import LedgerUnavailableError
 from ..gateway import webhooks
 from ..gateway.models import Task
 
@@ -66,7 +67,12 @@ class CallbackReceiver:
 
     async def accept(self, task: Task, signature: str, reservation_id: str | None) -> Response:
         """Apply a verified callback once: settle or release its reservation, wake waiters and subscribers."""
-        if not await self.accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE):
+        try:
+            first = await self.accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE)
+        except LedgerUnavailableError as exc:  # cannot tell a replay from a first: let the gateway send it again
+            log.error("cannot record a callback now (%s); answering 503 so that it is retried", exc)
+            return _refuse(503, "the ledger cannot record this callback now; retry later")
+        if not first:
             log.warning("rejected a replayed callback for task %s", task.task_id)
             return _refuse(409, "this callback was already received")
         found = self.accounts.find_task(task.task_id)

@@ -6,6 +6,7 @@ task's status while a callback should have made polling unnecessary).
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,6 +34,9 @@ class Faults:
     # lost after the task was made (a proxy's 504).
     refused_creates: deque[int] = field(default_factory=deque)
     lost_creates: deque[int] = field(default_factory=deque)
+    # Requests of a route ("POST /v1/videos") wait, counted but unanswered, until their gate is set: a test
+    # holds a request in flight for as long as it needs, with no timer to race.
+    gates: dict[str, threading.Event] = field(default_factory=dict)
 
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
@@ -50,7 +54,11 @@ class FaultsMiddleware:
             return
         path: str = scope["path"]
         route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
-        self.sandbox.requests[f"{scope['method']} {route}"] += 1
+        label = f"{scope['method']} {route}"
+        self.sandbox.requests[label] += 1
+        if (gate := self.sandbox.faults.gates.get(label)) is not None:
+            while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
+                await anyio.sleep(0.002)
         if path.startswith("/v1/"):
             try:
                 await self._faults()

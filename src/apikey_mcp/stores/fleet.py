@@ -22,9 +22,9 @@ from typing import Any, Literal
 import anyio
 import psycopg
 
-from ..budget import Reservation, principal_actor
+from ..budget import Reservation
 from ..gateway.models import Task, TaskStatus
-from .postgres import _LOG, PostgresLedgerStore, _reservation
+from .postgres import _CLOSE, PostgresLedgerStore, _reservation
 
 log = logging.getLogger(__name__)
 CHANNEL = "apikey_tasks"
@@ -88,7 +88,7 @@ class Fleet:
             inserted, before = row
             return "new" if inserted else ("ours" if before == self.owner else "taken")
 
-        return await self.store._run(op)
+        return await self.store._run(op, one_statement=True)
 
     async def renew(self) -> int:
         """Extend every lease this replica holds; how many it still holds."""
@@ -100,11 +100,12 @@ class Fleet:
             )  # fmt: skip
             return int(cur.rowcount)
 
-        return await self.store._run(op)
+        return await self.store._run(op, one_statement=True)
 
     async def release(self, task_id: str) -> None:
         await self.store._run(lambda c: c.execute(
-            "DELETE FROM apikey_task_leases WHERE task_id = %s AND owner = %s", (task_id, self.owner)))  # fmt: skip
+            "DELETE FROM apikey_task_leases WHERE task_id = %s AND owner = %s", (task_id, self.owner)),
+            one_statement=True)  # fmt: skip
 
     async def lease_owner(self, task_id: str) -> str | None:
         rows = await self.store._rows(
@@ -166,18 +167,22 @@ class Fleet:
             if await cur.fetchone() is None:
                 return "replay"
             cur = await c.execute(
-                "SELECT id, principal, task_id FROM apikey_reservations WHERE task_id = %s"
+                "SELECT id, principal, task_id, credits FROM apikey_reservations WHERE task_id = %s"
                 " OR (id = %s AND task_id IS NULL) ORDER BY state = 'reserved' DESC, created_at LIMIT 1 FOR UPDATE",
                 (task.task_id, reservation_id),
             )
             row = await cur.fetchone()
             if row is None:
                 raise _Unknown  # rolls the signature back: a later delivery to the right place still counts
-            rid, principal, tied = row
+            rid, principal, tied, credits = row
             if tied is None:  # a create whose answer was lost: the callback ties its task now
                 await c.execute("UPDATE apikey_reservations SET task_id = %s WHERE id = %s", (task.task_id, rid))
-            if task.is_terminal:
-                await _close(c, rid, task, principal_actor(principal))
+            if task.is_terminal:  # settled at the stated charge (the whole hold if none), or released
+                ok = task.status == TaskStatus.SUCCEEDED
+                stated = task.credits.charged if task.credits and task.credits.charged is not None else None
+                charged = (credits if stated is None else stated) if ok else 0
+                await c.execute(_CLOSE, {"s": "settled" if ok else "released", "ch": charged, "t": now, "id": rid,
+                                         "kind": "settle" if ok else "release", "actor": None})  # fmt: skip
             await c.execute(_SAVE_STATE, _state(principal, task))
             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, task.task_id))
             return "recorded"
@@ -218,20 +223,3 @@ class _Unknown(Exception):
 
 def _state(principal: str, task: Task) -> dict[str, object]:
     return {"t": task.task_id, "p": principal, "b": task.model_dump_json(exclude_none=True), "end": task.is_terminal}
-
-
-async def _close(c: Any, reservation_id: str, task: Task, actor: str) -> None:
-    """Settle at the task's charge (the whole hold when it states none) or release, only while still open."""
-    ok = task.status == TaskStatus.SUCCEEDED
-    stated = task.credits.charged if task.credits and task.credits.charged is not None else None
-    cur = await c.execute(
-        "WITH closed AS (UPDATE apikey_reservations SET state = %(s)s, charged = coalesce(%(ch)s, credits),"
-        "   closed_at = %(t)s WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits, charged)"
-        " UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + closed.charged"
-        " FROM closed WHERE p.name = closed.principal RETURNING p.name, closed.charged",
-        {"s": "settled" if ok else "released", "t": time.time(), "id": reservation_id,
-         "ch": stated if ok else 0},
-    )  # fmt: skip
-    row = await cur.fetchone()
-    if row is not None:
-        await c.execute(_LOG, (time.time(), "settle" if ok else "release", actor, reservation_id, row[1], None, row[0]))

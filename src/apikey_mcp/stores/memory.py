@@ -45,7 +45,8 @@ class MemoryLedgerStore:
         self._seq = 0
         self._seen: OrderedDict[str, float] = OrderedDict()
 
-    def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None, d: str | None = None):
+    def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None,
+             d: str | None = None) -> None:  # fmt: skip
         self._seq += 1
         totals = self._accounts[principal].totals()
         self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d))

@@ -56,13 +56,39 @@ _LOG = (
     " SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s FROM apikey_principals WHERE name = %s"
 )
 
+# A reservation in one statement, one round trip: the conditional UPDATE decides; the reservation and its
+# audit line are inserted only from the row it returned.
+_RESERVE = """
+WITH held AS (
+    UPDATE apikey_principals SET reserved = reserved + %(c)s
+    WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name, budget, spent, reserved),
+made AS (
+    INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at)
+    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s FROM held RETURNING id)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
+SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s FROM held
+RETURNING seq
+"""
+# Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
+_CLOSE = """
+WITH closed AS (
+    UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s
+    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits),
+moved AS (
+    UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s
+    FROM closed WHERE p.name = closed.principal RETURNING p.name, p.budget, p.spent, p.reserved)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved)
+SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved
+FROM moved RETURNING seq
+"""
+
 
 class PostgresLedgerStore:
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0) -> None:
         """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`)."""
-        self._timeout = timeout
+        self._timeout, self._url = timeout, url
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
-                                         kwargs={"connect_timeout": int(timeout)})  # fmt: skip
+                                         kwargs={"connect_timeout": int(timeout), "autocommit": True})  # fmt: skip
 
     @classmethod
     async def connect(cls, url: str, **options: Any) -> PostgresLedgerStore:
@@ -72,22 +98,28 @@ class PostgresLedgerStore:
 
     async def open(self) -> None:
         """Connect and create the tables if they are missing; refuse clearly when the database is unreachable."""
-        try:
-            await self._pool.open(wait=True, timeout=self._timeout)
-            async with self._pool.connection() as conn:
+        try:  # one connection first: an unreachable server is reported at once, with its reason
+            async with await psycopg.AsyncConnection.connect(self._url, connect_timeout=int(self._timeout)) as conn:
                 await conn.execute(_SCHEMA)
+            await self._pool.open(wait=True, timeout=self._timeout)
         except (psycopg.Error, OSError) as exc:
             await self._pool.close()
             raise StoreRefusedError(f"Cannot use the PostgreSQL ledger database: {exc}") from None
 
-    async def _run(self, op: Callable[[_Conn], Awaitable[_T]]) -> _T:
-        """One transaction on a pooled connection, finished even if the caller is cancelled meanwhile."""
+    async def _run(self, op: Callable[[_Conn], Awaitable[_T]], *, one_statement: bool = False) -> _T:
+        """One transaction on a pooled connection, finished even if the caller is cancelled meanwhile.
+        `one_statement`: the op is a single statement, its own transaction (one round trip, no BEGIN)."""
         with anyio.CancelScope(shield=True):
             try:
-                async with self._pool.connection() as conn:  # commits at the end, rolls back on an error
-                    return await op(conn)
+                async with self._pool.connection() as conn:
+                    if one_statement:
+                        result = await op(conn)
+                    else:
+                        async with conn.transaction():  # commits at the end, rolls back on an error
+                            result = await op(conn)
             except psycopg.Error as exc:
                 raise LedgerUnavailableError(f"the PostgreSQL ledger cannot be written ({exc})") from None
+        return result
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
         async def op(c: _Conn) -> tuple[Totals, bool]:
@@ -104,24 +136,15 @@ class PostgresLedgerStore:
     async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
         reservation = new_reservation(principal, credits, purpose, own_key)
 
-        async def op(c: _Conn) -> None:
-            held = await c.execute(
-                "UPDATE apikey_principals SET reserved = reserved + %(c)s"
-                " WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name",
-                {"c": credits, "p": principal},
-            )
-            if await held.fetchone() is None:
-                totals = await _totals(c, principal)
-                raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
-            await c.execute(
-                "INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, 'reserved', %s)",
-                (reservation.id, principal, credits, purpose, own_key, reservation.created_at),
-            )
-            await c.execute(_LOG, (time.time(), "reserve", principal_actor(principal), reservation.id, credits,
-                                   purpose, principal))  # fmt: skip
+        async def op(c: _Conn) -> bool:
+            cur = await c.execute(_RESERVE, {"c": credits, "p": principal, "id": reservation.id, "purpose": purpose,
+                                             "own": own_key, "t": reservation.created_at,
+                                             "actor": principal_actor(principal)})  # fmt: skip
+            return await cur.fetchone() is not None
 
-        await self._run(op)
+        if not await self._run(op, one_statement=True):
+            totals = await self.totals(principal)
+            raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
         return reservation
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
@@ -141,22 +164,12 @@ class PostgresLedgerStore:
 
     async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
         async def op(c: _Conn) -> bool:
-            cur = await c.execute(
-                "WITH closed AS (UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s"
-                "   WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits)"
-                " UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s"
-                " FROM closed WHERE p.name = closed.principal RETURNING p.name",
-                {"s": str(state), "ch": charged, "t": time.time(), "id": reservation_id},
-            )
-            row = await cur.fetchone()
-            if row is None:
-                return False
             kind = "settle" if state == ReservationState.SETTLED else "release"
-            await c.execute(_LOG, (time.time(), kind, actor or principal_actor(row[0]), reservation_id, charged, None,
-                                   row[0]))  # fmt: skip
-            return True
+            cur = await c.execute(_CLOSE, {"s": str(state), "ch": charged, "t": time.time(), "id": reservation_id,
+                                           "kind": kind, "actor": actor})  # fmt: skip
+            return await cur.fetchone() is not None
 
-        return await self._run(op)
+        return await self._run(op, one_statement=True)
 
     async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
         if charged < 0:
@@ -167,7 +180,7 @@ class PostgresLedgerStore:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
     async def totals(self, principal: str) -> Totals:
-        return await self._run(lambda c: _totals(c, principal))
+        return await self._run(lambda c: _totals(c, principal), one_statement=True)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         if credits < 0:
@@ -184,11 +197,11 @@ class PostgresLedgerStore:
 
         return await self._run(op)
 
-    async def _rows(self, sql: str, params: Any = None) -> list[tuple]:
-        async def op(c: _Conn) -> list[tuple]:
+    async def _rows(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        async def op(c: _Conn) -> list[tuple[Any, ...]]:
             return await (await c.execute(sql, params)).fetchall()
 
-        return await self._run(op)
+        return await self._run(op, one_statement=True)
 
     async def principals(self) -> list[tuple[str, Totals]]:
         rows = await self._rows("SELECT name, budget, spent, reserved FROM apikey_principals ORDER BY name")
@@ -239,7 +252,7 @@ async def _totals(c: _Conn, principal: str) -> Totals:
     return Totals(*row)
 
 
-def _reservation(row: tuple) -> Reservation:
+def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
                        bool(own_key), created_at)  # fmt: skip

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -30,6 +30,7 @@ from ..budget import (
     principal_actor,
 )
 from .common import StoreRefusedError
+from .migrate import is_v1, migrate_v1
 
 _T = TypeVar("_T")
 APPLICATION_ID = 0x41504B4D  # 'APKM': marks the file as ours
@@ -80,7 +81,8 @@ class SqliteLedgerStore:
                     raise LedgerUnavailableError(f"the ledger file {self.path} cannot be written ({exc})") from None
 
         with anyio.CancelScope(shield=True):
-            return await anyio.to_thread.run_sync(transaction)
+            result = await anyio.to_thread.run_sync(transaction)
+        return result
 
     def _log(self, c: sqlite3.Connection, principal: str, kind: str, actor: str, rid: str | None,
              credits: int | None, detail: str | None = None) -> None:  # fmt: skip
@@ -220,7 +222,7 @@ def _totals(c: sqlite3.Connection, principal: str) -> Totals:
     return Totals(*row)
 
 
-def _reservation(row: tuple) -> Reservation:
+def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
                        bool(own_key), created_at)  # fmt: skip
@@ -239,6 +241,9 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
         owner = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if owner != APPLICATION_ID and is_v1(conn, tables):
+            migrate_v1(conn, _SCHEMA, APPLICATION_ID, SCHEMA_VERSION)
+            owner = APPLICATION_ID
         if owner != APPLICATION_ID and tables:
             raise StoreRefusedError(
                 f"The state file {path} is not an apikey-mcp ledger (application id {owner:#x}, tables "

@@ -1,0 +1,142 @@
+"""`apikey-mcp admin`: the operator's hand on the ledger a hosted server uses, from outside the server.
+
+It works on the same store (`--state-file` or `--database-url`, as the server takes them). Every change is
+one store transaction, recorded in the audit trail as made by the operator, and a running server sees it at
+its next call: the server reads budgets from the store, it keeps no copy of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .budget import OPERATOR, LedgerStore, Reservation, Totals
+
+PAGE = 1000
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("admin", help="the operator's commands on a hosted server's ledger")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--state-file", default=argparse.SUPPRESS, help="the server's SQLite ledger file")
+    where.add_argument("--database-url", default=argparse.SUPPRESS,
+                       help="the server's PostgreSQL ledger (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
+    commands = p.add_subparsers(dest="admin_command", required=True)
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("principals", parents=[json_flag], help="budget, spent, reserved and remaining of each")
+    budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
+    budget.add_argument("name")
+    budget.add_argument("credits", type=int)
+    listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
+    listing.add_argument("--open", action="store_true", help="only those still holding credits")
+    listing.add_argument("--principal", help="only this principal's")
+    listing.add_argument("--limit", type=int, default=100)
+    close = commands.add_parser("close", parents=[json_flag], help="close a reservation a server cannot close")
+    close.add_argument("reservation_id")
+    how = close.add_mutually_exclusive_group(required=True)
+    how.add_argument("--charged", type=int, metavar="N", help="settle it: the gateway charged N credits")
+    how.add_argument("--released", action="store_true", help="release it: nothing was charged")
+    history = commands.add_parser("history", parents=[json_flag], help="export the audit trail, oldest first")
+    history.add_argument("--principal", help="only this principal's")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one admin command; the exit status (0 done, 1 refused, 2 cannot open the ledger)."""
+    from .config import Settings
+    from .hosted.app import default_state_file
+    from .stores import StoreRefusedError, open_store
+
+    overrides = {k: getattr(args, k) for k in ("state_file", "database_url") if getattr(args, k, None)}
+    settings = Settings(**overrides)
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    state_file = None if url else Path(settings.state_file or default_state_file())
+    if state_file is not None and not state_file.exists():
+        print(f"apikey-mcp admin: there is no ledger at {state_file} (give --state-file or --database-url)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+    async def main() -> int:
+        async with open_store(database_url=url, state_file=state_file) as store:
+            return await _command(store, args)
+
+    try:
+        return anyio.run(main)
+    except StoreRefusedError as exc:
+        print(f"apikey-mcp admin: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
+    command = args.admin_command
+    if command == "principals":
+        rows = [{"principal": name, **_totals(t)} for name, t in await store.principals()]
+        return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining"])
+    if command == "set-budget":
+        if args.credits < 0:
+            return _fail("a budget must be >= 0 credits")
+        totals = await store.set_budget(args.name, args.credits, OPERATOR)
+        return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
+                                                                          "remaining"])  # fmt: skip
+    if command == "reservations":
+        found = await store.reservations(args.principal, open_only=args.open, limit=args.limit)
+        return _out(args, [_reservation(r) for r in found],
+                    ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "created"])  # fmt: skip
+    if command == "close":
+        if args.charged is not None and args.charged < 0:
+            return _fail("a charge must be >= 0 credits")
+        if args.released:
+            closed = await store.release(args.reservation_id, actor=OPERATOR)
+        else:
+            closed = await store.settle(args.reservation_id, args.charged, actor=OPERATOR)
+        record = await store.reservation(args.reservation_id)
+        if not closed:
+            state = f"it is {record.state}" if record else "there is no such reservation"
+            return _fail(f"reservation {args.reservation_id} was not closed: {state}")
+        assert record is not None
+        return _out(args, [_reservation(record)], ["id", "principal", "state", "credits", "charged", "task_id"])
+    events: list[dict[str, Any]] = []
+    while batch := await store.history(args.principal, limit=PAGE, offset=len(events)):
+        events += [{**asdict(e), "at": _when(e.at), "totals": _totals(e.totals)} for e in batch]
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    flat = [{**e, "remaining": e["totals"]["remaining"]} for e in events]
+    return _out(args, flat, ["seq", "at", "principal", "kind", "actor", "credits", "reservation_id", "remaining"])
+
+
+def _totals(totals: Totals) -> dict[str, int]:
+    return {"budget": totals.budget, "spent": totals.spent, "reserved": totals.reserved,
+            "remaining": totals.remaining}  # fmt: skip
+
+
+def _reservation(r: Reservation) -> dict[str, Any]:
+    return {"id": r.id, "principal": r.principal, "state": str(r.state), "credits": r.credits, "charged": r.charged,
+            "task_id": r.task_id, "purpose": r.purpose, "created": _when(r.created_at)}  # fmt: skip
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+
+
+def _out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> int:
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cells = [[str(row.get(c, "")) if row.get(c) is not None else "-" for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    for line in [columns, *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"apikey-mcp admin: {message}", file=sys.stderr)
+    return 1

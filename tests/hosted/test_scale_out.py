@@ -1,0 +1,65 @@
+"""Two server processes on one ledger (one SQLite file, or one PostgreSQL database), each sent concurrent
+creates for one principal against one sandbox: together they never spend past the budget."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.conftest import free_port
+from tests.hosted.conftest import ALICE
+from tests.hosted.test_restart import Process, processes  # noqa: F401 (the fixture)
+from tests.ledger.conftest import database_url, postgres_schema
+from tests.server.conftest import call
+
+VIDEO = {"prompt": "x", "model": "seedance-2-fast"}  # 40 credits
+BUDGET = 5 * 40 + 39  # room for exactly 5
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path | None, dict[str, str]]]:
+    """Where both processes keep the ledger: (state file, extra environment)."""
+    if request.param == "sqlite":
+        yield tmp_path / "shared.sqlite3", {}
+    else:
+        database_url()
+        with postgres_schema() as url:
+            # replica mode (a PostgreSQL ledger) needs the key every replica shares
+            yield None, {"APIKEY_DATABASE_URL": url, "APIKEY_REQUEST_STATE_KEY": "r" * 64}
+
+
+async def test_two_processes_on_one_ledger_never_overspend(
+    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process], ledger  # noqa: F811
+) -> None:
+    state_file, env = ledger
+    env = {**env, "APIKEY_SESSION_BUDGET": str(BUDGET)}
+    first = Process(sandbox_server, state_file, tmp_path / "first.log", free_port(), **env)
+    processes.append(first)
+    await first.ready()  # the first creates the ledger; the second opens the same one
+    second = Process(sandbox_server, state_file, tmp_path / "second.log", free_port(), **env)
+    processes.append(second)
+    await second.ready()
+    outcomes: list[bool] = []
+    async with (
+        first.hosted.connect("streamable-http", ALICE) as a,
+        second.hosted.connect("streamable-http", ALICE) as b,
+    ):
+
+        async def create(client) -> None:
+            outcomes.append(not (await client.call_tool("generate_video", VIDEO)).is_error)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for _ in range(10):
+                    group.start_soon(create, a)
+                    group.start_soon(create, b)
+        seen_by_first, seen_by_second = await call(a, "budget_status"), await call(b, "budget_status")
+    at_gateway = sum(task.reserved for task in sandbox.tasks.values())
+    assert outcomes.count(True) == len(sandbox.tasks) == 5
+    assert at_gateway == 200 <= BUDGET
+    for seen in (seen_by_first, seen_by_second):
+        assert seen["budget"] == BUDGET and seen["spent"] + seen["reserved"] == 200
