@@ -85,7 +85,8 @@ class Cluster:
 
     def sql(self, query: str, *params: object) -> list[tuple]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            return conn.execute(query, params).fetchall()
+            cursor = conn.execute(query, params)
+            return cursor.fetchall() if cursor.description else []
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, log: Path, seconds: float = 60) -> None:

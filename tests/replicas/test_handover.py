@@ -105,3 +105,31 @@ async def test_a_killed_watchers_task_is_settled_by_another_replica(cluster: Clu
     finally:  # the next tests get three replicas again
         index = cluster.replicas.index(watcher)
         cluster.replicas[index] = start_replica(cluster.env, cluster.tmp, watcher.port)
+
+
+async def test_a_lost_announcement_is_made_up_for_by_rereading_the_row(cluster: Cluster, held: Sandbox) -> None:
+    """The task's end is recorded with no NOTIFY at all: the waiting replica still finds it, from the row."""
+    task_id = await _create(cluster, "erin")
+    watcher = await _watcher(cluster, task_id)
+    waiting_on = next(r for r in cluster.replicas if r is not watcher)
+    _end_silently(held, task_id)
+    await wait_for(lambda: bool(cluster.sql("SELECT 1 FROM apikey_task_states WHERE task_id = %s", task_id)))
+    waiting = anyio.Event()
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        waiting.set()
+
+    async def record_quietly() -> None:
+        await waiting.wait()
+        await advance(cluster.sandbox_server, task_id)
+        body = held.tasks[task_id].task.model_dump_json(exclude_none=True)
+        cluster.sql("UPDATE apikey_task_states SET body = %s, terminal = true WHERE task_id = %s", body, task_id)
+
+    async with cluster.connect("erin", url=waiting_on.url, mode="legacy") as client, anyio.create_task_group() as group:
+        group.start_soon(record_quietly)
+        polls_before = held.tasks[task_id].polls
+        with anyio.fail_after(LEASE_SECONDS * 10):  # re-read every third of a lease; room for a busy machine
+            result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 30},
+                                            progress_callback=progress)  # fmt: skip
+    assert result_of(result)["status"] == "succeeded"
+    assert held.tasks[task_id].polls == polls_before, "read from the fleet's row, not the gateway"

@@ -46,13 +46,17 @@ class FleetTaskRegistry(TaskRegistry):
         if shared is None:
             raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
         self._following.add(task_id)
-        tracked = self.get(task_id)
-        if tracked is None:  # followed without its reservation: the watcher closes it (or this one, on taking over)
-            reservation = shared.reservation
-            modality = reservation.modality if reservation and reservation.modality else modality_of(shared.task)
-            return await self.track(shared.task, modality, None)
-        await self.update(shared.task)
-        return tracked
+        try:
+            tracked = self.get(task_id)
+            if tracked is None:  # followed without its reservation: the watcher closes it (or this one, taking over)
+                reservation = shared.reservation
+                modality = reservation.modality if reservation and reservation.modality else modality_of(shared.task)
+                return await self.track(shared.task, modality, None)
+            await self.update(shared.task)
+            return tracked
+        finally:
+            if shared.task.is_terminal:  # nothing more to follow
+                self._following.discard(task_id)
 
     async def reread(self, task_id: str) -> None:
         """Apply the fleet's recorded state of a task held here but watched elsewhere (after an announcement)."""
@@ -74,6 +78,7 @@ class FleetTaskRegistry(TaskRegistry):
             with anyio.move_on_after(self.reread_seconds):
                 await tracked.changed.wait()
             await _quietly(self.reread(task_id))
+        self._following.discard(task_id)
 
     async def _watch_leased(self, tracked: TrackedTask, *, fresh: bool) -> None:
         task_id = tracked.task_id
