@@ -148,7 +148,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         balancer_port = free_port()
         balancer = f"http://127.0.0.1:{balancer_port}"
         env = {
-            **os.environ, "APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY,
+            **{k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")},  # only what is set here
+            "APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY,
             "APIKEY_DATABASE_URL": database_url, "APIKEY_REQUEST_STATE_KEY": STATE_KEY,
             "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{n}={t}" for n, t in TOKENS.items()),
             "APIKEY_PUBLIC_URL": balancer, "APIKEY_WEBHOOK_SECRET": sandbox.webhook_secret,
