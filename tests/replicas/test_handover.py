@@ -133,3 +133,25 @@ async def test_a_lost_announcement_is_made_up_for_by_rereading_the_row(cluster: 
                                             progress_callback=progress)  # fmt: skip
     assert result_of(result)["status"] == "succeeded"
     assert held.tasks[task_id].polls == polls_before, "read from the fleet's row, not the gateway"
+
+
+async def test_a_listener_on_one_replica_hears_of_a_callback_on_another(cluster: Cluster, held: Sandbox) -> None:
+    """2026-07-28 `subscriptions/listen`: the stream lives on one replica; the fleet's announcement feeds it."""
+    task_id = await _create(cluster, "carol")
+    listening_on, receiver = cluster.replicas[0], cluster.replicas[1]
+    _end_silently(held, task_id)
+    uri = f"apikey://tasks/{task_id}"
+    heard: list[str] = []
+    async with cluster.connect("carol", url=listening_on.url, mode="2026-07-28") as client:
+        async with client.listen(resource_subscriptions=[uri]) as subscription:
+            await advance(cluster.sandbox_server, task_id)
+            body = held.tasks[task_id].task.model_dump_json(exclude_none=True).encode()
+            headers = webhooks.signed_headers(held.webhook_secret, webhooks.EVENT_COMPLETED, task_id, body)
+            async with httpx2.AsyncClient() as http:
+                delivered = await http.post(f"{receiver.url}/webhooks/api-key", content=body, headers=headers)
+            assert delivered.status_code == 204, delivered.text
+            with anyio.fail_after(20):
+                async for event in subscription:
+                    heard.append(str(event.uri))
+                    break
+    assert heard == [uri]
