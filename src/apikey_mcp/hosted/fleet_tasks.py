@@ -79,6 +79,7 @@ class FleetTaskRegistry(TaskRegistry):
                 await tracked.changed.wait()
             await _quietly(self.reread(task_id))
         self._following.discard(task_id)
+        self.resumed.discard(task_id)
 
     async def _watch_leased(self, tracked: TrackedTask, *, fresh: bool) -> None:
         task_id = tracked.task_id
