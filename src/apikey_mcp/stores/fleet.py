@@ -128,11 +128,11 @@ class Fleet:
     async def publish(self, principal: str, task: Task) -> None:
         """Record the task's latest state and wake every replica (a terminal state is never overwritten)."""
 
-        async def op(c: Any) -> None:
-            await c.execute(_SAVE_STATE, _state(principal, task))
-            await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, task.task_id))
+        async def op(c: Any) -> None:  # one statement, one round trip: the state and its announcement
+            await c.execute(f"WITH saved AS ({_SAVE_STATE}) SELECT pg_notify(%(ch)s, %(t)s)",
+                            {**_state(principal, task), "ch": CHANNEL})  # fmt: skip
 
-        await self.store._run(op)
+        await self.store._run(op, one_statement=True)
 
     async def find(self, task_id: str, principal: str | None = None) -> SharedTask | None:
         """The task's owner, latest state and reservation; with `principal`, only if it is that principal's."""
