@@ -42,8 +42,10 @@ def _end_silently(held: Sandbox, task_id: str) -> None:
     held.tasks[task_id].callback_url = None
 
 
-async def test_a_callback_on_one_replica_wakes_a_poll_waiting_on_another(cluster: Cluster, held: Sandbox) -> None:
-    task_id = await _create(cluster, "carol")
+async def _callback_wakes_a_poll_elsewhere(cluster: Cluster, held: Sandbox, principal: str) -> None:
+    """A poll waits on replica B; the callback reaches replica A (neither watches the task): B answers within
+    200 ms of the callback being sent, and nobody asked the gateway about the task meanwhile."""
+    task_id = await _create(cluster, principal)
     watcher = await _watcher(cluster, task_id)
     waiting_on, receiver = [r for r in cluster.replicas if r is not watcher]
     _end_silently(held, task_id)
@@ -54,7 +56,7 @@ async def test_a_callback_on_one_replica_wakes_a_poll_waiting_on_another(cluster
         waiting.set()
 
     async def poll() -> None:
-        async with cluster.connect("carol", url=waiting_on.url, mode="legacy") as client:
+        async with cluster.connect(principal, url=waiting_on.url, mode="legacy") as client:
             # warm the client: it lists the tools and compiles poll_task's output schema on first use
             assert result_of(await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 0}))
             result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 30},
@@ -84,6 +86,21 @@ async def test_a_callback_on_one_replica_wakes_a_poll_waiting_on_another(cluster
     assert cluster.sql("SELECT state, charged FROM apikey_reservations WHERE task_id = %s", task_id) == [
         ("settled", charged)
     ]
+
+
+async def test_a_callback_on_one_replica_wakes_a_poll_waiting_on_another(cluster: Cluster, held: Sandbox) -> None:
+    await _callback_wakes_a_poll_elsewhere(cluster, held, "carol")
+
+
+async def test_replicas_listen_again_after_losing_their_notification_connection(
+    cluster: Cluster, held: Sandbox
+) -> None:
+    listeners = "SELECT pid FROM pg_stat_activity WHERE application_name = 'apikey-mcp fleet listener'"
+    await wait_for(lambda: len(cluster.sql(listeners)) == 3)  # one per replica (a killed one's backend gone)
+    before = {pid for (pid,) in cluster.sql(listeners)}
+    cluster.sql(f"SELECT pg_terminate_backend(pid) FROM ({listeners}) AS l")  # noqa: S608 - a constant query
+    await wait_for(lambda: len({pid for (pid,) in cluster.sql(listeners)} - before) == 3)
+    await _callback_wakes_a_poll_elsewhere(cluster, held, "carol")
 
 
 async def test_a_killed_watchers_task_is_settled_by_another_replica(cluster: Cluster, held: Sandbox) -> None:

@@ -28,6 +28,7 @@ from .postgres import _CLOSE, PostgresLedgerStore, _reservation
 
 log = logging.getLogger(__name__)
 CHANNEL = "apikey_tasks"
+LISTENER_NAME = "apikey-mcp fleet listener"  # its application_name, to tell it apart in pg_stat_activity
 Claim = Literal["new", "ours", "taken"]
 _SCHEMA = """
 SELECT pg_advisory_xact_lock(1095781198);
@@ -210,7 +211,8 @@ class Fleet:
             await anyio.sleep(retry_seconds)
 
     async def _notifications(self, on_connect: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
-        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+        connect = psycopg.AsyncConnection.connect(self._url, autocommit=True, application_name=LISTENER_NAME)
+        async with await connect as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             await on_connect()
             async for notice in conn.notifies():
