@@ -80,3 +80,14 @@ def hosted(hosted_factory) -> Hosted:
 @pytest.fixture(params=["streamable-http", "sse"])
 def transport(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    """Server subprocesses a test starts (test_restart.Process): any still running at the end is killed."""
+    started: list[Any] = []
+    yield started
+    for process in started:
+        if process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()

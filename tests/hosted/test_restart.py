@@ -11,7 +11,6 @@ from pathlib import Path
 
 import anyio
 import httpx2
-import pytest
 from mcp.types import CallToolResult
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
@@ -55,16 +54,6 @@ class Process:
     def stop(self, sig: int) -> int:
         self.popen.send_signal(sig)
         return self.popen.wait(timeout=30)
-
-
-@pytest.fixture
-def processes(tmp_path: Path):
-    started: list[Process] = []
-    yield started
-    for process in started:
-        if process.popen.poll() is None:
-            process.popen.kill()
-            process.popen.wait()
 
 
 async def test_sigkill_after_a_create_loses_no_task_and_resets_no_budget(

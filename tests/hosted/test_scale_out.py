@@ -12,7 +12,7 @@ import pytest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import free_port
 from tests.hosted.conftest import ALICE
-from tests.hosted.test_restart import Process, processes  # noqa: F401 (the fixture)
+from tests.hosted.test_restart import Process
 from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call
 
@@ -33,7 +33,11 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
 
 
 async def test_two_processes_on_one_ledger_never_overspend(
-    sandbox_server: SandboxServer, sandbox: Sandbox, tmp_path: Path, processes: list[Process], ledger  # noqa: F811
+    sandbox_server: SandboxServer,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    processes: list[Process],
+    ledger,
 ) -> None:
     state_file, env = ledger
     env = {**env, "APIKEY_SESSION_BUDGET": str(BUDGET)}

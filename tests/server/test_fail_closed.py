@@ -3,6 +3,7 @@ its credits stay counted (whatever broke after), and the agent is told which tas
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
 from apikey_mcp.stores import MemoryLedgerStore, StoreRefusedError
 from apikey_mcp.stores.sqlite import SqliteLedgerStore
-from tests.conftest import KEY
+from tests.conftest import KEY, wait_until
 from tests.server.conftest import FAST_POLLING, call, call_error, connect, running_service, settings_for, totals
 
 VIDEO = {"prompt": "x", "model": "seedance-2-fast"}  # 40 credits
@@ -165,16 +166,18 @@ async def test_a_task_id_returned_twice_leaks_no_reservation_and_is_watched_once
             second = await call(mcp, "generate_video", **VIDEO)
             assert first["task_id"] == second["task_id"] == "task_same"
             assert (await store.totals("local")).reserved == 80
+            assert watchers("task_same") == 1  # one watcher, however many creates named the task
             finished.set()
             done = await call(mcp, "poll_task", task_id="task_same", wait_seconds=10)
-            with anyio.fail_after(10):
-                while (await store.totals("local")).reserved:
-                    await anyio.sleep(0.01)
-            polls_at_end = len(polls)
-            await anyio.sleep(0.3)  # a second watcher would keep polling a task that has ended
-    assert done["status"] == "succeeded"
-    assert await store.totals("local") == Totals(1000, 40, 0)  # one task, charged once; the other hold released
-    assert len(polls) == polls_at_end
+            await wait_until(lambda: watchers("task_same") == 0)  # and it stopped once the task ended
+            totals = await store.totals("local")
+    assert done["status"] == "succeeded" and polls
+    assert totals == Totals(1000, 40, 0)  # one task, charged once; the other hold released
+
+
+def watchers(task_id: str) -> int:
+    """Task watchers alive in this event loop (the registry names each after its task)."""
+    return sum(1 for task in asyncio.all_tasks() if task.get_name() == f"watch {task_id}" and not task.done())
 
 
 def test_an_empty_state_file_refuses_to_start(tmp_path: Path) -> None:
