@@ -125,6 +125,10 @@ class LedgerStore(Protocol):
 
     async def reservation(self, reservation_id: str) -> Reservation | None: ...
 
+    async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
+        """The principal's newest reservation tied to `task_id` (made by any process on this store)."""
+        ...
+
     async def reservations(
         self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
     ) -> list[Reservation]:
@@ -171,6 +175,9 @@ class Ledger:
 
     async def totals(self) -> Totals:
         return await self.store.totals(self.principal)
+
+    async def task_reservation(self, task_id: str) -> Reservation | None:
+        return await self.store.task_reservation(self.principal, task_id)
 
     async def open_reservations(self, limit: int = 100) -> list[Reservation]:
         return await self.store.reservations(self.principal, open_only=True, limit=limit)

@@ -1,11 +1,8 @@
-"""What the tools do, without MCP: the paid-call flow, polling, the catalogue and the docs.
+"""What the tools do, without MCP: paid calls, polling, the catalogue and the docs.
 
 Every paid call goes estimate -> reserve in the ledger store (or refuse, sending nothing) -> create with
 max_credits equal to the reservation -> tie the reservation to the task -> settle or release when it ends.
-Each failure is sorted by one question, "may the request have reached the gateway?": before the create
-is sent, the hold is given back; once it may have been, the hold stays counted until the gateway's
-answer, a poll, a callback or the operator closes it. The create and what follows are shielded from
-cancellation, so a created task id is never lost.
+The protocol after the estimate, and how each failure is sorted, is in paid.py.
 """
 
 from __future__ import annotations
@@ -18,21 +15,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio
-import anyio.lowlevel
-import httpx2
-from pydantic import HttpUrl, ValidationError
+from pydantic import HttpUrl
 
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .config import Settings
 from .downloads import save_outputs
-from .gateway import (
-    GatewayClient,
-    GatewayConnectionError,
-    GatewayError,
-    GatewayProtocolError,
-    GatewayUnreachableError,
-    ServerError,
-)
+from .gateway import GatewayClient, GatewayError
 from .gateway.models import (
     MAX_CREDITS,
     ChatCompletion,
@@ -50,6 +38,7 @@ from .gateway.models import (
     message_text,
     plan_for,
 )
+from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
 from .results import (
     BudgetStatus,
     ChatResult,
@@ -62,6 +51,7 @@ from .results import (
 )
 from .tasks import TaskRegistry, TrackedTask
 
+__all__ = ["BadAnswerError", "InputError", "LedgerRefusedError", "Service", "UnconfirmedError"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
@@ -96,18 +86,6 @@ class Cache:
 
 class InputError(ValueError):
     """A request we can refuse before spending anything; the message says what to change."""
-
-
-class UnconfirmedError(GatewayError):
-    """A paid request whose outcome is unknown (timeout, broken connection, unreadable answer)."""
-
-
-class LedgerRefusedError(Exception):
-    """The ledger could not record a reservation, so the paid call was not sent."""
-
-
-class BadAnswerError(ValueError):
-    """A gateway answer with a number no charge can be (infinite, negative, beyond any wallet)."""
 
 
 class Service:
@@ -203,7 +181,14 @@ class Service:
         tracked = await self._paid(
             plan, purpose, send, track, recover=lambda task_id: Task(task_id=task_id, status="pending")
         )
-        return await self.task_result(tracked)
+        try:
+            return await self.task_result(tracked)
+        except LedgerUnavailableError as exc:  # the task exists: its id must reach the agent all the same
+            held = tracked.reservation.credits if tracked.reservation else 0
+            raise InputError(
+                f"Created {modality} task {tracked.task_id} ({held} credits reserved): poll_task it. "
+                f"The budget could not be read just now ({exc})."
+            ) from None
 
     def _create_for(self, request: MediaRequest) -> tuple[str, Callable[..., Awaitable[Task]]]:
         if isinstance(request, ImageRequest):
@@ -347,103 +332,9 @@ class Service:
         *,
         recover: Callable[[str], _A] | None = None,
     ) -> _T:
-        """Estimate, reserve, `send` with max_credits = the reservation, then `done` ties the reservation up.
-
-        Nothing is sent unless the store recorded the reservation. Once `send` has begun, the reservation is
-        released only when the gateway's own answer says it did nothing; any other failure (a timeout, an
-        unreadable or undecodable answer, a redirect loop, a bad number) keeps it counted, unconfirmed.
-        `recover` rebuilds the answer from a task id found in an unreadable one.
-        """
+        """Estimate, then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
-        with anyio.CancelScope(shield=True):  # a hold the store made is never lost to a cancelled caller
-            try:
-                reservation = await self.ledger.reserve(estimate.credits, purpose)  # BudgetExceededError: none
-            except LedgerUnavailableError as exc:
-                raise LedgerRefusedError(
-                    f"The {purpose} was not sent: the budget ledger could not record its reservation ({exc}). "
-                    "Nothing was created or charged. Try again later, or ask the operator to check the ledger."
-                ) from None
-        try:
-            await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled while reserving: give it back, send nothing
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self.registry.durably(f"release the {purpose}", lambda: self.ledger.release(reservation))
-            raise
-        with anyio.CancelScope(shield=True):  # a created task id must not be lost to a cancelled call
-            try:
-                answer = await send(reservation)
-            except GatewayError as exc:
-                task_id = _task_id_in(exc) if recover is not None else None
-                if task_id is None:
-                    await self._unsent_or_unknown(exc, reservation, purpose)
-                    raise
-                log.warning("unreadable answer to the %s, but it names task %s: tracking it", purpose, task_id)
-                assert recover is not None
-                answer = recover(task_id)
-            except Exception as exc:  # after the request left: undecodable body, redirect loop, a bad number
-                raise _unconfirmed(purpose, reservation, _describe(exc), None) from exc
-            try:
-                result = await done(answer, reservation)
-            except Exception as exc:
-                task_id = getattr(answer, "task_id", None)
-                raise _unconfirmed(purpose, reservation, _describe(exc), task_id) from exc
-        return result
-
-    async def _unsent_or_unknown(self, exc: GatewayError, reservation: Reservation, purpose: str) -> None:
-        """Release the reservation of a request the gateway refused; keep it when the outcome is unknown."""
-        if not _may_have_happened(exc):
-            await self.registry.durably(f"release the {purpose}", lambda: self.ledger.release(reservation))
-            return
-        raise _unconfirmed(purpose, reservation, exc.message, None) from exc
+        return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover)
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)
-
-
-def _unconfirmed(purpose: str, reservation: Reservation, why: str, task_id: str | None) -> UnconfirmedError:
-    """The error for a paid request that may have reached the gateway: its credits stay counted."""
-    task = f" It was answered with task {task_id}: poll_task shows its state." if task_id else ""
-    return UnconfirmedError(
-        f"The gateway did not confirm the {purpose} ({why}). It may have been created, so its "
-        f"{reservation.credits} credits stay reserved until that is known.{task}",
-        hint="Check the api-key.org dashboard before trying again; budget_status shows the reservation, and "
-        "the operator can close it (apikey-mcp admin close).",
-    )
-
-
-def _describe(exc: Exception) -> str:
-    """A short, key-free account of an exception from a gateway answer."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"unreadable answer: {where + ': ' if where else ''}{first['msg']}"
-    if isinstance(exc, httpx2.DecodingError):
-        return "the answer's body could not be decoded"
-    if isinstance(exc, httpx2.TooManyRedirects):
-        return "the answer redirected too many times"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
-
-
-def _may_have_happened(exc: GatewayError) -> bool:
-    """Whether the gateway may have acted on a paid request that failed: after a timeout, a broken
-    connection or an unreadable answer, a 5xx that is not the gateway's own refusal (a proxy's 502/504), or
-    an answer that is neither success nor refusal (a redirect). A 4xx is the gateway saying it did nothing."""
-    if isinstance(exc, GatewayUnreachableError):
-        return False
-    if isinstance(exc, GatewayProtocolError | GatewayConnectionError):
-        return True
-    if isinstance(exc, ServerError):
-        return exc.status in (502, 504) or exc.code is None
-    status = getattr(exc, "status", None)
-    return status is not None and not 400 <= status < 500  # a redirect or an unknown status: not a refusal
-
-
-def _task_id_in(exc: GatewayError) -> str | None:
-    """The task id in a 2xx answer we could not otherwise read, so that the task is still tracked."""
-    if not isinstance(exc, GatewayProtocolError) or not exc.body:
-        return None
-    try:
-        task_id = json.loads(exc.body).get("task_id")
-    except (ValueError, AttributeError):
-        return None
-    return task_id if isinstance(task_id, str) and task_id else None

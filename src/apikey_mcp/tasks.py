@@ -125,12 +125,18 @@ class TaskRegistry:
         return tracked
 
     async def refresh(self, task_id: str) -> TrackedTask:
-        """Fetch the task's state now. A task this session did not create is adopted, with no reservation."""
+        """Fetch the task's state now. A task this session did not create is adopted, with no reservation;
+        one the principal created through another process on the same ledger is taken up with its hold."""
         tracked = self._tasks.get(task_id)
+        held = None
         if tracked is None and not self.adopt_unknown:
-            raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
+            held = await self.ledger.task_reservation(task_id)
+            if held is None:
+                raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
         task = await self.client.get_task(task_id)
         tracked = self._tasks.get(task_id)
+        if tracked is None and held is not None:
+            return await self.track(task, held.modality, held)  # closed here or there: the store does it once
         if tracked is None:
             tracked = self._tasks[task_id] = TrackedTask(task, modality_of(task))
             self._notify(tracked)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from apikey_mcp.budget import Totals
 from apikey_mcp.sandbox import Sandbox
 from apikey_mcp.stores import open_store
 from tests.hosted.conftest import ALICE
+from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call, call_error
 
 VIDEO = {"prompt": "x", "model": "seedance-2-fast"}  # 40 credits
@@ -80,3 +82,22 @@ async def test_a_hold_left_by_a_killed_create_is_closed_by_the_operator(tmp_path
     async with open_store(state_file=state) as store:
         assert await store.totals("alice") == Totals(100, 40, 0)
         assert (await store.history("alice"))[-1].actor == "operator"
+
+
+async def test_admin_works_on_a_postgresql_ledger_too() -> None:
+    database_url()
+    with postgres_schema() as url:
+        async with open_store(database_url=url) as store:
+            await store.ensure_principal("alice", 100)
+            held = await store.reserve("alice", 30, "video")
+        run = lambda *args: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True, timeout=60,
+            check=False, env={**os.environ, "APIKEY_DATABASE_URL": url},
+        )  # fmt: skip
+        raised = await anyio.to_thread.run_sync(lambda: run("set-budget", "alice", "250"))
+        closed = await anyio.to_thread.run_sync(lambda: run("close", held.id, "--released", "--json"))
+        listed = await anyio.to_thread.run_sync(lambda: run("principals", "--json"))
+    assert raised.returncode == closed.returncode == listed.returncode == 0, raised.stderr + closed.stderr
+    assert json.loads(closed.stdout)[0]["state"] == "released"
+    assert json.loads(listed.stdout) == [{"principal": "alice", "budget": 250, "spent": 0, "reserved": 0,
+                                          "remaining": 250}]  # fmt: skip

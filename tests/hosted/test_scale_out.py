@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.conftest import free_port
-from tests.hosted.conftest import ALICE
+from tests.conftest import advance, free_port, wait_until
+from tests.hosted.conftest import ALICE, BOB
 from tests.hosted.test_restart import Process
 from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call
@@ -67,3 +67,30 @@ async def test_two_processes_on_one_ledger_never_overspend(
     assert at_gateway == 200 <= BUDGET
     for seen in (seen_by_first, seen_by_second):
         assert seen["budget"] == BUDGET and seen["spent"] + seen["reserved"] == 200
+
+
+async def test_a_task_created_through_one_process_is_polled_and_settled_through_the_other(
+    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: list[Process], ledger
+) -> None:
+    state_file, env = ledger
+    first = Process(sandbox_server, state_file, tmp_path / "first.log", free_port(), **env)
+    processes.append(first)
+    await first.ready()
+    second = Process(sandbox_server, state_file, tmp_path / "second.log", free_port(), **env)
+    processes.append(second)
+    await second.ready()
+    async with first.hosted.connect("streamable-http", ALICE) as a:
+        created = await call(a, "generate_video", **VIDEO)
+    await advance(sandbox_server, created["task_id"])
+    async with second.hosted.connect("streamable-http", ALICE) as b, second.hosted.connect("sse", BOB) as bob:
+        done = await call(b, "poll_task", task_id=created["task_id"], wait_seconds=10)
+        await wait_until(lambda: _settled(b))
+        status = await call(b, "budget_status")
+        not_bobs = (await bob.call_tool("poll_task", {"task_id": created["task_id"], "wait_seconds": 0})).is_error
+    assert done["status"] == "succeeded" and done["credits_reserved"] == 40
+    assert (status["spent"], status["reserved"]) == (40, 0)
+    assert not_bobs  # the ledger says whose task it is: another principal still cannot see it
+
+
+async def _settled(client) -> bool:
+    return (await call(client, "budget_status"))["reserved"] == 0

@@ -54,8 +54,11 @@ async def test_attach_ties_only_an_open_reservation(store: LedgerStore) -> None:
     assert await store.attach(held.id, "task_1", "image")
     found = await store.reservation(held.id)
     assert (found.task_id, found.modality, found.own_key) == ("task_1", "image", True)
+    assert (await store.task_reservation("alice", "task_1")).id == held.id
+    assert await store.task_reservation("bob", "task_1") is None  # whose task it is, as the ledger knows it
     await store.release(held.id)
     assert not await store.attach(held.id, "task_2") and not await store.attach("nope", "task_3")
+    assert (await store.task_reservation("alice", "task_1")).state == ReservationState.RELEASED
 
 
 async def test_the_operator_sets_a_budget_and_a_lower_one_only_refuses_new_holds(store: LedgerStore) -> None:

@@ -241,3 +241,29 @@ def test_the_server_refuses_to_start_on_an_empty_state_file(tmp_path: Path) -> N
     empty.touch()
     with pytest.raises(HostingError, match="is empty"):
         create_app(Settings(transport="http", state_file=empty))
+
+
+class BlindStore(MemoryLedgerStore):
+    """A memory store that cannot be read once a reservation is made (a database gone mid-call)."""
+
+    blind = False
+
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False):
+        made = await super().reserve(principal, credits, purpose, own_key=own_key)
+        self.blind = True
+        return made
+
+    async def totals(self, principal: str) -> Totals:
+        if self.blind:
+            raise LedgerUnavailableError("connection lost")
+        return await super().totals(principal)
+
+
+async def test_a_created_task_is_reported_even_when_the_budget_cannot_be_read_after(
+    sandbox_server: SandboxServer, sandbox: Sandbox
+) -> None:
+    store = BlindStore()
+    async with connect("memory", settings_for(sandbox_server), store=store) as client:
+        text = await call_error(client, "generate_video", **VIDEO)
+    (task_id,) = sandbox.tasks
+    assert f"Created video task {task_id} (40 credits reserved)" in text and "connection lost" in text

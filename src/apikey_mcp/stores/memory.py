@@ -126,6 +126,11 @@ class MemoryLedgerStore:
         found = self._open.get(reservation_id) or self._closed.get(reservation_id)
         return _copy(found) if found else None
 
+    async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
+        found = [r for r in [*self._open.values(), *self._closed.values()]
+                 if r.principal == principal and r.task_id == task_id]  # fmt: skip
+        return _copy(max(found, key=lambda r: r.created_at)) if found else None
+
     async def reservations(
         self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
     ) -> list[Reservation]:

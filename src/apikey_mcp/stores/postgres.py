@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS apikey_reservations (
     state TEXT NOT NULL, charged BIGINT, created_at DOUBLE PRECISION NOT NULL, closed_at DOUBLE PRECISION);
 CREATE INDEX IF NOT EXISTS apikey_reservations_open ON apikey_reservations (created_at) WHERE state = 'reserved';
 CREATE INDEX IF NOT EXISTS apikey_reservations_by_principal ON apikey_reservations (principal, created_at);
+CREATE INDEX IF NOT EXISTS apikey_reservations_by_task ON apikey_reservations (task_id);
 CREATE TABLE IF NOT EXISTS apikey_events (
     seq BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
     actor TEXT NOT NULL, reservation_id TEXT, credits BIGINT, budget BIGINT NOT NULL, spent BIGINT NOT NULL,
@@ -209,6 +210,11 @@ class PostgresLedgerStore:
 
     async def reservation(self, reservation_id: str) -> Reservation | None:
         rows = await self._rows(f"SELECT {_COLUMNS} FROM apikey_reservations WHERE id = %s", (reservation_id,))
+        return _reservation(rows[0]) if rows else None
+
+    async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
+        rows = await self._rows(f"SELECT {_COLUMNS} FROM apikey_reservations WHERE task_id = %s AND principal = %s"
+                                " ORDER BY created_at DESC LIMIT 1", (task_id, principal))  # fmt: skip
         return _reservation(rows[0]) if rows else None
 
     async def reservations(

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     charged INTEGER, created_at REAL NOT NULL, closed_at REAL);
 CREATE INDEX IF NOT EXISTS reservations_open ON reservations (created_at) WHERE state = 'reserved';
 CREATE INDEX IF NOT EXISTS reservations_by_principal ON reservations (principal, created_at);
+CREATE INDEX IF NOT EXISTS reservations_by_task ON reservations (task_id);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
     actor TEXT NOT NULL, reservation_id TEXT, credits INTEGER, budget INTEGER NOT NULL, spent INTEGER NOT NULL,
@@ -185,6 +186,12 @@ class SqliteLedgerStore:
         row = await self._run(
             lambda c: c.execute(f"SELECT {_COLUMNS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
         )
+        return _reservation(row) if row else None
+
+    async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
+        sql = (f"SELECT {_COLUMNS} FROM reservations WHERE task_id = ? AND principal = ?"
+               " ORDER BY created_at DESC LIMIT 1")  # fmt: skip
+        row = await self._run(lambda c: c.execute(sql, (task_id, principal)).fetchone())
         return _reservation(row) if row else None
 
     async def reservations(
