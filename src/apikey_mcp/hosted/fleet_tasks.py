@@ -48,10 +48,10 @@ class FleetTaskRegistry(TaskRegistry):
         self._following.add(task_id)
         try:
             tracked = self.get(task_id)
-            if tracked is None:  # followed without its reservation: the watcher closes it (or this one, taking over)
+            if tracked is None:
                 reservation = shared.reservation
                 modality = reservation.modality if reservation and reservation.modality else modality_of(shared.task)
-                return await self.track(shared.task, modality, None)
+                return await self.track(shared.task, modality, reservation)
             await self.update(shared.task)
             return tracked
         finally:
@@ -66,6 +66,13 @@ class FleetTaskRegistry(TaskRegistry):
         shared = await self.fleet.find(task_id, self.principal)
         if shared is not None:
             await self.update(shared.task)
+
+    async def _close(self, tracked: TrackedTask, task: Task) -> None:
+        """Only the watcher closes a reservation (a callback's transaction already has): a follower's terminal
+        state comes from a row recorded after the close, so it has nothing to do."""
+        if tracked.task_id in self._following and tracked.task_id not in self._leased:
+            return
+        await super()._close(tracked, task)
 
     async def _watch(self, tracked: TrackedTask) -> None:
         task_id = tracked.task_id
@@ -88,8 +95,6 @@ class FleetTaskRegistry(TaskRegistry):
         try:
             if not fresh:  # taken over or resumed: it may have moved on (or ended) meanwhile
                 log.info("%s: watching task %s (lease taken)", self.principal, task_id)
-                if tracked.reservation is None and (shared := await _quietly(self.fleet.find(task_id))) is not None:
-                    tracked.reservation = shared.reservation
                 await _quietly(self.refresh(task_id))
             await super()._watch(tracked)
         finally:
