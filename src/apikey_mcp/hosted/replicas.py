@@ -85,10 +85,13 @@ class FleetAccounts(Accounts):
     fleet: Fleet | None = None
 
     def _registry(self, principal: str, client: GatewayClient, ledger: Ledger, *, own_key: bool) -> TaskRegistry:
+        """Tasks made with a client's own key stay with the replica that holds the key (in memory only)."""
         assert self.fleet is not None
+        if own_key:
+            return super()._registry(principal, client, ledger, own_key=own_key)
         return FleetTaskRegistry(
             self.fleet, principal, client, ledger, poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=False,
+            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=False, sleep=self.poll_sleep,
         )  # fmt: skip
 
     async def _restore(self) -> None:
