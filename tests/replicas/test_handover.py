@@ -172,3 +172,25 @@ async def test_a_listener_on_one_replica_hears_of_a_callback_on_another(cluster:
                     heard.append(str(event.uri))
                     break
     assert heard == [uri]
+
+
+async def test_a_replica_that_stops_cleanly_hands_its_leases_back(cluster: Cluster, held: Sandbox) -> None:
+    task_id = await _create(cluster, "erin")
+    watcher = await _watcher(cluster, task_id)
+    owner = cluster.sql("SELECT owner FROM apikey_task_leases WHERE task_id = %s", task_id)[0][0]
+    watcher.process.send_signal(signal.SIGTERM)
+    watcher.process.wait(timeout=30)
+    try:
+        # released on the way out, not left to expire: no row of the stopped replica right after it exits
+        rows = cluster.sql("SELECT owner FROM apikey_task_leases WHERE task_id = %s", task_id)
+        assert owner not in [row[0] for row in rows]
+        await wait_for(lambda: bool(cluster.sql("SELECT 1 FROM apikey_task_leases WHERE task_id = %s", task_id)))
+        await advance(cluster.sandbox_server, task_id)  # its callback goes through nginx to a live replica
+
+        def settled() -> bool:
+            return cluster.sql("SELECT state FROM apikey_reservations WHERE task_id = %s", task_id) == [("settled",)]
+
+        await wait_for(settled)
+    finally:
+        index = cluster.replicas.index(watcher)
+        cluster.replicas[index] = start_replica(cluster.env, cluster.tmp, watcher.port)
