@@ -62,13 +62,14 @@ class SqliteLedgerStore:
         self._conn = _open(self.path, busy_seconds)
         self._lock = threading.Lock()
 
-    async def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
-        """One transaction in a worker thread, finished even if the caller is cancelled meanwhile."""
+    async def _run(self, op: Callable[[sqlite3.Connection], _T], *, write: bool = True) -> _T:
+        """One transaction in a worker thread, finished even if the caller is cancelled meanwhile. A write
+        takes the file's write lock first (IMMEDIATE); a read does not, and WAL lets it run beside writers."""
 
         def transaction() -> _T:
             with self._lock:
                 try:
-                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
                     try:
                         result = op(self._conn)
                     except BaseException:
@@ -163,7 +164,7 @@ class SqliteLedgerStore:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
     async def totals(self, principal: str) -> Totals:
-        return await self._run(lambda c: _totals(c, principal))
+        return await self._run(lambda c: _totals(c, principal), write=False)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         if credits < 0:
@@ -179,19 +180,20 @@ class SqliteLedgerStore:
 
     async def principals(self) -> list[tuple[str, Totals]]:
         rows = await self._run(lambda c: c.execute("SELECT name, budget, spent, reserved FROM principals ORDER BY name")
-                               .fetchall())  # fmt: skip
+                               .fetchall(), write=False)  # fmt: skip
         return [(name, Totals(*rest)) for name, *rest in rows]
 
     async def reservation(self, reservation_id: str) -> Reservation | None:
         row = await self._run(
-            lambda c: c.execute(f"SELECT {_COLUMNS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            lambda c: c.execute(f"SELECT {_COLUMNS} FROM reservations WHERE id = ?", (reservation_id,)).fetchone(),
+            write=False,
         )
         return _reservation(row) if row else None
 
     async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
         sql = (f"SELECT {_COLUMNS} FROM reservations WHERE task_id = ? AND principal = ?"
                " ORDER BY created_at DESC LIMIT 1")  # fmt: skip
-        row = await self._run(lambda c: c.execute(sql, (task_id, principal)).fetchone())
+        row = await self._run(lambda c: c.execute(sql, (task_id, principal)).fetchone(), write=False)
         return _reservation(row) if row else None
 
     async def reservations(
@@ -201,13 +203,13 @@ class SqliteLedgerStore:
         sql = (f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)}"
                " ORDER BY created_at DESC LIMIT ? OFFSET ?")  # fmt: skip
         params = [*([principal] if principal is not None else []), limit, offset]
-        return [_reservation(r) for r in await self._run(lambda c: c.execute(sql, params).fetchall())]
+        return [_reservation(r) for r in await self._run(lambda c: c.execute(sql, params).fetchall(), write=False)]
 
     async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
         where, params = ("WHERE principal = ?", [principal]) if principal is not None else ("", [])
         sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail"
                f" FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
-        rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall())
+        rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall(), write=False)
         return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d) for s, at, p, k, a, r, cr, b, sp, rs, d in rows]
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
