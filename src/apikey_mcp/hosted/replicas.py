@@ -165,8 +165,9 @@ class Replica:
         async with anyio.create_task_group() as group:
             group.start_soon(self.fleet.listen, self._announced, self._reconnected)
             group.start_soon(self._maintain)
-            log.info("replica %s: leases of %.0f s, taken over within %.0f s of a replica's death",
-                     self.fleet.owner, self.fleet.lease_seconds, self.fleet.lease_seconds * 4 / 3)  # fmt: skip
+            log.info("replica %s: stateless Streamable HTTP at /mcp (no SSE); task leases of %g s, taken over "
+                     "within %g s of a replica's death", self.fleet.owner, self.fleet.lease_seconds,
+                     self.fleet.lease_seconds * 4 / 3)  # fmt: skip
             try:
                 yield self
             finally:
