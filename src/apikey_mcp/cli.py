@@ -9,7 +9,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, admin
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .config import Settings
 
 log = logging.getLogger("apikey_mcp")
+USAGE_ERROR = 2  # the exit status of a configuration the server cannot start with, as argparse uses
 
 
 def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,13 +37,20 @@ def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of /v1 requests answered 429")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, naming the flag and what is wrong (argparse's default adds the whole usage)."""
+        self.exit(USAGE_ERROR, f"{self.prog}: {message}. See {self.prog} --help.\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="apikey-mcp",
         description="MCP server for the API-Key gateway (api-key.org), with an enforced session credit budget.",
     )
     p.add_argument("--version", action="version", version=f"apikey-mcp {__version__}")
-    p.add_argument("--sandbox", action="store_true", help="start the sandbox gateway in-process and use it")
+    p.add_argument("--sandbox", action="store_true", default=None,
+                   help="start the sandbox gateway in-process and use it (env APIKEY_SANDBOX=true)")  # fmt: skip
     p.add_argument("--base-url", help="gateway URL (env APIKEY_BASE_URL; default https://api-key.org)")
     p.add_argument("--api-key", help="gateway key (prefer env APIKEY_API_KEY: flags show in process lists)")
     p.add_argument("--auth-scheme", choices=["bearer", "x-api-key"], help="how the key is sent (default bearer)")
@@ -76,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="let clients send their own gateway key in the x-apikey-gateway-key header",
     )
-    sub = p.add_subparsers(dest="command")
+    sub: argparse._SubParsersAction[Any] = p.add_subparsers(dest="command")  # of _Parser: one-line errors too
     _sandbox_parser(sub)
     admin.add_parser(sub)
     return p
@@ -106,7 +114,8 @@ def run_sandbox(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     if args.command == "sandbox":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         run_sandbox(args)
@@ -114,7 +123,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "admin":
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         raise SystemExit(admin.run(args))
-    serve(args)
+    try:
+        serve(args)
+    except ValueError as exc:  # a setting the server cannot start with: one line each, no traceback
+        cli.exit(USAGE_ERROR, "".join(f"apikey-mcp: {line}\n" for line in _configuration_errors(cli, exc)))
+
+
+def _configuration_errors(cli: argparse.ArgumentParser, exc: ValueError) -> list[str]:
+    from pydantic import ValidationError
+
+    from .hosted.auth import MIN_TOKEN_LENGTH, TokenConfigError  # imported only on this path: stdio starts lean
+
+    if isinstance(exc, ValidationError) and exc.title == "Settings":  # not some other model's, mid-run
+        return [_setting_error(cli, error) for error in exc.errors()]
+    if isinstance(exc, TokenConfigError):
+        return [f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {exc}; each entry is name=token, with a "
+                f"token of {MIN_TOKEN_LENGTH} or more characters."]  # fmt: skip
+    raise exc
+
+
+def _setting_error(cli: argparse.ArgumentParser, error: Any) -> str:
+    """`--budget / APIKEY_SESSION_BUDGET must be at least 0 (got -5).`: the setting as the user writes it."""
+    from .config import Settings
+    from .strict import explain
+
+    name = str(error["loc"][0]) if error["loc"] else ""
+    field = Settings.model_fields.get(name)
+    aliases = getattr(field.validation_alias, "choices", None) if field else None
+    env = str(aliases[-1]) if aliases else f"APIKEY_{name.upper()}"
+    flags = [o for a in cli._actions if a.dest == name for o in a.option_strings if o.startswith("--")]
+    secret = field is not None and "Secret" in str(field.annotation)
+    return f"{' / '.join([*flags[:1], env])} {explain(error, secret=secret)}"
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -124,9 +163,10 @@ def serve(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
     with ExitStack() as stack:
-        if args.sandbox:
-            overrides.update(_start_sandbox(stack, Settings(**overrides)))
         settings = Settings(**overrides)
+        if settings.sandbox:
+            overrides.update(_start_sandbox(stack, settings))
+            settings = Settings(**overrides)
         configure(settings.log_level)
         if settings.transport == "stdio":
             from .server import build_server
@@ -142,7 +182,8 @@ def serve(args: argparse.Namespace) -> None:
         try:
             serve_http(settings)
         except HostingError as exc:
-            raise SystemExit(f"apikey-mcp: {exc}") from None
+            print(f"apikey-mcp: {exc}", file=sys.stderr)
+            raise SystemExit(USAGE_ERROR) from None
 
 
 def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
         env_prefix="APIKEY_", extra="ignore", env_ignore_empty=True, populate_by_name=True
     )
 
+    sandbox: bool = Field(default=False, description="Start the sandbox gateway in-process and use it.")
     base_url: str = DEFAULT_BASE_URL
     api_key: SecretStr | None = None
     auth_scheme: Literal["bearer", "x-api-key"] = "bearer"

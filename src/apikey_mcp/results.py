@@ -1,13 +1,41 @@
-"""What the tools return: pydantic models, so every tool publishes an output schema and structured content."""
+"""What the tools return: pydantic models, so every tool publishes an output schema and structured content.
+
+They are published in every session's tool list, so they stay small: few descriptions (the tool's says
+what it returns), and fields that may be None are left out of the result instead (`dump`). A paid result
+carries the budget's totals only; the open reservations are paged in `budget_status`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from .budget import Reservation, Totals
 from .gateway.models import ModelParameters, Usage
+
+COST_META = "org.api-key/cost"  # the `_meta` key of a paid result: what the call cost and the budget after it
+MAX_PAGE = 100
+_ACCEPTS = {"type": "object", "description": "What it accepts: durations, resolutions, input_modes, sizes, limits."}
+
+
+def dump(result: BaseModel) -> dict[str, Any]:
+    """A result as the agent gets it: JSON, without the fields that have no value."""
+    return result.model_dump(mode="json", exclude_none=True)
+
+
+class BudgetTotals(BaseModel):
+    budget: int
+    spent: int
+    reserved: int
+    remaining: int
+
+    @classmethod
+    def of(cls, totals: Totals) -> BudgetTotals:
+        return cls(budget=totals.budget, spent=totals.spent, reserved=totals.reserved, remaining=totals.remaining)
+
+    def line(self) -> str:
+        return f"Budget: {self.remaining} of {self.budget} credits left ({self.spent} spent, {self.reserved} reserved)."
 
 
 class OpenReservation(BaseModel):
@@ -16,28 +44,24 @@ class OpenReservation(BaseModel):
     task_id: str | None = None
 
 
-class BudgetStatus(BaseModel):
-    """The session budget. `spent + reserved <= budget` always; `remaining` is what new calls may use."""
-
-    budget: int
-    spent: int
-    reserved: int
-    remaining: int
-    open_reservations: list[OpenReservation] = Field(default_factory=list)
+class BudgetStatus(BudgetTotals):
+    open_reservations: list[OpenReservation]  # one page, oldest first
+    open_count: int = Field(description="All open reservations.")
+    next_offset: int | None = None  # absent on the last page
 
     @classmethod
-    def of(cls, totals: Totals, open: list[Reservation]) -> BudgetStatus:
+    def page(cls, totals: Totals, open: list[Reservation], limit: int = 20, offset: int = 0) -> BudgetStatus:
+        """The totals and one page of the open reservations, oldest first (`open` is bounded by the caller)."""
+        ordered = sorted(open, key=lambda r: r.created_at)
+        chosen = ordered[offset : offset + max(0, min(limit, MAX_PAGE))]
+        following = offset + len(chosen)
         return cls(
-            budget=totals.budget,
-            spent=totals.spent,
-            reserved=totals.reserved,
-            remaining=totals.remaining,
+            **BudgetTotals.of(totals).model_dump(),
             open_reservations=[OpenReservation(credits=r.credits, purpose=r.purpose, task_id=r.task_id)
-                               for r in open],
+                               for r in chosen],
+            open_count=len(ordered),
+            next_offset=following if following < len(ordered) and chosen else None,
         )  # fmt: skip
-
-    def line(self) -> str:
-        return f"Budget: {self.remaining} of {self.budget} credits left ({self.spent} spent, {self.reserved} reserved)."
 
 
 class ModelSummary(BaseModel):
@@ -45,7 +69,7 @@ class ModelSummary(BaseModel):
     modality: str
     name: str | None = None
     description: str | None = None
-    parameters: ModelParameters
+    parameters: Annotated[ModelParameters, WithJsonSchema(_ACCEPTS)]
 
 
 class ModelsResult(BaseModel):
@@ -56,48 +80,68 @@ class ModelsResult(BaseModel):
 class EstimateResult(BaseModel):
     model: str
     modality: str
-    credits: int = Field(description="Estimated credits for the planned call.")
-    fits_budget: bool = Field(description="Whether the estimate fits what is left of the session budget now.")
+    credits: int
+    fits_budget: bool
     breakdown: dict[str, Any] | None = None
-    budget: BudgetStatus
+    budget: BudgetTotals
 
 
 class OutputFile(BaseModel):
-    url: str = Field(description="Durable result link.")
+    url: str
     mime_type: str | None = None
-    path: str | None = Field(default=None, description="Local copy, when the server runs with --output-dir.")
+    path: str | None = None  # with --output-dir
 
 
-class TaskResult(BaseModel):
+class _Paid(BaseModel):
+    """A result whose cost the client also finds in `_meta` (see COST_META)."""
+
+    def cost(self) -> dict[str, Any]:
+        spent = {k: v for k, v in self.model_dump(include={"credits_reserved", "credits_charged"}).items()
+                 if v is not None}  # fmt: skip
+        return {**spent, "budget": self.budget.model_dump()}  # type: ignore[attr-defined]
+
+
+class TaskStarted(_Paid):
     task_id: str
-    status: str = Field(description="pending, running, succeeded or failed (or a newer status, kept as given).")
+    status: str
+    credits_reserved: int | None = None
+    next_step: str
+    budget: BudgetTotals
+
+
+class TaskResult(TaskStarted):
+    status: str = Field(description="pending, running, succeeded or failed.")
     modality: str | None = None
     model: str | None = None
-    progress: float | None = Field(default=None, description="0..1 when the gateway reports it.")
-    credits_reserved: int | None = Field(default=None, description="Reserved for this task when it was created.")
-    credits_charged: int | None = Field(default=None, description="The real charge, once the task has succeeded.")
+    progress: float | None = Field(default=None, description="0 to 1.")
+    credits_charged: int | None = None
     outputs: list[OutputFile] = Field(default_factory=list)
     error: str | None = None
-    next_step: str
-    budget: BudgetStatus
+
+    def started(self) -> TaskStarted:
+        """What a generate tool answers; a task that ended at once sends the agent to poll_task for the rest."""
+        started = TaskStarted.model_validate(self.model_dump(include=set(TaskStarted.model_fields)))
+        if self.status in ("succeeded", "failed"):
+            started.next_step = f"It has {self.status} already: poll_task returns its outputs or error."
+        return started
 
 
-class ChatResult(BaseModel):
+class ChatResult(_Paid):
     model: str
-    content: str | None
+    content: str | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
     credits_charged: int
-    budget: BudgetStatus
+    budget: BudgetTotals
 
 
-class EmbeddingsResult(BaseModel):
+class EmbeddingsResult(_Paid):
     model: str
     embeddings: list[list[float]]
     dimensions: int
     usage: Usage | None = None
     credits_charged: int
-    budget: BudgetStatus
+    budget: BudgetTotals
 
 
 class BudgetIncreaseResult(BaseModel):
@@ -105,4 +149,4 @@ class BudgetIncreaseResult(BaseModel):
     requested: int
     granted: int = 0
     message: str
-    budget: BudgetStatus
+    budget: BudgetTotals

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -20,13 +20,14 @@ from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     Completion,
     CompletionArgument,
     PromptReference,
     ResourceTemplateReference,
 )
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from . import __version__
 from .accounts import LOCAL, Accounts, TooManyKeysError
@@ -34,10 +35,12 @@ from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
+from .results import MAX_PAGE
 from .stores.memory import MemoryLedgerStore
-from .tools import current_service, register_tools, serving
+from .tools import build_tools, current_service, serving
 
 log = logging.getLogger(__name__)
+MEDIA_KINDS = ("image", "video", "music")
 OWN_KEY_HEADER = "x-apikey-gateway-key"  # a client's own gateway key, when the operator allows it
 
 INSTRUCTIONS = """\
@@ -107,9 +110,9 @@ def build_server(
         auth=auth,
         token_verifier=token_verifier,
         subscriptions=subscriptions,
+        tools=build_tools(),
         request_state_security=request_state_security,  # replicas share one key: any of them unseals an answer
     )
-    register_tools(server)
     _register_resources(server)
     _register_prompts(server)
     return server
@@ -152,9 +155,9 @@ def _register_resources(server: MCPServer) -> None:
 
     @server.resource("apikey://budget", name="budget", title="Session budget", mime_type="application/json")
     async def budget() -> str:
-        """The session's budget, spent, reserved and remaining credits."""
+        """The session's budget, spent, reserved and remaining credits, and the first open reservations."""
         try:
-            return (await current_service().budget()).model_dump_json()
+            return (await current_service().budget_status(MAX_PAGE)).model_dump_json(exclude_none=True)
         except LedgerUnavailableError as exc:
             raise ResourceError(f"The budget ledger cannot be read now ({exc})") from None
 
@@ -173,6 +176,8 @@ def _register_resources(server: MCPServer) -> None:
     async def complete(
         ref: PromptReference | ResourceTemplateReference, argument: CompletionArgument, context: object
     ) -> Completion | None:
+        if isinstance(ref, PromptReference) and ref.name == "generate_media" and argument.name == "kind":
+            return Completion(values=[k for k in MEDIA_KINDS if k.startswith(argument.value)])
         if isinstance(ref, ResourceTemplateReference) and ref.uri == "apikey://tasks/{task_id}":
             ids = [i for i in reversed(current_service().registry.ids()) if i.startswith(argument.value)]
             return Completion(values=ids[:100], total=len(ids), has_more=len(ids) > 100)
@@ -196,8 +201,13 @@ def _register_document(server: MCPServer, name: str, path: str) -> None:
 
 def _register_prompts(server: MCPServer) -> None:
     @server.prompt(title="Generate media within budget")
-    def generate_media(kind: str = "video", brief: str = "") -> str:
+    def generate_media(
+        kind: Annotated[str, Field(description="image, video or music")] = "video",
+        brief: Annotated[str, Field(description="What to make; asked for if empty")] = "",
+    ) -> str:
         """Walk through estimate -> confirm -> generate -> poll for an image, video or music brief."""
+        if kind not in MEDIA_KINDS:
+            raise MCPError(code=INVALID_PARAMS, message=f"kind must be image, video or music (got {kind[:40]!r}).")
         return (
             f"I want a {kind}. Brief: {brief or '(ask me for one)'}\n\n"
             "Do it this way:\n"
@@ -205,14 +215,13 @@ def _register_prompts(server: MCPServer) -> None:
             "2. Call estimate with them. Tell me the credits and what will be left, and wait for my OK. If it does\n"
             "   not fit, propose a cheaper option (shorter, lower resolution, a faster model) or ask with\n"
             "   request_budget_increase.\n"
-            f"3. After my OK, call generate_{kind if kind in ('image', 'video', 'music') else 'video'} with the same\n"
-            "   parameters. It returns a task_id at once.\n"
+            f"3. After my OK, call generate_{kind} with the same parameters. It returns a task_id at once.\n"
             "4. Call poll_task with that task_id and wait_seconds=30 until the status is succeeded or failed.\n"
             "5. Give me the result links (and local paths if any) and the credits charged."
         )
 
     @server.prompt(title="Plan work within the budget")
-    def plan_within_budget(goal: str) -> str:
+    def plan_within_budget(goal: Annotated[str, Field(description="What the work should achieve")]) -> str:
         """Plan a multi-step job so its total estimated cost fits the remaining session budget."""
         return (
             f"Goal: {goal}\n\nCall budget_status and list_models. Draft a plan of gateway calls, call estimate for "

@@ -41,6 +41,7 @@ from .gateway.models import (
 from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
 from .results import (
     BudgetStatus,
+    BudgetTotals,
     ChatResult,
     EmbeddingsResult,
     EstimateResult,
@@ -57,6 +58,7 @@ _T = TypeVar("_T")
 _A = TypeVar("_A")
 _Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
 DEFAULT_MAX_TOKENS = 1024
+OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more than any real session holds, bounded
 MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
 
@@ -115,9 +117,14 @@ class Service:
 
     # ------------------------------------------------------------ budget and catalogue
 
-    async def budget(self) -> BudgetStatus:
+    async def budget(self) -> BudgetTotals:
         """Read from the store at every call: an operator's change shows at once, in every process."""
-        return BudgetStatus.of(await self.ledger.totals(), await self.ledger.open_reservations())
+        return BudgetTotals.of(await self.ledger.totals())
+
+    async def budget_status(self, limit: int = 20, offset: int = 0) -> BudgetStatus:
+        """The totals and one page of the open reservations (counted up to OPEN_SCAN)."""
+        totals, held = await self.ledger.totals(), await self.ledger.open_reservations(OPEN_SCAN)
+        return BudgetStatus.page(totals, held, limit, offset)
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)

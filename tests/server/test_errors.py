@@ -15,8 +15,8 @@ from tests.server.conftest import call, call_error, connect, settings_for
     [
         ("generate_video", {"prompt": "x", "model": "no-such-model"}, ["no model 'no-such-model'", "seedance-2"]),
         ("generate_video", {"prompt": "x", "model": "seedream-4"}, ["image model", "Video models"]),
-        ("generate_video", {"prompt": "x", "model": "seedance-2", "duration": -5}, ["duration", "greater than"]),
-        ("generate_video", {"prompt": "", "model": "seedance-2"}, ["prompt", "at least 1 character"]),
+        ("generate_video", {"prompt": "x", "model": "seedance-2", "duration": -5}, ["duration: must be at least 1"]),
+        ("generate_video", {"prompt": "", "model": "seedance-2"}, ["prompt: must not be empty"]),
         ("generate_video", {"prompt": "x", "model": "seedance-2", "duration": 7}, ["duration", "[5, 6, 8, 10]"]),
         ("generate_video", {"prompt": "x", "model": "seedance-2", "input_mode": "image-to-video"}, ["image_url"]),
         ("generate_image", {"prompt": "x", "model": "seedream-4", "size": "3x3"}, ["size", "1024x1024"]),
@@ -49,7 +49,7 @@ async def test_without_a_key_the_server_lists_tools_and_paid_calls_say_how_to_se
         text = await call_error(client, "generate_video", prompt="x", model="seedance-2-fast")
         poll = await call_error(client, "poll_task", task_id="task_1")
     assert models["count"] == 2
-    assert "APIKEY_API_KEY" in text and "--sandbox" in text and "APIKEY_API_KEY" in poll
+    assert "APIKEY_API_KEY" in text and "--sandbox" in text and "Sandbox switch" in text and "APIKEY_API_KEY" in poll
     assert sandbox.tasks == {} and sandbox.wallets  # nothing was sent that could create
 
 

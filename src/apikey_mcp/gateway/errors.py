@@ -74,7 +74,10 @@ class GatewayStatusError(GatewayError):
 
 
 class MissingApiKeyError(GatewayStatusError):
-    hint = "Set APIKEY_API_KEY (or pass --api-key), or start with --sandbox to try everything with no account."
+    hint = (
+        "Set APIKEY_API_KEY (or pass --api-key), or try everything with no account on the sandbox: --sandbox, "
+        "APIKEY_SANDBOX=true, or the Sandbox switch of the Desktop Extension."
+    )
 
 
 class AuthenticationError(GatewayStatusError):

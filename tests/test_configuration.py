@@ -1,0 +1,52 @@
+"""A configuration the server cannot start with: one line naming the setting and what is allowed, exit 2.
+
+Run as a user runs it, a subprocess, since the exit status and the absence of a traceback are the point.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import free_port
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", *args], env=base | env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["--budget", "-5", "--sandbox"], {}, "--budget / APIKEY_SESSION_BUDGET must be at least 0 (got -5)."),
+        ([], {"APIKEY_SESSION_BUDGET": "abc"}, "--budget / APIKEY_SESSION_BUDGET must be a whole number (got 'abc')."),
+        ([], {"APIKEY_AUTH_SCHEME": "basic"},
+         "--auth-scheme / APIKEY_AUTH_SCHEME must be one of 'bearer' or 'x-api-key' (got 'basic')."),
+        (["--transport", "http", "--port", "{port}"], {"APIKEY_MCP_AUTH_TOKENS": "alice=short"},
+         "APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: the token for 'alice' is shorter than 16 characters; "
+         "each entry is name=token, with a token of 16 or more characters."),
+        (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
+        (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
+        ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:
+    done = run([a.replace("{port}", str(free_port())) for a in args], env)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr and "pydantic" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(f"apikey-mcp: {line}"), done.stderr
+
+
+def test_a_secret_setting_is_never_echoed() -> None:
+    secret = "sk-live-do-not-print-1234567890"
+    done = run([], {"APIKEY_API_KEY": secret, "APIKEY_MAX_DOWNLOAD_BYTES": "0"})
+    assert done.returncode == 2 and secret not in done.stderr
+    expected = "--max-download-bytes / APIKEY_MAX_DOWNLOAD_BYTES must be more than 0 (got '0')."
+    assert done.stderr == f"apikey-mcp: {expected}\n"
