@@ -129,6 +129,17 @@ class Accounts:
         services = [self._services.get(principal), *(s for (p, _), s in self._own.items() if p == principal)]
         return any(s is not None and s.registry.get(task_id) is not None for s in services)
 
+    async def loads(self, principal: str, task_id: str) -> bool:
+        """Whether `task_id` is one of the principal's tasks: in memory, or recorded as theirs by another
+        process of the same ledger (a replica), which this loads so that its news reaches them here too."""
+        if self.owns(principal, task_id):
+            return True
+        try:
+            await (await self.service(principal)).registry.refresh(task_id)
+        except GatewayError:  # not theirs (NotFoundError), or not to be had now
+            return False
+        return self.owns(principal, task_id)
+
     def find_task(self, task_id: str) -> tuple[Service, TrackedTask] | None:
         """Whose task this is (for callbacks, which carry no principal)."""
         for service in [*self._services.values(), *self._own.values()]:
@@ -185,13 +196,7 @@ class Accounts:
         """A service over `ledger`; with `client`, one that calls the gateway with the principal's own key."""
         assert self._group is not None, "Accounts.running() must be entered first"
         client = client or self.client
-        registry = TaskRegistry(
-            client, ledger, poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
-            callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
-            sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
-            retention=self.settings.task_retention_seconds,
-        )  # fmt: skip
+        registry = self._registry(principal, client, ledger, own_key=own_key)
         registry.start(self._group)
         group = self._group
 
@@ -204,6 +209,16 @@ class Accounts:
         if not own_key:
             self._services[principal] = service
         return service
+
+    def _registry(self, principal: str, client: GatewayClient, ledger: Ledger, *, own_key: bool) -> TaskRegistry:
+        """The principal's task registry (replica mode gives one that coordinates with the fleet)."""
+        return TaskRegistry(
+            client, ledger, poll_interval=self.settings.poll_interval,
+            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
+            callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
+            sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
+            retention=self.settings.task_retention_seconds,
+        )  # fmt: skip
 
     async def _restore(self) -> None:
         """Watch every task the store holds credits for; say which holds have no task (closeable by the operator)."""

@@ -78,3 +78,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024**2, gt=0)
     allow_byok: bool = Field(default=False, description="Let clients send their own gateway key in a header.")
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+    # Replica mode (hosted on a PostgreSQL ledger): many replicas behind a load balancer
+    request_state_key: SecretStr | None = Field(
+        default=None, description="Seals request state; the same on every replica (at least 32 characters)."
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="How long a replica's claim to watch a task lasts unless it renews it."
+    )

@@ -16,6 +16,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from mcp.server.request_state import RequestStateSecurity
 from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
@@ -71,6 +72,7 @@ def build_server(
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     poll_clock: Callable[[], float] = time.monotonic,
     closed: anyio.Event | None = None,
+    request_state_security: RequestStateSecurity | None = None,
 ) -> MCPServer:
     """The MCP server for these settings.
 
@@ -115,6 +117,7 @@ def build_server(
         token_verifier=token_verifier,
         subscriptions=subscriptions,
         tools=build_tools(),
+        request_state_security=request_state_security,  # replicas share one key: any of them unseals an answer
     )
     _register_resources(server)
     _register_prompts(server)

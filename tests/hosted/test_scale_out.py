@@ -28,7 +28,8 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pat
     else:
         database_url()
         with postgres_schema() as url:
-            yield None, {"APIKEY_DATABASE_URL": url}
+            # replica mode (a PostgreSQL ledger) needs the key every replica shares
+            yield None, {"APIKEY_DATABASE_URL": url, "APIKEY_REQUEST_STATE_KEY": "r" * 64}
 
 
 async def test_two_processes_on_one_ledger_never_overspend(
@@ -81,7 +82,11 @@ async def test_a_task_created_through_one_process_is_polled_and_settled_through_
     async with first.hosted.connect("streamable-http", ALICE) as a:
         created = await call(a, "generate_video", **VIDEO)
     await advance(sandbox_server, created["task_id"])
-    async with second.hosted.connect("streamable-http", ALICE) as b, second.hosted.connect("sse", BOB) as bob:
+    # Streamable HTTP for both: on a PostgreSQL ledger the processes are replicas, which do not serve SSE
+    async with (
+        second.hosted.connect("streamable-http", ALICE) as b,
+        second.hosted.connect("streamable-http", BOB) as bob,
+    ):
         done = await call(b, "poll_task", task_id=created["task_id"], wait_seconds=10)
         await wait_until(lambda: _settled(b))
         status = await call(b, "budget_status")

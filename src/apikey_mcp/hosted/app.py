@@ -36,6 +36,7 @@ from .auth import load_tokens
 from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
 from .limits import SessionLimit, StreamLimit
+from .replicas import Replica, ReplicaConfigError, replica_mode
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,26 @@ def create_app(
     where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
                            other_secrets=[settings.webhook_secret])  # fmt: skip
-    accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
-    updates = ResourceUpdates(accounts.owns, listens_per_principal=settings.max_listens_per_principal,
+    accounts: Accounts | None = None  # the updates ask it whose a task is; made just below
+
+    async def owns(principal: str, task_id: str) -> bool:
+        assert accounts is not None
+        return await accounts.loads(principal, task_id)
+
+    updates = ResourceUpdates(owns, listens_per_principal=settings.max_listens_per_principal,
                               listens_total=settings.max_sessions)  # fmt: skip
+    replica = None
+    if database_url and replica_mode(settings):  # one of many replicas behind a load balancer
+        try:
+            replica = Replica.configure(settings, client, store, database_url, updates)
+        except ReplicaConfigError as exc:
+            raise HostingError(str(exc)) from None
+        accounts = replica.accounts
+    else:
+        accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
     accounts.task_listeners.append(updates.task_changed)
-    server = build_server(settings, accounts=accounts, subscriptions=updates.bus)
+    server = build_server(settings, accounts=accounts, subscriptions=updates.bus,
+                          request_state_security=replica.security if replica else None)  # fmt: skip
     updates.install(server)
 
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
@@ -119,15 +135,16 @@ def create_app(
                                          allowed_origins=origins)  # fmt: skip
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"]), *access.metadata_routes()]
     if settings.webhook_secret is not None:
-        receiver = CallbackReceiver(accounts, settings.webhook_secret.get_secret_value(),
-                                    max_bytes=settings.max_body_bytes)  # fmt: skip
+        secret = settings.webhook_secret.get_secret_value()
+        receiver = (replica.callback_receiver(secret, max_bytes=settings.max_body_bytes) if replica
+                    else CallbackReceiver(accounts, secret, max_bytes=settings.max_body_bytes))  # fmt: skip
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
     mcp_app: ASGIApp | None = None
     if streamable:
         streamable_app = server.streamable_http_app(
             streamable_http_path="/mcp", transport_security=security, max_request_body_size=settings.max_body_bytes,
-            host=settings.host, max_sessions=settings.max_sessions,
+            host=settings.host, max_sessions=settings.max_sessions, stateless_http=replica is not None,
         )  # fmt: skip
         limit = settings.max_sessions_per_principal
         mcp_app = SessionLimit(_asgi(streamable_app.routes[0]), server.session_manager, limit)
@@ -136,7 +153,7 @@ def create_app(
         if mcp_app is not None:
             routes.append(Route(f"{door.prefix}/mcp", HostCheck(door.guard(mcp_app), security)))
             endpoints.append(f"{door.prefix}/mcp ({door.kind})")
-        if settings.transport in ("http", "sse"):
+        if settings.transport in ("http", "sse") and replica is None:  # SSE sessions live in one process
             sse = server.sse_app(
                 sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", transport_security=security,
                 max_request_body_size=settings.max_body_bytes, host=settings.host,
@@ -155,6 +172,8 @@ def create_app(
             stack.push_async_callback(store.aclose)
             await ready(store)
             await stack.enter_async_context(accounts.running())
+            if replica is not None:
+                await stack.enter_async_context(replica.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
             log.info("serving %s on %s: %s (ledger: %s)", settings.transport, base, ", ".join(endpoints), where)

@@ -58,21 +58,25 @@ class CallbackReceiver:
             return _refuse(401, f"untrusted callback: {exc}")
         signature = request.headers[webhooks.SIGNATURE_HEADER].strip().lower()
         try:
-            first = await self.accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE)
-        except LedgerUnavailableError as exc:  # cannot tell a replay from a first: let the gateway send it again
-            log.error("cannot record a callback now (%s); answering 503 so that it is retried", exc)
-            return _refuse(503, "the ledger cannot record this callback now; retry later")
-        if not first:
-            log.warning("rejected a replayed callback for task %s", request.headers.get(webhooks.TASK_ID_HEADER))
-            return _refuse(409, "this callback was already received")
-        try:
             task = Task.model_validate_json(body)
         except ValidationError:
             return _refuse(400, "callback body is not a task")
         if request.headers.get(webhooks.TASK_ID_HEADER) not in (None, task.task_id):
             return _refuse(400, "the task id header and the body disagree")
+        return await self.accept(task, signature, request.query_params.get(RESERVATION_PARAM))
+
+    async def accept(self, task: Task, signature: str, reservation_id: str | None) -> Response:
+        """Apply a verified callback once: settle or release its reservation, wake waiters and subscribers."""
+        try:
+            first = await self.accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE)
+        except LedgerUnavailableError as exc:  # cannot tell a replay from a first: let the gateway send it again
+            log.error("cannot record a callback now (%s); answering 503 so that it is retried", exc)
+            return _refuse(503, "the ledger cannot record this callback now; retry later")
+        if not first:
+            log.warning("rejected a replayed callback for task %s", task.task_id)
+            return _refuse(409, "this callback was already received")
         found = self.accounts.find_task(task.task_id)
-        if found is None and (reservation_id := request.query_params.get(RESERVATION_PARAM)):
+        if found is None and reservation_id:
             found = await self.accounts.adopt_created(reservation_id, task)
         if found is None:
             return _refuse(404, f"no task '{task.task_id}' here")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -116,7 +116,7 @@ class ListenLimit:
     task URIs are honoured, so a listener never hears about another principal's tasks."""
 
     def __init__(
-        self, bus: SubscriptionBus, limit: int, total: int, owned: Callable[[str, Iterable[str]], list[str]]
+        self, bus: SubscriptionBus, limit: int, total: int, owned: Callable[[str, Iterable[str]], Awaitable[list[str]]]
     ) -> None:
         self.limit = limit
         self._handler = ListenHandler(bus, max_subscriptions=total)
@@ -131,7 +131,7 @@ class ListenLimit:
         if self.open[principal] >= self.limit:
             raise MCPError(INVALID_REQUEST, f"Too many listen streams for this principal (limit {self.limit})")
         wanted = params.notifications.resource_subscriptions or []
-        mine = self._owned(principal, wanted) or None
+        mine = await self._owned(principal, wanted) or None
         params = params.model_copy(
             update={"notifications": params.notifications.model_copy(update={"resource_subscriptions": mine})}
         )

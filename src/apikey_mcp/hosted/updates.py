@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -55,17 +55,22 @@ def _principal() -> str:
 
 
 class ResourceUpdates:
-    """`owns(principal, task_id)` says whether a task is the principal's (and still in memory)."""
+    """`owns(principal, task_id)` says whether a task is the principal's (loading it if another process of
+    the same ledger created it)."""
 
-    def __init__(self, owns: Callable[[str, str], bool], *, listens_per_principal: int, listens_total: int) -> None:
+    def __init__(
+        self, owns: Callable[[str, str], Awaitable[bool]], *, listens_per_principal: int, listens_total: int
+    ) -> None:
         self.bus = InMemorySubscriptionBus()
         self._owns = owns
         self.listen = ListenLimit(self.bus, listens_per_principal, listens_total, self.owned)
         self._subscribers: dict[str, weakref.WeakSet[Any]] = {}  # uri -> sessions (all of the task's principal)
         self._per_session: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
-    def owned(self, principal: str, uris: Iterable[str]) -> list[str]:
-        return [u for u in uris if u.startswith(TASK_PREFIX) and self._owns(principal, u.removeprefix(TASK_PREFIX))]
+    async def owned(self, principal: str, uris: Iterable[str]) -> list[str]:
+        """The principal's own task URIs among `uris` (at most MAX_PER_SESSION of them are looked at)."""
+        wanted = [u for u in list(uris)[:MAX_PER_SESSION] if u.startswith(TASK_PREFIX)]
+        return [u for u in wanted if await self._owns(principal, u.removeprefix(TASK_PREFIX))]
 
     def install(self, server: MCPServer) -> None:
         """Serve resources/(un)subscribe for 2025-era clients and a per-principal subscriptions/listen."""
@@ -80,7 +85,7 @@ class ResourceUpdates:
 
     async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
-        if not self.owned(_principal(), [uri]):
+        if not await self.owned(_principal(), [uri]):
             raise MCPError(INVALID_PARAMS, "Only your own tasks can be subscribed to: apikey://tasks/<task_id>")
         connection = _connection(ctx)
         uris = self._per_session.setdefault(connection, set())

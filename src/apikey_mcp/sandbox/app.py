@@ -87,6 +87,7 @@ class SandboxTask:
     started: float = field(default_factory=time.monotonic)
     held: bool = False  # moved on only by /sandbox/tasks/{id}/advance, never by the clock
     ended_at: float | None = None  # unix seconds, to the microsecond: benchmarks time what follows the end
+    polls: int = 0  # GET /v1/tasks/{id} of this very task (the request counters group all tasks)
 
 
 class Sandbox:
@@ -379,6 +380,7 @@ class Sandbox:
         entry = self.tasks.get(request.path_params["task_id"])
         if entry is None or entry.key != key:
             raise SandboxError(404, "task_not_found", f"Task '{request.path_params['task_id']}' was not found")
+        entry.polls += 1
         task = entry.task
         if task.status == TaskStatus.RUNNING and not entry.held:
             elapsed = (time.monotonic() - entry.started) / max(self.task_seconds, 1e-9)
