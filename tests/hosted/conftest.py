@@ -13,6 +13,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from apikey_mcp.accounts import Accounts
 from apikey_mcp.config import Settings
@@ -48,12 +49,33 @@ async def post_initialize(url: str, token: str | None) -> httpx2.Response:
         return await http.post(url, headers=headers, json=INIT)
 
 
+class StreamWatch:
+    """The app, counting the 2025-era GET /mcp streams it has opened: a server-initiated notification (such as
+    resources/updated) reaches a legacy client only once its GET stream is open, which the client opens
+    in the background after initializing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app, self.opened = app, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith("/mcp"):
+            return await self.app(scope, receive, send)
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.start" and message["status"] == 200:
+                self.opened += 1
+
+        await self.app(scope, receive, sending)
+
+
 class Hosted:
     """A running hosted server and how to reach it."""
 
-    def __init__(self, server: BackgroundServer, settings: Settings, app: Starlette) -> None:
+    def __init__(self, server: BackgroundServer, settings: Settings, app: Starlette, streams: StreamWatch) -> None:
         self.url = server.url
         self.settings = settings
+        self.streams = streams
         self.accounts: Accounts = app.state.accounts
         self.updates: ResourceUpdates = app.state.updates
 
@@ -84,11 +106,12 @@ def hosted_factory(sandbox_server: SandboxServer, tmp_path: Path) -> Iterator:
         def make(url: str):
             made["settings"] = hosted_settings(sandbox_server, state_file, url, **overrides)
             made["app"] = create_app(made["settings"], **timing)
-            return made["app"]
+            made["streams"] = StreamWatch(made["app"])
+            return made["streams"]
 
         server = BackgroundServer.for_url(make).start()
         servers.append(server)
-        return Hosted(server, made["settings"], made["app"])
+        return Hosted(server, made["settings"], made["app"], made["streams"])
 
     yield start
     for server in servers:

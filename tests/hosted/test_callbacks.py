@@ -120,6 +120,7 @@ async def test_a_subscribed_client_hears_resources_updated(slow: Hosted, sandbox
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MCPDeprecationWarning)
                 await client.subscribe_resource(uri)
+            await wait_until(lambda: slow.streams.opened >= 1)  # where the server's notification will travel
             assert await post(slow, body, headers) == 204
             await wait_until(lambda: bool(heard))
     else:
