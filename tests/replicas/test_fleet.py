@@ -10,6 +10,7 @@ import pytest
 from apikey_mcp.gateway.models import Task, TaskCredits
 from apikey_mcp.stores import open_store
 from apikey_mcp.stores.fleet import Fleet
+from tests.conftest import wait_until
 from tests.ledger.conftest import postgres_schema
 
 
@@ -88,9 +89,7 @@ async def test_a_callback_settles_records_and_announces_once(fleets: tuple[Fleet
         outcomes = []
         for fleet in (a, b, a):  # the same signed delivery three times, to either replica
             outcomes.append(await fleet.settle_callback("sig-1", 600, done, reservation_id))
-        with anyio.fail_after(10):
-            while not heard:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: bool(heard))
         group.cancel_scope.cancel()
     assert outcomes == ["recorded", "replay", "replay"]
     assert heard == [task_id]

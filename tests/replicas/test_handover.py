@@ -12,7 +12,7 @@ import httpx2
 
 from apikey_mcp.gateway import webhooks
 from apikey_mcp.sandbox import Sandbox
-from tests.conftest import advance
+from tests.conftest import advance, wait_until
 from tests.replicas.conftest import LEASE_SECONDS, Cluster, Replica, start_replica
 from tests.replicas.test_replicas import IMAGE, result_of, wait_for
 
@@ -76,9 +76,7 @@ async def _callback_wakes_a_poll_elsewhere(cluster: Cluster, held: Sandbox, prin
             sent = time.monotonic()
             delivered = await http.post(f"{receiver.url}/webhooks/api-key", content=body, headers=headers)
         assert delivered.status_code == 204, delivered.text
-        with anyio.fail_after(20):
-            while "at" not in answer:
-                await anyio.sleep(0.005)
+        await wait_until(lambda: "at" in answer)
     assert answer["result"]["status"] == "succeeded" and answer["result"]["task_id"] == task_id
     assert answer["at"] - sent < 0.2, f"woken after {answer['at'] - sent:.3f} s"
     assert held.tasks[task_id].polls == polls_before, "no replica asked the gateway about the task"

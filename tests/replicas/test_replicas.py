@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.conftest import wait_until
 from tests.replicas.conftest import BUDGET, IMAGE_CREDITS, TASKS_EACH, Cluster
 
 IMAGE = {"prompt": "a lighthouse at dusk", "model": "flux-schnell"}
@@ -22,9 +23,7 @@ def result_of(result: Any) -> dict[str, Any]:
 
 async def wait_for(condition: Any, seconds: float = 30) -> None:
     """Re-check `condition` until it holds (a deadline, never a bare sleep)."""
-    with anyio.fail_after(seconds):
-        while not condition():
-            await anyio.sleep(0.05)
+    await wait_until(condition, seconds=seconds)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])

@@ -135,9 +135,7 @@ async def test_a_settlement_that_fails_to_write_is_retried_until_it_lands(sandbo
     async with running_service(sandbox_server, store=store) as service:
         result = await service.generate(VideoRequest(model="seedance-2-fast", prompt="x"))
         await service.registry.wait(result.task_id, 5)
-        with anyio.fail_after(10):
-            while (await totals(service)).reserved:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: _settled(service))
     assert store.failures == 0 and await store.totals("local") == Totals(1000, 40, 0)
 
 
@@ -267,3 +265,7 @@ async def test_a_created_task_is_reported_even_when_the_budget_cannot_be_read_af
         text = await call_error(client, "generate_video", **VIDEO)
     (task_id,) = sandbox.tasks
     assert f"Created video task {task_id} (40 credits reserved)" in text and "connection lost" in text
+
+
+async def _settled(service) -> bool:
+    return not (await totals(service)).reserved
