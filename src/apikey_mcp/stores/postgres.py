@@ -30,6 +30,7 @@ from ..budget import (
     principal_actor,
 )
 from .common import StoreRefusedError
+from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
 _T = TypeVar("_T")
 _Conn = psycopg.AsyncConnection[Any]
@@ -101,7 +102,8 @@ class PostgresLedgerStore:
         """Connect and create the tables if they are missing; refuse clearly when the database is unreachable."""
         try:  # one connection first: an unreachable server is reported at once, with its reason
             async with await psycopg.AsyncConnection.connect(self._url, connect_timeout=int(self._timeout)) as conn:
-                await conn.execute(_SCHEMA)
+                await conn.execute(_SCHEMA + POSTGRES_VERSION_TABLE)
+                await upgrade_postgres(conn)
             await self._pool.open(wait=True, timeout=self._timeout)
         except (psycopg.Error, OSError) as exc:
             await self._pool.close()

@@ -31,10 +31,11 @@ from ..budget import (
 )
 from .common import StoreRefusedError
 from .migrate import is_v1, migrate_v1
+from .upgrades import BASE_VERSION, upgrade_sqlite
 
 _T = TypeVar("_T")
 APPLICATION_ID = 0x41504B4D  # 'APKM': marks the file as ours
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = BASE_VERSION  # the base schema below; later changes are steps in upgrades.py
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS principals (
@@ -264,6 +265,7 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
         if owner != APPLICATION_ID:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
                                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")  # fmt: skip
+        upgrade_sqlite(conn)
     except sqlite3.DatabaseError as exc:  # "file is not a database"
         conn.close()
         raise StoreRefusedError(

@@ -1,0 +1,45 @@
+"""Schema upgrades after version 2, one numbered step each, for SQLite and PostgreSQL alike.
+
+The base schema (version 2) stays as it was written; every later change is a step here, applied in order to
+new and old ledgers in the same transaction that records the new version. Each feature adds its own step
+with the next free number, so steps from different branches merge as separate dictionary entries.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+BASE_VERSION = 2
+
+# version -> SQL run once when a SQLite ledger is below it (several statements allowed).
+SQLITE_STEPS: dict[int, str] = {}
+
+# version -> SQL run once when a PostgreSQL ledger is below it, under the schema's advisory lock.
+POSTGRES_STEPS: dict[int, str] = {}
+
+LATEST = max([BASE_VERSION, *SQLITE_STEPS, *POSTGRES_STEPS])
+
+
+def upgrade_sqlite(conn: sqlite3.Connection) -> None:
+    """Bring a SQLite ledger (already ours, at least the base version) up to `LATEST`, one step per transaction."""
+    for version in sorted(SQLITE_STEPS):
+        if conn.execute("PRAGMA user_version").fetchone()[0] < version:
+            conn.executescript(f"BEGIN IMMEDIATE; {SQLITE_STEPS[version]}; PRAGMA user_version = {version}; COMMIT;")
+
+
+POSTGRES_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS apikey_schema (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), version INTEGER NOT NULL);
+INSERT INTO apikey_schema (version) VALUES (2) ON CONFLICT DO NOTHING;
+"""
+
+
+async def upgrade_postgres(conn: Any) -> None:
+    """Bring a PostgreSQL ledger up to `LATEST`; replicas starting together take the advisory lock in turn."""
+    for version in sorted(POSTGRES_STEPS):
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(1095781197)")
+            row = await (await conn.execute("SELECT version FROM apikey_schema")).fetchone()
+            if row[0] < version:
+                await conn.execute(POSTGRES_STEPS[version])
+                await conn.execute("UPDATE apikey_schema SET version = %s", (version,))
