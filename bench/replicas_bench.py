@@ -236,8 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     results["setup"] = {"clients": opts.clients, "calls": opts.calls, "rounds": opts.rounds, "cpus": os.cpu_count()}
     for name in ("1_replica", "3_replicas"):
         for what, figures in results[name].items():
-            print(f"{name:10} {what:14} {figures['per_s']:8.1f}/s  p50 {figures['p50_ms']:7.1f} ms  "
-                  f"p99 {figures['p99_ms']:7.1f} ms  replicas' CPU {figures['replica_cpu_ms_each']:6.2f} ms/call")
+            print(
+                f"{name:10} {what:14} {figures['per_s']:8.1f}/s  p50 {figures['p50_ms']:7.1f} ms  "
+                f"p99 {figures['p99_ms']:7.1f} ms  replicas' CPU {figures['replica_cpu_ms_each']:6.2f} ms/call"
+            )
     print("3 replicas / 1 replica, throughput:", results["ratio_3_over_1"])
     print(json.dumps(results))
 

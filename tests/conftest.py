@@ -13,6 +13,38 @@ import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.provision import ROOT, Session
+
+_session: Session | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller (or the only process) provisions once; xdist workers inherit it through the environment."""
+    global _session
+    if not hasattr(config, "workerinput"):
+        _session = Session()
+        _session.setup()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return _session.lines if _session else []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share an expensive session or module fixture (the replica cluster, the OAuth issuer) run on
+    one xdist worker, so that it starts once."""
+    for item in items:
+        module = item.path.relative_to(ROOT).as_posix()
+        if module.startswith("tests/replicas/"):
+            item.add_marker(pytest.mark.xdist_group("replicas"))
+        elif "issuer" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("oauth-issuer"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session is not None:
+        _session.teardown()
+
 
 KEY = "sk-sandbox-test-3b1f9c0d2e7a"
 OTHER_KEY = "sk-sandbox-other-8d2c4a6f"

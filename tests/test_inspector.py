@@ -13,7 +13,11 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.node import NODE_DIR, node_package
+
+pytestmark = pytest.mark.slow  # the MCP Inspector CLI (node) starts our server
 
 
 def inspector(*method: str, env_sandbox: bool = False) -> tuple[dict[str, Any], str]:

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from apikey_mcp import __version__
 from apikey_mcp.cli import parser
@@ -36,6 +37,7 @@ async def test_mcpb_manifest_lists_exactly_the_servers_tools_and_prompts() -> No
     assert (MANIFESTS / manifest["server"]["entry_point"]).is_file()
 
 
+@pytest.mark.slow
 def test_the_desktop_extension_installs_anywhere_and_can_run_on_the_sandbox_without_a_key() -> None:
     manifest = load("manifest.json")
     server, config = manifest["server"], manifest["user_config"]
@@ -48,6 +50,7 @@ def test_the_desktop_extension_installs_anywhere_and_can_run_on_the_sandbox_with
     assert set(manifest["compatibility"]["platforms"]) == {"darwin", "win32", "linux"}
 
 
+@pytest.mark.slow
 def test_mcpb_manifest_passes_the_official_validator() -> None:
     mcpb = node_package("@anthropic-ai/mcpb/dist/cli/cli.js")
     result = subprocess.run(

@@ -74,14 +74,20 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
     hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
     hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
-    hosted.add_argument("--oauth-issuer", help="accept OAuth 2.1 access tokens (JWT) from this authorization "
-                        "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...")
+    hosted.add_argument(
+        "--oauth-issuer",
+        help="accept OAuth 2.1 access tokens (JWT) from this authorization "
+        "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...",
+    )
     hosted.add_argument("--oauth-scope", help="scope an OAuth token needs (default 'apikey')")
     hosted.add_argument("--max-sessions-per-principal", type=int, help="open Streamable HTTP sessions (default 16)")
     hosted.add_argument("--max-sse-streams-per-principal", type=int, help="open SSE streams (default 8)")
     hosted.add_argument("--max-listens-per-principal", type=int, help="open subscriptions/listen streams (default 8)")
-    hosted.add_argument("--forwarded-allow-ips", help="your proxy's address(es), comma-separated: trust its "
-                        "X-Forwarded-For for the client address (default: trust none)")
+    hosted.add_argument(
+        "--forwarded-allow-ips",
+        help="your proxy's address(es), comma-separated: trust its "
+        "X-Forwarded-For for the client address (default: trust none)",
+    )
     hosted.add_argument("--state-file", help="SQLite ledger file: budgets, reservations, audit trail")
     hosted.add_argument("--database-url", help="PostgreSQL ledger instead, postgresql://... (env APIKEY_DATABASE_URL; "
                         "for several server processes or machines)")  # fmt: skip

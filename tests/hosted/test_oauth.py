@@ -19,6 +19,8 @@ from tests.hosted.issuer import CLIENTS, Issuer, issuer, tampered, unsigned  # n
 from tests.node import NODE_DIR
 from tests.server.conftest import call, call_error
 
+pytestmark = pytest.mark.slow  # a node OAuth authorization server
+
 
 @pytest.fixture
 def oauth_hosted(hosted_factory, issuer: Issuer) -> Hosted:  # noqa: F811
@@ -31,7 +33,9 @@ def metadata_url(hosted: Hosted) -> str:
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_a_valid_token_lists_and_calls_tools_as_issuer_and_subject(
-    oauth_hosted: Hosted, issuer: Issuer, transport: str  # noqa: F811
+    oauth_hosted: Hosted,
+    issuer: Issuer,  # noqa: F811 (the fixture)
+    transport: str,
 ) -> None:
     token_a = issuer.token(f"{oauth_hosted.url}/mcp", client="agent-a")
     token_b = issuer.token(f"{oauth_hosted.url}/mcp", client="agent-b")
@@ -75,7 +79,10 @@ def _static_token(issuer: Issuer, hosted: Hosted) -> str:  # noqa: F811
 )
 @pytest.mark.parametrize("path", ["/mcp", "/sse"])
 async def test_a_bad_token_is_401_pointing_at_the_resource_metadata(
-    oauth_hosted: Hosted, issuer: Issuer, make, path: str  # noqa: F811
+    oauth_hosted: Hosted,
+    issuer: Issuer,  # noqa: F811 (the fixture)
+    make,
+    path: str,
 ) -> None:
     token = make(issuer, oauth_hosted)
     if path == "/mcp":
@@ -133,7 +140,8 @@ async def test_without_an_issuer_nothing_advertises_oauth(hosted: Hosted) -> Non
 
 
 async def test_the_typescript_sdk_finds_the_issuer_and_signs_in_by_itself(
-    oauth_hosted: Hosted, issuer: Issuer  # noqa: F811
+    oauth_hosted: Hosted,
+    issuer: Issuer,  # noqa: F811
 ) -> None:
     script = NODE_DIR / "oauth_client.mjs"
     command = ["node", str(script), f"{oauth_hosted.url}/mcp", issuer.url, "agent-b", CLIENTS["agent-b"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from mcp.types import ElicitResult
 
 from apikey_mcp.budget import Totals
@@ -49,6 +50,7 @@ async def test_a_client_that_approves_every_elicitation_cannot_pass_the_operator
     assert status["budget"] == 100 and status["spent"] + status["reserved"] == 80 and len(sandbox.tasks) == 2
 
 
+@pytest.mark.slow
 async def test_admin_set_budget_changes_a_running_servers_answer(hosted_factory, tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite3"
     hosted = hosted_factory(session_budget=100, state_file=state)
@@ -68,6 +70,7 @@ async def test_admin_set_budget_changes_a_running_servers_answer(hosted_factory,
     assert [(e["kind"], e["actor"]) for e in history][:2] == [("budget", "configuration"), ("budget", "operator")]
 
 
+@pytest.mark.slow
 async def test_a_hold_left_by_a_killed_create_is_closed_by_the_operator(tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite3"
     async with open_store(state_file=state) as store:
@@ -84,6 +87,7 @@ async def test_a_hold_left_by_a_killed_create_is_closed_by_the_operator(tmp_path
         assert (await store.history("alice"))[-1].actor == "operator"
 
 
+@pytest.mark.slow
 async def test_admin_works_on_a_postgresql_ledger_too() -> None:
     database_url()
     with postgres_schema() as url:

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import anyio
 import httpx2
+import pytest
 from mcp.types import CallToolResult
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY, advance, free_port, wait_until
 from tests.hosted.conftest import ALICE, TOKENS, Hosted
 from tests.server.conftest import call
+
+pytestmark = pytest.mark.slow  # server processes killed and restarted
 
 
 class Process:

@@ -16,6 +16,8 @@ from tests.hosted.test_restart import Process
 from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call
 
+pytestmark = pytest.mark.slow  # two server processes on one ledger
+
 VIDEO = {"prompt": "x", "model": "seedance-2-fast"}  # 40 credits
 BUDGET = 5 * 40 + 39  # room for exactly 5
 

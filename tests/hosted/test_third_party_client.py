@@ -11,6 +11,8 @@ import pytest
 from tests.hosted.conftest import ALICE, Hosted
 from tests.node import NODE_DIR, node_package
 
+pytestmark = pytest.mark.slow  # a node client and a hosted server
+
 
 @pytest.fixture
 def node_client() -> Path:

@@ -1,8 +1,8 @@
 """The three ledger stores, each fresh per test: memory, SQLite in tmp_path, PostgreSQL in a schema of its own.
 
-PostgreSQL needs a server: `.ci/run` starts one and exports APIKEY_TEST_DATABASE_URL; by hand,
-`export APIKEY_TEST_DATABASE_URL=$(.ci/postgres start /tmp/apikey-pg)`. Without it the PostgreSQL tests
-skip locally but fail in CI (CI=true), so they can never silently not run there.
+PostgreSQL needs a server: the test session starts a throwaway one from the installed binaries (see
+tests/provision.py) unless APIKEY_TEST_DATABASE_URL names one. Without either, the PostgreSQL tests skip
+locally, naming the package to install, but fail in CI (CI=true), so they can never silently not run there.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pytest
 
 from apikey_mcp.budget import LedgerStore
 from apikey_mcp.stores import MemoryLedgerStore
+from tests.provision import missing
 
 STORES = ["memory", "sqlite", "postgres"]
-# Read once, at import: an autouse fixture clears APIKEY_* from the environment of each test.
+# Read once, at import (after the session provisioned it): an autouse fixture clears APIKEY_* for each test.
 DATABASE_URL = os.environ.get("APIKEY_TEST_DATABASE_URL")
 
 
@@ -28,9 +29,8 @@ def database_url() -> str:
     """The test server's URL, or a skip (a failure in CI)."""
     url = DATABASE_URL
     if not url:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("APIKEY_TEST_DATABASE_URL is not set in CI: .ci/run must start PostgreSQL")
-        pytest.skip("no PostgreSQL: export APIKEY_TEST_DATABASE_URL=$(.ci/postgres start /tmp/apikey-pg)")
+        missing("PostgreSQL (its server binaries, for a throwaway cluster)", "postgresql")
+    assert url is not None
     return url
 
 

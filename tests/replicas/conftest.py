@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY, free_port
 from tests.ledger.conftest import postgres_schema
+from tests.provision import program
 
 ROOT = Path(__file__).resolve().parents[2]
 PRINCIPALS = ["p1", "p2", "p3", "p4", "carol", "dave", "erin"]
@@ -40,15 +40,6 @@ TASKS_EACH = 5
 BUDGET = TASKS_EACH * IMAGE_CREDITS + 1  # room for TASKS_EACH images and not one more
 LEASE_SECONDS = 3.0
 STATE_KEY = "k" * 16 + "0123456789abcdef0123456789abcdef"
-
-
-def need(program: str) -> str:
-    path = shutil.which(program) or (f"/usr/sbin/{program}" if Path(f"/usr/sbin/{program}").exists() else None)
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{program} is not installed in CI: .ci/run must install it")
-        pytest.skip(f"{program} is not installed (apt-get install -y nginx-light)")
-    return path
 
 
 @dataclass
@@ -139,7 +130,7 @@ def nginx_config(port: int, upstreams: list[int]) -> str:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    nginx = need("nginx")
+    nginx = program("nginx")
     tmp = tmp_path_factory.mktemp("replicas")
     with ExitStack() as stack:
         database_url = stack.enter_context(postgres_schema())

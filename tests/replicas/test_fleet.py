@@ -13,6 +13,8 @@ from apikey_mcp.stores.fleet import Fleet
 from tests.conftest import wait_until
 from tests.ledger.conftest import postgres_schema
 
+pytestmark = pytest.mark.slow  # replicas behind nginx on PostgreSQL
+
 
 @pytest.fixture
 async def fleets() -> AsyncIterator[tuple[Fleet, Fleet]]:

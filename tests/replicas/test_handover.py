@@ -9,12 +9,15 @@ from typing import Any
 
 import anyio
 import httpx2
+import pytest
 
 from apikey_mcp.gateway import webhooks
 from apikey_mcp.sandbox import Sandbox
 from tests.conftest import advance, wait_until
 from tests.replicas.conftest import LEASE_SECONDS, Cluster, Replica, start_replica
 from tests.replicas.test_replicas import IMAGE, result_of, wait_for
+
+pytestmark = pytest.mark.slow  # replicas behind nginx on PostgreSQL
 
 
 async def _create(cluster: Cluster, principal: str) -> str:

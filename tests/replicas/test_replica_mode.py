@@ -11,6 +11,8 @@ from apikey_mcp.config import Settings
 from apikey_mcp.hosted import HostingError, create_app
 from apikey_mcp.hosted.replicas import replica_mode, request_state_security
 
+pytestmark = pytest.mark.slow  # replicas behind nginx on PostgreSQL
+
 URL = "postgresql://apikey@db.example:5432/ledger"  # never connected to: the checks come first
 KEY = "0123456789abcdef" * 4
 

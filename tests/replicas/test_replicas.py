@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import wait_until
 from tests.replicas.conftest import BUDGET, IMAGE_CREDITS, TASKS_EACH, Cluster
 
+pytestmark = pytest.mark.slow  # replicas behind nginx on PostgreSQL
+
 IMAGE = {"prompt": "a lighthouse at dusk", "model": "flux-schnell"}
 CALLS = 200
 CONCURRENT_PRINCIPALS = ["p1", "p2", "p3", "p4"]
@@ -77,4 +79,3 @@ async def _burst(cluster: Cluster, principal: str, generate: Any) -> None:
     async with cluster.connect(principal) as client, anyio.create_task_group() as group:
         for _ in range(CALLS // len(CONCURRENT_PRINCIPALS)):
             group.start_soon(generate, client, principal)
-

@@ -7,10 +7,12 @@ import sys
 
 import anyio
 import httpx2
+import pytest
 
 from tests.conftest import free_port, wait_until
 
 
+@pytest.mark.slow
 async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_per_key() -> None:
     port = free_port()
     args = ["sandbox", "--port", str(port), "--key", "sk-one-1111", "--key", "sk-two-2222", "--credits", "500",

@@ -56,6 +56,7 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
                      "remaining": VIDEO_COST - 1, "open_reservations": [], "open_count": 0}  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_concurrent_videos_over_stdio_create_exactly_k(sandbox_server: SandboxServer, sandbox: Sandbox) -> None:
     budget = 3 * VIDEO_COST + 10
     async with connect("stdio", settings_for(sandbox_server, session_budget=budget)) as client:

@@ -16,6 +16,8 @@ from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY
 from tests.server.conftest import call, call_error, connect, settings_for, stdio_env, text_of
 
+pytestmark = pytest.mark.slow  # a stdio server process per test
+
 
 @pytest.fixture(params=["memory", "stdio"])
 def transport(request: pytest.FixtureRequest) -> str:

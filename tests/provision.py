@@ -1,0 +1,154 @@
+"""What the test session brings for itself, so that `python -m pytest` passes on a fresh clone.
+
+Before any test runs, the session (the xdist controller, or the one process without xdist):
+- gives the tests a home and data folders of their own, so nothing touches the user's (`HOME`, `XDG_*`);
+- installs the npm test packages into the ignored `tests/hosted/node/node_modules` when Node.js is there and
+  the lock file changed since the last install;
+- starts a throwaway PostgreSQL from the installed server binaries when no `APIKEY_TEST_DATABASE_URL` is
+  given (the same script `.ci/postgres` a developer can run by hand), and stops it at the end.
+Workers inherit all of it through the environment. A program that is missing makes the tests that need it
+skip with one line naming the Debian package; with `CI=true` that skip is a failure, so CI never passes by
+not running something.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NODE_DIR = ROOT / "tests" / "hosted" / "node"
+_STAMP = NODE_DIR / "node_modules" / ".apikey-lock-sha256"
+
+# program -> the Debian package that brings it
+PACKAGES = {
+    "node": "nodejs npm",
+    "nginx": "nginx-light",
+    "initdb": "postgresql",
+    "chromium": "chromium",
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def missing(what: str, package: str) -> None:
+    """Skip the test (fail it in CI), naming what to install."""
+    if in_ci():
+        pytest.fail(f"{what} is not installed in CI: .ci/run must install it (apt-get install -y {package})")
+    pytest.skip(f"{what} is not installed: apt-get install -y {package}")
+
+
+def find_program(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None)
+
+
+def program(name: str) -> str:
+    """The path of an installed program, or a skip (a failure in CI) that names its package."""
+    path = find_program(name)
+    if path is None:
+        missing(name, PACKAGES.get(name, name))
+    assert path is not None
+    return path
+
+
+def postgres_bindir() -> Path | None:
+    """The newest installed PostgreSQL server's binaries (`APIKEY_TEST_PG_BINDIR` overrides the search)."""
+    pattern = os.environ.get("APIKEY_TEST_PG_BINDIR") or "/usr/lib/postgresql/*/bin"
+    found = sorted(glob.glob(pattern), key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parts])
+    usable = [Path(p) for p in found if (Path(p) / "initdb").exists()]
+    return usable[-1] if usable else None
+
+
+def isolate_home(base: Path) -> None:
+    """A home and XDG folders inside the session's temporary folder; caches keep pointing at the real ones
+    (they hold downloads, not user data, and refilling them would cost minutes)."""
+    real_home = Path.home()
+    os.environ.setdefault("XDG_CACHE_HOME", str(real_home / ".cache"))
+    os.environ.setdefault("npm_config_cache", str(real_home / ".npm"))
+    home = base / "home"
+    for name, sub in [("HOME", ""), ("XDG_DATA_HOME", ".local/share"), ("XDG_CONFIG_HOME", ".config"),
+                      ("XDG_STATE_HOME", ".local/state")]:  # fmt: skip
+        folder = home / sub
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(folder)
+
+
+def npm_packages() -> str | None:
+    """Install the npm test packages when their lock changed; a line for the report, or None."""
+    if shutil.which("npm") is None:
+        return None
+    digest = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+    if _STAMP.exists() and _STAMP.read_text() == digest:
+        return None
+    command = ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--silent"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        return f"npm ci for the test packages failed ({done.stderr.strip()[-300:]}): the tests that need them fail"
+    _STAMP.write_text(digest)
+    return "installed the npm test packages into tests/hosted/node/node_modules"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Postgres:
+    """A throwaway cluster started with `.ci/postgres` (which runs initdb as the postgres user under root)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def start(self) -> str:
+        env = os.environ | {"PGPORT_TEST": str(free_port())}
+        bindir = postgres_bindir()
+        assert bindir is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([str(ROOT / ".ci" / "postgres"), "start", str(self.folder)], env=env, text=True,
+                              capture_output=True, timeout=120, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"could not start a throwaway PostgreSQL: {done.stderr.strip()[-500:]}")
+        return done.stdout.strip()
+
+    def stop(self) -> None:
+        subprocess.run([str(ROOT / ".ci" / "postgres"), "stop", str(self.folder)], capture_output=True, timeout=60,
+                       check=False)  # fmt: skip
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class Session:
+    """What the controller set up, to report and to undo at the end."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="apikey-tests-"))
+        self.postgres: Postgres | None = None
+        self.lines: list[str] = []
+
+    def setup(self) -> None:
+        isolate_home(self.base)
+        if (line := npm_packages()) is not None:
+            self.lines.append(line)
+        if not os.environ.get("APIKEY_TEST_DATABASE_URL") and postgres_bindir() is not None:
+            folder = self.base / "postgres"
+            self.base.chmod(0o755)  # the postgres user (under root) must reach its data folder
+            self.postgres = Postgres(folder)
+            os.environ["APIKEY_TEST_DATABASE_URL"] = self.postgres.start()
+            self.lines.append(f"started a throwaway PostgreSQL for the ledger tests in {folder}")
+
+    def teardown(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
