@@ -2,6 +2,9 @@
 
 Before any test runs, the session (the xdist controller, or the one process without xdist):
 - gives the tests a home and data folders of their own, so nothing touches the user's (`HOME`, `XDG_*`);
+- lets Python cache bytecode even where `PYTHONDONTWRITEBYTECODE` is set: each xdist worker and each server
+  subprocess would otherwise compile every module (and pytest rewrite every test module) from source, several
+  seconds of CPU each;
 - installs the npm test packages into the ignored `tests/hosted/node/node_modules` when Node.js is there and
   the lock file changed since the last install;
 - starts a throwaway PostgreSQL from the installed server binaries when no `APIKEY_TEST_DATABASE_URL` is
@@ -19,6 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -139,6 +143,8 @@ class Session:
 
     def setup(self) -> None:
         isolate_home(self.base)
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        sys.dont_write_bytecode = False
         if (line := npm_packages()) is not None:
             self.lines.append(line)
         if not os.environ.get("APIKEY_TEST_DATABASE_URL") and postgres_bindir() is not None:

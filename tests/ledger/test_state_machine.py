@@ -89,6 +89,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert open_ids == set(self.open)
 
 
+@pytest.mark.slow  # hundreds of random programs per store
 @pytest.mark.timeout(900)  # 1,000 programs of ~25 store operations each: about a minute on a busy machine
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "postgres"])
 def test_random_programs_keep_the_ledger_equal_to_its_model(kind: str, tmp_path: Path) -> None:

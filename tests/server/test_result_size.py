@@ -16,7 +16,9 @@ def size(result: CallToolResult) -> int:
 
 
 async def test_results_stay_small_with_many_reservations_open(sandbox_server: SandboxServer, held: Sandbox) -> None:
-    async with connect("memory", settings_for(sandbox_server, session_budget=100_000)) as client:
+    # 40 held tasks: the watchers poll at the default pace, not the suite's fast one (800 polls a second)
+    settings = settings_for(sandbox_server, session_budget=100_000, poll_interval=1.0, max_poll_interval=5.0)
+    async with connect("memory", settings) as client:
         created = [
             await client.call_tool("generate_image", {"prompt": f"p{i}", "model": "flux-schnell"}) for i in range(40)
         ]
