@@ -37,7 +37,6 @@ async def test_mcpb_manifest_lists_exactly_the_servers_tools_and_prompts() -> No
     assert (MANIFESTS / manifest["server"]["entry_point"]).is_file()
 
 
-@pytest.mark.slow
 def test_the_desktop_extension_installs_anywhere_and_can_run_on_the_sandbox_without_a_key() -> None:
     manifest = load("manifest.json")
     server, config = manifest["server"], manifest["user_config"]
