@@ -20,7 +20,7 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
-from .common import check_charge, overcharge_detail
+from .common import check_charge, check_credits, overcharge_detail
 
 MAX_CLOSED = 10_000
 MAX_EVENTS = 10_000
@@ -118,8 +118,7 @@ class MemoryLedgerStore:
         return self._account(principal).totals()
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
-        if credits < 0:
-            raise ValueError("a budget must be >= 0")
+        check_credits(credits, "a budget")
         account = self._accounts.setdefault(principal, _Account(credits))
         account.budget = credits
         self._log(principal, "budget", actor, None, credits)

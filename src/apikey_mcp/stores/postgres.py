@@ -29,7 +29,7 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
-from .common import StoreRefusedError, check_charge
+from .common import StoreRefusedError, check_charge, check_credits
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
 _T = TypeVar("_T")
@@ -202,8 +202,7 @@ class PostgresLedgerStore:
         return await self._run(lambda c: _totals(c, principal), one_statement=True)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
-        if credits < 0:
-            raise ValueError("a budget must be >= 0")
+        check_credits(credits, "a budget")
 
         async def op(c: _Conn) -> Totals:
             await c.execute(

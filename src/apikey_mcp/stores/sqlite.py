@@ -29,7 +29,7 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
-from .common import StoreRefusedError, check_charge, overcharge_detail
+from .common import StoreRefusedError, check_charge, check_credits, overcharge_detail
 from .migrate import is_v1, migrate_v1
 from .upgrades import BASE_VERSION, upgrade_sqlite
 
@@ -174,8 +174,7 @@ class SqliteLedgerStore:
         return await self._run(lambda c: _totals(c, principal), write=False)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
-        if credits < 0:
-            raise ValueError("a budget must be >= 0")
+        check_credits(credits, "a budget")
 
         def op(c: sqlite3.Connection) -> Totals:
             c.execute("INSERT INTO principals (name, budget) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET budget = ?",
