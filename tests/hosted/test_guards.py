@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from urllib.parse import urlsplit
-
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
