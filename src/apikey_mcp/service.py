@@ -19,6 +19,7 @@ from pydantic import HttpUrl
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .charges import chat_input_bound, embedding_input_bound, priced_charge
 from .config import Settings
+from .download_guards import DiskQuota, TargetGuard
 from .downloads import Downloads
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import (
@@ -117,6 +118,8 @@ class Service:
             self._downloads = Downloads(
                 client, Path(settings.output_dir), max_file_bytes=settings.max_download_bytes,
                 max_task_bytes=settings.max_task_download_bytes, deadline=settings.download_deadline_seconds,
+                guard=TargetGuard(settings.base_url, allow_private=settings.allow_private_downloads),
+                quota=DiskQuota.of(Path(settings.output_dir), settings.max_output_dir_bytes),
             )  # fmt: skip
             registry.forgotten.append(self._downloads.forget)
 
