@@ -39,6 +39,7 @@ from .gateway.models import (
     message_text,
     plan_for,
 )
+from .gateway.webhooks import callback_url
 from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
 from .results import (
     BudgetStatus,
@@ -62,11 +63,6 @@ DEFAULT_MAX_TOKENS = 1024
 SAVE_GRACE = 0.25  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
 OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more than any real session holds, bounded
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
-
-
-def callback_url(public_url: str, reservation_id: str) -> str:
-    """Our receiver's URL for one create; the reservation id lets a lost create be recovered."""
-    return f"{public_url.rstrip('/')}/webhooks/api-key?r={reservation_id}"
 
 
 class Cache:
@@ -186,7 +182,8 @@ class Service:
         async def send(reservation: Reservation) -> Task:
             update: dict[str, object] = {"max_credits": reservation.credits}
             if self.settings.public_url:  # the gateway will push the task's end to our receiver
-                update["callback_url"] = HttpUrl(callback_url(self.settings.public_url, reservation.id))
+                secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
+                update["callback_url"] = HttpUrl(callback_url(self.settings.public_url, reservation.id, secret))
             return await create(request.model_copy(update=update))
 
         async def track(task: Task, reservation: Reservation) -> TrackedTask:
