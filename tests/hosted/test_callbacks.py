@@ -199,8 +199,9 @@ async def test_only_a_reservation_reference_we_made_can_recover_a_lost_create(
     base = f"{slow.url}/webhooks/api-key?r={held.id}"
     async with httpx2.AsyncClient() as http:
         bare = await http.post(base, content=other, headers=headers)
-        headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, "task_someone_elses",
-                                          other, now=time.time() + 1)  # fmt: skip (a fresh signature)
+        headers = webhooks.signed_headers(
+            sandbox.webhook_secret, webhooks.EVENT_COMPLETED, "task_someone_elses", other, now=time.time() + 1
+        )  # fmt: skip (a fresh signature)
         wrong = await http.post(f"{base}&m={'0' * 32}", content=other, headers=headers)
     assert (bare.status_code, wrong.status_code) == (404, 404)
     untouched = await store.reservation(held.id)
