@@ -34,11 +34,13 @@ from .gateway.models import Task
 from .polling import Pacer
 from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
+from .windows import WindowLimit
 
 log = logging.getLogger(__name__)
 LOCAL = "local"
 MAX_OWN_KEYS = 4  # per principal: each own key holds a client and its watchers
 REFUSED_SECONDS, MAX_REFUSED = 60.0, 1024  # own keys the gateway refused are refused here for a minute
+KEY_CHECKS_PER_MINUTE = 10  # per principal: each own key new here costs the gateway a request to check it
 
 
 class TooManyKeysError(ValueError):
@@ -81,6 +83,7 @@ class Accounts:
         self._awaiting_key: dict[str, list[tuple[Task, Reservation]]] = {}
         self._salt = secrets.token_bytes(16)
         self._refused: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key digest -> (when, why)
+        self.key_checks = WindowLimit(KEY_CHECKS_PER_MINUTE)  # per principal
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
         self._group: anyio.abc.TaskGroup | None = None
@@ -157,6 +160,10 @@ class Accounts:
             return service
         if (refused := self._refused.get(slot[1])) is not None and time.monotonic() - refused[0] < REFUSED_SECONDS:
             raise KeyRefusedError(refused[1])  # the gateway is not asked again about a key it just refused
+        if wait := self.key_checks.wait(principal):
+            raise KeyRefusedError(f"Too many new own gateway keys for this principal (at most {KEY_CHECKS_PER_MINUTE} "
+                                  f"checked a minute): try again in {int(wait + 0.999)} s.")  # fmt: skip
+        self.key_checks.note(principal)
         client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
                                other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
         try:

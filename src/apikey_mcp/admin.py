@@ -17,7 +17,8 @@ from typing import Any
 
 import anyio
 
-from .budget import OPERATOR, LedgerStore, Reservation, Totals
+from .budget import OPERATOR, LedgerStore, LedgerUnavailableError, Reservation, Totals
+from .stores.common import INT64_MAX
 
 PAGE = 1000
 
@@ -34,16 +35,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     commands.add_parser("principals", parents=[json_flag], help="budget, spent, reserved and remaining of each")
     budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
     budget.add_argument("name")
-    budget.add_argument("credits", type=int)
+    budget.add_argument("credits", help="whole credits, 0 to 2^63-1")
     listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
     listing.add_argument("--principal", help="only this principal's")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", default="100")
     close = commands.add_parser("close", parents=[json_flag], help="close a reservation a server cannot close")
     close.add_argument("reservation_id")
     how = close.add_mutually_exclusive_group(required=True)
-    how.add_argument("--charged", type=int, metavar="N", help="settle it: the gateway charged N credits")
+    how.add_argument("--charged", metavar="N", help="settle it: the gateway charged N credits (0 to the hold)")
     how.add_argument("--released", action="store_true", help="release it: nothing was charged")
+    close.add_argument(
+        "--over-hold", metavar="REASON", help="with --charged: allow more than the hold; REASON goes into the audit"
+    )
     history = commands.add_parser("history", parents=[json_flag], help="export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
 
@@ -72,6 +76,23 @@ def run(args: argparse.Namespace) -> int:
     except StoreRefusedError as exc:
         print(f"apikey-mcp admin: {exc}", file=sys.stderr)
         return 2
+    except (_RefusedError, ValueError, LedgerUnavailableError) as exc:  # one line, never a traceback
+        return _fail(str(exc))
+
+
+class _RefusedError(Exception):
+    """An operator's input refused before the ledger is changed; the message says why."""
+
+
+def _whole(text: str, what: str) -> int:
+    """A number of credits the ledger can keep (a whole number, 0 to 2^63-1), or a one-line refusal."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise _RefusedError(f"{what} must be a whole number of credits, not {text[:40]!r}") from None
+    if not 0 <= value <= INT64_MAX:
+        raise _RefusedError(f"{what} must be from 0 to {INT64_MAX} credits (64 bits), not {text[:40]}")
+    return value
 
 
 async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
@@ -80,28 +101,15 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         rows = [{"principal": name, **_totals(t)} for name, t in await store.principals()]
         return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining"])
     if command == "set-budget":
-        if args.credits < 0:
-            return _fail("a budget must be >= 0 credits")
-        totals = await store.set_budget(args.name, args.credits, OPERATOR)
+        totals = await store.set_budget(args.name, _whole(args.credits, "the budget"), OPERATOR)
         return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
                                                                           "remaining"])  # fmt: skip
     if command == "reservations":
-        found = await store.reservations(args.principal, open_only=args.open, limit=args.limit)
+        found = await store.reservations(args.principal, open_only=args.open, limit=_whole(args.limit, "--limit"))
         return _out(args, [_reservation(r) for r in found],
                     ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "created"])  # fmt: skip
     if command == "close":
-        if args.charged is not None and args.charged < 0:
-            return _fail("a charge must be >= 0 credits")
-        if args.released:
-            closed = await store.release(args.reservation_id, actor=OPERATOR)
-        else:
-            closed = await store.settle(args.reservation_id, args.charged, actor=OPERATOR)
-        record = await store.reservation(args.reservation_id)
-        if not closed:
-            state = f"it is {record.state}" if record else "there is no such reservation"
-            return _fail(f"reservation {args.reservation_id} was not closed: {state}")
-        assert record is not None
-        return _out(args, [_reservation(record)], ["id", "principal", "state", "credits", "charged", "task_id"])
+        return await _close(store, args)
     events: list[dict[str, Any]] = []
     while batch := await store.history(args.principal, limit=PAGE, offset=len(events)):
         events += [{**asdict(e), "at": _when(e.at), "totals": _totals(e.totals)} for e in batch]
@@ -110,6 +118,34 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         return 0
     flat = [{**e, "remaining": e["totals"]["remaining"]} for e in events]
     return _out(args, flat, ["seq", "at", "principal", "kind", "actor", "credits", "reservation_id", "remaining"])
+
+
+async def _close(store: LedgerStore, args: argparse.Namespace) -> int:
+    """Settle (0 to the hold, more only with --over-hold REASON) or release one open reservation."""
+    rid = args.reservation_id
+    if args.released:
+        if args.over_hold is not None:
+            return _fail("--over-hold goes with --charged, not --released")
+        closed = await store.release(rid, actor=OPERATOR)
+    else:
+        charged = _whole(args.charged, "--charged")
+        held = await store.reservation(rid)
+        if held is None:
+            return _fail(f"reservation {rid} was not closed: there is no such reservation")
+        if charged > held.credits and not args.over_hold:
+            return _fail(
+                f"--charged {charged} is more than the {held.credits} credits reservation {rid} holds; if the "
+                "gateway really charged that, add --over-hold REASON (recorded in the audit trail)"
+            )
+        if (await store.totals(held.principal)).spent + charged > INT64_MAX:
+            return _fail(f"--charged {charged} would take {held.principal}'s spent credits past 64 bits")
+        closed = await store.settle(rid, charged, actor=OPERATOR, detail=args.over_hold or None)
+    record = await store.reservation(rid)
+    if not closed:
+        state = f"it is {record.state}" if record else "there is no such reservation"
+        return _fail(f"reservation {rid} was not closed: {state}")
+    assert record is not None
+    return _out(args, [_reservation(record)], ["id", "principal", "state", "credits", "charged", "task_id"])
 
 
 def _totals(totals: Totals) -> dict[str, int]:

@@ -13,12 +13,14 @@ an approved elicitation over stdio.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+log = logging.getLogger(__name__)
 OPERATOR = "operator"
 CONFIGURATION = "configuration"
 HUMAN = "human"
@@ -82,7 +84,7 @@ class Event:
     seq: int
     at: float
     principal: str
-    kind: str  # reserve, attach, settle, release, budget
+    kind: str  # reserve, attach, settle, release, budget, overcharge (a settle above its hold)
     actor: str
     reservation_id: str | None
     credits: int | None
@@ -105,8 +107,11 @@ class LedgerStore(Protocol):
         """Tie an open reservation to the task it paid for; False if it is closed or unknown."""
         ...
 
-    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
-        """Close at the real charge (which may exceed the hold); False if already closed. Exactly once."""
+    async def settle(
+        self, reservation_id: str, charged: int, *, actor: str | None = None, detail: str | None = None
+    ) -> bool:
+        """Close at the real charge; False if already closed. Exactly once. A charge above the hold is recorded
+        in full, with an `overcharge` event after the settle (its credits: the excess). `detail`: why."""
         ...
 
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
@@ -165,6 +170,9 @@ class Ledger:
         closed = await self.store.settle(reservation.id, charged)
         if closed:
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
+            if charged > reservation.credits:
+                log.error("overcharge: the gateway charged %d credits for the %s, over its hold of %d (reservation %s)",
+                          charged, reservation.purpose, reservation.credits, reservation.id)  # fmt: skip
         return closed
 
     async def release(self, reservation: Reservation) -> bool:

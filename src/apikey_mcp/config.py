@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     max_download_bytes: int = Field(default=512 * 1024**2, gt=0, description="Size cap per downloaded file.")
     max_task_download_bytes: int = Field(default=1024**3, gt=0, description="Size cap on one task's files together.")
     download_deadline_seconds: float = Field(default=600.0, gt=0, description="Longest one task's save may take.")
+    max_output_dir_bytes: int = Field(default=10 * 1024**3, gt=0, description="Quota on the output directory.")
+    allow_private_downloads: bool = Field(
+        default=False, description="Fetch results from loopback, private and link-local hosts too."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")

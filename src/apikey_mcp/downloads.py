@@ -3,11 +3,14 @@
 A save starts the first time a poll sees the task succeeded and runs on its own, so no result host (a slow
 one, one that drips a byte at a time) can hold a `poll_task` call past its `wait_seconds`: the poll waits for
 the save only until its own deadline, then reports how far it got. Each task's files together may not pass
-`max_task_bytes` (each one `max_file_bytes`), and the whole save must end within `deadline` seconds.
+`max_task_bytes` (each one `max_file_bytes`), and the whole save must end within `deadline` seconds. Every
+link and redirect hop passes `guard` (no private targets) and the directory stays within `quota`
+(download_guards.py).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import mimetypes
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from .download_guards import DiskQuota, TargetGuard
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import TaskOutput
 
@@ -65,9 +69,10 @@ class Save:
 
 class Downloads:
     def __init__(
-        self, client: GatewayClient, directory: Path, *, max_file_bytes: int, max_task_bytes: int, deadline: float
-    ) -> None:
-        self.client = client
+        self, client: GatewayClient, directory: Path, *, max_file_bytes: int, max_task_bytes: int, deadline: float,
+        guard: TargetGuard | None = None, quota: DiskQuota | None = None,
+    ) -> None:  # fmt: skip
+        self.client, self.guard, self.quota = client, guard, quota
         self.directory = directory
         self.max_file_bytes = max_file_bytes
         self.max_task_bytes = max_task_bytes
@@ -90,6 +95,12 @@ class Downloads:
         """The task left memory: so does what its save knew (its files stay on disk)."""
         self._saves.pop(task_id, None)
 
+    def _wrote(self, save: Save, written: list[int], size: int) -> None:
+        save.written += size
+        written[0] += size
+        if self.quota is not None:
+            self.quota.add(size)  # past the quota: raises, and the download stops
+
     async def _run(self, task_id: str, outputs: list[TaskOutput], save: Save) -> None:
         try:
             with anyio.fail_after(self.deadline):
@@ -103,13 +114,19 @@ class Downloads:
                     if left <= 0:
                         save.errors.append(f"file {index}: over the {self.max_task_bytes}-byte cap for one task")
                         continue
+                    if (quota := self.quota) is not None and await quota.left() <= 0:
+                        save.errors.append(f"file {index}: the output directory is at its {quota.limit}-byte quota")
+                        continue
                     dest = self.directory / file_name(task_id, index, output)
+                    written = [0]
                     try:
                         await self.client.download(
                             output.url or "", dest, max_bytes=min(self.max_file_bytes, left),
-                            progress=lambda n: setattr(save, "written", save.written + n),
+                            progress=functools.partial(self._wrote, save, written), allow=self.guard,
                         )  # fmt: skip
                     except (GatewayError, OSError) as exc:
+                        if self.quota is not None:
+                            self.quota.give_back(written[0])  # its partial file is gone
                         save.errors.append(f"file {index}: {exc}")
                         continue
                     save.paths[index] = str(dest)

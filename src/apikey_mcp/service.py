@@ -7,7 +7,6 @@ The protocol after the estimate, and how each failure is sorted, is in paid.py.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,9 @@ import anyio
 from pydantic import HttpUrl
 
 from .budget import Ledger, LedgerUnavailableError, Reservation
+from .charges import chat_input_bound, embedding_input_bound, priced_charge
 from .config import Settings
+from .download_guards import DiskQuota, TargetGuard
 from .downloads import Downloads
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import (
@@ -38,6 +39,7 @@ from .gateway.models import (
     message_text,
     plan_for,
 )
+from .gateway.webhooks import callback_url
 from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
 from .results import (
     BudgetStatus,
@@ -60,13 +62,7 @@ _Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
 DEFAULT_MAX_TOKENS = 1024
 SAVE_GRACE = 0.25  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
 OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more than any real session holds, bounded
-MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
-
-
-def callback_url(public_url: str, reservation_id: str) -> str:
-    """Our receiver's URL for one create; the reservation id lets a lost create be recovered."""
-    return f"{public_url.rstrip('/')}/webhooks/api-key?r={reservation_id}"
 
 
 class Cache:
@@ -118,6 +114,8 @@ class Service:
             self._downloads = Downloads(
                 client, Path(settings.output_dir), max_file_bytes=settings.max_download_bytes,
                 max_task_bytes=settings.max_task_download_bytes, deadline=settings.download_deadline_seconds,
+                guard=TargetGuard(settings.base_url, allow_private=settings.allow_private_downloads),
+                quota=DiskQuota.of(Path(settings.output_dir), settings.max_output_dir_bytes),
             )  # fmt: skip
             registry.forgotten.append(self._downloads.forget)
 
@@ -184,7 +182,8 @@ class Service:
         async def send(reservation: Reservation) -> Task:
             update: dict[str, object] = {"max_credits": reservation.credits}
             if self.settings.public_url:  # the gateway will push the task's end to our receiver
-                update["callback_url"] = HttpUrl(callback_url(self.settings.public_url, reservation.id))
+                secret = self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else None
+                update["callback_url"] = HttpUrl(callback_url(self.settings.public_url, reservation.id, secret))
             return await create(request.model_copy(update=update))
 
         async def track(task: Task, reservation: Reservation) -> TrackedTask:
@@ -261,8 +260,7 @@ class Service:
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self._check_model(request.model, "chat")
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
-        # No tokenizer makes more tokens than bytes; whole content parts are counted, images and all.
-        bound_in = sum(len(json.dumps(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+        bound_in = chat_input_bound(request.messages)  # every field we forward, images at their most
         plan = EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
 
         async def send(reservation: Reservation) -> ChatCompletion:
@@ -282,8 +280,7 @@ class Service:
         texts = [request.input] if isinstance(request.input, str) else request.input
         if not texts or not all(texts):
             raise InputError("input must be a non-empty text or a list of non-empty texts.")
-        bound = sum(len(t.encode()) for t in texts)  # no tokenizer gives more tokens than bytes
-        plan = EstimateRequest(model=request.model, modality="embedding", input_tokens=bound)
+        plan = EstimateRequest(model=request.model, modality="embedding", input_tokens=embedding_input_bound(texts))
 
         async def send(reservation: Reservation) -> EmbeddingList:
             return await self.client.create_embeddings(request.model_copy(update={"max_credits": reservation.credits}))
@@ -310,7 +307,8 @@ class Service:
     async def _charge_of(
         self, answer: ChatCompletion | EmbeddingList, plan: EstimateRequest, reservation: Reservation
     ) -> int:
-        """The real charge: as the gateway states it, else priced from the usage, else the whole reservation."""
+        """The real charge: as the gateway states it (even above the hold: the ledger records an overcharge), else
+        priced from the usage but never above the hold sent as max_credits, else the whole reservation."""
         stated = (answer.model_extra or {}).get("credits")
         if isinstance(stated, int | float) and not isinstance(stated, bool):
             if not 0 <= stated <= MAX_CREDITS:  # inf, nan, negative or absurd: not a charge we can count
@@ -321,7 +319,7 @@ class Service:
         used = plan.model_copy(update={"input_tokens": answer.usage.prompt_tokens,
                                        "output_tokens": answer.usage.completion_tokens})  # fmt: skip
         try:
-            return (await self.client.estimate(used)).credits
+            return priced_charge((await self.client.estimate(used)).credits, reservation.credits)
         except GatewayError:
             return reservation.credits
 

@@ -179,3 +179,40 @@ async def test_with_callbacks_a_waiting_poll_asks_nothing_and_the_watcher_stops_
     assert held.requests[TASK_GETS] == 0 and held.callbacks_sent[0]["status"] == 204
     assert len(naps) == 1, "one nap after the create: with callbacks, a waiter changes no plan"
     assert all(54 <= nap <= 66 for nap in naps), "with callbacks, polling is only a slow fallback"
+
+
+async def test_only_a_reservation_reference_we_made_can_recover_a_lost_create(
+    slow: Hosted, sandbox: Sandbox, sandbox_server: SandboxServer
+) -> None:
+    """A callback's signature covers its body, not our URL: the `r` reference must carry our own MAC, or a
+    signed callback for some other task could claim (and settle) another principal's open reservation."""
+    store = slow.accounts.store
+    sandbox.faults.lost_creates.append(504)  # the task is made at the gateway; its answer never reaches us
+    async with slow.connect("streamable-http", ALICE) as client:
+        lost = await client.call_tool("generate_image", {"prompt": "lost", "model": "flux-schnell"})
+    assert lost.is_error
+    (held,) = await store.reservations(open_only=True)
+    (task_id,) = sandbox.tasks
+    assert held.task_id is None
+    other = finished("task_someone_elses", 2)
+    headers = webhooks.signed_headers(sandbox.webhook_secret, webhooks.EVENT_COMPLETED, "task_someone_elses", other)
+    base = f"{slow.url}/webhooks/api-key?r={held.id}"
+    async with httpx2.AsyncClient() as http:
+        bare = await http.post(base, content=other, headers=headers)
+        headers = webhooks.signed_headers(
+            sandbox.webhook_secret, webhooks.EVENT_COMPLETED, "task_someone_elses", other, now=time.time() + 1
+        )  # fmt: skip (a fresh signature)
+        wrong = await http.post(f"{base}&m={'0' * 32}", content=other, headers=headers)
+    assert (bare.status_code, wrong.status_code) == (404, 404)
+    untouched = await store.reservation(held.id)
+    assert untouched is not None and (untouched.state, untouched.task_id) == ("reserved", None)
+
+    await advance(sandbox_server, task_id)
+
+    async def recovered() -> bool:
+        found = await store.reservation(held.id)
+        return found is not None and found.state == "settled"
+
+    await wait_until(recovered)  # the gateway's own callback, to the URL we gave it (with our MAC)
+    settled = await store.reservation(held.id)
+    assert settled is not None and (settled.task_id, settled.charged) == (task_id, 2)

@@ -5,27 +5,41 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 import httpx2
+import pytest
 
-from tests.hosted.conftest import ALICE, Hosted, post_initialize
+from apikey_mcp.sandbox import SandboxServer
+from tests.conftest import free_port
+from tests.hosted.conftest import ALICE, INIT, Hosted, post_initialize
+from tests.hosted.test_restart import Process
 
 
 async def test_guessing_tokens_is_throttled_per_address(hosted_factory) -> None:
     hosted: Hosted = hosted_factory(auth_failures_per_minute=3)
     discovery = [await post_initialize(f"{hosted.url}/mcp", None) for _ in range(5)]  # no token: not a guess
     guesses = [await post_initialize(f"{hosted.url}/mcp", f"guess-{i}-0123456789abcdef") for i in range(4)]
-    right_one = await post_initialize(f"{hosted.url}/mcp", ALICE)  # a right guess now tells nothing either
     async with httpx2.AsyncClient(timeout=10) as http:
         sse = await http.get(f"{hosted.url}/sse", headers={"Authorization": "Bearer another-guess-0123456789"})
         health = await http.get(f"{hosted.url}/healthz")
     assert [d.status_code for d in discovery] == [401] * 5
     assert [g.status_code for g in guesses] == [401, 401, 401, 429]
-    assert right_one.status_code == sse.status_code == 429
+    assert sse.status_code == 429 and guesses[-1].json()["error"] == "too_many_requests"
     assert 1 <= int(guesses[-1].headers["retry-after"]) <= 60
     assert health.status_code == 200
+
+
+async def test_junk_tokens_never_lock_a_valid_token_out_of_the_same_address(hosted_factory) -> None:
+    hosted: Hosted = hosted_factory()  # the default: 20 failures a minute
+    junk = [await post_initialize(f"{hosted.url}/mcp", f"junk-{i}-0123456789abcdef") for i in range(21)]
+    valid = await post_initialize(f"{hosted.url}/mcp", ALICE)
+    more_junk = await post_initialize(f"{hosted.url}/mcp", "junk-again-0123456789abcdef")
+    assert [j.status_code for j in junk] == [401] * 20 + [429]
+    assert valid.status_code == 200 and valid.headers["mcp-session-id"]
+    assert more_junk.status_code == 429
 
 
 def _exchange(url: str, requests: list[bytes]) -> list[bytes]:
@@ -66,3 +80,30 @@ async def test_the_start_log_names_the_endpoints_and_warns_without_authenticatio
     assert "/mcp (operator tokens)" in with_tokens and "/sse (operator tokens)" in with_tokens
     assert "NO client authentication" not in with_tokens
     assert "/mcp (NO authentication)" in without and "serving with NO client authentication" in without
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+async def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(
+    sandbox_server: SandboxServer, tmp_path: Path, processes: list[Process], trusted: bool
+) -> None:
+    """The real server process, as `serve` configures uvicorn: with --forwarded-allow-ips naming the proxy
+    (this test, on 127.0.0.1), X-Forwarded-For names the client; without it, the header is no one's word."""
+    env = {"APIKEY_AUTH_FAILURES_PER_MINUTE": "3"} | ({"APIKEY_FORWARDED_ALLOW_IPS": "127.0.0.1"} if trusted else {})
+    server = Process(sandbox_server, tmp_path / "state.sqlite3", tmp_path / "server.log", free_port(), **env)
+    processes.append(server)
+    await server.ready()
+    url = f"{server.hosted.url}/mcp"
+
+    async def attempt(client: str, token: str) -> int:
+        async with httpx2.AsyncClient(timeout=10) as http:
+            headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}",
+                       "X-Forwarded-For": client}  # fmt: skip
+            return (await http.post(url, headers=headers, json=INIT)).status_code
+
+    first = [await attempt("203.0.113.7", f"junk-{i}-0123456789abcdef") for i in range(4)]
+    second = await attempt("198.51.100.9", "junk-other-0123456789abcdef")
+    valid = await attempt("203.0.113.7", ALICE)
+    assert first == [401, 401, 401, 429] and valid == 200
+    assert second == (401 if trusted else 429)  # untrusted: both are the proxy's one address
+    if trusted:
+        assert "3 failed authentications from 203.0.113.7" in server.log.read_text()

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from apikey_mcp.hosted.oauth import JwtVerifier, OAuthConfigError
+from apikey_mcp.hosted.oauth import KEYS_MAX_AGE_SECONDS, KEYS_SECONDS, JwtVerifier, OAuthConfigError
 from apikey_mcp.sandbox import BackgroundServer
 
 AUDIENCE = "https://mcp.example/mcp"
@@ -26,6 +26,7 @@ class CountingIssuer:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.asked: Counter[str] = Counter()
         self.claimed_issuer: str | None = None  # what the metadata says; None: the truth
+        self.down = False  # the keys cannot be fetched (503)
         self.server = BackgroundServer.for_url(self._app)
 
     def _app(self, url: str) -> Starlette:
@@ -37,6 +38,8 @@ class CountingIssuer:
 
         async def jwks(request: Request) -> JSONResponse:
             self.asked["jwks"] += 1
+            if self.down:
+                return JSONResponse({"error": "unavailable"}, status_code=503)
             public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
             return JSONResponse({"keys": [public | {"kid": "k1", "use": "sig", "alg": "RS256"}]})
 
@@ -84,3 +87,27 @@ def test_symmetric_and_none_algorithms_cannot_be_allowed() -> None:
     for algorithms in (("RS256", "HS256"), ("none",)):
         with pytest.raises(OAuthConfigError):
             JwtVerifier("https://issuer.example", AUDIENCE, algorithms=algorithms)
+
+
+async def test_keys_are_trusted_no_longer_than_their_maximum_age_while_refetches_fail(
+    counting: CountingIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [0.0]
+    verifier = JwtVerifier(counting.url, AUDIENCE, clock=lambda: now[0])
+    try:
+        fresh = await verifier.verify_token(counting.token())
+        counting.down = True  # from now on every refetch fails (the issuer may have withdrawn the key)
+        now[0] = KEYS_SECONDS + 1
+        stale = await verifier.verify_token(counting.token())  # a refetch fails: still within the maximum age
+        now[0] = KEYS_MAX_AGE_SECONDS + 1
+        expired = await verifier.verify_token(counting.token())
+        counting.down = False
+        now[0] += 29
+        too_soon = await verifier.verify_token(counting.token())  # refetches stay at most one per 30 s
+        now[0] += 2
+        back = await verifier.verify_token(counting.token())
+    finally:
+        await verifier.aclose()
+    assert fresh is not None and stale is not None and expired is None and too_soon is None and back is not None
+    assert counting.asked["jwks"] == 4  # the first fetch, two that failed, and the one that worked again
+    assert "trusting none of them" in caplog.text

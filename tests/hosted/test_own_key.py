@@ -11,7 +11,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from apikey_mcp.accounts import MAX_OWN_KEYS
+from apikey_mcp.accounts import KEY_CHECKS_PER_MINUTE, MAX_OWN_KEYS
 from apikey_mcp.sandbox import Sandbox, Wallet
 from tests.conftest import KEY, OTHER_KEY
 from tests.hosted.conftest import ALICE, BOB, Hosted
@@ -106,3 +106,25 @@ async def test_own_key_slots_are_recycled_least_recently_used(hosted_factory, sa
     assert await use(keys[0]) == MAX_OWN_KEYS + 1  # still held
     assert await use(keys[1]) == MAX_OWN_KEYS + 2  # let go of, so checked again
     assert len(hosted.accounts._own) == MAX_OWN_KEYS
+
+
+async def test_unseen_own_keys_are_checked_at_most_ten_a_minute_per_principal(hosted_factory, sandbox: Sandbox) -> None:
+    hosted = hosted_factory(allow_byok=True)
+    now = [1000.0]
+    hosted.accounts.key_checks.clock = lambda: now[0]  # the limit's minute belongs to the test
+
+    async def refusal(token: str, key: str) -> str:
+        http, client = await connect_with_key(hosted, token, key)
+        with pytest.raises(BaseException) as raised:
+            async with http, client:
+                pass
+        return str(_first(raised.value, MCPError))
+
+    first = [await refusal(ALICE, f"sk-junk-{i}-0a1b2c3d") for i in range(KEY_CHECKS_PER_MINUTE)]
+    limited = await refusal(ALICE, "sk-junk-eleventh-0a1b2c3d")
+    assert all("refused the key" in r for r in first) and "Too many new own gateway keys" in limited
+    assert "try again in 60 s" in limited and sandbox.requests[TASK_GETS] == KEY_CHECKS_PER_MINUTE  # not asked
+    assert "refused the key" in await refusal(BOB, "sk-junk-bob-0a1b2c3d")  # another principal is not limited
+    now[0] += 60.5
+    assert "refused the key" in await refusal(ALICE, "sk-junk-later-0a1b2c3d")  # a minute on: checked again
+    assert sandbox.requests[TASK_GETS] == KEY_CHECKS_PER_MINUTE + 2

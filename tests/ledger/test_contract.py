@@ -48,6 +48,29 @@ async def test_a_charge_over_the_hold_is_counted_in_full(store: LedgerStore) -> 
     assert await store.totals("alice") == Totals(100, 70, 0)
 
 
+async def test_a_charge_over_the_hold_adds_an_overcharge_event_after_its_settle(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    exact, over = await store.reserve("alice", 10, "chat"), await store.reserve("alice", 40, "chat")
+    assert await store.settle(exact.id, 10)
+    assert await store.settle(over.id, 70, actor=OPERATOR, detail="the invoice says 70")
+    tail = [(e.kind, e.actor, e.reservation_id, e.credits, e.detail) for e in (await store.history("alice"))[-3:]]
+    assert tail == [
+        ("settle", "principal:alice", exact.id, 10, None),  # at the hold: no overcharge
+        ("settle", OPERATOR, over.id, 70, "the invoice says 70"),
+        ("overcharge", OPERATOR, over.id, 30, "charged 70 credits on a hold of 40: the invoice says 70"),
+    ]
+    assert (await store.history("alice"))[-1].totals == Totals(100, 80, 0)
+
+
+@pytest.mark.parametrize("charge", [-1, 2**63, 1.5, 9.223372036854776e18, True])
+async def test_a_charge_no_store_can_keep_is_refused_and_changes_nothing(store: LedgerStore, charge: object) -> None:
+    await store.ensure_principal("alice", 100)
+    held = await store.reserve("alice", 40, "chat")
+    with pytest.raises(ValueError, match="whole number from 0 to 9223372036854775807"):
+        await store.settle(held.id, charge)  # type: ignore[arg-type]
+    assert await store.totals("alice") == Totals(100, 0, 40)
+
+
 async def test_attach_ties_only_an_open_reservation(store: LedgerStore) -> None:
     await store.ensure_principal("alice", 100)
     held = await store.reserve("alice", 10, "image", own_key=True)

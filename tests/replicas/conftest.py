@@ -99,7 +99,8 @@ def start_replica(env: dict[str, str], tmp: Path, port: int | None = None) -> Re
     log = tmp / f"replica-{port}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(port)],
+            [sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(port),
+             "--forwarded-allow-ips", "127.0.0.1"],  # the balancer's address, as deploy/nginx.conf says
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
         )  # fmt: skip
     replica = Replica(port, process, log)

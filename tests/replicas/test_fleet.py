@@ -129,3 +129,18 @@ async def test_a_terminal_state_is_never_overwritten(fleets: tuple[Fleet, Fleet]
     await b.publish("alice", Task(task_id=task_id, status="running", progress=0.5))
     shared = await a.find(task_id)
     assert shared is not None and shared.task.status == "succeeded"
+
+
+async def test_a_callback_charge_above_the_hold_is_recorded_with_an_overcharge_and_an_error(
+    fleets: tuple[Fleet, Fleet], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _ = fleets
+    rid, task_id = await _open_task(a, credits=10)
+    done = Task(task_id=task_id, status="succeeded", credits=TaskCredits(reserved=0, charged=50))
+    assert await a.settle_callback("sig-over", 600, done, None) == "recorded"
+    events = [(e.kind, e.reservation_id, e.credits, e.detail) for e in (await a.store.history("alice"))[-2:]]
+    assert events == [("settle", rid, 50, None), ("overcharge", rid, 40, "charged 50 credits on a hold of 10")]
+    assert (await a.store.totals("alice")).spent == 50
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"overcharge: the gateway charged 50 credits for task {task_id}, over its hold of 10 (reservation {rid})"
+    ]

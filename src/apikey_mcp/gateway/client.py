@@ -165,10 +165,11 @@ class GatewayClient:
         return Document(path=path, content_type=content_type, text=self._redact(response.text))
 
     async def download(
-        self, url: str, dest: Path, *, max_bytes: int, progress: Callable[[int], None] | None = None
-    ) -> int:
+        self, url: str, dest: Path, *, max_bytes: int, progress: Callable[[int], None] | None = None,
+        allow: Callable[[str], Awaitable[None]] | None = None,
+    ) -> int:  # fmt: skip
         """Stream a result file to dest (written whole or not at all); returns its size in bytes. `progress`
-        hears the size of every chunk as it is written.
+        hears the size of every chunk as it is written; `allow` raises for a link (or hop) not to be fetched.
 
         Redirects (a CDN) are followed by hand, so that every hop goes through the key's origin check.
         """
@@ -176,6 +177,8 @@ class GatewayClient:
         size = 0
         try:
             for _ in range(_MAX_REDIRECTS + 1):
+                if allow is not None:
+                    await allow(url)
                 async with self._http.stream("GET", url, timeout=c.DOWNLOAD_TIMEOUT) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = str(response.url.join(response.headers["location"]))

@@ -63,3 +63,28 @@ def verify(
     if abs(current - timestamp) > tolerance:
         raise SignatureError(f"timestamp is more than {tolerance:g} s from now")
     return timestamp
+
+
+# Our callback URLs carry the reservation id (`r`), so that a callback can tie up a create whose answer was lost.
+# The gateway's signature covers the body, not our URL, so the reference is authenticated by us: `m` is an HMAC
+# of the id under a key derived from the webhook secret (the same on every replica). A reference without a
+# valid `m` is ignored: a callback can then update only a task we know, never claim another reservation.
+RESERVATION_PARAM, REFERENCE_MAC_PARAM = "r", "m"
+
+
+def reference_mac(secret: str, reservation_id: str) -> str:
+    key = hmac.new(secret.encode(), b"apikey-mcp callback reference", hashlib.sha256).digest()
+    return hmac.new(key, reservation_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def callback_url(public_url: str, reservation_id: str, secret: str | None) -> str:
+    """Our receiver's URL for one create, with the reservation id and (given the secret) its MAC."""
+    url = f"{public_url.rstrip('/')}/webhooks/api-key?{RESERVATION_PARAM}={reservation_id}"
+    return f"{url}&{REFERENCE_MAC_PARAM}={reference_mac(secret, reservation_id)}" if secret else url
+
+
+def verified_reference(secret: str, reservation_id: str | None, mac: str | None) -> str | None:
+    """The reservation id from a callback URL if its MAC is ours; None otherwise."""
+    if not reservation_id or not mac:
+        return None
+    return reservation_id if hmac.compare_digest(reference_mac(secret, reservation_id), mac.strip().lower()) else None

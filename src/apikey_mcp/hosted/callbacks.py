@@ -20,7 +20,6 @@ from ..gateway import webhooks
 from ..gateway.models import Task
 
 log = logging.getLogger(__name__)
-RESERVATION_PARAM = "r"  # our callback URLs carry the reservation id, to recover a create whose answer was lost
 
 
 class _TooLarge(Exception):
@@ -63,7 +62,16 @@ class CallbackReceiver:
             return _refuse(400, "callback body is not a task")
         if request.headers.get(webhooks.TASK_ID_HEADER) not in (None, task.task_id):
             return _refuse(400, "the task id header and the body disagree")
-        return await self.accept(task, signature, request.query_params.get(RESERVATION_PARAM))
+        return await self.accept(task, signature, self._reference(request))
+
+    def _reference(self, request: Request) -> str | None:
+        """The reservation id in our callback URL, if we made it (its MAC is ours); else ignored."""
+        given = request.query_params.get(webhooks.RESERVATION_PARAM)
+        mac = request.query_params.get(webhooks.REFERENCE_MAC_PARAM)
+        reservation_id = webhooks.verified_reference(self._secret, given, mac)
+        if given and reservation_id is None:
+            log.warning("ignored a callback's reservation reference that we did not make (no valid MAC)")
+        return reservation_id
 
     async def accept(self, task: Task, signature: str, reservation_id: str | None) -> Response:
         """Apply a verified callback once: settle or release its reservation, wake waiters and subscribers."""

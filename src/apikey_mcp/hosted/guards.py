@@ -1,11 +1,13 @@
 """Refusals that must be cheap and quiet: token guessing, and requests for another Host or from another Origin.
 
 - `AuthThrottle`: a client address that presented a wrong token `limit` times within a minute gets 429 with
-  `Retry-After` on every MCP route until its oldest failure is a minute old, a valid token or not (else the
-  answer would still tell a right guess from a wrong one). The address is the TCP peer, or the proxy's
-  forwarded one when `--forwarded-allow-ips` names the proxy. A request with no token at all (how an OAuth
-  client starts, to discover the authorization server) is no guess and does not count. Bounded: at most
-  MAX_ADDRESSES are tracked.
+  `Retry-After`, instead of 401, for every further wrong token until its oldest failure is a minute old. A
+  request whose credentials verify is never refused: the throttle only ever replaces a refusal, so junk from
+  a shared address (a NAT, an office, a misconfigured client) cannot lock a valid token out. The address is
+  `scope["client"]` as uvicorn reports it: the TCP peer, or, when `--forwarded-allow-ips` names the proxy,
+  the client its X-Forwarded-For names (uvicorn's ProxyHeadersMiddleware; no parser of our own). A request
+  with no token at all (how an OAuth client starts, to discover the authorization server) is no guess and
+  does not count. Bounded: at most MAX_ADDRESSES are tracked.
 - `HostCheck`: Host and Origin are checked before the SDK's transport sees the request, so a refused one
   is answered 421/403 like any other, without the traceback and dropped connection the SSE transport gives.
 """
@@ -19,7 +21,6 @@ from collections.abc import Callable
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -63,20 +64,31 @@ class AuthThrottle:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._guarded(scope["path"]):
             return await self.app(scope, receive, send)
-        address = (scope.get("client") or ("unknown", 0))[0]
-        if wait := self.retry_after(address):
-            seconds = str(max(1, int(wait + 0.999)))
-            body = {"error": "too_many_requests", "error_description": "Too many failed authentications; retry later"}
-            return await JSONResponse(body, status_code=429, headers={"Retry-After": seconds})(scope, receive, send)
+        if not any(name == b"authorization" for name, _ in scope.get("headers", ())):
+            return await self.app(scope, receive, send)  # no token: discovery, not a guess
+        address = (scope.get("client") or ("unknown", 0))[0]  # after uvicorn's proxy headers, if trusted
+        wait = self.retry_after(address)
+        replaced = False
 
-        guessed = any(name == b"authorization" for name, _ in scope.get("headers", ()))
-
-        async def noting_refusal(message: Message) -> None:
-            if guessed and message["type"] == "http.response.start" and message["status"] == 401:
+        async def throttling_refusals(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 401:
                 self._failed(address)
-            await send(message)
+                if wait:  # a refusal all the same: it says when to try again, not whether the token was near
+                    replaced = True
+                    return await _too_many_failures(send, wait)
+            if not replaced:  # the replaced 401's body goes nowhere
+                await send(message)
 
-        await self.app(scope, receive, noting_refusal)
+        await self.app(scope, receive, throttling_refusals)
+
+
+async def _too_many_failures(send: Send, wait: float) -> None:
+    body = b'{"error":"too_many_requests","error_description":"Too many failed authentications; retry later"}'
+    headers = [(b"content-type", b"application/json"), (b"retry-after", b"%d" % max(1, int(wait + 0.999))),
+               (b"content-length", b"%d" % len(body))]  # fmt: skip
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class HostCheck:

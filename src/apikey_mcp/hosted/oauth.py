@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")  # asymmetric only: no HS*, never "none"
 CLOCK_SKEW_SECONDS = 5.0
 KEYS_SECONDS = 600.0  # how long the issuer's keys are trusted before they are fetched again
+KEYS_MAX_AGE_SECONDS = 3600.0  # the longest keys are trusted while every refetch fails (a key may be withdrawn)
 MIN_REFRESH_SECONDS = 30.0  # an unknown key id refetches the keys at most this often (no amplification)
 _TIMEOUT = httpx2.Timeout(10.0)
 
@@ -47,6 +49,7 @@ class JwtVerifier:
         *,
         algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
         http: httpx2.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if "none" in (a.lower() for a in algorithms) or any(a.upper().startswith("HS") for a in algorithms):
             raise OAuthConfigError("only asymmetric JWT algorithms can be allowed (no 'none', no HS*)")
@@ -57,6 +60,7 @@ class JwtVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = self._tried_at = -float("inf")
         self._lock = anyio.Lock()
+        self.clock = clock
 
     async def warm(self) -> int:
         """Fetch the issuer's keys now (at start); how many there are."""
@@ -94,18 +98,23 @@ class JwtVerifier:
 
     async def _key(self, kid: Any) -> jwt.PyJWK | None:
         """The issuer's key `kid`. Keys older than KEYS_SECONDS, or an unknown key id, fetch the keys again,
-        at most every MIN_REFRESH_SECONDS: random key ids cannot make us hammer the issuer."""
+        at most every MIN_REFRESH_SECONDS: random key ids cannot make us hammer the issuer. Keys that could not
+        be fetched again for KEYS_MAX_AGE_SECONDS are trusted no more (a withdrawn key must not live on)."""
         known = self._pick(kid)
-        if known is not None and time.monotonic() - self._fetched_at < KEYS_SECONDS:
+        if known is not None and self.clock() - self._fetched_at < KEYS_SECONDS:
             return known
         async with self._lock:
-            if time.monotonic() - self._tried_at >= MIN_REFRESH_SECONDS:
-                self._tried_at = time.monotonic()
+            if self.clock() - self._tried_at >= MIN_REFRESH_SECONDS:
+                self._tried_at = self.clock()
                 try:
                     self._keys = await self._fetch_keys()
-                    self._fetched_at = time.monotonic()
+                    self._fetched_at = self.clock()
                 except (httpx2.HTTPError, OAuthConfigError, ValueError, jwt.PyJWTError) as exc:
                     log.warning("cannot fetch the keys of %s (keeping %d known): %s", self.issuer, len(self._keys), exc)
+            if self._keys and self.clock() - self._fetched_at >= KEYS_MAX_AGE_SECONDS:
+                log.error("the keys of %s could not be fetched again for %d s: trusting none of them until they can",
+                          self.issuer, int(KEYS_MAX_AGE_SECONDS))  # fmt: skip
+                self._keys = {}
         return self._pick(kid)
 
     def _pick(self, kid: Any) -> jwt.PyJWK | None:

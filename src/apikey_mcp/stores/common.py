@@ -1,7 +1,25 @@
-"""What every store shares: the refusal to open a store that is not ours."""
+"""What every store shares: the refusal to open a store that is not ours, and the checks on credits."""
 
 from __future__ import annotations
 
 
 class StoreRefusedError(Exception):
     """The configured store cannot be used as the ledger (empty, foreign, unreachable); the message says why."""
+
+
+INT64_MAX = 2**63 - 1  # the largest number of credits a store keeps (PostgreSQL BIGINT, SQLite INTEGER)
+
+
+def check_credits(value: object, what: str = "a number of credits") -> None:
+    """Refuse what no store can keep as credits: not a whole number, negative, or beyond 64 bits."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= INT64_MAX:
+        raise ValueError(f"{what} must be a whole number from 0 to {INT64_MAX}, not {value!r}")
+
+
+def check_charge(charged: object) -> None:
+    check_credits(charged, "a charge")
+
+
+def overcharge_detail(charged: int, held: int, why: str | None) -> str:
+    """The audit line of a settle above its hold."""
+    return f"charged {charged} credits on a hold of {held}" + (f": {why}" if why else "")

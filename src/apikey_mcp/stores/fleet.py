@@ -184,6 +184,9 @@ class Fleet:
                 charged = (credits if stated is None else stated) if ok else 0
                 await c.execute(_CLOSE, {"s": "settled" if ok else "released", "ch": charged, "t": now, "id": rid,
                                          "kind": "settle" if ok else "release", "actor": None})  # fmt: skip
+                if charged > credits:  # recorded in full, with its overcharge event (the statement writes it)
+                    log.error("overcharge: the gateway charged %d credits for task %s, over its hold of %d "
+                              "(reservation %s)", charged, task.task_id, credits, rid)  # fmt: skip
             await c.execute(_SAVE_STATE, _state(principal, task))
             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, task.task_id))
             return "recorded"

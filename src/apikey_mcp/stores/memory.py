@@ -20,6 +20,7 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
+from .common import check_charge, check_credits, overcharge_detail
 
 MAX_CLOSED = 10_000
 MAX_EVENTS = 10_000
@@ -84,7 +85,8 @@ class MemoryLedgerStore:
                   task_id)  # fmt: skip
         return True
 
-    def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
+    def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None,
+               detail: str | None = None) -> bool:  # fmt: skip
         reservation = self._open.pop(reservation_id, None)
         if reservation is None:
             return False
@@ -96,14 +98,18 @@ class MemoryLedgerStore:
         while len(self._closed) > MAX_CLOSED:
             self._closed.popitem(last=False)
         kind = "settle" if state == ReservationState.SETTLED else "release"
-        self._log(reservation.principal, kind, actor or principal_actor(reservation.principal), reservation_id,
-                  charged)  # fmt: skip
+        who = actor or principal_actor(reservation.principal)
+        self._log(reservation.principal, kind, who, reservation_id, charged, detail)
+        if charged > reservation.credits:
+            self._log(reservation.principal, "overcharge", who, reservation_id, charged - reservation.credits,
+                      overcharge_detail(charged, reservation.credits, detail))  # fmt: skip
         return True
 
-    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
-        if charged < 0:
-            raise ValueError("a charge must be >= 0")
-        return self._close(reservation_id, ReservationState.SETTLED, charged, actor)
+    async def settle(
+        self, reservation_id: str, charged: int, *, actor: str | None = None, detail: str | None = None
+    ) -> bool:
+        check_charge(charged)
+        return self._close(reservation_id, ReservationState.SETTLED, charged, actor, detail)
 
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return self._close(reservation_id, ReservationState.RELEASED, 0, actor)
@@ -112,8 +118,7 @@ class MemoryLedgerStore:
         return self._account(principal).totals()
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
-        if credits < 0:
-            raise ValueError("a budget must be >= 0")
+        check_credits(credits, "a budget")
         account = self._accounts.setdefault(principal, _Account(credits))
         account.budget = credits
         self._log(principal, "budget", actor, None, credits)

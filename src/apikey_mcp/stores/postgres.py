@@ -29,7 +29,7 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
-from .common import StoreRefusedError
+from .common import StoreRefusedError, check_charge, check_credits
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
 _T = TypeVar("_T")
@@ -72,16 +72,27 @@ SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved
 RETURNING seq
 """
 # Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
+# A charge above the hold adds an `overcharge` line (its credits: the excess) after the settle's.
 _CLOSE = """
 WITH closed AS (
     UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s
     WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits),
 moved AS (
     UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s
-    FROM closed WHERE p.name = closed.principal RETURNING p.name, p.budget, p.spent, p.reserved)
-INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved)
-SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved
-FROM moved RETURNING seq
+    FROM closed WHERE p.name = closed.principal RETURNING p.name, p.budget, p.spent, p.reserved, closed.credits AS held)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
+SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved, NULL
+FROM moved
+UNION ALL
+SELECT %(t)s, name, 'overcharge', coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s - held, budget, spent,
+       reserved, 'charged ' || %(ch)s || ' credits on a hold of ' || held
+FROM moved WHERE %(ch)s > held
+RETURNING seq
+"""
+# The operator's reason for a close, on the lines the close wrote.
+_WHY = """
+UPDATE apikey_events SET detail = CASE WHEN kind = 'overcharge' THEN detail || ': ' || %(why)s ELSE %(why)s END
+WHERE seq = ANY(%(seqs)s)
 """
 
 
@@ -165,19 +176,24 @@ class PostgresLedgerStore:
 
         return await self._run(op)
 
-    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
+    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None,
+                     detail: str | None = None) -> bool:  # fmt: skip
         async def op(c: _Conn) -> bool:
             kind = "settle" if state == ReservationState.SETTLED else "release"
             cur = await c.execute(_CLOSE, {"s": str(state), "ch": charged, "t": time.time(), "id": reservation_id,
                                            "kind": kind, "actor": actor})  # fmt: skip
-            return await cur.fetchone() is not None
+            seqs = [row[0] for row in await cur.fetchall()]
+            if seqs and detail:
+                await c.execute(_WHY, {"why": detail, "seqs": seqs})
+            return bool(seqs)
 
-        return await self._run(op, one_statement=True)
+        return await self._run(op, one_statement=not detail)
 
-    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
-        if charged < 0:
-            raise ValueError("a charge must be >= 0")
-        return await self._close(reservation_id, ReservationState.SETTLED, charged, actor)
+    async def settle(
+        self, reservation_id: str, charged: int, *, actor: str | None = None, detail: str | None = None
+    ) -> bool:
+        check_charge(charged)
+        return await self._close(reservation_id, ReservationState.SETTLED, charged, actor, detail)
 
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
@@ -186,8 +202,7 @@ class PostgresLedgerStore:
         return await self._run(lambda c: _totals(c, principal), one_statement=True)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
-        if credits < 0:
-            raise ValueError("a budget must be >= 0")
+        check_credits(credits, "a budget")
 
         async def op(c: _Conn) -> Totals:
             await c.execute(

@@ -29,7 +29,7 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
-from .common import StoreRefusedError
+from .common import StoreRefusedError, check_charge, check_credits, overcharge_detail
 from .migrate import is_v1, migrate_v1
 from .upgrades import BASE_VERSION, upgrade_sqlite
 
@@ -138,7 +138,8 @@ class SqliteLedgerStore:
 
         return await self._run(op)
 
-    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None) -> bool:
+    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None,
+                     detail: str | None = None) -> bool:  # fmt: skip
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET state = ?, charged = ?, closed_at = ? WHERE id = ? AND state = 'reserved'"
@@ -151,15 +152,20 @@ class SqliteLedgerStore:
             c.execute("UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
                       (credits, charged, principal))  # fmt: skip
             kind = "settle" if state == ReservationState.SETTLED else "release"
-            self._log(c, principal, kind, actor or principal_actor(principal), reservation_id, charged)
+            who = actor or principal_actor(principal)
+            self._log(c, principal, kind, who, reservation_id, charged, detail)
+            if charged > credits:
+                self._log(c, principal, "overcharge", who, reservation_id, charged - credits,
+                          overcharge_detail(charged, credits, detail))  # fmt: skip
             return True
 
         return await self._run(op)
 
-    async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
-        if charged < 0:
-            raise ValueError("a charge must be >= 0")
-        return await self._close(reservation_id, ReservationState.SETTLED, charged, actor)
+    async def settle(
+        self, reservation_id: str, charged: int, *, actor: str | None = None, detail: str | None = None
+    ) -> bool:
+        check_charge(charged)
+        return await self._close(reservation_id, ReservationState.SETTLED, charged, actor, detail)
 
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
@@ -168,8 +174,7 @@ class SqliteLedgerStore:
         return await self._run(lambda c: _totals(c, principal), write=False)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
-        if credits < 0:
-            raise ValueError("a budget must be >= 0")
+        check_credits(credits, "a budget")
 
         def op(c: sqlite3.Connection) -> Totals:
             c.execute("INSERT INTO principals (name, budget) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET budget = ?",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from .whole_credits import POSTGRES_WHOLE_CREDITS, SQLITE_WHOLE_CREDITS
+
 BASE_VERSION = 2
 
 # version -> SQL run once when a SQLite ledger is below it (several statements allowed).
@@ -17,6 +19,10 @@ SQLITE_STEPS: dict[int, str] = {}
 
 # version -> SQL run once when a PostgreSQL ledger is below it, under the schema's advisory lock.
 POSTGRES_STEPS: dict[int, str] = {}
+
+# 4: credits are whole numbers of at most 64 bits; bad SQLite rows are repaired (whole_credits.py, issue 16b).
+SQLITE_STEPS[4] = SQLITE_WHOLE_CREDITS
+POSTGRES_STEPS[4] = POSTGRES_WHOLE_CREDITS
 
 LATEST = max([BASE_VERSION, *SQLITE_STEPS, *POSTGRES_STEPS])
 
