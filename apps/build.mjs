@@ -19,10 +19,14 @@ async function html(name, title) {
   });
   const js = bundled.outputFiles[0].text.replaceAll("</script", "<\\/script");
   const css = (await readFile(path.join(here, "src", "style.css"), "utf8")).replaceAll("</style", "<\\/style");
+  // zod probes `new Function` when first used unless told it is jitless: under the app's CSP (no
+  // 'unsafe-eval') that probe is a reported violation, so the flag is set before the bundle runs.
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${title}</title><style>${css}</style></head>
-<body><div id="app"></div><script type="module">${js}</script></body></html>
+<body><div id="app"></div>
+<script>globalThis.__zod_globalConfig = { jitless: true };</script>
+<script type="module">${js}</script></body></html>
 `;
 }
 

@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-download-bytes", type=int, help="size cap per downloaded file (default 512 MiB)")
     p.add_argument("--max-task-download-bytes", type=int, help="size cap on one task's files (default 1 GiB)")
     p.add_argument("--download-deadline-seconds", type=float, help="longest one task's save may take (default 600)")
+    p.add_argument("--media-origin", action="append", dest="media_origins", metavar="ORIGIN",
+                   help="another origin result files load from, for the media app's CSP (repeatable; env "
+                   "APIKEY_MEDIA_ORIGINS, comma-separated; the gateway's origin is always allowed)")  # fmt: skip
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     hosted = p.add_argument_group("hosted mode (remote agents)")
     hosted.add_argument(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .gateway._constants import DEFAULT_BASE_URL
 
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     max_task_download_bytes: int = Field(default=1024**3, gt=0, description="Size cap on one task's files together.")
     download_deadline_seconds: float = Field(default=600.0, gt=0, description="Longest one task's save may take.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    media_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins result files load from in the media app (comma-separated)."
+    )
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
     fresh_seconds: float = Field(
@@ -86,3 +90,14 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a replica's claim to watch a task lasts unless it renews it."
     )
+
+    @field_validator("media_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        """`APIKEY_MEDIA_ORIGINS=https://a,https://b`, or a list (flags); each must be an http(s) origin."""
+        from .mcp_apps import origin  # here: mcp_apps imports this module
+
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        items = value
+        return [origin(str(item)) for item in items if str(item).strip()] if isinstance(items, list) else items
