@@ -116,6 +116,7 @@ try {
     video: () => [...document.querySelectorAll("video")].some((v) => v.readyState >= 2),
     audio: () => [...document.querySelectorAll("audio")].some((a) => a.readyState >= 2),
     budget: () => !!document.querySelector(".budget"),
+    note: () => !!document.querySelector(".error, #note"),
   })[kind](), job.expect, { timeout: 60_000 });
   Object.assign(observed, await app.evaluate(() => ({
     text: document.body.innerText,
