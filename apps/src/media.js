@@ -55,7 +55,8 @@ function progress(task) {
 
 function render(task, note) {
   const model = task.model || input.model || "model";
-  const what = task.modality || { generate_image: "image", generate_video: "video", generate_music: "music" }[input.tool] || "media";
+  const tool = app?.getHostContext()?.toolInfo?.tool?.name; // which tool's result the host shows here
+  const what = task.modality || { generate_image: "image", generate_video: "video", generate_music: "music" }[tool] || "media";
   const head = el("div", { class: "row" }, el("h1", {}, `${what} · ${model}`),
     el("span", { class: `badge ${task.status}`, id: "status" }, task.status));
   const parts = [head];

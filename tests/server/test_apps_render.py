@@ -38,22 +38,25 @@ def wire(result: Any) -> dict[str, Any]:
 
 
 async def render(
-    client: Client, uri: str, result: CallToolResult, tmp_path: Path, name: str, *, expect: str,
+    client: Client, uri: str, tool_name: str, result: CallToolResult, tmp_path: Path, name: str, *, expect: str,
     tool_input: dict[str, Any] | None = None, theme: str = "light", on_call: Any = None,
     ignore_csp_domains: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """Render the app at `uri` with `result` in Chromium; what the page showed, once `expect` is seen."""
+    """Render the app at `uri` with `tool_name`'s `result` in Chromium; what the page showed, once `expect` is
+    seen (`tool_input`: the arguments, which a host sends the app first)."""
     node_package("playwright-core/package.json")
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed")
     if not (APPS_DIR / "node_modules" / "esbuild").exists():
         pytest.fail("the apps' npm packages are missing: run `npm ci --prefix apps` (as .ci/run does)")
     served = (await client.read_resource(uri)).contents[0]
+    tool = next(t for t in (await client.list_tools()).tools if t.name == tool_name)  # the host's context names it
+    assert tool.meta["ui"]["resourceUri"] == uri
     assert served.mime_type == "text/html;profile=mcp-app"
     csp = {} if ignore_csp_domains else served.meta["ui"]["csp"]  # a host that ignores declared domains has none
     job = {
-        "html": served.text, "csp": csp, "result": wire(result), "input": tool_input, "theme": theme,
-        "expect": expect, "screenshot": str(tmp_path / f"{name}.png"), "apps_dir": str(APPS_DIR),
+        "html": served.text, "csp": csp, "tool": wire(tool), "result": wire(result), "input": tool_input,
+        "theme": theme, "expect": expect, "screenshot": str(tmp_path / f"{name}.png"), "apps_dir": str(APPS_DIR),
     }  # fmt: skip
     (tmp_path / f"{name}.json").write_text(json.dumps(job))
     host = [shutil.which("node") or "node", str(NODE_DIR / "apps_host.mjs"), str(tmp_path / f"{name}.json")]
@@ -113,8 +116,8 @@ async def test_the_media_app_follows_a_running_image_task_through_the_host_and_d
                 if len(polls) == 1:
                     await advance(sandbox_server, task_id)
 
-        seen = await render(client, MEDIA_APP, started, tmp_path, "media-image", expect="image",
-                            tool_input={**arguments, "tool": "generate_image"}, on_call=on_call)  # fmt: skip
+        seen = await render(client, MEDIA_APP, "generate_image", started, tmp_path, "media-image", expect="image",
+                            tool_input=arguments, on_call=on_call)  # fmt: skip
         charged = (await client.call_tool("budget_status", {})).structured_content
     assert polls and set(polls) == {task_id}
     assert seen["images"] and seen["images"][0]["naturalWidth"] > 0
@@ -136,7 +139,9 @@ async def test_the_media_app_plays_a_finished_video_and_music_from_their_declare
         task_id = started.structured_content["task_id"]
         result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 20})
         assert result.structured_content["status"] == "succeeded"
-        seen = await render(client, MEDIA_APP, result, tmp_path, f"media-{kind}", expect=kind, theme="dark")
+        seen = await render(
+            client, MEDIA_APP, "poll_task", result, tmp_path, f"media-{kind}", expect=kind, theme="dark"
+        )
     data = result.structured_content
     assert max(seen[f"{kind}s"]) >= 2  # HAVE_CURRENT_DATA: the browser fetched and decoded it
     assert f"Cost: {data['credits_charged']} credits" in seen["text"]
@@ -151,7 +156,7 @@ async def test_the_budget_app_shows_the_gauge_and_the_open_tasks(
         open_task = (await client.call_tool("generate_video", {"prompt": "a storm", "model": "seedance-2-fast",
                                                                "duration": 5})).structured_content  # fmt: skip
         status = await client.call_tool("budget_status", {})
-        seen = await render(client, BUDGET_APP, status, tmp_path, "budget", expect="budget")
+        seen = await render(client, BUDGET_APP, "budget_status", status, tmp_path, "budget", expect="budget")
     data = status.structured_content
     assert data["schema_version"] == 1 and data["reserved"] == open_task["credits_reserved"] > 0
     assert f"{data['remaining']:,} credits left of {data['budget']:,}" in seen["text"]
@@ -165,7 +170,7 @@ async def test_where_the_host_ignores_the_declared_origins_the_image_comes_from_
     async with Client(build_server(settings_for(sandbox_server))) as client:
         task_id = (await call(client, "generate_image", prompt="a heron", model="flux-schnell"))["task_id"]
         result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 20})
-        seen = await render(client, MEDIA_APP, result, tmp_path, "media-preview", expect="image",
+        seen = await render(client, MEDIA_APP, "poll_task", result, tmp_path, "media-preview", expect="image",
                             ignore_csp_domains=True)  # fmt: skip
     assert seen["violations"] and all(v.startswith("img-src") for v in seen["violations"])  # the link, refused
     assert seen["images"][0]["naturalWidth"] > 0 and seen["images"][0]["src"].startswith("data:image/png;base64,")
@@ -187,7 +192,9 @@ async def test_a_failed_task_says_why_and_that_its_credits_were_released(
                 failed.append(task_id)
                 await advance(sandbox_server, task_id, "failed")
 
-        seen = await render(client, MEDIA_APP, started, tmp_path, "media-failed", expect="note", on_call=on_call)
+        seen = await render(
+            client, MEDIA_APP, "generate_music", started, tmp_path, "media-failed", expect="note", on_call=on_call
+        )
         budget = await call(client, "budget_status")
     assert "Failed:" in seen["text"] and "reserved credits were released" in seen["text"]
     assert f"Budget: {budget['remaining']:,} credits left" in seen["text"] and budget["spent"] == 0
@@ -197,14 +204,19 @@ async def test_where_the_host_refuses_app_tool_calls_the_app_says_the_agent_can_
     sandbox_server: SandboxServer, held: Any, tmp_path: Path
 ) -> None:
     async with Client(build_server(settings_for(sandbox_server))) as client:
-        started = await client.call_tool("generate_image", {"prompt": "an owl", "model": "flux-schnell"})
+        arguments = {"prompt": "an owl", "model": "flux-schnell"}
+        started = await client.call_tool("generate_image", arguments)
 
         async def refuse(message: dict[str, Any]) -> None:
             raise PermissionError("this host does not let apps call tools")
 
-        seen = await render(client, MEDIA_APP, started, tmp_path, "media-refused", expect="note", on_call=refuse)
+        seen = await render(
+            client, MEDIA_APP, "generate_image", started, tmp_path, "media-refused", expect="note",
+            tool_input=arguments, on_call=refuse,
+        )  # fmt: skip
     task_id = started.structured_content["task_id"]
     assert f"ask the agent to call poll_task with task_id {task_id}" in seen["text"]
+    assert "image · flux-schnell" in seen["text"]  # the kind from the tool the host's context names
     assert (
         "pending" in seen["text"]
         and f"{started.structured_content['credits_reserved']} credits reserved" in seen["text"]

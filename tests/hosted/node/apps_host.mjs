@@ -2,7 +2,7 @@
 // drives /usr/bin/chromium), a host page with the official AppBridge, the app in a sandboxed iframe under the
 // CSP its resource declared. The app's tools/call and resources/read go to the Python test (one JSON line
 // each way on stdout/stdin), which answers them from our server; the observations come back as a last line.
-// Usage: node apps_host.mjs <job.json>  with {html, csp, input, result, theme, expect, screenshot, apps_dir}.
+// Usage: node apps_host.mjs <job.json>  with {html, csp, tool, input, result, theme, expect, screenshot, apps_dir}.
 import { readFile } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import { createServer } from "node:http";
@@ -89,7 +89,7 @@ try {
     return ask(method, params);
   });
   await page.goto(HOST_URL);
-  await page.evaluate(async ({ input, result, theme, appUrl }) => {
+  await page.evaluate(async ({ input, result, theme, appUrl, tool }) => {
     // The iframe is created here, its bridge listening before the app can send ui/initialize.
     const iframe = Object.assign(document.createElement("iframe"), { id: "app", src: appUrl });
     iframe.setAttribute("sandbox", "allow-scripts");
@@ -98,7 +98,7 @@ try {
     const frame = iframe.contentWindow;
     const bridge = new window.AppBridge(null, { name: "test-host", version: "1" },
       { serverTools: {}, serverResources: {}, openLinks: {} },
-      { hostContext: { theme, displayMode: "inline", platform: "web" } });
+      { hostContext: { theme, displayMode: "inline", platform: "web", ...(tool ? { toolInfo: { id: 1, tool } } : {}) } });
     bridge.oncalltool = (params) => window.hostAsk("tools/call", params);
     bridge.onreadresource = (params) => window.hostAsk("resources/read", params);
     bridge.onsizechange = ({ height }) => { if (height) iframe.style.height = `${Math.min(height, 680)}px`; };
@@ -107,7 +107,7 @@ try {
     await ready;
     if (input) await bridge.sendToolInput({ arguments: input });
     await bridge.sendToolResult(result);
-  }, { input: job.input, result: job.result, theme: job.theme, appUrl: APP_URL });
+  }, { input: job.input, result: job.result, theme: job.theme, appUrl: APP_URL, tool: job.tool });
 
   const app = page.frames().find((f) => f.url() === APP_URL);
   // A function, not a string: a string predicate would need eval, which the app's CSP rightly refuses.
