@@ -6,13 +6,24 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .gateway._constants import DEFAULT_BASE_URL
 
 DEFAULT_BUDGET = 1000
 MAX_WAIT_SECONDS = 55  # one poll_task call waits at most this long: under the 60 s tool timeout of many clients
+
+
+def _origin(url: str) -> str:
+    """An http(s) URL as the origin a CSP names (`https://host[:port]`)."""
+    from .mcp_apps import origin  # here: mcp_apps imports this module
+
+    try:
+        return origin(url)
+    except ValueError:
+        raise PydanticCustomError("url_origin", "must be an http(s) origin") from None
 
 
 class Settings(BaseSettings):
@@ -32,7 +43,7 @@ class Settings(BaseSettings):
     max_task_download_bytes: int = Field(default=1024**3, gt=0, description="Size cap on one task's files together.")
     download_deadline_seconds: float = Field(default=600.0, gt=0, description="Longest one task's save may take.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    media_origins: Annotated[list[str], NoDecode] = Field(
+    media_origins: Annotated[list[Annotated[str, AfterValidator(_origin)]], NoDecode] = Field(
         default_factory=list, description="Origins result files load from in the media app (comma-separated)."
     )
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
@@ -94,10 +105,7 @@ class Settings(BaseSettings):
     @field_validator("media_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:
-        """`APIKEY_MEDIA_ORIGINS=https://a,https://b`, or a list (flags); each must be an http(s) origin."""
-        from .mcp_apps import origin  # here: mcp_apps imports this module
-
+        """`APIKEY_MEDIA_ORIGINS=https://a,https://b` (or a JSON list), or a list (flags)."""
         if isinstance(value, str):
             value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
-        items = value
-        return [origin(str(item)) for item in items if str(item).strip()] if isinstance(items, list) else items
+        return [item for item in value if str(item).strip()] if isinstance(value, list) else value
