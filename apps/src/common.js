@@ -1,9 +1,6 @@
 // What both apps share: connecting to the host with its theme, and small DOM helpers.
 import { App, applyDocumentTheme, applyHostFonts, applyHostStyleVariables } from "@modelcontextprotocol/ext-apps/app-with-deps";
 
-/** The schema_version of structuredContent this build reads; newer results still render what they share. */
-export const SCHEMA_VERSION = 1;
-
 function theme(ctx) {
   if (!ctx) return;
   if (ctx.theme) applyDocumentTheme(ctx.theme);
