@@ -70,8 +70,13 @@ def origin(url: str) -> str:
 
 
 def media_domains(settings: Settings) -> list[str]:
-    """Where result files load from: the gateway's origin first, then `--media-origin`, without repeats."""
-    return list(dict.fromkeys([origin(settings.base_url), *(origin(o) for o in settings.media_origins)]))
+    """Where result files load from: the gateway's origin first, then `--media-origin`, without repeats (a
+    base URL that is no http(s) URL fails where the gateway is called, with its own error, not here)."""
+    try:
+        gateway = [origin(settings.base_url)]
+    except ValueError:
+        gateway = []
+    return list(dict.fromkeys([*gateway, *settings.media_origins]))
 
 
 def build_apps(settings: Settings, tools: Sequence[Tool]) -> ToolApps:
