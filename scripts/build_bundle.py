@@ -27,7 +27,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MCPB = ROOT / "tests" / "hosted" / "node" / "node_modules" / ".bin" / ("mcpb.cmd" if os.name == "nt" else "mcpb")
 COMPILED = (".so", ".pyd", ".dylib", ".dll")
-MUST_HOLD = {"manifest.json", "pyproject.toml", "LICENSE", "server/main.py", "src/apikey_mcp/cli.py"}
+MUST_HOLD = {
+    "manifest.json",
+    "pyproject.toml",
+    "LICENSE",
+    "server/main.py",
+    "src/apikey_mcp/cli.py",
+    "src/apikey_mcp/ui/media.html",
+    "src/apikey_mcp/ui/budget.html",
+}  # the MCP Apps
 
 
 def version() -> str:

@@ -5,8 +5,8 @@ Before any test runs, the session (the xdist controller, or the one process with
 - lets Python cache bytecode even where `PYTHONDONTWRITEBYTECODE` is set: each xdist worker and each server
   subprocess would otherwise compile every module (and pytest rewrite every test module) from source, several
   seconds of CPU each;
-- installs the npm test packages into the ignored `tests/hosted/node/node_modules` when Node.js is there and
-  the lock file changed since the last install;
+- installs the npm packages of `tests/hosted/node` and `apps/` into their ignored `node_modules` when Node.js is
+  there and a lock file changed since the last install;
 - starts a throwaway PostgreSQL from the installed server binaries when no `APIKEY_TEST_DATABASE_URL` is
   given (the same script `.ci/postgres` a developer can run by hand), and stops it at the end.
 Workers inherit all of it through the environment. A program that is missing makes the tests that need it
@@ -30,7 +30,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "hosted" / "node"
-_STAMP = NODE_DIR / "node_modules" / ".apikey-lock-sha256"
+APPS_DIR = ROOT / "apps"
+NPM_FOLDERS = [NODE_DIR, APPS_DIR]  # the test packages, and the MCP Apps' build tools (the render test bundles)
 
 # program -> the Debian package that brings it
 PACKAGES = {
@@ -90,18 +91,25 @@ def isolate_home(base: Path) -> None:
 
 
 def npm_packages() -> str | None:
-    """Install the npm test packages when their lock changed; a line for the report, or None."""
+    """`npm ci` in each npm folder whose lock changed since its last install; a line for the report, or None."""
     if shutil.which("npm") is None:
         return None
-    digest = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
-    if _STAMP.exists() and _STAMP.read_text() == digest:
-        return None
-    command = ["npm", "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--silent"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    if done.returncode != 0:
-        return f"npm ci for the test packages failed ({done.stderr.strip()[-300:]}): the tests that need them fail"
-    _STAMP.write_text(digest)
-    return "installed the npm test packages into tests/hosted/node/node_modules"
+    installed, failed = [], []
+    for folder in NPM_FOLDERS:
+        stamp = folder / "node_modules" / ".apikey-lock-sha256"
+        digest = hashlib.sha256((folder / "package-lock.json").read_bytes()).hexdigest()
+        if stamp.exists() and stamp.read_text() == digest:
+            continue
+        command = ["npm", "ci", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            failed.append(f"{folder.relative_to(ROOT)} ({done.stderr.strip()[-300:]})")
+            continue
+        stamp.write_text(digest)
+        installed.append(str(folder.relative_to(ROOT)))
+    lines = [f"installed the npm packages of {', '.join(installed)}"] if installed else []
+    lines += [f"npm ci failed for {', '.join(failed)}: the tests that need them fail"] if failed else []
+    return "; ".join(lines) or None
 
 
 def free_port() -> int:

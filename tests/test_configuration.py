@@ -37,6 +37,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
         (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
         (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
         ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
+        (["--media-origin", "https://ok.example", "--media-origin", "ftp://x"], {},
+         "--media-origin / APIKEY_MEDIA_ORIGINS must be an http(s) URL (got 'ftp://x')."),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:

@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-output-dir-bytes", type=int, help="quota on the output directory (default 10 GiB)")
     p.add_argument("--allow-private-downloads", action="store_true", default=None,
                    help="fetch results from loopback, private and link-local hosts too")  # fmt: skip
+    p.add_argument("--media-origin", action="append", dest="media_origins", metavar="ORIGIN",
+                   help="another origin result files load from, for the media app's CSP (repeatable; env "
+                   "APIKEY_MEDIA_ORIGINS, comma-separated; the gateway's origin is always allowed)")  # fmt: skip
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     hosted = p.add_argument_group("hosted mode (remote agents)")
     hosted.add_argument(

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .gateway._constants import DEFAULT_BASE_URL
 
 DEFAULT_BUDGET = 1000
 MAX_WAIT_SECONDS = 55  # one poll_task call waits at most this long: under the 60 s tool timeout of many clients
+
+
+def _origin(url: str) -> str:
+    """An http(s) URL as the origin a CSP names (`https://host[:port]`)."""
+    from .mcp_apps import origin  # here: mcp_apps imports this module
+
+    try:
+        return origin(url)
+    except ValueError:
+        raise PydanticCustomError("url_origin", "must be an http(s) origin") from None
 
 
 class Settings(BaseSettings):
@@ -35,6 +47,9 @@ class Settings(BaseSettings):
         default=False, description="Fetch results from loopback, private and link-local hosts too."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    media_origins: Annotated[list[Annotated[str, AfterValidator(_origin)]], NoDecode] = Field(
+        default_factory=list, description="Origins result files load from in the media app (comma-separated)."
+    )
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
     fresh_seconds: float = Field(
@@ -90,3 +105,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a replica's claim to watch a task lasts unless it renews it."
     )
+
+    @field_validator("media_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        """`APIKEY_MEDIA_ORIGINS=https://a,https://b` (or a JSON list), or a list (flags)."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        return [item for item in value if str(item).strip()] if isinstance(value, list) else value

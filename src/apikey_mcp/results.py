@@ -16,6 +16,7 @@ from .gateway.models import ModelParameters, Usage
 
 COST_META = "org.api-key/cost"  # the `_meta` key of a paid result: what the call cost and the budget after it
 MAX_PAGE = 100
+APP_SCHEMA_VERSION = 1  # of the structured content the MCP Apps read (TaskStarted, TaskResult, BudgetStatus)
 _ACCEPTS = {"type": "object", "description": "What it accepts: durations, resolutions, input_modes, sizes, limits."}
 
 
@@ -45,6 +46,7 @@ class OpenReservation(BaseModel):
 
 
 class BudgetStatus(BudgetTotals):
+    schema_version: int = APP_SCHEMA_VERSION
     open_reservations: list[OpenReservation]  # one page, oldest first
     open_count: int = Field(description="All open reservations.")
     next_offset: int | None = None  # absent on the last page
@@ -102,6 +104,7 @@ class _Paid(BaseModel):
 
 
 class TaskStarted(_Paid):
+    schema_version: int = APP_SCHEMA_VERSION
     task_id: str
     status: str
     credits_reserved: int | None = None

@@ -36,6 +36,8 @@ from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
+from .mcp_apps import build_apps
+from .previews import register_previews
 from .results import MAX_PAGE
 from .stores.memory import MemoryLedgerStore
 from .tools import build_tools, current_service, serving
@@ -103,6 +105,7 @@ def build_server(
             if closed is not None:
                 closed.set()
 
+    tools = build_tools()
     server = MCPServer(
         "apikey-mcp",
         title="API-Key gateway",
@@ -116,10 +119,12 @@ def build_server(
         auth=auth,
         token_verifier=token_verifier,
         subscriptions=subscriptions,
-        tools=build_tools(),
+        tools=tools,
+        extensions=[build_apps(settings, tools)],  # the media and budget apps, bound to the tools above
         request_state_security=request_state_security,  # replicas share one key: any of them unseals an answer
     )
     _register_resources(server)
+    register_previews(server)
     _register_prompts(server)
     return server
 

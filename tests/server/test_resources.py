@@ -52,7 +52,7 @@ async def test_models_budget_and_task_resources(transport: str, sandbox_server: 
     assert {m["id"] for m in models["data"]} >= {"seedance-2", "seedance-2-fast"}
     assert budget["reserved"] == created["credits_reserved"] > 0
     assert task["task_id"] == created["task_id"] and task["status"] == "pending"  # held until the test moves it
-    assert templates == ["apikey://tasks/{task_id}"]
+    assert templates == ["apikey://tasks/{task_id}", "apikey://tasks/{task_id}/outputs/{n}/preview"]
 
 
 async def test_task_ids_complete_from_what_this_session_created(transport: str, sandbox_server: SandboxServer) -> None:
