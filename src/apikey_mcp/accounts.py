@@ -117,7 +117,7 @@ class Accounts:
                 log.info("%s: budget %d from the ledger (the configured %d applies to new principals only; "
                          "change it with apikey-mcp admin set-budget)", principal, totals.budget,
                          self.settings.session_budget)  # fmt: skip
-            service = self._services.get(principal) or self._open(principal, Ledger(self.store, principal))
+            service = self._services.get(principal) or self._open(principal, self._ledger(principal))
         return service
 
     def principals(self) -> list[str]:
@@ -177,6 +177,10 @@ class Accounts:
                 await client.aclose()
         return service
 
+    def _ledger(self, principal: str, *, own_key: bool = False) -> Ledger:
+        """The principal's ledger, whose reservations record the gateway they are made at."""
+        return Ledger(self.store, principal, own_key=own_key, gateway=self.settings.base_url)
+
     def _own_slot(self, principal: str, slot: tuple[str, str], client: GatewayClient) -> Service:
         mine = [s for s in self._own if s[0] == principal]  # least recently used first
         if len(mine) >= MAX_OWN_KEYS:
@@ -186,7 +190,7 @@ class Accounts:
                                        "running: wait for one to finish")  # fmt: skip
             assert self._group is not None
             self._group.start_soon(self._own.pop(idle).client.aclose)
-        service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
+        service = self._open(principal, self._ledger(principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
         return service
 

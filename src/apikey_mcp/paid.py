@@ -56,6 +56,8 @@ async def paid_call(
     done: Callable[[_A, Reservation], Awaitable[_T]],
     *,
     recover: Callable[[str], _A] | None = None,
+    model: str | None = None,
+    modality: str | None = None,
 ) -> _T:
     """Reserve `credits`, `send` with max_credits = the reservation, then `done` ties the reservation up.
 
@@ -66,7 +68,7 @@ async def paid_call(
     """
     with anyio.CancelScope(shield=True):  # a hold the store made is never lost to a cancelled caller
         try:
-            reservation = await ledger.reserve(credits, purpose)  # BudgetExceededError: none
+            reservation = await ledger.reserve(credits, purpose, model=model, modality=modality)  # or BudgetExceeded
         except LedgerUnavailableError as exc:
             raise LedgerRefusedError(
                 f"The {purpose} was not sent: the budget ledger could not record its reservation ({exc}). "

@@ -338,7 +338,8 @@ class Service:
     ) -> _T:
         """Estimate, then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
-        return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover)
+        return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover,
+                               model=plan.model, modality=str(plan.modality))  # fmt: skip
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)
