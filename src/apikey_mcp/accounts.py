@@ -17,7 +17,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,12 +27,14 @@ import anyio
 import anyio.abc
 from pydantic import SecretStr
 
+from . import metrics
 from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
 from .polling import Pacer
 from .service import Cache, Service
+from .sessions import start_session
 from .tasks import TaskRegistry, TrackedTask, modality_of
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Accounts:
     hosted: bool = False
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
     poll_clock: Callable[[], float] = time.monotonic
+    local: str = LOCAL  # over stdio: the one principal (the OS user, or --principal)
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
@@ -91,15 +94,19 @@ class Accounts:
         """Run every principal's task watchers; resume the tasks the store has open reservations for."""
         async with anyio.create_task_group() as group:
             self._group = group
-            if self.hosted:
-                await self._restore()
+            if not self.hosted:
+                await start_session(self.store, self.local, self.settings.session_budget)
+            await self._restore()
+            unwatch = metrics.watch(self.store, self.task_states)
             try:
                 yield self
             finally:
+                unwatch()
                 everyone = [*self._services.items(), *((p, s) for (p, _), s in self._own.items())]
                 for principal, service in everyone:
                     if unfinished := service.registry.unfinished():
-                        log.warning("%s: stopping with unfinished task(s) %s", principal, ", ".join(unfinished))
+                        log.warning("%s: stopping with unfinished task(s) %s (resumed at the next start, or see "
+                                    "apikey-mcp admin reservations --open)", principal, ", ".join(unfinished))
                 group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():
@@ -119,6 +126,11 @@ class Accounts:
                          self.settings.session_budget)  # fmt: skip
             service = self._services.get(principal) or self._open(principal, self._ledger(principal))
         return service
+
+    def task_states(self) -> Counter[str]:
+        """How many tasks in memory are in each state (for metrics)."""
+        services = [*self._services.values(), *self._own.values()]
+        return Counter(str(t.task.status) for s in services for i in s.registry.ids() if (t := s.registry.get(i)))
 
     def principals(self) -> list[str]:
         """Every principal with a budget in memory."""
@@ -226,11 +238,20 @@ class Accounts:
 
     async def _restore(self) -> None:
         """Watch every task the store holds credits for; say which holds have no task (closeable by the operator)."""
-        offset, page = 0, 500
-        while batch := await self.store.reservations(open_only=True, limit=page, offset=offset):
+        offset, page, elsewhere = 0, 500, 0
+        mine = None if self.hosted else self.local  # over stdio: only this user's, at this gateway
+        while batch := await self.store.reservations(mine, open_only=True, limit=page, offset=offset):
             offset += len(batch)
             for reservation in batch:
+                if reservation.gateway not in (self.settings.base_url, *([None] if self.hosted else [])):
+                    elsewhere += 1
+                    continue
                 await self._resume(reservation)
+        if elsewhere:
+            log.warning("%d open reservation(s) were made at another gateway and are not resumed here: "
+                        "apikey-mcp admin reservations --open lists them", elsewhere)  # fmt: skip
+        if not self.hosted:
+            return
         for name, totals in await self.store.principals():
             if totals.budget != self.settings.session_budget:
                 log.info("%s: budget %d from the ledger, not the configured %d (which applies to new principals "

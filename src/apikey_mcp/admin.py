@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from . import report
 from .budget import OPERATOR, LedgerStore, Reservation, Totals
 
 PAGE = 1000
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     how.add_argument("--released", action="store_true", help="release it: nothing was charged")
     history = commands.add_parser("history", parents=[json_flag], help="export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
+    report.add_parser(commands)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     command = args.admin_command
+    if command == "report":
+        return await report.run(store, args)
     if command == "principals":
         rows = [{"principal": name, **_totals(t)} for name, t in await store.principals()]
         return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining"])
@@ -88,7 +92,8 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     if command == "reservations":
         found = await store.reservations(args.principal, open_only=args.open, limit=args.limit)
         return _out(args, [_reservation(r) for r in found],
-                    ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "created"])  # fmt: skip
+                    ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "gateway",
+                     "created"])  # fmt: skip
     if command == "close":
         if args.charged is not None and args.charged < 0:
             return _fail("a charge must be >= 0 credits")
@@ -119,7 +124,8 @@ def _totals(totals: Totals) -> dict[str, int]:
 
 def _reservation(r: Reservation) -> dict[str, Any]:
     return {"id": r.id, "principal": r.principal, "state": str(r.state), "credits": r.credits, "charged": r.charged,
-            "task_id": r.task_id, "purpose": r.purpose, "created": _when(r.created_at)}  # fmt: skip
+            "task_id": r.task_id, "purpose": r.purpose, "model": r.model, "modality": r.modality,
+            "gateway": r.gateway, "created": _when(r.created_at)}  # fmt: skip
 
 
 def _when(at: float) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from . import metrics
+
 OPERATOR = "operator"
 CONFIGURATION = "configuration"
 HUMAN = "human"
@@ -181,7 +183,9 @@ class LedgerStore(Protocol):
 class Ledger:
     """One principal's view of the store: what the paid-call flow and the task watchers use."""
 
-    def __init__(self, store: LedgerStore, principal: str, *, own_key: bool = False, gateway: str | None = None) -> None:
+    def __init__(
+        self, store: LedgerStore, principal: str, *, own_key: bool = False, gateway: str | None = None
+    ) -> None:
         self.store, self.principal, self.own_key, self.gateway = store, principal, own_key, gateway
 
     async def reserve(self, credits: int, purpose: str, *, model: str | None = None,
@@ -189,26 +193,31 @@ class Ledger:
         if credits < 0:
             raise ValueError("credits must be >= 0")
         hold = Hold(purpose, model, modality, self.gateway, self.own_key)
-        return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key, hold=hold)
+        with metrics.ledger_op("reserve"):
+            return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key, hold=hold)
 
     async def attach(self, reservation: Reservation, task_id: str, modality: str | None = None) -> None:
         reservation.task_id, reservation.modality = task_id, modality or reservation.modality
-        await self.store.attach(reservation.id, task_id, modality)
+        with metrics.ledger_op("attach"):
+            await self.store.attach(reservation.id, task_id, modality)
 
     async def settle(self, reservation: Reservation, charged: int) -> bool:
-        closed = await self.store.settle(reservation.id, charged)
+        with metrics.ledger_op("settle"):
+            closed = await self.store.settle(reservation.id, charged)
         if closed:
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
         return closed
 
     async def release(self, reservation: Reservation) -> bool:
-        closed = await self.store.release(reservation.id)
+        with metrics.ledger_op("release"):
+            closed = await self.store.release(reservation.id)
         if closed:
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
         return closed
 
     async def totals(self) -> Totals:
-        return await self.store.totals(self.principal)
+        with metrics.ledger_op("totals"):
+            return await self.store.totals(self.principal)
 
     async def task_reservation(self, task_id: str) -> Reservation | None:
         return await self.store.task_reservation(self.principal, task_id)

@@ -20,6 +20,7 @@ import anyio.lowlevel
 import httpx2
 from pydantic import ValidationError
 
+from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import (
     GatewayConnectionError,
@@ -74,6 +75,7 @@ async def paid_call(
                 f"The {purpose} was not sent: the budget ledger could not record its reservation ({exc}). "
                 "Nothing was created or charged. Try again later, or ask the operator to check the ledger."
             ) from None
+    logs.note(reservation_id=reservation.id)
     try:
         await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled while reserving: give it back, send nothing
     except BaseException:

@@ -17,6 +17,7 @@ from typing import TypeVar
 import anyio
 from pydantic import HttpUrl
 
+from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .config import Settings
 from .downloads import Downloads
@@ -188,6 +189,7 @@ class Service:
             return await create(request.model_copy(update=update))
 
         async def track(task: Task, reservation: Reservation) -> TrackedTask:
+            logs.note(task_id=task.task_id)
             log.info("created %s task %s (%d credits reserved)", modality, task.task_id, reservation.credits)
             return await self.registry.track(task, modality, reservation)
 

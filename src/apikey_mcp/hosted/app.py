@@ -217,7 +217,7 @@ def serve(settings: Settings) -> None:
         except StoreRefusedError as exc:
             raise HostingError(str(exc)) from None
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip

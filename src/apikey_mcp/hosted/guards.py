@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import metrics
+
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60.0
 MAX_ADDRESSES = 10_000
@@ -51,6 +53,7 @@ class AuthThrottle:
         return failures[0] + WINDOW_SECONDS - now if len(failures) >= self.limit else 0.0
 
     def _failed(self, address: str) -> None:
+        metrics.auth_failure()
         failures = self._failures.setdefault(address, deque(maxlen=self.limit))
         failures.append(self.clock())
         self._failures.move_to_end(address)

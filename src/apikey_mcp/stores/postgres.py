@@ -150,9 +150,10 @@ class PostgresLedgerStore:
         r = new_reservation(principal, credits, purpose, own_key, hold)
 
         async def op(c: _Conn) -> bool:
-            cur = await c.execute(_RESERVE, {"c": credits, "p": principal, "id": r.id, "purpose": purpose,
-                                             "own": own_key, "t": r.created_at, "actor": principal_actor(principal),
-                                             "modality": r.modality, "model": r.model, "gateway": r.gateway})  # fmt: skip
+            params = {"c": credits, "p": principal, "id": r.id, "purpose": purpose, "own": own_key,
+                      "t": r.created_at, "actor": principal_actor(principal), "modality": r.modality,
+                      "model": r.model, "gateway": r.gateway}  # fmt: skip
+            cur = await c.execute(_RESERVE, params)
             return await cur.fetchone() is not None
 
         if not await self._run(op, one_statement=True):
@@ -251,7 +252,7 @@ class PostgresLedgerStore:
             "SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail, model"
             f" FROM apikey_events {where} ORDER BY seq LIMIT %s OFFSET %s", [*params, limit, offset],
         )  # fmt: skip
-        return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m) for s, at, p, k, a, r, cr, b, sp, rs, d, m in rows]
+        return [_event(row) for row in rows]
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         rows = await self._rows(
@@ -283,6 +284,11 @@ async def _totals(c: _Conn, principal: str) -> Totals:
     if row is None:
         raise UnknownPrincipalError(f"no principal '{principal}'")
     return Totals(*row)
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
+    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:

@@ -223,13 +223,13 @@ class SqliteLedgerStore:
         sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
                f" model FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
         rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall(), write=False)
-        return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m) for s, at, p, k, a, r, cr, b, sp, rs, d, m in rows]
+        return [_event(row) for row in rows]
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         key = _REPORT_KEYS[by]
         sql = (f"SELECT {key} AS k, coalesce(sum(CASE WHEN kind = 'settle' THEN credits END), 0),"
-               " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse')"
-               " FROM events WHERE at >= ? AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k")  # fmt: skip
+               " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse') FROM events"
+               " WHERE at >= ? AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k")  # fmt: skip
         rows = await self._run(lambda c: c.execute(sql, (since,)).fetchall(), write=False)
         return [ReportRow(str(k), int(sp), int(ca), int(rf)) for k, sp, ca, rf in rows]
 
@@ -250,6 +250,11 @@ def _totals(c: sqlite3.Connection, principal: str) -> Totals:
     if row is None:
         raise UnknownPrincipalError(f"no principal '{principal}'")
     return Totals(*row)
+
+
+def _event(row: tuple[Any, ...]) -> Event:
+    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
+    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
