@@ -206,10 +206,10 @@ def serve(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
     with ExitStack() as stack:
         settings = Settings(**overrides)
+        configure(settings.log_level, settings.log_format)
         if settings.sandbox:
             overrides.update(_start_sandbox(stack, settings))
             settings = Settings(**overrides)
-        configure(settings.log_level, settings.log_format)
         _start_metrics(stack, settings)
         if settings.transport == "stdio":
             from .sessions import serve_local
