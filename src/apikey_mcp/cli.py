@@ -47,8 +47,23 @@ def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One line, naming the flag and what is wrong (argparse's default adds the whole usage)."""
-        self.exit(USAGE_ERROR, f"{self.prog}: {message}. See {self.prog} --help.\n")
+        """One line, naming the flag and what is wrong (argparse's default adds the whole usage); a JSON object
+        when JSON logs were asked for."""
+        line = f"{self.prog}: {message}. See {self.prog} --help."
+        if _wants_json(sys.argv[1:]):
+            from .logs import json_line
+
+            self.exit(USAGE_ERROR, json_line(line) + "\n")
+        self.exit(USAGE_ERROR, line + "\n")
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    import itertools
+    import os
+
+    flags = [f"{a} {b}" for a, b in itertools.pairwise(argv)] + list(argv)
+    return "--log-format json" in flags or "--log-format=json" in flags or (
+        os.environ.get("APIKEY_LOG_FORMAT", "").lower() == "json")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -162,7 +177,7 @@ def _exit_with(cli: argparse.ArgumentParser, args: argparse.Namespace, lines: li
 
     from .logs import json_line
 
-    if (args.log_format or os.environ.get("APIKEY_LOG_FORMAT", "")).lower() == "json":
+    if (args.log_format or os.environ.get("APIKEY_LOG_FORMAT", "")).lower() == "json":  # as configured, flag first
         cli.exit(USAGE_ERROR, "".join(json_line(line) + "\n" for line in lines))
     cli.exit(USAGE_ERROR, "".join(f"apikey-mcp: {line}\n" for line in lines))
 

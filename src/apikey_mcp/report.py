@@ -40,7 +40,8 @@ def since(text: str, now: float | None = None) -> float:
     try:
         return datetime.strptime(text.strip(), "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
     except ValueError:
-        raise ValueError(f"--since {text[:40]!r}: give a span such as 7d, 24h or 30m, or a date such as 2026-12-01") from None
+        wanted = "give a span such as 7d, 24h or 30m, or a date such as 2026-12-01"
+        raise ValueError(f"--since {text[:40]!r}: {wanted}") from None
 
 
 async def run(store: LedgerStore, args: argparse.Namespace) -> int:
