@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Run one admin command; the exit status (0 done, 1 refused, 2 cannot open the ledger)."""
     from .config import Settings
-    from .hosted.app import default_state_file
+    from .sessions import default_state_file
     from .stores import StoreRefusedError, open_store
 
     overrides = {k: getattr(args, k) for k in ("state_file", "database_url") if getattr(args, k, None)}

@@ -35,10 +35,15 @@ def local_principal(settings: Settings) -> str:
         return "local"
 
 
+def default_state_file() -> Path:
+    """`state.sqlite3` in the user data directory: the ledger of stdio runs, and of a hosted server by default."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("apikey-mcp")) / "state.sqlite3"
+
+
 def state_file(settings: Settings) -> Path:
     """The stdio ledger file: `--state-file` or the default, and a file of its own for sandbox runs."""
-    from .hosted.app import default_state_file
-
     path = Path(settings.state_file or default_state_file())
     return path.with_name(f"sandbox-{path.name}") if settings.sandbox else path
 
