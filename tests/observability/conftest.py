@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
-from mcp import Client, StdioServerParameters
+from mcp import StdioServerParameters
 from prometheus_client.parser import text_string_to_metric_families
 
 from apikey_mcp.budget import Totals
@@ -31,12 +29,6 @@ def stdio_params(server: SandboxServer, state_file: Path, *args: str, **settings
     env = stdio_env(settings_for(server, poll_interval=0.05, **settings))
     return StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", "--state-file", str(state_file),
                                                                *args], env=env)  # fmt: skip
-
-
-@asynccontextmanager
-async def stdio_client(params: StdioServerParameters, errlog: Any = None) -> AsyncIterator[Client]:
-    async with Client(params, **({"errlog": errlog} if errlog else {})) as client:  # type: ignore[arg-type]
-        yield client
 
 
 async def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:

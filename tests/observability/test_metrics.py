@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+from mcp import Client
 
 from apikey_mcp import metrics
 from apikey_mcp.budget import Totals
@@ -17,7 +18,7 @@ from tests.conftest import free_port
 from tests.hosted.conftest import ALICE, BOB
 from tests.server.conftest import call, call_error
 
-from .conftest import NAMES, by_principal, ledger_totals, scrape, stdio_client, stdio_params
+from .conftest import NAMES, by_principal, ledger_totals, scrape, stdio_params
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ async def test_stdio_metrics_name_everything_and_equal_the_ledger(
 ) -> None:
     state, port = tmp_path / "state.sqlite3", free_port()
     params = stdio_params(sandbox_server, state, "--metrics-port", str(port), "--principal", "carol", "--budget", "100")
-    async with stdio_client(params) as client:
+    async with Client(params) as client:
         created = await call(client, "generate_image", prompt="a fox", model="flux-schnell")
         with anyio.fail_after(20):
             await call(client, "poll_task", task_id=created["task_id"], wait_seconds=20)
