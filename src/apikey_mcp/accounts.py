@@ -1,6 +1,7 @@
 """Accounts: one service and task registry per principal, over the one ledger store.
 
-Over stdio there is one principal, `local`, whose budget lives as long as the session (a memory store).
+Over stdio there is one principal (`--principal`, default the OS user), recorded in the local ledger file;
+each run is a session whose budget is the session budget (sessions.py).
 Hosted, each token's principal keeps its budget in the store across sessions, reconnections, restarts and
 processes, and sees only its own tasks. The configured budget is given to a principal the first time it is
 seen; after that only the operator changes it (`apikey-mcp admin set-budget`). On start, open reservations

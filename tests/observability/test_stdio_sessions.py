@@ -92,3 +92,10 @@ async def test_sandbox_runs_keep_a_ledger_of_their_own(own_data_folder: Path) ->
     folder = own_data_folder / "apikey-mcp"
     assert (folder / "sandbox-state.sqlite3").exists() and not (folder / "state.sqlite3").exists()
     assert (await ledger_totals(folder / "sandbox-state.sqlite3"))["fay"].spent > 0
+
+
+def test_a_hosted_sandbox_keeps_a_ledger_of_its_own_too(tmp_path: Path) -> None:
+    from apikey_mcp.hosted.app import create_app
+
+    create_app(Settings(transport="http", sandbox=True, state_file=tmp_path / "state.sqlite3"))
+    assert (tmp_path / "sandbox-state.sqlite3").exists() and not (tmp_path / "state.sqlite3").exists()

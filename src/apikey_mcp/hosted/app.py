@@ -28,7 +28,7 @@ from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
-from ..sessions import default_state_file
+from ..sessions import state_file as ledger_file
 from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .access import Access
 from .auth import load_tokens
@@ -93,7 +93,7 @@ def create_app(
     tokens = load_tokens(settings)
     _check(settings, tokens)
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
-    state_file = None if database_url else settings.state_file or default_state_file()
+    state_file = None if database_url else ledger_file(settings)  # a sandbox's ledger is a file of its own
     try:
         store = store_for(database_url=database_url, state_file=state_file)
     except StoreRefusedError as exc:
