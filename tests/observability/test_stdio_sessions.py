@@ -99,3 +99,21 @@ def test_a_hosted_sandbox_keeps_a_ledger_of_its_own_too(tmp_path: Path) -> None:
 
     create_app(Settings(transport="http", sandbox=True, state_file=tmp_path / "state.sqlite3"))
     assert (tmp_path / "sandbox-state.sqlite3").exists() and not (tmp_path / "state.sqlite3").exists()
+
+
+async def test_request_budget_increase_still_raises_a_sessions_budget(
+    sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    from tests.server.test_errors import answering
+
+    state = tmp_path / "state.sqlite3"
+    params = stdio_params(sandbox_server, state, "--principal", "erin", "--budget", "100")
+    async with Client(params) as client:  # an earlier session spent something
+        spent = (await chat(client))["credits_charged"]
+    elicitation, asked = answering("accept", True)
+    async with Client(params, elicitation_callback=elicitation) as client:
+        raised = await call(client, "request_budget_increase", credits=50, reason="a longer piece")
+    assert raised["approved"] is True and len(asked) == 1
+    assert raised["budget"]["remaining"] == 150 and raised["budget"]["spent"] == spent
+    history = await admin(state, "history", "--json")
+    assert [e["actor"] for e in history if e["kind"] == "budget"] == ["configuration", "session", "human"]
