@@ -35,7 +35,11 @@ async def test_a_reservation_records_its_model_modality_and_gateway(store: Ledge
     hold = Hold("video with seedance-2", "seedance-2", "video", "http://gw.example")
     made = await store.reserve("alice", 10, "video with seedance-2", hold=hold)
     read = await store.reservation(made.id)
-    assert read is not None and (read.model, read.modality, read.gateway) == ("seedance-2", "video", "http://gw.example")
+    assert read is not None and (read.model, read.modality, read.gateway) == (
+        "seedance-2",
+        "video",
+        "http://gw.example",
+    )
     assert (made.model, made.gateway) == ("seedance-2", "http://gw.example")
 
 
@@ -67,8 +71,10 @@ async def test_an_existing_sqlite_ledger_is_migrated_to_the_report_schema(tmp_pa
         await store.ensure_principal("alice", 100)
         old = await store.reserve("alice", 10, "video")
     with sqlite3.connect(path) as conn:  # back to the base schema, as a ledger written before step 5
-        conn.executescript("ALTER TABLE reservations DROP COLUMN model; ALTER TABLE reservations DROP COLUMN gateway;"
-                           "ALTER TABLE events DROP COLUMN model; DROP INDEX events_by_time; PRAGMA user_version = 2;")
+        conn.executescript(
+            "ALTER TABLE reservations DROP COLUMN model; ALTER TABLE reservations DROP COLUMN gateway;"
+            "ALTER TABLE events DROP COLUMN model; DROP INDEX events_by_time; PRAGMA user_version = 2;"
+        )
     async with open_store(state_file=path) as store:
         assert (await store.reservation(old.id)).model is None  # type: ignore[union-attr]
         await store.settle(old.id, 7)
