@@ -68,6 +68,7 @@ class AuthThrottle:
             return await self.app(scope, receive, send)
         address = (scope.get("client") or ("unknown", 0))[0]
         if wait := self.retry_after(address):
+            metrics.limit_refusal("auth_failures")
             seconds = str(max(1, int(wait + 0.999)))
             body = {"error": "too_many_requests", "error_description": "Too many failed authentications; retry later"}
             return await JSONResponse(body, status_code=429, headers={"Retry-After": seconds})(scope, receive, send)

@@ -131,6 +131,7 @@ class ListenLimit:
         token = get_access_token()
         principal = token.client_id if token is not None else LOCAL
         if self.open[principal] >= self.limit:
+            metrics.limit_refusal("listens")
             raise MCPError(INVALID_REQUEST, f"Too many listen streams for this principal (limit {self.limit})")
         wanted = params.notifications.resource_subscriptions or []
         mine = await self._owned(principal, wanted) or None
