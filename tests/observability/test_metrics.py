@@ -78,6 +78,7 @@ async def test_hosted_metrics_name_everything_and_equal_the_ledger_per_principal
         assert (
             await http.post(f"{hosted.url}/mcp", headers={"Authorization": "Bearer wrong-token-123456"})
         ).status_code == 401
+        assert (await http.get(f"{hosted.url}/metrics")).status_code == 404  # never on the MCP port
     seen = await scrape(url_of(collected))
     ledger = await ledger_totals(hosted.settings.state_file)
     assert NAMES <= set(seen), NAMES - set(seen)
