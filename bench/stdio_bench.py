@@ -58,6 +58,7 @@ WAIT_LAG_TARGET_MS = 500.0
 TASK_GETS = "GET /v1/tasks/{task_id}"
 LIVE = frozenset({"pending", "running"})  # a long sandbox task is pending for its first fifth, then running
 HEALTH_TIMEOUT = 30.0
+DATA = tempfile.mkdtemp(prefix="apikey-bench-data-")  # the servers' XDG_DATA_HOME: never the user's real ledger
 _T = TypeVar("_T")
 
 
@@ -187,7 +188,7 @@ def apikey_server(url: str, key: str, *, source: Path | None = None, **extra: st
     settings, e.g. FRESH_SECONDS="0".
     """
     env = {
-        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
+        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA,
         "APIKEY_BASE_URL": url, "APIKEY_API_KEY": key, "APIKEY_LOG_LEVEL": "WARNING",
     }  # fmt: skip
     env |= {f"APIKEY_{name}": value for name, value in extra.items()}
@@ -198,21 +199,22 @@ def apikey_server(url: str, key: str, *, source: Path | None = None, **extra: st
 
 def sandboxed_server() -> StdioServerParameters:
     """`python -m apikey_mcp --sandbox`: the in-process sandbox, as someone trying it out starts it."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "APIKEY_LOG_LEVEL": "WARNING"}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA,
+           "APIKEY_LOG_LEVEL": "WARNING"}  # fmt: skip
     return StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", "--sandbox"], env=env)
 
 
 def get_server(url: str, key: str) -> StdioServerParameters:
     """get_server.py: the same GET as poll_task from a bare MCPServer tool, against the same sandbox."""
     env = {
-        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
+        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA,
         "APIKEY_BASE_URL": url, "APIKEY_API_KEY": key,
     }  # fmt: skip
     return StdioServerParameters(command=sys.executable, args=[str(GET_SERVER)], env=env)
 
 
 def echo_server() -> StdioServerParameters:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA}
     return StdioServerParameters(command=sys.executable, args=[str(ECHO_SERVER)], env=env)
 
 

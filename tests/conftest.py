@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -62,6 +63,15 @@ def no_apikey_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read APIKEY_* from the environment: a developer's own must not change what tests see."""
     for name in [name for name in os.environ if name.startswith("APIKEY_")]:
         monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def own_data_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's data folder (where the stdio server keeps its ledger by default) is the test's own, so no test
+    ever touches the real one; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("xdg-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(folder))
+    return folder
 
 
 @pytest.fixture

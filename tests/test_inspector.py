@@ -26,6 +26,7 @@ def inspector(*method: str, env_sandbox: bool = False) -> tuple[dict[str, Any], 
     With `env_sandbox`, the sandbox is switched on by APIKEY_SANDBOX=true instead, as the Desktop Extension does.
     """
     options, server = (["-e", "APIKEY_SANDBOX=true"], []) if env_sandbox else ([], ["--sandbox"])
+    options += ["-e", f"XDG_DATA_HOME={os.environ['XDG_DATA_HOME']}"]  # the inspector passes only what it is given
     node_package("@modelcontextprotocol/inspector/package.json")  # skips without Node.js, fails if not installed
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"npm_config_offline": "true"}
     done = subprocess.run(

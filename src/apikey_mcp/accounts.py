@@ -1,6 +1,7 @@
 """Accounts: one service and task registry per principal, over the one ledger store.
 
-Over stdio there is one principal, `local`, whose budget lives as long as the session (a memory store).
+Over stdio there is one principal (`--principal`, default the OS user), recorded in the local ledger file;
+each run is a session whose budget is the session budget (sessions.py).
 Hosted, each token's principal keeps its budget in the store across sessions, reconnections, restarts and
 processes, and sees only its own tasks. The configured budget is given to a principal the first time it is
 seen; after that only the operator changes it (`apikey-mcp admin set-budget`). On start, open reservations
@@ -17,7 +18,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ import anyio
 import anyio.abc
 from pydantic import SecretStr
 
+from . import metrics
 from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
 from .polling import Pacer
 from .service import Cache, Service
+from .sessions import start_session
 from .tasks import TaskRegistry, TrackedTask, modality_of
 from .windows import WindowLimit
 
@@ -76,6 +79,7 @@ class Accounts:
     hosted: bool = False
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
     poll_clock: Callable[[], float] = time.monotonic
+    local: str = LOCAL  # over stdio: the one principal (the OS user, or --principal)
 
     def __post_init__(self) -> None:
         self._services: dict[str, Service] = {}
@@ -94,15 +98,19 @@ class Accounts:
         """Run every principal's task watchers; resume the tasks the store has open reservations for."""
         async with anyio.create_task_group() as group:
             self._group = group
-            if self.hosted:
-                await self._restore()
+            if not self.hosted:
+                await start_session(self.store, self.local, self.settings.session_budget)
+            await self._restore()
+            unwatch = metrics.watch(self.store, self.task_states)
             try:
                 yield self
             finally:
+                unwatch()
                 everyone = [*self._services.items(), *((p, s) for (p, _), s in self._own.items())]
                 for principal, service in everyone:
                     if unfinished := service.registry.unfinished():
-                        log.warning("%s: stopping with unfinished task(s) %s", principal, ", ".join(unfinished))
+                        log.warning("%s: stopping with unfinished task(s) %s (resumed at the next start, or see "
+                                    "apikey-mcp admin reservations --open)", principal, ", ".join(unfinished))
                 group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():
@@ -120,8 +128,13 @@ class Accounts:
                 log.info("%s: budget %d from the ledger (the configured %d applies to new principals only; "
                          "change it with apikey-mcp admin set-budget)", principal, totals.budget,
                          self.settings.session_budget)  # fmt: skip
-            service = self._services.get(principal) or self._open(principal, Ledger(self.store, principal))
+            service = self._services.get(principal) or self._open(principal, self._ledger(principal))
         return service
+
+    def task_states(self) -> Counter[str]:
+        """How many tasks in memory are in each state (for metrics)."""
+        services = [*self._services.values(), *self._own.values()]
+        return Counter(str(t.task.status) for s in services for i in s.registry.ids() if (t := s.registry.get(i)))
 
     def principals(self) -> list[str]:
         """Every principal with a budget in memory."""
@@ -184,6 +197,10 @@ class Accounts:
                 await client.aclose()
         return service
 
+    def _ledger(self, principal: str, *, own_key: bool = False) -> Ledger:
+        """The principal's ledger, whose reservations record the gateway they are made at."""
+        return Ledger(self.store, principal, own_key=own_key, gateway=self.settings.base_url)
+
     def _own_slot(self, principal: str, slot: tuple[str, str], client: GatewayClient) -> Service:
         mine = [s for s in self._own if s[0] == principal]  # least recently used first
         if len(mine) >= MAX_OWN_KEYS:
@@ -193,7 +210,7 @@ class Accounts:
                                        "running: wait for one to finish")  # fmt: skip
             assert self._group is not None
             self._group.start_soon(self._own.pop(idle).client.aclose)
-        service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
+        service = self._open(principal, self._ledger(principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
         return service
 
@@ -229,11 +246,20 @@ class Accounts:
 
     async def _restore(self) -> None:
         """Watch every task the store holds credits for; say which holds have no task (closeable by the operator)."""
-        offset, page = 0, 500
-        while batch := await self.store.reservations(open_only=True, limit=page, offset=offset):
+        offset, page, elsewhere = 0, 500, 0
+        mine = None if self.hosted else self.local  # over stdio: only this user's, at this gateway
+        while batch := await self.store.reservations(mine, open_only=True, limit=page, offset=offset):
             offset += len(batch)
             for reservation in batch:
+                if reservation.gateway not in (self.settings.base_url, *([None] if self.hosted else [])):
+                    elsewhere += 1
+                    continue
                 await self._resume(reservation)
+        if elsewhere:
+            log.warning("%d open reservation(s) were made at another gateway and are not resumed here: "
+                        "apikey-mcp admin reservations --open lists them", elsewhere)  # fmt: skip
+        if not self.hosted:
+            return
         for name, totals in await self.store.principals():
             if totals.budget != self.settings.session_budget:
                 log.info("%s: budget %d from the ledger, not the configured %d (which applies to new principals "

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from . import report
 from .budget import OPERATOR, LedgerStore, LedgerUnavailableError, Reservation, Totals
 from .stores.common import INT64_MAX
 
@@ -50,12 +51,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     history = commands.add_parser("history", parents=[json_flag], help="export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
+    report.add_parser(commands)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run one admin command; the exit status (0 done, 1 refused, 2 cannot open the ledger)."""
     from .config import Settings
-    from .hosted.app import default_state_file
+    from .sessions import default_state_file
     from .stores import StoreRefusedError, open_store
 
     overrides = {k: getattr(args, k) for k in ("state_file", "database_url") if getattr(args, k, None)}
@@ -97,6 +99,8 @@ def _whole(text: str, what: str) -> int:
 
 async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     command = args.admin_command
+    if command == "report":
+        return await report.run(store, args)
     if command == "principals":
         rows = [{"principal": name, **_totals(t)} for name, t in await store.principals()]
         return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining"])
@@ -107,7 +111,8 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     if command == "reservations":
         found = await store.reservations(args.principal, open_only=args.open, limit=_whole(args.limit, "--limit"))
         return _out(args, [_reservation(r) for r in found],
-                    ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "created"])  # fmt: skip
+                    ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "gateway",
+                     "created"])  # fmt: skip
     if command == "close":
         return await _close(store, args)
     events: list[dict[str, Any]] = []
@@ -155,7 +160,8 @@ def _totals(totals: Totals) -> dict[str, int]:
 
 def _reservation(r: Reservation) -> dict[str, Any]:
     return {"id": r.id, "principal": r.principal, "state": str(r.state), "credits": r.credits, "charged": r.charged,
-            "task_id": r.task_id, "purpose": r.purpose, "created": _when(r.created_at)}  # fmt: skip
+            "task_id": r.task_id, "purpose": r.purpose, "model": r.model, "modality": r.modality,
+            "gateway": r.gateway, "created": _when(r.created_at)}  # fmt: skip
 
 
 def _when(at: float) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, ContentBlock, ResourceLink, TextContent
@@ -25,15 +26,42 @@ def agent_errors() -> Iterator[None]:
     try:
         yield
     except BudgetExceededError as exc:
+        _sorted("refused_budget")
         raise ToolError(over_budget(exc)) from None
-    except (InputError, LedgerRefusedError) as exc:
+    except InputError as exc:
+        _sorted("refused_input")
+        raise ToolError(str(exc)) from None
+    except LedgerRefusedError as exc:
+        _sorted("ledger_unavailable")
         raise ToolError(str(exc)) from None
     except LedgerUnavailableError as exc:
+        _sorted("ledger_unavailable")
         raise ToolError(f"The budget ledger cannot be read now ({exc}); try again shortly.") from None
     except GatewayError as exc:
+        _sorted("gateway_error")
         raise ToolError(f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}") from None
     except ValidationError as exc:  # a gateway request built from valid arguments can still be refused
+        _sorted("refused_input")
         raise ToolError(refusal(exc)) from None
+
+
+_outcome: ContextVar[list[str] | None] = ContextVar("apikey_mcp_outcome", default=None)
+
+
+@contextmanager
+def sorting_outcome() -> Iterator[list[str]]:
+    """Collect how the tool call in this block failed, if it did (for `apikey_tool_calls_total{outcome}`)."""
+    holder: list[str] = []
+    token = _outcome.set(holder)
+    try:
+        yield holder
+    finally:
+        _outcome.reset(token)
+
+
+def _sorted(outcome: str) -> None:
+    if (holder := _outcome.get()) is not None:
+        holder.append(outcome)
 
 
 _CHEAPER = {

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 OPERATOR = "operator"
 CONFIGURATION = "configuration"
@@ -64,6 +66,8 @@ class Reservation:
     modality: str | None = None
     own_key: bool = False  # made with the principal's own gateway key (resumed only when it brings one again)
     created_at: float = 0.0
+    model: str | None = None
+    gateway: str | None = None  # the gateway's URL it was made at: resumed only against that gateway
 
 
 @dataclass(frozen=True)
@@ -84,12 +88,37 @@ class Event:
     seq: int
     at: float
     principal: str
-    kind: str  # reserve, attach, settle, release, budget, overcharge (a settle above its hold)
+    kind: str  # reserve, attach, settle, release, budget, refuse, overcharge (a settle above its hold)
     actor: str
     reservation_id: str | None
     credits: int | None
     totals: Totals
     detail: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """Spend in a period, grouped by principal, model or UTC day: credits charged, paid calls, refusals."""
+
+    key: str
+    spent: int
+    calls: int
+    refusals: int
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What a reservation is for: its purpose, and the model, modality and gateway it is recorded with."""
+
+    purpose: str
+    model: str | None = None
+    modality: str | None = None
+    gateway: str | None = None
+    own_key: bool = False
+
+
+REPORT_BY = ("principal", "model", "day")
 
 
 class LedgerStore(Protocol):
@@ -99,8 +128,9 @@ class LedgerStore(Protocol):
         """The principal's totals, creating it with `budget` (actor: configuration) if new; True if created."""
         ...
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
-        """Hold `credits`, or raise BudgetExceededError and hold nothing."""
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
+                      hold: Hold | None = None) -> Reservation:  # fmt: skip
+        """Hold `credits`, or record a `refuse` event, raise BudgetExceededError and hold nothing."""
         ...
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
@@ -144,6 +174,10 @@ class LedgerStore(Protocol):
         """The audit trail, oldest first, paged."""
         ...
 
+    async def report(self, since: float, by: str) -> list[ReportRow]:
+        """Credits charged, paid calls and refusals since `since` (epoch seconds), grouped `by` REPORT_BY."""
+        ...
+
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
         """Remember a callback signature; False if seen within `keep_seconds` (a replay)."""
         ...
@@ -154,20 +188,27 @@ class LedgerStore(Protocol):
 class Ledger:
     """One principal's view of the store: what the paid-call flow and the task watchers use."""
 
-    def __init__(self, store: LedgerStore, principal: str, *, own_key: bool = False) -> None:
-        self.store, self.principal, self.own_key = store, principal, own_key
+    def __init__(
+        self, store: LedgerStore, principal: str, *, own_key: bool = False, gateway: str | None = None
+    ) -> None:
+        self.store, self.principal, self.own_key, self.gateway = store, principal, own_key, gateway
 
-    async def reserve(self, credits: int, purpose: str) -> Reservation:
+    async def reserve(self, credits: int, purpose: str, *, model: str | None = None,
+                      modality: str | None = None) -> Reservation:  # fmt: skip
         if credits < 0:
             raise ValueError("credits must be >= 0")
-        return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key)
+        hold = Hold(purpose, model, modality, self.gateway, self.own_key)
+        with metrics.ledger_op("reserve"):
+            return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key, hold=hold)
 
     async def attach(self, reservation: Reservation, task_id: str, modality: str | None = None) -> None:
         reservation.task_id, reservation.modality = task_id, modality or reservation.modality
-        await self.store.attach(reservation.id, task_id, modality)
+        with metrics.ledger_op("attach"):
+            await self.store.attach(reservation.id, task_id, modality)
 
     async def settle(self, reservation: Reservation, charged: int) -> bool:
-        closed = await self.store.settle(reservation.id, charged)
+        with metrics.ledger_op("settle"):
+            closed = await self.store.settle(reservation.id, charged)
         if closed:
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
             if charged > reservation.credits:
@@ -176,13 +217,15 @@ class Ledger:
         return closed
 
     async def release(self, reservation: Reservation) -> bool:
-        closed = await self.store.release(reservation.id)
+        with metrics.ledger_op("release"):
+            closed = await self.store.release(reservation.id)
         if closed:
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
         return closed
 
     async def totals(self) -> Totals:
-        return await self.store.totals(self.principal)
+        with metrics.ledger_op("totals"):
+            return await self.store.totals(self.principal)
 
     async def task_reservation(self, task_id: str) -> Reservation | None:
         return await self.store.task_reservation(self.principal, task_id)
@@ -194,8 +237,15 @@ class Ledger:
         return await self.store.set_budget(self.principal, credits, actor)
 
 
-def new_reservation(principal: str, credits: int, purpose: str, own_key: bool) -> Reservation:
-    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
+def new_reservation(principal: str, credits: int, purpose: str, own_key: bool, hold: Hold | None = None) -> Reservation:
+    hold = hold or Hold(purpose)
+    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time(),
+                       modality=hold.modality, model=hold.model, gateway=hold.gateway)  # fmt: skip
+
+
+def refusal_detail(exc: BudgetExceededError) -> str:
+    """The reason a `refuse` event records."""
+    return f"over budget: {exc.purpose} needs {exc.needed} credits, {exc.remaining} remain"
 
 
 def principal_actor(principal: str) -> str:

@@ -24,6 +24,10 @@ log = logging.getLogger("apikey_mcp")
 USAGE_ERROR = 2  # the exit status of a configuration the server cannot start with, as argparse uses
 
 
+class MetricsListenError(ValueError):
+    pass
+
+
 def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
     p.add_argument("--host", default="127.0.0.1")
@@ -43,8 +47,23 @@ def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        """One line, naming the flag and what is wrong (argparse's default adds the whole usage)."""
-        self.exit(USAGE_ERROR, f"{self.prog}: {message}. See {self.prog} --help.\n")
+        """One line, naming the flag and what is wrong (argparse's default adds the whole usage); a JSON object
+        when JSON logs were asked for."""
+        line = f"{self.prog}: {message}. See {self.prog} --help."
+        if _wants_json(sys.argv[1:]):
+            from .logs import json_line
+
+            self.exit(USAGE_ERROR, json_line(line) + "\n")
+        self.exit(USAGE_ERROR, line + "\n")
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    import itertools
+    import os
+
+    flags = [f"{a} {b}" for a, b in itertools.pairwise(argv)] + list(argv)
+    return "--log-format json" in flags or "--log-format=json" in flags or (
+        os.environ.get("APIKEY_LOG_FORMAT", "").lower() == "json")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +90,15 @@ def parser() -> argparse.ArgumentParser:
                    help="another origin result files load from, for the media app's CSP (repeatable; env "
                    "APIKEY_MEDIA_ORIGINS, comma-separated; the gateway's origin is always allowed)")  # fmt: skip
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    p.add_argument("--log-format", choices=["text", "json"], help="stderr lines as text (default) or one JSON object "
+                   "each (env APIKEY_LOG_FORMAT)")  # fmt: skip
+    p.add_argument("--principal", help="stdio: the name the ledger records this user's spending under "
+                   "(env APIKEY_PRINCIPAL; default the OS user name)")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port "
+                   "(env APIKEY_METRICS_PORT; off by default)")  # fmt: skip
+    p.add_argument("--metrics-host", help="address of the metrics listener (default 127.0.0.1)")
+    p.add_argument("--metrics-max-principals", type=int, help="principal labels in metrics; the rest are summed "
+                   "under _other (default 100)")  # fmt: skip
     hosted = p.add_argument_group("hosted mode (remote agents)")
     hosted.add_argument(
         "--transport",
@@ -152,7 +180,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         serve(args)
     except ValueError as exc:  # a setting the server cannot start with: one line each, no traceback
-        cli.exit(USAGE_ERROR, "".join(f"apikey-mcp: {line}\n" for line in _configuration_errors(cli, exc)))
+        _exit_with(cli, args, _configuration_errors(cli, exc))
+
+
+def _exit_with(cli: argparse.ArgumentParser, args: argparse.Namespace, lines: list[str]) -> NoReturn:
+    """Exit with configuration errors, as JSON objects when JSON logs were asked for."""
+    import os
+
+    from .logs import json_line
+
+    if (args.log_format or os.environ.get("APIKEY_LOG_FORMAT", "")).lower() == "json":  # as configured, flag first
+        cli.exit(USAGE_ERROR, "".join(json_line(line) + "\n" for line in lines))
+    cli.exit(USAGE_ERROR, "".join(f"apikey-mcp: {line}\n" for line in lines))
 
 
 def _configuration_errors(cli: argparse.ArgumentParser, exc: ValueError) -> list[str]:
@@ -162,6 +201,10 @@ def _configuration_errors(cli: argparse.ArgumentParser, exc: ValueError) -> list
 
     if isinstance(exc, ValidationError) and exc.title == "Settings":  # not some other model's, mid-run
         return [_setting_error(cli, error) for error in exc.errors()]
+    from .sessions import LedgerFileError
+
+    if isinstance(exc, LedgerFileError | MetricsListenError):
+        return [str(exc)]
     if isinstance(exc, TokenConfigError):
         return [f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {exc}; each entry is name=token, with a "
                 f"token of {MIN_TOKEN_LENGTH} or more characters."]  # fmt: skip
@@ -190,17 +233,15 @@ def serve(args: argparse.Namespace) -> None:
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in Settings.model_fields}
     with ExitStack() as stack:
         settings = Settings(**overrides)
+        configure(settings.log_level, settings.log_format)
         if settings.sandbox:
             overrides.update(_start_sandbox(stack, settings))
             settings = Settings(**overrides)
-        configure(settings.log_level)
+        _start_metrics(stack, settings)
         if settings.transport == "stdio":
-            from .server import build_server
-            from .stdio import serve_stdio
+            from .sessions import serve_local
 
-            log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
-                     settings.session_budget)  # fmt: skip
-            serve_stdio(lambda closed: build_server(settings, closed=closed))
+            serve_local(settings)
             return
         from .hosted import HostingError
         from .hosted import serve as serve_http
@@ -208,8 +249,24 @@ def serve(args: argparse.Namespace) -> None:
         try:
             serve_http(settings)
         except HostingError as exc:
-            print(f"apikey-mcp: {exc}", file=sys.stderr)
-            raise SystemExit(USAGE_ERROR) from None
+            _exit_with(parser(), args, [str(exc)])
+
+
+def _start_metrics(stack: ExitStack, settings: Settings) -> None:
+    """The metrics listener, when a port is set; metrics stay off (no-op calls) otherwise."""
+    if settings.metrics_port is None:
+        return
+    from . import metrics
+
+    collected = metrics.Metrics(settings.metrics_max_principals)
+    try:
+        port = collected.serve(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise MetricsListenError(f"--metrics-port {settings.metrics_port}: cannot listen there ({exc})") from None
+    metrics.install(collected)
+    stack.callback(metrics.install, None)
+    stack.callback(collected.close)
+    log.info("Prometheus metrics at http://%s:%d/metrics", settings.metrics_host, port)
 
 
 def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:

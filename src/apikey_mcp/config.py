@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     media_origins: Annotated[list[Annotated[str, AfterValidator(_origin)]], NoDecode] = Field(
         default_factory=list, description="Origins result files load from in the media app (comma-separated)."
     )
+    log_format: Literal["text", "json"] = Field(default="text", description="stderr lines: text, or JSON objects.")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Serve Prometheus /metrics here.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics listener.")
+    metrics_max_principals: int = Field(default=100, gt=0, description="Principal labels; the rest are _other.")
+    principal: str | None = Field(
+        default=None, min_length=1, max_length=200, description="stdio: whose spending the ledger records (OS user)."
+    )
     poll_interval: float = Field(default=1.0, gt=0, description="First wait between task polls, in seconds.")
     max_poll_interval: float = Field(default=5.0, gt=0, description="Longest wait between task polls.")
     fresh_seconds: float = Field(

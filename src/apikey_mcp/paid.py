@@ -20,6 +20,7 @@ import anyio.lowlevel
 import httpx2
 from pydantic import ValidationError
 
+from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import (
     GatewayConnectionError,
@@ -56,6 +57,8 @@ async def paid_call(
     done: Callable[[_A, Reservation], Awaitable[_T]],
     *,
     recover: Callable[[str], _A] | None = None,
+    model: str | None = None,
+    modality: str | None = None,
 ) -> _T:
     """Reserve `credits`, `send` with max_credits = the reservation, then `done` ties the reservation up.
 
@@ -66,12 +69,13 @@ async def paid_call(
     """
     with anyio.CancelScope(shield=True):  # a hold the store made is never lost to a cancelled caller
         try:
-            reservation = await ledger.reserve(credits, purpose)  # BudgetExceededError: none
+            reservation = await ledger.reserve(credits, purpose, model=model, modality=modality)  # or BudgetExceeded
         except LedgerUnavailableError as exc:
             raise LedgerRefusedError(
                 f"The {purpose} was not sent: the budget ledger could not record its reservation ({exc}). "
                 "Nothing was created or charged. Try again later, or ask the operator to check the ledger."
             ) from None
+    logs.note(reservation_id=reservation.id)
     try:
         await anyio.lowlevel.checkpoint_if_cancelled()  # cancelled while reserving: give it back, send nothing
     except BaseException:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Annotated, Any
 
 import anyio
@@ -30,8 +31,9 @@ from mcp.types import (
 )
 from pydantic import Field, SecretStr
 
-from . import __version__
+from . import __version__, logs, metrics
 from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
+from .answers import sorting_outcome
 from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
 from .gateway import GatewayClient, GatewayError, NotFoundError
@@ -75,11 +77,12 @@ def build_server(
     poll_clock: Callable[[], float] = time.monotonic,
     closed: anyio.Event | None = None,
     request_state_security: RequestStateSecurity | None = None,
+    principal: str = LOCAL,
 ) -> MCPServer:
     """The MCP server for these settings.
 
-    Over stdio each session opens its own accounts (one principal, `local`) on a memory store of its own
-    (pass `store` to look into it in tests; `poll_sleep` and `poll_clock` to own the task watchers' time).
+    Over stdio each session opens its own accounts (one `principal`) on `store` (the CLI passes the local
+    ledger file; a memory store of its own by default; `poll_sleep` and `poll_clock` own the watchers' time).
     Hosted, the app passes the `accounts` it shares across sessions and transports. `closed` is set once a
     stdio session's accounts have shut down (every unfinished task id logged).
     """
@@ -96,9 +99,8 @@ def build_server(
                 settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
                 other_secrets=[settings.webhook_secret],
             ) as client:  # fmt: skip
-                opening = Accounts(
-                    settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep, poll_clock=poll_clock
-                )
+                opening = Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep,
+                                   poll_clock=poll_clock, local=principal)  # fmt: skip
                 async with opening.running() as opened:
                     yield opened
         finally:
@@ -136,7 +138,7 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
     """
     token = get_access_token()
     accounts: Accounts = ctx.lifespan_context
-    principal = token.client_id if token is not None else LOCAL
+    principal = token.client_id if token is not None else accounts.local
     headers = getattr(ctx.request, "headers", None) or {}
     own_key = headers.get(OWN_KEY_HEADER) if accounts.settings.allow_byok else None
     try:
@@ -145,8 +147,25 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
         raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
     except LedgerUnavailableError as exc:
         raise MCPError(code=INTERNAL_ERROR, message=f"The budget ledger is unavailable ({exc}); try again.") from None
-    with serving(service):
-        return await call_next(ctx)
+    if ctx.method != "tools/call":
+        with serving(service), logs.bound(principal=principal):
+            return await call_next(ctx)
+    name = str((ctx.params or {}).get("name", ""))
+    tool = name if name in _tool_names() else "other"  # bounded labels: a client may send any name
+    with serving(service), logs.bound(principal=principal, tool=name[:100]), sorting_outcome() as failure:
+        try:
+            result = await call_next(ctx)
+        except BaseException:
+            metrics.tool_call(tool, "error")
+            raise
+    failed = result.get("isError") if isinstance(result, dict) else getattr(result, "is_error", False)
+    metrics.tool_call(tool, (failure[-1] if failure else "refused_input") if failed else "ok")
+    return result
+
+
+@cache
+def _tool_names() -> frozenset[str]:
+    return frozenset(tool.name for tool in build_tools())
 
 
 def _register_resources(server: MCPServer) -> None:

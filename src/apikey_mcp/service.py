@@ -16,6 +16,7 @@ from typing import TypeVar
 import anyio
 from pydantic import HttpUrl
 
+from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .charges import chat_input_bound, embedding_input_bound, priced_charge
 from .config import Settings
@@ -187,6 +188,7 @@ class Service:
             return await create(request.model_copy(update=update))
 
         async def track(task: Task, reservation: Reservation) -> TrackedTask:
+            logs.note(task_id=task.task_id)
             log.info("created %s task %s (%d credits reserved)", modality, task.task_id, reservation.credits)
             return await self.registry.track(task, modality, reservation)
 
@@ -336,7 +338,8 @@ class Service:
     ) -> _T:
         """Estimate, then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
-        return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover)
+        return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover,
+                               model=plan.model, modality=str(plan.modality))  # fmt: skip
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from . import logs, metrics
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
@@ -286,6 +287,7 @@ class TaskRegistry:
             tracked.live_age = tracked.known_at - tracked.started
         else:
             self._learn_duration(tracked)
+            metrics.task_ended(tracked.modality, tracked.known_at - tracked.started)
             tracked.wake_watcher()  # to stop: nothing left to ask
             await self._close(tracked, task)
             if task.task_id not in self._finished:
@@ -343,6 +345,7 @@ class TaskRegistry:
             try:
                 await write()
             except LedgerUnavailableError:
+                metrics.background_error("ledger_retry")
                 delay = min(delay * 2, RETRY_CAP_SECONDS)
                 continue
             log.info("the ledger took it at last: %s", what)
@@ -387,6 +390,7 @@ class TaskRegistry:
         return scope.cancelled_caught
 
     async def _watch(self, tracked: TrackedTask) -> None:
+        logs.note(task_id=tracked.task_id, reservation_id=tracked.reservation.id if tracked.reservation else None)
         self.watching += 1
         try:
             while not tracked.task.is_terminal:
@@ -404,8 +408,10 @@ class TaskRegistry:
                     log.error("task %s is no longer known to the gateway; its reservation stays open", tracked.task_id)
                     return
                 except GatewayError as exc:
+                    metrics.background_error("watch")
                     log.warning("polling task %s failed (%s); will retry", tracked.task_id, exc.message)
                 except Exception:
+                    metrics.background_error("watch")
                     log.exception("polling task %s crashed; will retry", tracked.task_id)
         finally:
             self.watching -= 1

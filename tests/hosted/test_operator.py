@@ -67,7 +67,10 @@ async def test_admin_set_budget_changes_a_running_servers_answer(hosted_factory,
     listing = admin(state, "principals", "--json")
     assert [p["principal"] for p in json.loads(listing.stdout)] == ["alice"]
     history = json.loads(admin(state, "history", "--json").stdout)
-    assert [(e["kind"], e["actor"]) for e in history][:2] == [("budget", "configuration"), ("budget", "operator")]
+    assert [(e["kind"], e["actor"]) for e in history][:3] == [
+        ("budget", "configuration"), ("refuse", "principal:alice"), ("budget", "operator"),
+    ]  # fmt: skip
+    assert history[1]["model"] == "seedance-2" and "over budget" in history[1]["detail"]  # the refusal, recorded
 
 
 @pytest.mark.slow

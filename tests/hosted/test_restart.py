@@ -30,7 +30,7 @@ class Process:
     ) -> None:
         """`state_file` None: the ledger is wherever `extra_env` says (APIKEY_DATABASE_URL)."""
         self.port, self.log = port, log
-        env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "XDG_DATA_HOME") if k in os.environ}
         env |= {"APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_MCP_AUTH_TOKENS": TOKENS,
                 "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1", **extra_env}  # fmt: skip
         args = ["--transport", "http", "--port", str(port), "--log-level", "INFO"]

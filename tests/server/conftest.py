@@ -32,7 +32,7 @@ def settings_for(server: SandboxServer, **overrides: Any) -> Settings:
 
 def stdio_env(settings: Settings) -> dict[str, str]:
     """The settings as the environment of a server subprocess (how Claude Desktop passes them too)."""
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "SYSTEMROOT") if k in os.environ}
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "SYSTEMROOT", "XDG_DATA_HOME") if k in os.environ}
     for name, value in settings.model_dump(exclude_none=True).items():
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()

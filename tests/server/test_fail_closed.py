@@ -246,8 +246,8 @@ class BlindStore(MemoryLedgerStore):
 
     blind = False
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False):
-        made = await super().reserve(principal, credits, purpose, own_key=own_key)
+    async def reserve(self, principal: str, credits: int, purpose: str, **options: Any):
+        made = await super().reserve(principal, credits, purpose, **options)
         self.blind = True
         return made
 

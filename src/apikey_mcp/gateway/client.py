@@ -21,7 +21,7 @@ import anyio
 import httpx2
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from .. import __version__
+from .. import __version__, metrics
 from . import _constants as c
 from .errors import (
     GatewayConnectionError,
@@ -155,6 +155,7 @@ class GatewayClient:
         return await self._call("POST", "/v1/music/generations", Task, body=request)
 
     async def get_task(self, task_id: str) -> Task:
+        metrics.gateway_poll()
         return await self._call("GET", f"/v1/tasks/{_path_segment(task_id)}", Task)
 
     async def get_document(self, name: str) -> Document:
@@ -245,6 +246,7 @@ class GatewayClient:
             try:
                 response = await self._http.request(method, path, json=json, timeout=timeout)
             except httpx2.TransportError as exc:
+                metrics.gateway_request(_route(path), "error", time.perf_counter() - started)
                 error, retryable = self._transport_error(method, path, exc, safe)
                 if retryable and attempt < self.max_retries:
                     attempt += 1
@@ -252,6 +254,7 @@ class GatewayClient:
                     continue
                 raise error from exc
             elapsed_ms = (time.perf_counter() - started) * 1000
+            metrics.gateway_request(_route(path), str(response.status_code), elapsed_ms / 1000)
             log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code, elapsed_ms)
             if response.is_success:
                 return response
@@ -317,6 +320,13 @@ def _redactor(keys: Sequence[SecretStr | None]) -> Callable[[str], str]:
 
 
 _BEARER = re.compile(r"Bearer\s+[^\s\"',;]+", re.IGNORECASE)
+
+
+def _route(path: str) -> str:
+    """The path's template, a bounded label: a task's path names `{id}`, never the id itself."""
+    if path.startswith("/v1/tasks/"):
+        return "/v1/tasks/{id}"
+    return path if path.count("/") <= 4 and len(path) <= 64 else "other"
 
 
 def _path_segment(value: str) -> str:

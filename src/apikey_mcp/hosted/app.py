@@ -12,11 +12,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
-import platformdirs
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -30,6 +28,7 @@ from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
 from ..server import build_server
+from ..sessions import state_file as ledger_file
 from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .access import Access
 from .auth import load_tokens
@@ -53,10 +52,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def default_state_file() -> Path:
-    return Path(platformdirs.user_data_dir("apikey-mcp")) / "state.sqlite3"
 
 
 def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
@@ -98,7 +93,7 @@ def create_app(
     tokens = load_tokens(settings)
     _check(settings, tokens)
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
-    state_file = None if database_url else settings.state_file or default_state_file()
+    state_file = None if database_url else ledger_file(settings)  # a sandbox's ledger is a file of its own
     try:
         store = store_for(database_url=database_url, state_file=state_file)
     except StoreRefusedError as exc:
@@ -217,7 +212,7 @@ def serve(settings: Settings) -> None:
         except StoreRefusedError as exc:
             raise HostingError(str(exc)) from None
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .. import metrics
 from ..accounts import Accounts
 from ..budget import LedgerUnavailableError
 from ..gateway import webhooks
@@ -39,6 +40,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+_RESULTS = {204: "ok", 200: "ok", 400: "malformed", 401: "unsigned", 404: "unknown", 409: "replay", 413: "too_large",
+            503: "ledger_unavailable"}  # fmt: skip
+
+
 class CallbackReceiver:
     def __init__(self, accounts: Accounts, secret: str, *, max_bytes: int) -> None:
         self.accounts = accounts
@@ -46,6 +51,11 @@ class CallbackReceiver:
         self.max_bytes = max_bytes
 
     async def handle(self, request: Request) -> Response:
+        response = await self._handle(request)
+        metrics.callback(_RESULTS.get(response.status_code, str(response.status_code)))
+        return response
+
+    async def _handle(self, request: Request) -> Response:
         try:
             body = await _read_body(request, self.max_bytes)
         except _TooLarge:

@@ -23,6 +23,8 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import metrics
+
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60.0
 MAX_ADDRESSES = 10_000
@@ -52,6 +54,7 @@ class AuthThrottle:
         return failures[0] + WINDOW_SECONDS - now if len(failures) >= self.limit else 0.0
 
     def _failed(self, address: str) -> None:
+        metrics.auth_failure()
         failures = self._failures.setdefault(address, deque(maxlen=self.limit))
         failures.append(self.clock())
         self._failures.move_to_end(address)
@@ -75,6 +78,7 @@ class AuthThrottle:
             if message["type"] == "http.response.start" and message["status"] == 401:
                 self._failed(address)
                 if wait:  # a refusal all the same: it says when to try again, not whether the token was near
+                    metrics.limit_refusal("auth_failures")
                     replaced = True
                     return await _too_many_failures(send, wait)
             if not replaced:  # the replaced 401's body goes nowhere

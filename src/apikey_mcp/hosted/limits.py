@@ -23,6 +23,7 @@ from mcp.types import INVALID_REQUEST, SubscriptionsListenRequestParams, Subscri
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import metrics
 from ..accounts import LOCAL
 
 SESSION_HEADER = b"mcp-session-id"
@@ -35,6 +36,7 @@ def principal_in(scope: Scope) -> str:
 
 
 async def _too_many(send: Send, what: str, limit: int) -> None:
+    metrics.limit_refusal(what.replace(" ", "_").lower())
     message = f"Too many open {what} for this principal (limit {limit}): close one, or wait for idle ones to expire"
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": message}}).encode()
     headers = [(b"content-type", b"application/json"), (b"retry-after", b"5"), (b"content-length", b"%d" % len(body))]
@@ -129,6 +131,7 @@ class ListenLimit:
         token = get_access_token()
         principal = token.client_id if token is not None else LOCAL
         if self.open[principal] >= self.limit:
+            metrics.limit_refusal("listens")
             raise MCPError(INVALID_REQUEST, f"Too many listen streams for this principal (limit {self.limit})")
         wanted = params.notifications.resource_subscriptions or []
         mine = await self._owned(principal, wanted) or None

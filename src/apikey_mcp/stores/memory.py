@@ -7,18 +7,22 @@ the audit trail keep only their newest entries (bounded); open reservations are 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
+from datetime import UTC, datetime
 
 from ..budget import (
     CONFIGURATION,
     BudgetExceededError,
     Event,
+    Hold,
+    ReportRow,
     Reservation,
     ReservationState,
     Totals,
     UnknownPrincipalError,
     new_reservation,
     principal_actor,
+    refusal_detail,
 )
 from .common import check_charge, check_credits, overcharge_detail
 
@@ -47,10 +51,10 @@ class MemoryLedgerStore:
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None,
-             d: str | None = None) -> None:  # fmt: skip
+             d: str | None = None, model: str | None = None) -> None:  # fmt: skip
         self._seq += 1
         totals = self._accounts[principal].totals()
-        self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d))
+        self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d, model))
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
         if (account := self._accounts.get(principal)) is not None:
@@ -65,15 +69,19 @@ class MemoryLedgerStore:
         except KeyError:
             raise UnknownPrincipalError(f"no principal '{principal}'") from None
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
+                      hold: Hold | None = None) -> Reservation:  # fmt: skip
         account = self._account(principal)
         remaining = account.budget - account.spent - account.reserved
+        model = hold.model if hold else None
         if credits > remaining:
-            raise BudgetExceededError(credits, max(remaining, 0), account.budget, purpose)
-        reservation = new_reservation(principal, credits, purpose, own_key)
+            refused = BudgetExceededError(credits, max(remaining, 0), account.budget, purpose)
+            self._log(principal, "refuse", principal_actor(principal), None, credits, refusal_detail(refused), model)
+            raise refused
+        reservation = new_reservation(principal, credits, purpose, own_key, hold)
         account.reserved += credits
         self._open[reservation.id] = reservation
-        self._log(principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
+        self._log(principal, "reserve", principal_actor(principal), reservation.id, credits, purpose, model)
         return _copy(reservation)
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
@@ -99,10 +107,10 @@ class MemoryLedgerStore:
             self._closed.popitem(last=False)
         kind = "settle" if state == ReservationState.SETTLED else "release"
         who = actor or principal_actor(reservation.principal)
-        self._log(reservation.principal, kind, who, reservation_id, charged, detail)
+        self._log(reservation.principal, kind, who, reservation_id, charged, detail, reservation.model)
         if charged > reservation.credits:
             self._log(reservation.principal, "overcharge", who, reservation_id, charged - reservation.credits,
-                      overcharge_detail(charged, reservation.credits, detail))  # fmt: skip
+                      overcharge_detail(charged, reservation.credits, detail), reservation.model)  # fmt: skip
         return True
 
     async def settle(
@@ -148,6 +156,21 @@ class MemoryLedgerStore:
         chosen = [e for e in self._events if principal is None or e.principal == principal]
         return chosen[offset : offset + limit]
 
+    async def report(self, since: float, by: str) -> list[ReportRow]:
+        spent: Counter[str] = Counter()
+        calls: Counter[str] = Counter()
+        refusals: Counter[str] = Counter()
+        for e in self._events:
+            if e.at < since or e.kind not in ("reserve", "settle", "refuse"):
+                continue
+            key = report_key(e, by)
+            if e.kind == "settle":
+                spent[key] += e.credits or 0
+            counter = calls if e.kind == "reserve" else refusals if e.kind == "refuse" else Counter()
+            counter[key] += 1
+        keys = sorted({*spent, *calls, *refusals})
+        return [ReportRow(k, spent[k], calls[k], refusals[k]) for k in keys]
+
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
         now = time.time()
         while self._seen and (next(iter(self._seen.values())) < now - keep_seconds or len(self._seen) > MAX_SIGNATURES):
@@ -159,6 +182,14 @@ class MemoryLedgerStore:
 
     async def aclose(self) -> None:
         pass
+
+
+def report_key(event: Event, by: str) -> str:
+    if by == "principal":
+        return event.principal
+    if by == "model":
+        return event.model or "-"
+    return datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%d")
 
 
 def _copy(reservation: Reservation) -> Reservation:

@@ -21,13 +21,16 @@ from ..budget import (
     CONFIGURATION,
     BudgetExceededError,
     Event,
+    Hold,
     LedgerUnavailableError,
+    ReportRow,
     Reservation,
     ReservationState,
     Totals,
     UnknownPrincipalError,
     new_reservation,
     principal_actor,
+    refusal_detail,
 )
 from .common import StoreRefusedError, check_charge, check_credits
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
@@ -52,11 +55,13 @@ CREATE TABLE IF NOT EXISTS apikey_events (
     reserved BIGINT NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway"
 _LOG = (
-    "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)"
-    " SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s FROM apikey_principals WHERE name = %s"
+    "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
+    " model) SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s, %s FROM apikey_principals WHERE name = %s"
 )
+_REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
+                "day": "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}  # fmt: skip
 
 # A reservation in one statement, one round trip: the conditional UPDATE decides; the reservation and its
 # audit line are inserted only from the row it returned.
@@ -65,10 +70,13 @@ WITH held AS (
     UPDATE apikey_principals SET reserved = reserved + %(c)s
     WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name, budget, spent, reserved),
 made AS (
-    INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at)
-    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s FROM held RETURNING id)
-INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
-SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s FROM held
+    INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at, modality, model,
+                                     gateway)
+    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s, %(modality)s, %(model)s, %(gateway)s
+    FROM held RETURNING id)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,
+                           model)
+SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s, %(model)s FROM held
 RETURNING seq
 """
 # Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
@@ -76,16 +84,18 @@ RETURNING seq
 _CLOSE = """
 WITH closed AS (
     UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s
-    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits),
+    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits, model),
 moved AS (
     UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s
-    FROM closed WHERE p.name = closed.principal RETURNING p.name, p.budget, p.spent, p.reserved, closed.credits AS held)
-INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
-SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved, NULL
+    FROM closed WHERE p.name = closed.principal
+    RETURNING p.name, p.budget, p.spent, p.reserved, closed.credits AS held, closed.model)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail, model)
+SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved, NULL,
+       model
 FROM moved
 UNION ALL
 SELECT %(t)s, name, 'overcharge', coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s - held, budget, spent,
-       reserved, 'charged ' || %(ch)s || ' credits on a hold of ' || held
+       reserved, 'charged ' || %(ch)s || ' credits on a hold of ' || held, model
 FROM moved WHERE %(ch)s > held
 RETURNING seq
 """
@@ -142,24 +152,33 @@ class PostgresLedgerStore:
                 (principal, budget),
             )
             if cur.rowcount == 1:
-                await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, principal))
+                await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, None, principal))
             return await _totals(c, principal), cur.rowcount == 1
 
         return await self._run(op)
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
-        reservation = new_reservation(principal, credits, purpose, own_key)
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
+                      hold: Hold | None = None) -> Reservation:  # fmt: skip
+        r = new_reservation(principal, credits, purpose, own_key, hold)
 
         async def op(c: _Conn) -> bool:
-            cur = await c.execute(_RESERVE, {"c": credits, "p": principal, "id": reservation.id, "purpose": purpose,
-                                             "own": own_key, "t": reservation.created_at,
-                                             "actor": principal_actor(principal)})  # fmt: skip
+            params = {"c": credits, "p": principal, "id": r.id, "purpose": purpose, "own": own_key,
+                      "t": r.created_at, "actor": principal_actor(principal), "modality": r.modality,
+                      "model": r.model, "gateway": r.gateway}  # fmt: skip
+            cur = await c.execute(_RESERVE, params)
             return await cur.fetchone() is not None
 
         if not await self._run(op, one_statement=True):
             totals = await self.totals(principal)
-            raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
-        return reservation
+            refused = BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
+
+            async def record(c: _Conn) -> None:
+                await c.execute(_LOG, (time.time(), "refuse", principal_actor(principal), None, credits,
+                                       refusal_detail(refused), r.model, principal))  # fmt: skip
+
+            await self._run(record, one_statement=True)
+            raise refused
+        return r
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
         async def op(c: _Conn) -> bool:
@@ -171,7 +190,7 @@ class PostgresLedgerStore:
             row = await cur.fetchone()
             if row is not None:
                 await c.execute(_LOG, (time.time(), "attach", principal_actor(row[0]), reservation_id, None, task_id,
-                                       row[0]))  # fmt: skip
+                                       None, row[0]))  # fmt: skip
             return row is not None
 
         return await self._run(op)
@@ -210,7 +229,7 @@ class PostgresLedgerStore:
                 " ON CONFLICT (name) DO UPDATE SET budget = EXCLUDED.budget",
                 (principal, credits),
             )
-            await c.execute(_LOG, (time.time(), "budget", actor, None, credits, None, principal))
+            await c.execute(_LOG, (time.time(), "budget", actor, None, credits, None, None, principal))
             return await _totals(c, principal)
 
         return await self._run(op)
@@ -246,10 +265,18 @@ class PostgresLedgerStore:
     async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
         where, params = ("WHERE principal = %s", [principal]) if principal is not None else ("", [])
         rows = await self._rows(
-            "SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail"
+            "SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail, model"
             f" FROM apikey_events {where} ORDER BY seq LIMIT %s OFFSET %s", [*params, limit, offset],
         )  # fmt: skip
-        return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d) for s, at, p, k, a, r, cr, b, sp, rs, d in rows]
+        return [_event(row) for row in rows]
+
+    async def report(self, since: float, by: str) -> list[ReportRow]:
+        rows = await self._rows(
+            f"SELECT {_REPORT_KEYS[by]} AS k, coalesce(sum(credits) FILTER (WHERE kind = 'settle'), 0),"
+            " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse') FROM apikey_events"
+            " WHERE at >= %s AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k", (since,),
+        )  # fmt: skip
+        return [ReportRow(str(k), int(sp), int(ca), int(rf)) for k, sp, ca, rf in rows]
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
         async def op(c: _Conn) -> bool:
@@ -275,7 +302,12 @@ async def _totals(c: _Conn, principal: str) -> Totals:
     return Totals(*row)
 
 
+def _event(row: tuple[Any, ...]) -> Event:
+    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
+    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
+
+
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at)  # fmt: skip
+                       bool(own_key), created_at, model, gateway)  # fmt: skip

@@ -21,13 +21,16 @@ from ..budget import (
     CONFIGURATION,
     BudgetExceededError,
     Event,
+    Hold,
     LedgerUnavailableError,
+    ReportRow,
     Reservation,
     ReservationState,
     Totals,
     UnknownPrincipalError,
     new_reservation,
     principal_actor,
+    refusal_detail,
 )
 from .common import StoreRefusedError, check_charge, check_credits, overcharge_detail
 from .migrate import is_v1, migrate_v1
@@ -54,7 +57,9 @@ CREATE TABLE IF NOT EXISTS events (
     reserved INTEGER NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway"
+_REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
+                "day": "strftime('%Y-%m-%d', at, 'unixepoch')"}  # fmt: skip
 
 
 class SqliteLedgerStore:
@@ -88,11 +93,11 @@ class SqliteLedgerStore:
         return result
 
     def _log(self, c: sqlite3.Connection, principal: str, kind: str, actor: str, rid: str | None,
-             credits: int | None, detail: str | None = None) -> None:  # fmt: skip
+             credits: int | None, detail: str | None = None, model: str | None = None) -> None:  # fmt: skip
         c.execute(
-            "INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)"
-            " SELECT ?, name, ?, ?, ?, ?, budget, spent, reserved, ? FROM principals WHERE name = ?",
-            (time.time(), kind, actor, rid, credits, detail, principal),
+            "INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
+            " model) SELECT ?, name, ?, ?, ?, ?, budget, spent, reserved, ?, ? FROM principals WHERE name = ?",
+            (time.time(), kind, actor, rid, credits, detail, model, principal),
         )
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
@@ -104,25 +109,32 @@ class SqliteLedgerStore:
 
         return await self._run(op)
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
-        reservation = new_reservation(principal, credits, purpose, own_key)
+    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
+                      hold: Hold | None = None) -> Reservation:  # fmt: skip
+        reservation = new_reservation(principal, credits, purpose, own_key, hold)
+        r = reservation
 
-        def op(c: sqlite3.Connection) -> None:
+        def op(c: sqlite3.Connection) -> BudgetExceededError | None:
             held = c.execute(
                 "UPDATE principals SET reserved = reserved + ? WHERE name = ? AND spent + reserved + ? <= budget",
                 (credits, principal, credits),
             )
             if held.rowcount != 1:
                 totals = _totals(c, principal)
-                raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
+                refused = BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
+                self._log(c, principal, "refuse", principal_actor(principal), None, credits, refusal_detail(refused),
+                          r.model)  # fmt: skip
+                return refused  # the refusal is recorded (committed), then raised
             c.execute(
-                "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, 'reserved', ?)",
-                (reservation.id, principal, credits, purpose, int(own_key), reservation.created_at),
+                "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at, modality,"
+                " model, gateway) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
+                (r.id, principal, credits, purpose, int(own_key), r.created_at, r.modality, r.model, r.gateway),
             )
-            self._log(c, principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
+            self._log(c, principal, "reserve", principal_actor(principal), r.id, credits, purpose, r.model)
+            return None
 
-        await self._run(op)
+        if (refused := await self._run(op)) is not None:
+            raise refused
         return reservation
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
@@ -143,20 +155,20 @@ class SqliteLedgerStore:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET state = ?, charged = ?, closed_at = ? WHERE id = ? AND state = 'reserved'"
-                " RETURNING principal, credits",
+                " RETURNING principal, credits, model",
                 (str(state), charged, time.time(), reservation_id),
             ).fetchone()
             if row is None:
                 return False
-            principal, credits = row
+            principal, credits, model = row
             c.execute("UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
                       (credits, charged, principal))  # fmt: skip
             kind = "settle" if state == ReservationState.SETTLED else "release"
             who = actor or principal_actor(principal)
-            self._log(c, principal, kind, who, reservation_id, charged, detail)
+            self._log(c, principal, kind, who, reservation_id, charged, detail, model)
             if charged > credits:
                 self._log(c, principal, "overcharge", who, reservation_id, charged - credits,
-                          overcharge_detail(charged, credits, detail))  # fmt: skip
+                          overcharge_detail(charged, credits, detail), model)  # fmt: skip
             return True
 
         return await self._run(op)
@@ -213,10 +225,18 @@ class SqliteLedgerStore:
 
     async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
         where, params = ("WHERE principal = ?", [principal]) if principal is not None else ("", [])
-        sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail"
-               f" FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
+        sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
+               f" model FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
         rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall(), write=False)
-        return [Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d) for s, at, p, k, a, r, cr, b, sp, rs, d in rows]
+        return [_event(row) for row in rows]
+
+    async def report(self, since: float, by: str) -> list[ReportRow]:
+        key = _REPORT_KEYS[by]
+        sql = (f"SELECT {key} AS k, coalesce(sum(CASE WHEN kind = 'settle' THEN credits END), 0),"
+               " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse') FROM events"
+               " WHERE at >= ? AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k")  # fmt: skip
+        rows = await self._run(lambda c: c.execute(sql, (since,)).fetchall(), write=False)
+        return [ReportRow(str(k), int(sp), int(ca), int(rf)) for k, sp, ca, rf in rows]
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
         def op(c: sqlite3.Connection) -> bool:
@@ -237,10 +257,15 @@ def _totals(c: sqlite3.Connection, principal: str) -> Totals:
     return Totals(*row)
 
 
+def _event(row: tuple[Any, ...]) -> Event:
+    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
+    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
+
+
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at)  # fmt: skip
+                       bool(own_key), created_at, model, gateway)  # fmt: skip
 
 
 def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:

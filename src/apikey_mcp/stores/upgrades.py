@@ -15,10 +15,26 @@ from .whole_credits import POSTGRES_WHOLE_CREDITS, SQLITE_WHOLE_CREDITS
 BASE_VERSION = 2
 
 # version -> SQL run once when a SQLite ledger is below it (several statements allowed).
-SQLITE_STEPS: dict[int, str] = {}
+SQLITE_STEPS: dict[int, str] = {
+    # 5: reservations record their model and the gateway they were made at; events carry the model, and
+    # refusals are events too (kind 'refuse'), so that `admin report` totals by principal, model and day.
+    5: """
+    ALTER TABLE reservations ADD COLUMN model TEXT;
+    ALTER TABLE reservations ADD COLUMN gateway TEXT;
+    ALTER TABLE events ADD COLUMN model TEXT;
+    CREATE INDEX IF NOT EXISTS events_by_time ON events (at)
+    """,
+}
 
 # version -> SQL run once when a PostgreSQL ledger is below it, under the schema's advisory lock.
-POSTGRES_STEPS: dict[int, str] = {}
+POSTGRES_STEPS: dict[int, str] = {
+    5: """
+    ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS model TEXT;
+    ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS gateway TEXT;
+    ALTER TABLE apikey_events ADD COLUMN IF NOT EXISTS model TEXT;
+    CREATE INDEX IF NOT EXISTS apikey_events_by_time ON apikey_events (at)
+    """,
+}
 
 # 4: credits are whole numbers of at most 64 bits; bad SQLite rows are repaired (whole_credits.py, issue 16b).
 SQLITE_STEPS[4] = SQLITE_WHOLE_CREDITS

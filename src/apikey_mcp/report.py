@@ -1,0 +1,70 @@
+"""`apikey-mcp admin report`: credits spent, paid calls and refusals over a period, by principal, model or day.
+
+`--since` takes a span back from now (`7d`, `24h`, `30m`) or a UTC date (`2026-12-01`); days are UTC days.
+The totals are the ledger's own: the sum of its settlements (what was charged), its reservations (paid calls
+made) and its `refuse` events, grouped in the store's query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from .budget import REPORT_BY, LedgerStore
+
+_SPAN = re.compile(r"^(\d{1,6})([dhm])$")
+_UNIT = {"d": 86400, "h": 3600, "m": 60}
+DEFAULT_SINCE = "30d"
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser("report", help="credits spent, calls and refusals over time (UTC days)")
+    p.add_argument("--since", default=DEFAULT_SINCE, help="7d, 24h, 30m or a UTC date 2026-12-01 (default 30d)")
+    p.add_argument("--by", choices=REPORT_BY, default="principal", help="group by (default principal)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="machine-readable output")
+    form.add_argument("--csv", action="store_true", help="CSV with a header line")
+
+
+def since(text: str, now: float | None = None) -> float:
+    """Epoch seconds for `--since`; ValueError with what is accepted."""
+    now = time.time() if now is None else now
+    if match := _SPAN.match(text.strip()):
+        return now - int(match[1]) * _UNIT[match[2]]
+    try:
+        return datetime.strptime(text.strip(), "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        wanted = "give a span such as 7d, 24h or 30m, or a date such as 2026-12-01"
+        raise ValueError(f"--since {text[:40]!r}: {wanted}") from None
+
+
+async def run(store: LedgerStore, args: argparse.Namespace) -> int:
+    try:
+        start = since(args.since)
+    except ValueError as exc:
+        print(f"apikey-mcp admin: {exc}", file=sys.stderr)
+        return 1
+    rows = [asdict(r) for r in await store.report(start, args.by)]
+    for row in rows:
+        row[args.by] = row.pop("key")
+    columns = [args.by, "spent", "calls", "refusals"]
+    if args.json:
+        print(json.dumps({"since": datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"), "by": args.by,
+                          "rows": rows}, indent=2))  # fmt: skip
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        total = {args.by: "total", **{c: sum(r[c] for r in rows) for c in columns[1:]}}
+        cells = [[str(r[c]) for c in columns] for r in [*rows, total]]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+        for line in [columns, *cells]:
+            print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,83 @@
+"""stdio sessions kept in a ledger: every run is a session of its own, recorded in the local state file.
+
+The stdio server records into the same kind of ledger a hosted server keeps (the default state file, or
+`--state-file`), under the principal `--principal` (default: the OS user name). Each run is a session: at
+its start the principal's budget is set so that what is left is the session budget (`budget = spent +
+reserved + session budget`, recorded as made by `session`), so the session budget applies to what this run
+spends and `request_budget_increase` still raises it; the ledger keeps every session's reservations and
+events, so `admin history` and `admin report` show what a user's agents spent across sessions.
+
+Reservations record the gateway they were made at. Tasks a run left unfinished are resumed and settled at the
+next start against that same gateway; those made at another are listed by `apikey-mcp admin reservations
+--open`. Runs with `--sandbox` keep a ledger file of their own and never write into a real gateway's.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from pathlib import Path
+
+from .budget import LedgerStore
+from .config import Settings
+
+log = logging.getLogger(__name__)
+SESSION = "session"  # the actor of a stdio session's budget
+
+
+def local_principal(settings: Settings) -> str:
+    """Whose spending a stdio run records: `--principal`, else the OS user name."""
+    if settings.principal:
+        return settings.principal
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container): still one principal
+        return "local"
+
+
+def default_state_file() -> Path:
+    """`state.sqlite3` in the user data directory: the ledger of stdio runs, and of a hosted server by default."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("apikey-mcp")) / "state.sqlite3"
+
+
+def state_file(settings: Settings) -> Path:
+    """The stdio ledger file: `--state-file` or the default, and a file of its own for sandbox runs."""
+    path = Path(settings.state_file or default_state_file())
+    return path.with_name(f"sandbox-{path.name}") if settings.sandbox else path
+
+
+async def start_session(store: LedgerStore, principal: str, session_budget: int) -> None:
+    """Open this run's session: what is left for the principal becomes the session budget."""
+    totals, created = await store.ensure_principal(principal, session_budget)
+    wanted = totals.spent + totals.reserved + session_budget
+    if not created and totals.budget != wanted:
+        await store.set_budget(principal, wanted, SESSION)
+
+
+def serve_local(settings: Settings) -> None:
+    """Serve MCP over stdio, recording into the local ledger."""
+    from .server import build_server
+    from .stdio import serve_stdio
+    from .stores import StoreRefusedError
+    from .stores.sqlite import SqliteLedgerStore
+
+    path = state_file(settings)
+    try:
+        store = SqliteLedgerStore(path)
+    except StoreRefusedError as exc:
+        raise LedgerFileError(str(exc)) from None
+    principal = local_principal(settings)
+    log.info("serving MCP over stdio against %s (budget %d credits; ledger %s, principal %s)", settings.base_url,
+             settings.session_budget, path, principal)  # fmt: skip
+    try:
+        serve_stdio(lambda closed: build_server(settings, store=store, closed=closed, principal=principal))
+    finally:
+        import anyio
+
+        anyio.run(store.aclose)
+
+
+class LedgerFileError(ValueError):
+    """The stdio ledger file cannot be used (empty, or not ours); the message says why."""
