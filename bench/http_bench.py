@@ -130,8 +130,11 @@ class Processes:
 
 def base_env() -> dict[str, str]:
     """Only what an interpreter needs: no APIKEY_* setting of the caller's leaks into a server measured."""
-    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""),
-            "XDG_DATA_HOME": tempfile.mkdtemp(prefix="apikey-bench-data-")}  # never the user's real ledger
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "XDG_DATA_HOME": tempfile.mkdtemp(prefix="apikey-bench-data-"),
+    }  # never the user's real ledger
 
 
 def start_sandbox(procs: Processes, key: str) -> Proc:

@@ -109,8 +109,12 @@ class Accounts:
                 everyone = [*self._services.items(), *((p, s) for (p, _), s in self._own.items())]
                 for principal, service in everyone:
                     if unfinished := service.registry.unfinished():
-                        log.warning("%s: stopping with unfinished task(s) %s (resumed at the next start, or see "
-                                    "apikey-mcp admin reservations --open)", principal, ", ".join(unfinished))
+                        log.warning(
+                            "%s: stopping with unfinished task(s) %s (resumed at the next start, or see "
+                            "apikey-mcp admin reservations --open)",
+                            principal,
+                            ", ".join(unfinished),
+                        )
                 group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():

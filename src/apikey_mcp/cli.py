@@ -62,8 +62,11 @@ def _wants_json(argv: Sequence[str]) -> bool:
     import os
 
     flags = [f"{a} {b}" for a, b in itertools.pairwise(argv)] + list(argv)
-    return "--log-format json" in flags or "--log-format=json" in flags or (
-        os.environ.get("APIKEY_LOG_FORMAT", "").lower() == "json")
+    return (
+        "--log-format json" in flags
+        or "--log-format=json" in flags
+        or (os.environ.get("APIKEY_LOG_FORMAT", "").lower() == "json")
+    )
 
 
 def parser() -> argparse.ArgumentParser:

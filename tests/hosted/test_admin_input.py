@@ -19,6 +19,7 @@ import pytest
 from apikey_mcp.budget import LedgerUnavailableError, Totals
 from apikey_mcp.cli import main
 from apikey_mcp.stores import open_store
+from apikey_mcp.stores.upgrades import SQLITE_STEPS
 from tests.ledger.conftest import database_url, postgres_schema
 
 HUGE = str(2**64)
@@ -159,7 +160,8 @@ def test_step_4_repairs_floats_an_older_sqlite_ledger_holds(tmp_path: Path, caps
             conn.execute(f"DROP TRIGGER {name}")
         conn.execute("UPDATE principals SET spent = 9.223372036854776e18, budget = 100.5")
         conn.execute("UPDATE events SET credits = 1.5e30 WHERE kind = 'reserve'")
-        conn.execute("PRAGMA user_version = 3")
+    with sqlite3.connect(where["state_file"], isolation_level=None) as conn:  # step 4, as a ledger at 3 gets it
+        conn.executescript(f"BEGIN; {SQLITE_STEPS[4]}; COMMIT;")
     status, out, err = admin(where, capsys, "principals", "--json")
     assert status == 0, err
     assert json.loads(out) == [{"principal": "alice", "budget": 101, "spent": 2**63 - 1, "reserved": 2,
