@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.abc
 from pydantic import SecretStr
 
 from .budget import Ledger, LedgerStore, Reservation
@@ -33,6 +32,7 @@ from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundE
 from .gateway.models import Task
 from .polling import Pacer
 from .service import Cache, Service
+from .supervisor import Supervisor
 from .tasks import TaskRegistry, TrackedTask, modality_of
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,13 @@ class Accounts:
         self._refused: OrderedDict[str, tuple[float, str]] = OrderedDict()  # key digest -> (when, why)
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
-        self._group: anyio.abc.TaskGroup | None = None
+        self.supervisor = Supervisor()  # every principal's watchers, saves and retries; the replica's upkeep
         self._pacer = Pacer()  # fallback polls take turns across every principal's watchers
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Accounts]:
         """Run every principal's task watchers; resume the tasks the store has open reservations for."""
-        async with anyio.create_task_group() as group:
-            self._group = group
+        async with self.supervisor.running():
             if self.hosted:
                 await self._restore()
             try:
@@ -100,7 +99,6 @@ class Accounts:
                 for principal, service in everyone:
                     if unfinished := service.registry.unfinished():
                         log.warning("%s: stopping with unfinished task(s) %s", principal, ", ".join(unfinished))
-                group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():
                         await service.client.aclose()
@@ -184,8 +182,7 @@ class Accounts:
             if idle is None:
                 raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal, and each has a task "
                                        "running: wait for one to finish")  # fmt: skip
-            assert self._group is not None
-            self._group.start_soon(self._own.pop(idle).client.aclose)
+            self.supervisor.spawn(self._own.pop(idle).client.aclose, name="close an idle own-key client")
         service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
         return service
@@ -194,15 +191,15 @@ class Accounts:
         self, principal: str, ledger: Ledger, *, client: GatewayClient | None = None, own_key: bool = False
     ) -> Service:
         """A service over `ledger`; with `client`, one that calls the gateway with the principal's own key."""
-        assert self._group is not None, "Accounts.running() must be entered first"
         client = client or self.client
         registry = self._registry(principal, client, ledger, own_key=own_key)
-        registry.start(self._group)
-        group = self._group
+        registry.start(self.supervisor)
+        supervisor = self.supervisor
 
         def announce(tracked: TrackedTask) -> None:
             for listen in self.task_listeners:
-                group.start_soon(listen, principal, tracked)
+                supervisor.spawn(listen, principal, tracked, name=f"announce {tracked.task_id}",
+                                 task=tracked.task_id, principal=principal)  # fmt: skip
 
         registry.observers.append(announce)
         service = Service(self.settings, client, ledger, registry, cache=self._cache, hosted=self.hosted)
@@ -217,7 +214,8 @@ class Accounts:
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
             callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
             sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
-            retention=self.settings.task_retention_seconds,
+            retention=self.settings.task_retention_seconds, principal=principal,
+            lost_after=self.settings.lost_after_seconds,
         )  # fmt: skip
 
     async def _restore(self) -> None:

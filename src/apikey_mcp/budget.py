@@ -62,6 +62,7 @@ class Reservation:
     modality: str | None = None
     own_key: bool = False  # made with the principal's own gateway key (resumed only when it brings one again)
     created_at: float = 0.0
+    lost_at: float | None = None  # unix time the task was marked lost (the gateway stopped knowing it)
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,18 @@ class LedgerStore(Protocol):
         ...
 
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
-        """Newest first, paged."""
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
+        """Newest first, paged; `lost_only`: the open ones whose task was marked lost."""
         ...
 
     async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
         """The audit trail, oldest first, paged."""
+        ...
+
+    async def mark_lost(self, reservation_id: str) -> bool:
+        """Mark an open reservation's task lost (it stays counted); False if closed or already marked."""
         ...
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
@@ -172,6 +178,10 @@ class Ledger:
         if closed:
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
         return closed
+
+    async def mark_lost(self, reservation: Reservation) -> None:
+        if await self.store.mark_lost(reservation.id):
+            reservation.lost_at = time.time()
 
     async def totals(self) -> Totals:
         return await self.store.totals(self.principal)

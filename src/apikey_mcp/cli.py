@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-download-bytes", type=int, help="size cap per downloaded file (default 512 MiB)")
     p.add_argument("--max-task-download-bytes", type=int, help="size cap on one task's files (default 1 GiB)")
     p.add_argument("--download-deadline-seconds", type=float, help="longest one task's save may take (default 600)")
+    p.add_argument("--lost-after-seconds", type=float, help="a task the gateway answers 404 for this long is "
+                   "marked lost, its hold kept for the operator (default 60)")  # fmt: skip
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     hosted = p.add_argument_group("hosted mode (remote agents)")
     hosted.add_argument(

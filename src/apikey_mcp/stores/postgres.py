@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS apikey_events (
     reserved BIGINT NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, lost_at"
 _LOG = (
     "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)"
     " SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s FROM apikey_principals WHERE name = %s"
@@ -219,10 +219,26 @@ class PostgresLedgerStore:
                                 " ORDER BY created_at DESC LIMIT 1", (task_id, principal))  # fmt: skip
         return _reservation(rows[0]) if rows else None
 
+    async def mark_lost(self, reservation_id: str) -> bool:
+        async def op(c: _Conn) -> bool:
+            now = time.time()
+            cur = await c.execute(
+                "UPDATE apikey_reservations SET lost_at = %s WHERE id = %s AND state = 'reserved' AND lost_at IS NULL"
+                " RETURNING principal, task_id", (now, reservation_id),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            if row is not None:
+                await c.execute(_LOG, (now, "lost", principal_actor(row[0]), reservation_id, None, row[1], row[0]))
+            return row is not None
+
+        return await self._run(op)
+
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
         where = ["TRUE"] + ["principal = %s"] * (principal is not None) + ["state = 'reserved'"] * open_only
+        where += ["state = 'reserved' AND lost_at IS NOT NULL"] * lost_only
         sql = (f"SELECT {_COLUMNS} FROM apikey_reservations WHERE {' AND '.join(where)}"
                " ORDER BY created_at DESC LIMIT %s OFFSET %s")  # fmt: skip
         rows = await self._rows(sql, [*([principal] if principal is not None else []), limit, offset])
@@ -261,6 +277,6 @@ async def _totals(c: _Conn, principal: str) -> Totals:
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, lost_at = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at)  # fmt: skip
+                       bool(own_key), created_at, lost_at)  # fmt: skip

@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS events (
     reserved INTEGER NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, lost_at"
 
 
 class SqliteLedgerStore:
@@ -197,10 +197,24 @@ class SqliteLedgerStore:
         row = await self._run(lambda c: c.execute(sql, (task_id, principal)).fetchone(), write=False)
         return _reservation(row) if row else None
 
+    async def mark_lost(self, reservation_id: str) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            row = c.execute(
+                "UPDATE reservations SET lost_at = ? WHERE id = ? AND state = 'reserved' AND lost_at IS NULL"
+                " RETURNING principal, task_id", (time.time(), reservation_id),
+            ).fetchone()  # fmt: skip
+            if row is not None:
+                self._log(c, row[0], "lost", principal_actor(row[0]), reservation_id, None, row[1])
+            return row is not None
+
+        return await self._run(op)
+
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
         where = ["1 = 1"] + ["principal = ?"] * (principal is not None) + ["state = 'reserved'"] * open_only
+        where += ["state = 'reserved' AND lost_at IS NOT NULL"] * lost_only
         sql = (f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)}"
                " ORDER BY created_at DESC LIMIT ? OFFSET ?")  # fmt: skip
         params = [*([principal] if principal is not None else []), limit, offset]
@@ -233,9 +247,9 @@ def _totals(c: sqlite3.Connection, principal: str) -> Totals:
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, lost_at = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at)  # fmt: skip
+                       bool(own_key), created_at, lost_at)  # fmt: skip
 
 
 def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:

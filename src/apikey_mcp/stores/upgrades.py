@@ -13,10 +13,14 @@ from typing import Any
 BASE_VERSION = 2
 
 # version -> SQL run once when a SQLite ledger is below it (several statements allowed).
-SQLITE_STEPS: dict[int, str] = {}
+SQLITE_STEPS: dict[int, str] = {
+    3: "ALTER TABLE reservations ADD COLUMN lost_at REAL",  # a task the gateway stopped knowing (issue 16)
+}
 
 # version -> SQL run once when a PostgreSQL ledger is below it, under the schema's advisory lock.
-POSTGRES_STEPS: dict[int, str] = {}
+POSTGRES_STEPS: dict[int, str] = {
+    3: "ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS lost_at DOUBLE PRECISION",  # lost tasks (issue 16)
+}
 
 LATEST = max([BASE_VERSION, *SQLITE_STEPS, *POSTGRES_STEPS])
 
