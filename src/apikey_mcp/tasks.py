@@ -34,7 +34,8 @@ from .watcher import LOST_AFTER_SECONDS, PollingWatcher, Watcher
 log = logging.getLogger(__name__)
 __all__ = ["TaskRegistry", "TrackedTask", "modality_of"]
 MAX_RETIRED = 10_000  # ids of let-go finished tasks kept per registry, so their owner can still look them up
-RETRY_CAP_SECONDS = 30.0  # longest wait between retries of a ledger write that failed
+RETRY_FIRST_SECONDS, RETRY_CAP_SECONDS = 0.25, 2.0  # retries of a ledger write that failed: due ones land
+# within a few seconds of the ledger's return
 
 
 class TaskRegistry:
@@ -319,7 +320,7 @@ class TaskRegistry:
         self.spawn(self._retry, what, write, name=f"retry: {what}")
 
     async def _retry(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
-        delay = self.poll_interval
+        delay = RETRY_FIRST_SECONDS
         while True:
             await anyio.sleep(delay)
             try:

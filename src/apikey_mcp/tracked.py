@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import anyio
 
@@ -50,3 +51,14 @@ def modality_of(task: Task) -> str | None:
     """'gateway.video.task' -> 'video' (inferred naming)."""
     parts = (task.object or "").split(".")
     return parts[1] if len(parts) == 3 else None
+
+
+def lost_step(tracked: TrackedTask) -> str:
+    """What the agent reads about a lost task: its hold stays counted, and who can close it."""
+    when = datetime.fromtimestamp(tracked.lost_at or 0, UTC).isoformat(timespec="seconds")
+    held = tracked.reservation
+    hold = f"its {held.credits} reserved credits stay counted" if held else "nothing is held for it here"
+    close = f" {held.id}" if held else ""
+    return (f"Lost: the gateway no longer knows this task (marked lost at {when}); {hold}, since it may have "
+            f"been charged. Nothing more will come of it: ask the operator to close it with "
+            f"`apikey-mcp admin close{close} --charged N | --released`.")  # fmt: skip

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import anyio
 import psycopg
 
-from ..budget import Reservation
+from ..budget import LedgerUnavailableError, Reservation
 from ..gateway.models import Task, TaskStatus
 from .postgres import _CLOSE, PostgresLedgerStore, _reservation
 
@@ -65,6 +65,7 @@ class Fleet:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self._url = url
+        self.connected = False  # the listener's connection is up (readiness)
 
     async def open(self) -> None:
         await self.store._run(lambda c: c.execute(_SCHEMA))
@@ -210,17 +211,22 @@ class Fleet:
                         await on_task(task_id)
                     except Exception:
                         log.exception("handling the announcement of task %s failed", task_id)
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError, LedgerUnavailableError) as exc:
                 log.warning("lost the fleet's notification connection (%s); reconnecting", type(exc).__name__)
             await anyio.sleep(retry_seconds)
 
     async def _notifications(self, on_connect: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
-        connect = psycopg.AsyncConnection.connect(self._url, autocommit=True, application_name=LISTENER_NAME)
+        connect = psycopg.AsyncConnection.connect(self._url, autocommit=True, application_name=LISTENER_NAME,
+                                                  connect_timeout=2)  # fmt: skip
         async with await connect as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
-            await on_connect()
-            async for notice in conn.notifies():
-                yield notice.payload
+            self.connected = True
+            try:
+                await on_connect()
+                async for notice in conn.notifies():
+                    yield notice.payload
+            finally:
+                self.connected = False
 
 
 class _Unknown(Exception):

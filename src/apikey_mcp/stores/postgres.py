@@ -9,6 +9,7 @@ with its connection pool; tables are prefixed `apikey_` so the database may be s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -32,7 +33,9 @@ from ..budget import (
 from .common import StoreRefusedError
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+OUTAGE_SECONDS = 2.0  # an operation waits this long for a working connection, then the ledger is unavailable
 _Conn = psycopg.AsyncConnection[Any]
 _SCHEMA = """
 SELECT pg_advisory_xact_lock(1095781197);
@@ -86,11 +89,19 @@ FROM moved RETURNING seq
 
 
 class PostgresLedgerStore:
-    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0) -> None:
-        """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`)."""
+    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0, wait: float = OUTAGE_SECONDS) -> None:
+        """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`). `timeout`
+        bounds the first connection; `wait` how long an operation waits for a working one during an outage.
+
+        Survives restarts of the database: a pooled connection is checked before use (a dead one, left by a
+        restart or pg_terminate_backend, is replaced), and a failed reconnection gives up after `wait` so the
+        next operation tries afresh instead of waiting for the pool's growing backoff."""
         self._timeout, self._url = timeout, url
-        self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
-                                         kwargs={"connect_timeout": int(timeout), "autocommit": True})  # fmt: skip
+        self._pool = AsyncConnectionPool(
+            url, min_size=1, max_size=max_size, open=False, timeout=wait, reconnect_timeout=wait,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(1, int(wait)), "autocommit": True},
+        )  # fmt: skip
 
     @classmethod
     async def connect(cls, url: str, **options: Any) -> PostgresLedgerStore:
@@ -120,8 +131,12 @@ class PostgresLedgerStore:
                     else:
                         async with conn.transaction():  # commits at the end, rolls back on an error
                             result = await op(conn)
+            except psycopg.OperationalError as exc:  # unreachable, restarting, connection lost: an outage
+                log.warning("the PostgreSQL ledger is unreachable: %s", str(exc).strip().splitlines()[0:1])
+                raise LedgerUnavailableError("the ledger database is unreachable just now") from None
             except psycopg.Error as exc:
-                raise LedgerUnavailableError(f"the PostgreSQL ledger cannot be written ({exc})") from None
+                log.error("the PostgreSQL ledger refused an operation: %s", exc)
+                raise LedgerUnavailableError("the ledger database refused the operation") from None
         return result
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
