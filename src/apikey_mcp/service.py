@@ -251,6 +251,9 @@ class Service:
         status = str(task.status)
         if tracked.lost_at is not None and not task.is_terminal:
             status, step = "lost", lost_step(tracked)
+        elif tracked.missing_since is not None and not task.is_terminal:
+            step = ("The gateway does not know this task just now (it answers 404); its hold stays counted. If "
+                    "that lasts a minute, the task is marked lost for the operator to close.")  # fmt: skip
         if warning:
             step = f"{step} {warning}"
         return TaskResult(

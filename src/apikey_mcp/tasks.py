@@ -239,7 +239,14 @@ class TaskRegistry:
         """
         tracked = self._tasks.get(task_id)
         if tracked is None or not self.is_fresh(tracked, waiting=seconds > 0):
-            tracked = await self.refresh(task_id)
+            try:
+                tracked = await self.refresh(task_id)
+            except NotFoundError:
+                if tracked is None or tracked.reservation is None:
+                    raise
+                if tracked.missing_since is None:  # held here: say so, and let the watcher decide when it is lost
+                    tracked.missing_since = self._clock()
+                return tracked
         if on_change is not None:
             await on_change(tracked)
         if tracked.task.is_terminal or tracked.lost_at is not None or seconds <= 0:
