@@ -127,3 +127,27 @@ async def test_a_terminal_state_is_never_overwritten(fleets: tuple[Fleet, Fleet]
     await b.publish("alice", Task(task_id=task_id, status="running", progress=0.5))
     shared = await a.find(task_id)
     assert shared is not None and shared.task.status == "succeeded"
+
+
+async def test_lost_tasks_never_fill_the_orphan_scan(fleets: tuple[Fleet, Fleet]) -> None:
+    """Regression: 101 tasks the gateway answers 404 for filled the scan's oldest-100 window for ever, so a dead
+    replica's task was never taken over. Lost tasks are not orphans: the operator closes them."""
+    a, b = fleets
+    await a.store.ensure_principal("alice", 10_000)
+    for _ in range(101):
+        reservation_id, _ = await _open_task(a, credits=1)
+        assert await a.store.mark_lost(reservation_id)
+    _, live = await _open_task(a, credits=1)
+    assert [r.task_id for r in await b.orphans()] == [live]
+
+
+async def test_the_orphan_scan_pages_through_every_orphan(fleets: tuple[Fleet, Fleet]) -> None:
+    a, b = fleets
+    await a.store.ensure_principal("alice", 10_000)
+    made = {(await _open_task(a, credits=1))[1] for _ in range(45)}
+    seen: list[str] = []
+    after = (float("-inf"), "")
+    while page := await b.orphans(limit=10, after=after):
+        seen += [r.task_id for r in page if r.task_id]
+        after = (page[-1].created_at, page[-1].id)
+    assert len(seen) == len(set(seen)) == 45 and set(seen) == made
