@@ -219,9 +219,12 @@ class TaskRegistry:
 
     def is_fresh(self, tracked: TrackedTask, *, waiting: bool = False) -> bool:
         """Whether what the registry knows of the task may stand for the gateway's answer now: it has ended, or
-        the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent."""
+        the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent,
+        or the gateway is being backed off from after an error (so no caller can make a tight loop of polls)."""
         if tracked.task.is_terminal or tracked.lost_at is not None:
             return True
+        if tracked.errors and self._clock() < tracked.retry_at:
+            return True  # the gateway failed just now: its watcher asks again when due, no caller sooner
         if not tracked.confirmed:
             return False
         return (waiting and self.schedule.callbacks) or self._clock() - tracked.known_at <= self.fresh_seconds

@@ -19,7 +19,7 @@ import math
 import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -114,6 +114,7 @@ class Sandbox:
         self.faults = faults or Faults()
         self.tasks: dict[str, SandboxTask] = {}
         self.forgotten: dict[str, SandboxTask] = {}  # tasks dropped by `forget_tasks` (404 from then on)
+        self.chat_charges: deque[tuple[str, int]] = deque(maxlen=100_000)  # (last user message, credits charged)
         self.requests: Counter[str] = Counter()  # "GET /v1/tasks/{task_id}" -> count
         self.callbacks_sent: list[dict[str, object]] = []
         self._rng = random.Random(seed)
@@ -244,6 +245,7 @@ class Sandbox:
         tokens_out = pricing.count_tokens(reply)
         cost, _ = self._price(estimate.model_copy(update={"output_tokens": tokens_out}))
         self._charge_now(key, cost)
+        self.chat_charges.append((last, cost))
         assert info is not None
         completion = {
             "id": "chatcmpl-" + secrets.token_hex(8), "object": "chat.completion", "created": int(time.time()),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -50,6 +50,7 @@ class Faults:
     # The next tasks created succeed with a broken result link: "link" (an output URL no client can parse,
     # http://h:xx/a.png) or "redirect" (a good-looking link whose host answers 302 to http://b:xx/).
     bad_links: deque[BadLink] = field(default_factory=deque)
+    unauthorized_answers: Counter[str] = field(default_factory=Counter)  # path -> 401s the window answered
 
     def unauthorized_for(self, seconds: float) -> None:
         """Answer 401 to every /v1/* request for `seconds` from now."""
@@ -97,6 +98,7 @@ class FaultsMiddleware:
             while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
                 await anyio.sleep(0.002)
         if path.startswith("/v1/") and time.monotonic() < self.sandbox.faults.unauthorized_until:
+            self.sandbox.faults.unauthorized_answers[path] += 1
             await SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()(
                 scope, receive, send
             )

@@ -35,7 +35,7 @@ from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-OUTAGE_SECONDS = 2.0  # an operation waits this long for a working connection, then the ledger is unavailable
+OUTAGE_SECONDS = 1.0  # an operation waits this long for a working connection, then the ledger is unavailable
 _Conn = psycopg.AsyncConnection[Any]
 _SCHEMA = """
 SELECT pg_advisory_xact_lock(1095781197);
