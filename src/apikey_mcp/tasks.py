@@ -23,7 +23,8 @@ from typing import Any
 
 import anyio
 
-from .budget import Ledger, LedgerUnavailableError, Reservation
+from .budget import Ledger, Reservation
+from .durable import durably
 from .gateway import GatewayClient, NotFoundError
 from .gateway.models import Task, TaskStatus
 from .polling import Durations, Pacer, Schedule
@@ -34,8 +35,6 @@ from .watcher import LOST_AFTER_SECONDS, PollingWatcher, Watcher
 log = logging.getLogger(__name__)
 __all__ = ["TaskRegistry", "TrackedTask", "modality_of"]
 MAX_RETIRED = 10_000  # ids of let-go finished tasks kept per registry, so their owner can still look them up
-RETRY_FIRST_SECONDS, RETRY_CAP_SECONDS = 0.25, 2.0  # retries of a ledger write that failed: due ones land
-# within a few seconds of the ledger's return
 
 
 class TaskRegistry:
@@ -320,26 +319,8 @@ class TaskRegistry:
             log.info("task %s ended (%s); released %d reserved credits", task.task_id, task.status, reservation.credits)
 
     async def durably(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
-        """Write to the ledger now; if the store cannot take it, keep retrying in the background (the
-        reservation stays counted meanwhile, so the budget errs on the safe side)."""
-        try:
-            await write()
-            return
-        except LedgerUnavailableError as exc:
-            log.error("could not %s (%s); retrying until the ledger takes it", what, exc)
-        self.spawn(self._retry, what, write, name=f"retry: {what}")
-
-    async def _retry(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
-        delay = RETRY_FIRST_SECONDS
-        while True:
-            await anyio.sleep(delay)
-            try:
-                await write()
-            except LedgerUnavailableError:
-                delay = min(delay * 2, RETRY_CAP_SECONDS)
-                continue
-            log.info("the ledger took it at last: %s", what)
-            return
+        """Write to the ledger now, or keep retrying under the supervisor until it lands (durable.py)."""
+        await durably(what, write, lambda *args, name: self.spawn(*args, name=name))
 
     def spawn(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object, name: str,
               task: str | None = None) -> None:  # fmt: skip
