@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..budget import (
     CONFIGURATION,
@@ -91,17 +91,29 @@ FROM moved RETURNING seq
 class PostgresLedgerStore:
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0, wait: float = OUTAGE_SECONDS) -> None:
         """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`). `timeout`
-        bounds the first connection; `wait` how long an operation waits for a working one during an outage.
+        bounds the first connection, and how long an operation waits its turn for a connection while the
+        database is up but busy; `wait`, how long it waits while the database is unreachable (an outage).
 
         Survives restarts of the database: a pooled connection is checked before use (a dead one, left by a
         restart or pg_terminate_backend, is replaced), and a failed reconnection gives up after `wait` so the
         next operation tries afresh instead of waiting for the pool's growing backoff."""
-        self._timeout, self._url = timeout, url
-        self._pool = AsyncConnectionPool(
-            url, min_size=1, max_size=max_size, open=False, timeout=wait, reconnect_timeout=wait,
-            check=AsyncConnectionPool.check_connection,
+        self._timeout, self._url, self._wait = timeout, url, wait
+        self.down = False  # a connection failed (check, connect or use) and none has worked since
+        self._pool = _Pool(
+            self, url, min_size=1, max_size=max_size, open=False, timeout=wait, reconnect_timeout=wait,
+            check=self._check, configure=self._connected,
             kwargs={"connect_timeout": max(1, int(wait)), "autocommit": True},
         )  # fmt: skip
+
+    async def _check(self, conn: _Conn) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            self.down = True
+            raise
+
+    async def _connected(self, conn: _Conn) -> None:
+        self.down = False
 
     @classmethod
     async def connect(cls, url: str, **options: Any) -> PostgresLedgerStore:
@@ -124,20 +136,30 @@ class PostgresLedgerStore:
         """One transaction on a pooled connection, finished even if the caller is cancelled meanwhile.
         `one_statement`: the op is a single statement, its own transaction (one round trip, no BEGIN)."""
         with anyio.CancelScope(shield=True):
-            try:
-                async with self._pool.connection() as conn:
-                    if one_statement:
-                        result = await op(conn)
-                    else:
-                        async with conn.transaction():  # commits at the end, rolls back on an error
+            busy_until = anyio.current_time() + self._timeout
+            while True:
+                try:
+                    async with self._pool.connection() as conn:
+                        if one_statement:
                             result = await op(conn)
-            except psycopg.OperationalError as exc:  # unreachable, restarting, connection lost: an outage
-                log.warning("the PostgreSQL ledger is unreachable: %s", str(exc).strip().splitlines()[0:1])
-                raise LedgerUnavailableError("the ledger database is unreachable just now") from None
-            except psycopg.Error as exc:
-                log.error("the PostgreSQL ledger refused an operation: %s", exc)
-                raise LedgerUnavailableError("the ledger database refused the operation") from None
-        return result
+                        else:
+                            async with conn.transaction():  # commits at the end, rolls back on an error
+                                result = await op(conn)
+                    self.down = False
+                    return result
+                except PoolTimeout:  # no connection within `wait`: busy (wait on) or down (refuse now)
+                    if not self.down and anyio.current_time() < busy_until:
+                        continue
+                    log.warning("the PostgreSQL ledger is unreachable (no connection within %g s)", self._wait)
+                    raise LedgerUnavailableError("the ledger database is unreachable just now") from None
+                except psycopg.OperationalError as exc:  # restarting, connection lost: an outage
+                    self.down = True
+                    log.warning("the PostgreSQL ledger is unreachable: %s", str(exc).strip().splitlines()[:1])
+                    raise LedgerUnavailableError("the ledger database is unreachable just now") from None
+                except psycopg.Error as exc:
+                    log.error("the PostgreSQL ledger refused an operation: %s", exc)
+                    raise LedgerUnavailableError("the ledger database refused the operation") from None
+        raise AssertionError("unreachable: the loop returns or raises")
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
         async def op(c: _Conn) -> tuple[Totals, bool]:
@@ -281,6 +303,17 @@ class PostgresLedgerStore:
 
     async def aclose(self) -> None:
         await self._pool.close()
+
+
+class _Pool(AsyncConnectionPool[Any]):
+    """The store's pool, which tells it when reconnecting failed (the database is down, not busy)."""
+
+    def __init__(self, store: PostgresLedgerStore, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._store = store
+
+    async def reconnect_failed(self) -> None:
+        self._store.down = True
 
 
 async def _totals(c: _Conn, principal: str) -> Totals:
