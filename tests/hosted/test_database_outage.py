@@ -67,6 +67,7 @@ async def test_an_outage_refuses_paid_calls_fast_and_everything_comes_back_withi
         recovered_in = time.monotonic() - back
         budget = await call(alice, "budget_status")
         after = await call(alice, "poll_task", task_id=created["task_id"], wait_seconds=0)
+    print(f"outage: paid call refused in {refused_in:.2f} s, ready and settled {recovered_in:.2f} s after the return")
     assert refused_in < 2.5 and "ledger" in refused and not any(w in refused for w in DRIVER_WORDS), refused
     assert "unavailable" in read or "cannot be read" in read
     assert status == 503 and body["ready"] is False and body["checks"]["ledger"] != "ok"
