@@ -131,3 +131,15 @@ def gate(sandbox: Sandbox, route: str) -> threading.Event:
     the returned event is set."""
     held = sandbox.faults.gates[route] = threading.Event()
     return held
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[object]:
+    """A PostgreSQL cluster of the test's own (tests/pg_cluster.py), which it may stop and restart."""
+    from tests.pg_cluster import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import anyio.abc
 from pydantic import SecretStr
 
 from . import metrics
@@ -36,6 +35,7 @@ from .gateway.models import Task
 from .polling import Pacer
 from .service import Cache, Service
 from .sessions import start_session
+from .supervisor import Supervisor
 from .tasks import TaskRegistry, TrackedTask, modality_of
 from .windows import WindowLimit
 
@@ -90,14 +90,13 @@ class Accounts:
         self.key_checks = WindowLimit(KEY_CHECKS_PER_MINUTE)  # per principal
         self.task_listeners: list[Callable[[str, TrackedTask], Coroutine[Any, Any, None]]] = []
         self._cache = Cache()  # models and docs, the same for every principal
-        self._group: anyio.abc.TaskGroup | None = None
+        self.supervisor = Supervisor()  # every principal's watchers, saves and retries; the replica's upkeep
         self._pacer = Pacer()  # fallback polls take turns across every principal's watchers
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Accounts]:
         """Run every principal's task watchers; resume the tasks the store has open reservations for."""
-        async with anyio.create_task_group() as group:
-            self._group = group
+        async with self.supervisor.running():
             if not self.hosted:
                 await start_session(self.store, self.local, self.settings.session_budget)
             await self._restore()
@@ -115,7 +114,6 @@ class Accounts:
                             principal,
                             ", ".join(unfinished),
                         )
-                group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():
                         await service.client.aclose()
@@ -212,8 +210,7 @@ class Accounts:
             if idle is None:
                 raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal, and each has a task "
                                        "running: wait for one to finish")  # fmt: skip
-            assert self._group is not None
-            self._group.start_soon(self._own.pop(idle).client.aclose)
+            self.supervisor.spawn(self._own.pop(idle).client.aclose, name="close an idle own-key client")
         service = self._open(principal, self._ledger(principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
         return service
@@ -222,15 +219,15 @@ class Accounts:
         self, principal: str, ledger: Ledger, *, client: GatewayClient | None = None, own_key: bool = False
     ) -> Service:
         """A service over `ledger`; with `client`, one that calls the gateway with the principal's own key."""
-        assert self._group is not None, "Accounts.running() must be entered first"
         client = client or self.client
         registry = self._registry(principal, client, ledger, own_key=own_key)
-        registry.start(self._group)
-        group = self._group
+        registry.start(self.supervisor)
+        supervisor = self.supervisor
 
         def announce(tracked: TrackedTask) -> None:
             for listen in self.task_listeners:
-                group.start_soon(listen, principal, tracked)
+                supervisor.spawn(listen, principal, tracked, name=f"announce {tracked.task_id}",
+                                 task=tracked.task_id, principal=principal)  # fmt: skip
 
         registry.observers.append(announce)
         service = Service(self.settings, client, ledger, registry, cache=self._cache, hosted=self.hosted)
@@ -245,7 +242,8 @@ class Accounts:
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
             callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
             sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
-            retention=self.settings.task_retention_seconds,
+            retention=self.settings.task_retention_seconds, principal=principal,
+            lost_after=self.settings.lost_after_seconds,
         )  # fmt: skip
 
     async def _restore(self) -> None:

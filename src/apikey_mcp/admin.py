@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     budget.add_argument("credits", help="whole credits, 0 to 2^63-1")
     listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
+    listing.add_argument("--lost", action="store_true",
+                         help="only open ones whose task the gateway stopped knowing (close them by hand)")  # fmt: skip
     listing.add_argument("--principal", help="only this principal's")
     listing.add_argument("--limit", default="100")
     close = commands.add_parser("close", parents=[json_flag], help="close a reservation a server cannot close")
@@ -109,10 +111,10 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
                                                                           "remaining"])  # fmt: skip
     if command == "reservations":
-        found = await store.reservations(args.principal, open_only=args.open, limit=_whole(args.limit, "--limit"))
-        return _out(args, [_reservation(r) for r in found],
-                    ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "gateway",
-                     "created"])  # fmt: skip
+        limit = _whole(args.limit, "--limit")
+        found = await store.reservations(args.principal, open_only=args.open, limit=limit, lost_only=args.lost)
+        columns = ["id", "principal", "state", "credits", "charged", "task_id", "purpose", "gateway", "created"]
+        return _out(args, [_reservation(r) for r in found], columns + ["lost"] * args.lost)
     if command == "close":
         return await _close(store, args)
     events: list[dict[str, Any]] = []
@@ -161,7 +163,8 @@ def _totals(totals: Totals) -> dict[str, int]:
 def _reservation(r: Reservation) -> dict[str, Any]:
     return {"id": r.id, "principal": r.principal, "state": str(r.state), "credits": r.credits, "charged": r.charged,
             "task_id": r.task_id, "purpose": r.purpose, "model": r.model, "modality": r.modality,
-            "gateway": r.gateway, "created": _when(r.created_at)}  # fmt: skip
+            "gateway": r.gateway, "created": _when(r.created_at),
+            "lost": _when(r.lost_at) if r.lost_at is not None else None}  # fmt: skip
 
 
 def _when(at: float) -> str:

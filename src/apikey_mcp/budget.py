@@ -68,6 +68,7 @@ class Reservation:
     created_at: float = 0.0
     model: str | None = None
     gateway: str | None = None  # the gateway's URL it was made at: resumed only against that gateway
+    lost_at: float | None = None  # unix time the task was marked lost (the gateway stopped knowing it)
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,10 @@ class LedgerStore(Protocol):
         ...
 
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
-        """Newest first, paged."""
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
+        """Newest first, paged; `lost_only`: the open ones whose task was marked lost."""
         ...
 
     async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
@@ -176,6 +178,10 @@ class LedgerStore(Protocol):
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         """Credits charged, paid calls and refusals since `since` (epoch seconds), grouped `by` REPORT_BY."""
+        ...
+
+    async def mark_lost(self, reservation_id: str) -> bool:
+        """Mark an open reservation's task lost (it stays counted); False if closed or already marked."""
         ...
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
@@ -222,6 +228,10 @@ class Ledger:
         if closed:
             reservation.state, reservation.charged = ReservationState.RELEASED, 0
         return closed
+
+    async def mark_lost(self, reservation: Reservation) -> None:
+        if await self.store.mark_lost(reservation.id):
+            reservation.lost_at = time.time()
 
     async def totals(self) -> Totals:
         with metrics.ledger_op("totals"):

@@ -92,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--media-origin", action="append", dest="media_origins", metavar="ORIGIN",
                    help="another origin result files load from, for the media app's CSP (repeatable; env "
                    "APIKEY_MEDIA_ORIGINS, comma-separated; the gateway's origin is always allowed)")  # fmt: skip
+    p.add_argument("--lost-after-seconds", type=float, help="a task the gateway answers 404 for this long is "
+                   "marked lost, its hold kept for the operator (default 60)")  # fmt: skip
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     p.add_argument("--log-format", choices=["text", "json"], help="stderr lines as text (default) or one JSON object "
                    "each (env APIKEY_LOG_FORMAT)")  # fmt: skip

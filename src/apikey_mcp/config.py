@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     task_retention_seconds: float = Field(
         default=900.0, ge=0, description="How long a finished task stays in memory (the state file keeps it)."
     )
+    lost_after_seconds: float = Field(
+        default=60.0, gt=0, description="How long the gateway must answer 404 for a task before it is marked lost."
+    )
 
     # Hosted mode (--transport http | sse | streamable-http)
     transport: Literal["stdio", "http", "sse", "streamable-http"] = "stdio"

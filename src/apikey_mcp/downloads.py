@@ -46,6 +46,12 @@ def file_name(task_id: str, index: int, output: TaskOutput) -> str:
     return f"{stem}-{digest}-{index}{suffix}"
 
 
+def _shown(url: str | None) -> str:
+    """A link as the agent may see it in an error: at most 200 characters."""
+    text = url or "(no link)"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 @dataclass
 class Save:
     """One task's save: the path of each output once written, how many bytes so far, and what went wrong."""
@@ -127,7 +133,11 @@ class Downloads:
                     except (GatewayError, OSError) as exc:
                         if self.quota is not None:
                             self.quota.give_back(written[0])  # its partial file is gone
-                        save.errors.append(f"file {index}: {exc}")
+                        save.errors.append(f"file {index} ({_shown(output.url)}): {exc}")
+                        continue
+                    except Exception as exc:  # a link no client can follow (httpx2.InvalidURL): this file's failure
+                        save.errors.append(f"file {index} ({_shown(output.url)}): not a usable link "
+                                           f"({type(exc).__name__}: {exc})")  # fmt: skip
                         continue
                     save.paths[index] = str(dest)
         except TimeoutError:

@@ -113,7 +113,9 @@ class TaskStarted(_Paid):
 
 
 class TaskResult(TaskStarted):
-    status: str = Field(description="pending, running, succeeded or failed.")
+    status: str = Field(
+        description="pending, running, succeeded or failed; lost when the gateway no longer knows the task."
+    )
     modality: str | None = None
     model: str | None = None
     progress: float | None = Field(default=None, description="0 to 1.")

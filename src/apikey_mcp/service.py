@@ -54,6 +54,7 @@ from .results import (
     TaskResult,
 )
 from .tasks import TaskRegistry, TrackedTask
+from .tracked import lost_step
 
 __all__ = ["BadAnswerError", "InputError", "LedgerRefusedError", "Service", "UnconfirmedError"]
 log = logging.getLogger(__name__)
@@ -248,10 +249,16 @@ class Service:
             step = f"The task failed and {held}. Adjust the prompt or parameters and try again."
         else:
             step = "Still working: call poll_task with this task_id and wait_seconds (polling is free)."
+        status = str(task.status)
+        if tracked.lost_at is not None and not task.is_terminal:
+            status, step = "lost", lost_step(tracked)
+        elif tracked.missing_since is not None and not task.is_terminal:
+            step = ("The gateway does not know this task just now (it answers 404); its hold stays counted. If "
+                    "that lasts a minute, the task is marked lost for the operator to close.")  # fmt: skip
         if warning:
             step = f"{step} {warning}"
         return TaskResult(
-            task_id=task.task_id, status=str(task.status), modality=tracked.modality, model=task.model,
+            task_id=task.task_id, status=status, modality=tracked.modality, model=task.model,
             progress=task.progress, credits_reserved=reservation.credits if reservation else None,
             credits_charged=charged if task.status == TaskStatus.SUCCEEDED else None, outputs=outputs,
             error=task.error.message if task.error else None, next_step=step, budget=await self.budget(),

@@ -5,10 +5,10 @@ reservation exactly once (settled at the real charge on success, released on fai
 task's change event, so a push (a signed callback) wakes them the same way. A ledger write that fails (the
 store is locked or down) is retried in the background until it lands, never dropped.
 
-The watcher knows what it waits for (the schedule is in polling.py): a caller arriving in `wait` wakes it to
-plan again (closer polls while someone waits), a task that ends by a push wakes it to stop, and after every
-sleep it looks whether the task ended meanwhile before asking the gateway. `wait` itself asks the gateway
-only when what the registry knows is not fresh.
+How a task is watched is a strategy the registry is given (watcher.py: polling the gateway; replica mode
+supplies one that coordinates with the fleet). Watchers, result saves and retried writes all run under one
+supervisor (supervisor.py), so a failure in one is that job's alone. `wait` asks the gateway only when what
+the registry knows is not fresh. A task the gateway stopped knowing is *lost* (its hold stays counted).
 """
 
 from __future__ import annotations
@@ -18,59 +18,24 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import anyio
-import anyio.abc
 
-from . import logs, metrics
-from .budget import Ledger, LedgerUnavailableError, Reservation
-from .gateway import GatewayClient, GatewayError, NotFoundError
+from . import metrics
+from .budget import Ledger, Reservation
+from .durable import durably
+from .gateway import GatewayClient, NotFoundError
 from .gateway.models import Task, TaskStatus
-from .polling import Durations, Known, Pacer, Schedule
+from .polling import Durations, Pacer, Schedule
+from .supervisor import NotRunningError, Supervisor
+from .tracked import TrackedTask, modality_of
+from .watcher import LOST_AFTER_SECONDS, PollingWatcher, Watcher
 
 log = logging.getLogger(__name__)
+__all__ = ["TaskRegistry", "TrackedTask", "modality_of"]
 MAX_RETIRED = 10_000  # ids of let-go finished tasks kept per registry, so their owner can still look them up
-RETRY_CAP_SECONDS = 30.0  # longest wait between retries of a ledger write that failed
-
-
-@dataclass
-class TrackedTask:
-    task: Task
-    modality: str | None
-    reservation: Reservation | None = None
-    changed: anyio.Event = field(default_factory=anyio.Event)
-    duplicates: list[Reservation] = field(default_factory=list)  # creates the gateway answered with this id again
-    # On the registry's clock: when the task started, when its state was last known (a poll's answer or a
-    # push), when the gateway was last asked, and the task's age when it last reported progress.
-    started: float = 0.0
-    known_at: float = 0.0
-    asked_at: float = 0.0
-    progress_age: float | None = None
-    live_age: float = 0.0  # the task's age when it was last seen unfinished
-    polls: int = 0
-    confirmed: bool = True  # False for a task resumed from the ledger, until the gateway or a push tells its state
-    waiters: int = 0  # callers in `wait` now
-    napping: anyio.CancelScope | None = field(default=None, repr=False)  # the watcher's sleep, to wake it
-
-    @property
-    def task_id(self) -> str:
-        return self.task.task_id
-
-    def ended(self) -> bool:
-        return self.task.is_terminal
-
-    def wake_watcher(self) -> None:
-        if self.napping is not None:
-            self.napping.cancel()
-
-
-def modality_of(task: Task) -> str | None:
-    """'gateway.video.task' -> 'video' (inferred naming)."""
-    parts = (task.object or "").split(".")
-    return parts[1] if len(parts) == 3 else None
 
 
 class TaskRegistry:
@@ -88,6 +53,9 @@ class TaskRegistry:
         retention: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         pacer: Pacer | None = None,
+        watcher: Callable[[TaskRegistry], Watcher] = PollingWatcher,
+        lost_after: float = LOST_AFTER_SECONDS,
+        principal: str | None = None,
     ) -> None:
         """`adopt_unknown`: whether a task id this registry did not create may be looked up at the gateway
         (yes over stdio, where the key is the user's own; no when hosted, where the key is shared).
@@ -96,7 +64,9 @@ class TaskRegistry:
         `sleep` and `clock` are what watchers wait with and tell time by: a test passes its own to own time.
         `pacer` gives fallback polls (callbacks wired) their turns; hosting shares one across principals.
         `retention`: seconds a finished task stays in memory (None: for ever). After that only its id is
-        kept (up to MAX_RETIRED), so that its owner may still look it up at the gateway."""
+        kept (up to MAX_RETIRED), so that its owner may still look it up at the gateway.
+        `watcher` makes the strategy that watches each task; `lost_after`: seconds of 404s before a task is
+        lost; `principal` names whose tasks these are in the supervisor's logs."""
         self.adopt_unknown = adopt_unknown
         self._sleep = sleep
         self._clock = clock
@@ -113,12 +83,22 @@ class TaskRegistry:
         self._finished: dict[str, float] = {}  # task id -> when it ended, oldest first
         self._retired: OrderedDict[str, None] = OrderedDict()  # ids of finished tasks let go of, newest last
         self.forgotten: list[Callable[[str], None]] = []  # told of every finished task let go of
-        self._group: anyio.abc.TaskGroup | None = None
+        self.supervisor: Supervisor | None = None
         self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
+        self.lost_after = lost_after
+        self.principal = principal
+        self.watcher = watcher(self)
 
-    def start(self, group: anyio.abc.TaskGroup) -> None:
-        """Run this registry's watchers in `group` (hosting runs every principal's in one group)."""
-        self._group = group
+    @property
+    def sleep(self) -> Callable[[float], Awaitable[None]]:
+        return self._sleep
+
+    def clock(self) -> float:
+        return self._clock()
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Run this registry's background work under `supervisor` (hosting has one for every principal)."""
+        self.supervisor = supervisor
 
     def unfinished(self) -> list[str]:
         return [t.task_id for t in self._tasks.values() if not t.task.is_terminal]
@@ -126,14 +106,13 @@ class TaskRegistry:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TaskRegistry]:
         """Own the watchers for as long as the session lives; say which tasks were still running at the end."""
-        async with anyio.create_task_group() as group:
-            self.start(group)
+        async with Supervisor().running() as supervisor:
+            self.start(supervisor)
             try:
                 yield self
             finally:
                 if unfinished := self.unfinished():
                     log.warning("stopping with %d unfinished task(s): %s", len(unfinished), ", ".join(unfinished))
-                group.cancel_scope.cancel()
 
     def get(self, task_id: str) -> TrackedTask | None:
         return self._tasks.get(task_id)
@@ -193,9 +172,11 @@ class TaskRegistry:
         if reservation is not None and reservation.task_id != task.task_id:  # not yet tied (a resumed one is)
             await self.durably(f"tie a reservation to {task.task_id}",
                                 lambda: self.ledger.attach(reservation, task.task_id, modality))  # fmt: skip
-        self._notify(tracked)
+        if reservation is not None and reservation.lost_at is not None:
+            tracked.lost_at = reservation.lost_at  # marked lost before: not watched again, the operator closes it
+        self.notify(tracked)
         await self._apply(tracked, task)
-        if not task.is_terminal:
+        if not task.is_terminal and tracked.lost_at is None:
             self._watch_soon(tracked)
         return tracked
 
@@ -221,7 +202,7 @@ class TaskRegistry:
             tracked = TrackedTask(task, modality_of(task), started=started, asked_at=asked, polls=1)
             self._tasks[task_id] = tracked
             self._retired.pop(task_id, None)
-            self._notify(tracked)
+            self.notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
         tracked.known_at, tracked.confirmed = max(tracked.known_at, asked), True
@@ -238,9 +219,12 @@ class TaskRegistry:
 
     def is_fresh(self, tracked: TrackedTask, *, waiting: bool = False) -> bool:
         """Whether what the registry knows of the task may stand for the gateway's answer now: it has ended, or
-        the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent."""
-        if tracked.task.is_terminal:
+        the caller will wait and the end is pushed here (the fallback polls cover a lost push), or it is recent,
+        or the gateway is being backed off from after an error (so no caller can make a tight loop of polls)."""
+        if tracked.task.is_terminal or tracked.lost_at is not None:
             return True
+        if tracked.errors and self._clock() < tracked.retry_at:
+            return True  # the gateway failed just now: its watcher asks again when due, no caller sooner
         if not tracked.confirmed:
             return False
         return (waiting and self.schedule.callbacks) or self._clock() - tracked.known_at <= self.fresh_seconds
@@ -258,17 +242,24 @@ class TaskRegistry:
         """
         tracked = self._tasks.get(task_id)
         if tracked is None or not self.is_fresh(tracked, waiting=seconds > 0):
-            tracked = await self.refresh(task_id)
+            try:
+                tracked = await self.refresh(task_id)
+            except NotFoundError:
+                if tracked is None or tracked.reservation is None:
+                    raise
+                if tracked.missing_since is None:  # held here: say so, and let the watcher decide when it is lost
+                    tracked.missing_since = self._clock()
+                return tracked
         if on_change is not None:
             await on_change(tracked)
-        if tracked.task.is_terminal or seconds <= 0:
+        if tracked.task.is_terminal or tracked.lost_at is not None or seconds <= 0:
             return tracked
         tracked.waiters += 1
         if not self.schedule.callbacks:  # with callbacks a waiter changes no plan (and keeps the pacer's turn)
             tracked.wake_watcher()  # to plan again, now that someone waits
         try:
             with anyio.move_on_after(seconds):
-                while not tracked.task.is_terminal:
+                while not tracked.task.is_terminal and tracked.lost_at is None:
                     await tracked.changed.wait()
                     if on_change is not None:
                         await on_change(tracked)
@@ -295,9 +286,9 @@ class TaskRegistry:
         if (task.status, task.progress) != before or task.is_terminal:
             tracked.changed.set()
             tracked.changed = anyio.Event()
-            self._notify(tracked)
+            self.notify(tracked)
 
-    def _notify(self, tracked: TrackedTask) -> None:
+    def notify(self, tracked: TrackedTask) -> None:
         """Tell the observers; a failing one is logged and cannot lose the task or its reservation."""
         for observer in self.observers:
             try:
@@ -307,7 +298,10 @@ class TaskRegistry:
 
     async def _close(self, tracked: TrackedTask, task: Task) -> None:
         """Settle the task's reservation at its charge (or release it if it failed); a duplicate create's
-        reservation is released, since the gateway charges one task once."""
+        reservation is released, since the gateway charges one task once. The watcher strategy may say that
+        another party closes it (a follower replica: the fleet's watcher has)."""
+        if not self.watcher.closes(tracked):
+            return
         if (reservation := tracked.reservation) is not None:
             if task.status == TaskStatus.SUCCEEDED:
                 charged = task.credits.charged if task.credits and task.credits.charged is not None else None
@@ -327,40 +321,28 @@ class TaskRegistry:
             log.info("task %s ended (%s); released %d reserved credits", task.task_id, task.status, reservation.credits)
 
     async def durably(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
-        """Write to the ledger now; if the store cannot take it, keep retrying in the background (the
-        reservation stays counted meanwhile, so the budget errs on the safe side)."""
-        try:
-            await write()
-            return
-        except LedgerUnavailableError as exc:
-            log.error("could not %s (%s); retrying until the ledger takes it", what, exc)
-        if self._group is None:
-            raise RuntimeError("TaskRegistry.running() must be entered before tasks are tracked")
-        self._group.start_soon(self._retry, what, write, name=f"retry: {what}")
+        """Write to the ledger now, or keep retrying under the supervisor until it lands (durable.py)."""
+        await durably(what, write, lambda *args, name: self.spawn(*args, name=name))
 
-    async def _retry(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
-        delay = self.poll_interval
-        while True:
-            await anyio.sleep(delay)
-            try:
-                await write()
-            except LedgerUnavailableError:
-                metrics.background_error("ledger_retry")
-                delay = min(delay * 2, RETRY_CAP_SECONDS)
-                continue
-            log.info("the ledger took it at last: %s", what)
-            return
-
-    def spawn(self, func: Callable[..., Coroutine[Any, Any, None]], *args: object, name: str) -> None:
-        """Run `func` beside the watchers (a result save), for as long as they run."""
-        if self._group is None:
-            raise RuntimeError("TaskRegistry.running() must be entered before work is started")
-        self._group.start_soon(func, *args, name=name)
+    def spawn(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object, name: str,
+              task: str | None = None) -> None:  # fmt: skip
+        """Run `func` beside the watchers (a result save, a retried write), under the supervisor."""
+        if self.supervisor is None:
+            raise NotRunningError("TaskRegistry.running() must be entered before work is started")
+        self.supervisor.spawn(func, *args, name=name, task=task, principal=self.principal)
 
     def _watch_soon(self, tracked: TrackedTask) -> None:
-        if self._group is None:
-            raise RuntimeError("TaskRegistry.running() must be entered before tasks are tracked")
-        self._group.start_soon(self._watch, tracked, name=f"watch {tracked.task_id}")
+        self.spawn(self.watcher.watch, tracked, name=f"watch {tracked.task_id}", task=tracked.task_id)
+
+    async def lose(self, tracked: TrackedTask) -> None:
+        """The gateway no longer knows the task: its reservation stays counted (it may have been charged) and
+        is marked lost, for the operator to close; anyone waiting on it hears so."""
+        tracked.lost_at = time.time()
+        if (reservation := tracked.reservation) is not None and reservation.lost_at is None:
+            await self.durably(f"mark task {tracked.task_id} lost", lambda: self.ledger.mark_lost(reservation))
+        tracked.changed.set()
+        tracked.changed = anyio.Event()
+        self.notify(tracked)
 
     def _learn_duration(self, tracked: TrackedTask) -> None:
         """Learn the middle of what is known of the task's duration: it ended after it was last seen unfinished
@@ -369,52 +351,6 @@ class TaskRegistry:
         if tracked.task.status == TaskStatus.SUCCEEDED and tracked.task.model:
             noticed = tracked.known_at - tracked.started
             self.durations.learn(tracked.task.model, (tracked.live_age + noticed) / 2)
-
-    def _known(self, tracked: TrackedTask) -> Known:
-        now = self._clock()
-        return Known(
-            age=now - tracked.started, since_request=now - tracked.asked_at, polls=tracked.polls,
-            progress=tracked.task.progress if tracked.task.status == TaskStatus.RUNNING else None,
-            age_at_progress=tracked.progress_age, typical=self.durations.typical(tracked.task.model),
-            waiting=tracked.waiters > 0,
-        )  # fmt: skip
-
-    async def _nap(self, tracked: TrackedTask, seconds: float) -> bool:
-        """Sleep; True if woken early (someone began to wait, or the task ended)."""
-        with anyio.CancelScope() as scope:
-            tracked.napping = scope
-            try:
-                await self._sleep(seconds)
-            finally:
-                tracked.napping = None
-        return scope.cancelled_caught
-
-    async def _watch(self, tracked: TrackedTask) -> None:
-        logs.note(task_id=tracked.task_id, reservation_id=tracked.reservation.id if tracked.reservation else None)
-        self.watching += 1
-        try:
-            while not tracked.task.is_terminal:
-                delay = self.schedule.delay(self._known(tracked)) if tracked.confirmed else 0.0
-                if delay > 0 and await self._nap(tracked, delay):
-                    continue  # woken: plan again with what changed
-                if self.schedule.callbacks and (turn := self.pacer.reserve(self._clock())) > 0:
-                    if await self._nap(tracked, turn):
-                        continue
-                if tracked.ended():
-                    return  # it ended while we slept (a push): nothing to ask
-                try:
-                    await self.refresh(tracked.task_id)
-                except NotFoundError:
-                    log.error("task %s is no longer known to the gateway; its reservation stays open", tracked.task_id)
-                    return
-                except GatewayError as exc:
-                    metrics.background_error("watch")
-                    log.warning("polling task %s failed (%s); will retry", tracked.task_id, exc.message)
-                except Exception:
-                    metrics.background_error("watch")
-                    log.exception("polling task %s crashed; will retry", tracked.task_id)
-        finally:
-            self.watching -= 1
 
 
 def _age_by_wall_clock(task: Task) -> float:

@@ -108,3 +108,20 @@ async def test_admin_works_on_a_postgresql_ledger_too() -> None:
     assert json.loads(closed.stdout)[0]["state"] == "released"
     assert json.loads(listed.stdout) == [{"principal": "alice", "budget": 250, "spent": 0, "reserved": 0,
                                           "remaining": 250}]  # fmt: skip
+
+
+async def test_admin_lists_lost_tasks_and_closes_them(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    async with open_store(state_file=state) as store:
+        await store.ensure_principal("alice", 100)
+        lost, running = await store.reserve("alice", 10, "image"), await store.reserve("alice", 5, "image")
+        await store.attach(lost.id, "task_gone")
+        await store.mark_lost(lost.id)
+    listed = admin(state, "reservations", "--lost", "--json")
+    table = admin(state, "reservations", "--lost")
+    closed = admin(state, "close", lost.id, "--released")
+    after = admin(state, "reservations", "--lost", "--json")
+    (row,) = json.loads(listed.stdout)
+    assert row["id"] == lost.id and row["task_id"] == "task_gone" and row["lost"] is not None
+    assert "lost" in table.stdout.splitlines()[0] and running.id not in table.stdout
+    assert closed.returncode == 0 and json.loads(after.stdout) == []

@@ -166,3 +166,17 @@ async def test_concurrent_reservations_never_overspend(store: LedgerStore) -> No
             group.start_soon(close, reservation_id)
     assert settled.count(True) == 33
     assert await store.totals("alice") == Totals(1000, 990, 0)
+
+
+async def test_a_lost_task_keeps_its_hold_and_is_listed_until_closed(store: LedgerStore) -> None:
+    await store.ensure_principal("alice", 100)
+    lost, other = await store.reserve("alice", 10, "image"), await store.reserve("alice", 5, "image")
+    await store.attach(lost.id, "task_lost")
+    assert await store.mark_lost(lost.id) and not await store.mark_lost(lost.id)  # once
+    assert (await store.totals("alice")).reserved == 15  # fail closed: it may have been charged
+    listed = await store.reservations("alice", lost_only=True)
+    assert [r.id for r in listed] == [lost.id] and listed[0].lost_at is not None
+    assert (await store.reservation(other.id)).lost_at is None
+    assert await store.release(lost.id, actor=OPERATOR)
+    assert await store.reservations(lost_only=True) == [] and not await store.mark_lost(lost.id)
+    assert "lost" in [e.kind for e in await store.history("alice")]

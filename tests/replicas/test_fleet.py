@@ -144,3 +144,27 @@ async def test_a_callback_charge_above_the_hold_is_recorded_with_an_overcharge_a
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         f"overcharge: the gateway charged 50 credits for task {task_id}, over its hold of 10 (reservation {rid})"
     ]
+
+
+async def test_lost_tasks_never_fill_the_orphan_scan(fleets: tuple[Fleet, Fleet]) -> None:
+    """Regression: 101 tasks the gateway answers 404 for filled the scan's oldest-100 window for ever, so a dead
+    replica's task was never taken over. Lost tasks are not orphans: the operator closes them."""
+    a, b = fleets
+    await a.store.ensure_principal("alice", 10_000)
+    for _ in range(101):
+        reservation_id, _ = await _open_task(a, credits=1)
+        assert await a.store.mark_lost(reservation_id)
+    _, live = await _open_task(a, credits=1)
+    assert [r.task_id for r in await b.orphans()] == [live]
+
+
+async def test_the_orphan_scan_pages_through_every_orphan(fleets: tuple[Fleet, Fleet]) -> None:
+    a, b = fleets
+    await a.store.ensure_principal("alice", 10_000)
+    made = {(await _open_task(a, credits=1))[1] for _ in range(45)}
+    seen: list[str] = []
+    after = (float("-inf"), "")
+    while page := await b.orphans(limit=10, after=after):
+        seen += [r.task_id for r in page if r.task_id]
+        after = (page[-1].created_at, page[-1].id)
+    assert len(seen) == len(set(seen)) == 45 and set(seen) == made

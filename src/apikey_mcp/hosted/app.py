@@ -1,8 +1,9 @@
 """The hosted server: the SDK's Streamable HTTP and SSE transports in one Starlette app, run by uvicorn.
 
-Routes: `/mcp` (Streamable HTTP), `/sse` + `/messages/` (SSE), `GET /healthz`, and `POST /webhooks/api-key`
-(the gateway's signed callbacks). Who may use the MCP routes is access.py's concern (operator tokens, OAuth
-or both); Host and Origin are checked against allow-lists (DNS rebinding); request bodies are capped.
+Routes: `/mcp` (Streamable HTTP), `/sse` + `/messages/` (SSE), `GET /healthz` and `GET /readyz` (health.py),
+and `POST /webhooks/api-key` (the gateway's signed callbacks). Who may use the MCP routes is access.py's
+concern (operator tokens, OAuth or both); Host and Origin are checked against allow-lists (DNS rebinding);
+request bodies are capped.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
@@ -34,6 +33,7 @@ from .access import Access
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
+from .health import Health
 from .limits import SessionLimit, StreamLimit
 from .replicas import Replica, ReplicaConfigError, replica_mode
 from .updates import ResourceUpdates
@@ -128,7 +128,9 @@ def create_app(
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
-    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"]), *access.metadata_routes()]
+    health = Health(store, accounts.supervisor, (lambda: replica.fleet.connected) if replica else None)
+    routes: list[BaseRoute] = [Route("/healthz", health.healthz, methods=["GET"]),
+                               Route("/readyz", health.readyz, methods=["GET"]), *access.metadata_routes()]  # fmt: skip
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
         receiver = (replica.callback_receiver(secret, max_bytes=settings.max_body_bytes) if replica
@@ -186,7 +188,7 @@ def create_app(
 
 def _guarded(path: str) -> bool:
     """Routes where a failed authentication counts against the client's address (not the gateway's callbacks)."""
-    return not path.startswith(("/healthz", "/webhooks/", "/.well-known/"))
+    return not path.startswith(("/healthz", "/readyz", "/webhooks/", "/.well-known/"))
 
 
 def _asgi(route: BaseRoute) -> ASGIApp:
@@ -198,10 +200,6 @@ def _asgi(route: BaseRoute) -> ASGIApp:
 async def _probe(database_url: str) -> None:
     async with open_store(database_url=database_url):
         pass
-
-
-async def _healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
 
 
 def serve(settings: Settings) -> None:

@@ -94,7 +94,7 @@ class FleetAccounts(Accounts):
             max_poll_interval=self.settings.max_poll_interval, adopt_unknown=False,
             callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
             sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
-            retention=self.settings.task_retention_seconds,
+            retention=self.settings.task_retention_seconds, lost_after=self.settings.lost_after_seconds,
         )  # fmt: skip
 
     async def _restore(self) -> None:
@@ -165,16 +165,13 @@ class Replica:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Replica]:
         await self.fleet.open()
-        async with anyio.create_task_group() as group:
-            group.start_soon(self.fleet.listen, self._announced, self._reconnected)
-            group.start_soon(self._maintain)
-            log.info("replica %s: stateless Streamable HTTP at /mcp (no SSE); task leases of %g s, taken over "
-                     "within %g s of a replica's death", self.fleet.owner, self.fleet.lease_seconds,
-                     self.fleet.lease_seconds * 4 / 3)  # fmt: skip
-            try:
-                yield self
-            finally:
-                group.cancel_scope.cancel()
+        supervisor = self.accounts.supervisor  # entered before this (accounts.running())
+        supervisor.service(self.fleet.listen, self._announced, self._reconnected, name="listener")
+        supervisor.service(self._maintain, name="upkeep")
+        log.info("replica %s: stateless Streamable HTTP at /mcp (no SSE); task leases of %g s, taken over "
+                 "within %g s of a replica's death", self.fleet.owner, self.fleet.lease_seconds,
+                 self.fleet.lease_seconds * 4 / 3)  # fmt: skip
+        yield self
 
     async def _announced(self, task_id: str) -> None:
         held = False
@@ -192,11 +189,19 @@ class Replica:
                 await registry.reread(task_id)
 
     async def _maintain(self) -> None:
+        """Renew this replica's leases and take over every orphan, a third of a lease apart."""
         while True:
             try:
                 await self.fleet.renew()
-                for reservation in await self.fleet.orphans():
-                    await self.accounts.hand_over(reservation)
+                await self._take_orphans()
             except LedgerUnavailableError as exc:
                 log.warning("replica upkeep failed (%s); retrying", exc)
             await anyio.sleep(self.fleet.lease_seconds / 3)
+
+    async def _take_orphans(self) -> None:
+        """Page through every orphan (lost tasks are not orphans), so none waits behind any number of others."""
+        after = (float("-inf"), "")
+        while page := await self.fleet.orphans(after=after):
+            for reservation in page:
+                await self.accounts.hand_over(reservation)
+            after = (page[-1].created_at, page[-1].id)

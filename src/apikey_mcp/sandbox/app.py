@@ -19,7 +19,7 @@ import math
 import random
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,7 +55,7 @@ from ..gateway.models import (
 )
 from . import assets, docs, pricing
 from .errors import SandboxError
-from .faults import Faults, FaultsMiddleware
+from .faults import MALFORMED_LINK, MALFORMED_REDIRECT, BadLink, Faults, FaultsMiddleware
 
 log = logging.getLogger(__name__)
 _M = TypeVar("_M", bound=BaseModel)
@@ -88,6 +88,7 @@ class SandboxTask:
     held: bool = False  # moved on only by /sandbox/tasks/{id}/advance, never by the clock
     ended_at: float | None = None  # unix seconds, to the microsecond: benchmarks time what follows the end
     polls: int = 0  # GET /v1/tasks/{id} of this very task (the request counters group all tasks)
+    bad_link: BadLink | None = None  # succeeds with a broken result link (faults.bad_links)
 
 
 class Sandbox:
@@ -112,6 +113,8 @@ class Sandbox:
         self.webhook_secret = webhook_secret or "whsec_" + secrets.token_hex(16)
         self.faults = faults or Faults()
         self.tasks: dict[str, SandboxTask] = {}
+        self.forgotten: dict[str, SandboxTask] = {}  # tasks dropped by `forget_tasks` (404 from then on)
+        self.chat_charges: deque[tuple[str, int]] = deque(maxlen=100_000)  # (last user message, credits charged)
         self.requests: Counter[str] = Counter()  # "GET /v1/tasks/{task_id}" -> count
         self.callbacks_sent: list[dict[str, object]] = []
         self._rng = random.Random(seed)
@@ -242,6 +245,7 @@ class Sandbox:
         tokens_out = pricing.count_tokens(reply)
         cost, _ = self._price(estimate.model_copy(update={"output_tokens": tokens_out}))
         self._charge_now(key, cost)
+        self.chat_charges.append((last, cost))
         assert info is not None
         completion = {
             "id": "chatcmpl-" + secrets.token_hex(8), "object": "chat.completion", "created": int(time.time()),
@@ -309,6 +313,8 @@ class Sandbox:
         outputs = body.n if isinstance(body, ImageRequest) else 1
         entry = SandboxTask(task, key, modality, body.prompt, credits, will_fail, callback, base_url, outputs)
         entry.held = self.hold
+        if self.faults.bad_links:
+            entry.bad_link = self.faults.bad_links.popleft()
         self.tasks[task_id] = entry
         if not entry.held:
             self._spawn(self._run, entry)
@@ -324,7 +330,7 @@ class Sandbox:
         if entry.task.status == TaskStatus.PENDING:  # unless it was advanced meanwhile
             self._start(entry)
         await anyio.sleep(self.task_seconds * 0.8)
-        if not entry.task.is_terminal:
+        if not entry.task.is_terminal and entry.task.task_id in self.tasks:  # unless forgotten meanwhile
             await self._end(entry)
 
     def _start(self, entry: SandboxTask) -> None:
@@ -352,11 +358,13 @@ class Sandbox:
             wallet.balance -= entry.reserved
             mime = assets.MIME_TYPES[entry.modality]
             base = f"{entry.base_url}/sandbox/files/{entry.task.task_id}"
+            urls = [f"{base}/{i}.{assets.EXTENSIONS[mime]}" for i in range(entry.outputs)]
+            if entry.bad_link == "link":
+                urls = [MALFORMED_LINK] * entry.outputs
             update |= {
                 "status": TaskStatus.SUCCEEDED, "progress": 1.0,
                 "credits": TaskCredits(reserved=0, charged=entry.reserved),
-                "outputs": [TaskOutput(url=f"{base}/{i}.{assets.EXTENSIONS[mime]}", mime_type=mime)
-                            for i in range(entry.outputs)],
+                "outputs": [TaskOutput(url=url, mime_type=mime) for url in urls],
             }  # fmt: skip
         entry.task = entry.task.model_copy(update=update)
 
@@ -394,6 +402,8 @@ class Sandbox:
         mime = assets.MIME_TYPES[entry.modality]
         if request.path_params["index"] >= entry.outputs or request.path_params["ext"] != assets.EXTENSIONS[mime]:
             raise SandboxError(404, "not_found", "No such result file")
+        if entry.bad_link == "redirect":
+            return Response(status_code=302, headers={"location": MALFORMED_REDIRECT})
         return Response(assets.render(entry.modality, entry.prompt), media_type=mime)
 
     # ------------------------------------------------------------ documents and sandbox extras
@@ -432,6 +442,22 @@ class Sandbox:
         if entry is None or entry.key != key:
             raise SandboxError(404, "task_not_found", f"Task '{request.path_params['task_id']}' was not found")
         return JSONResponse({"status": str(entry.task.status), "ended_at": entry.ended_at})
+
+    def forget_tasks(self) -> list[str]:
+        """Fault: the gateway loses every task it has (each is 404 from now on); an unfinished one's hold is
+        refunded, a finished one's charge stays. Returns the ids forgotten."""
+        for entry in self.tasks.values():
+            if not entry.task.is_terminal:
+                self.wallets[entry.key].reserved -= entry.reserved
+        ids = list(self.tasks)
+        self.forgotten.update(self.tasks)
+        self.tasks.clear()
+        return ids
+
+    def charged(self, key: str | None = None) -> int:
+        """Credits charged for tasks that succeeded (forgotten ones included), for `key` or every key."""
+        entries = [*self.tasks.values(), *self.forgotten.values()]
+        return sum(e.reserved for e in entries if e.task.status == TaskStatus.SUCCEEDED and key in (None, e.key))
 
     async def wallet(self, request: Request) -> Response:
         wallet = self.wallets[self._key(request)]

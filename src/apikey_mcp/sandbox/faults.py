@@ -7,9 +7,10 @@ task's status while a callback should have made polling unnecessary).
 from __future__ import annotations
 
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 from starlette.responses import PlainTextResponse
@@ -19,6 +20,11 @@ from .errors import SandboxError
 
 if TYPE_CHECKING:
     from .app import Sandbox
+
+
+BadLink = Literal["link", "redirect"]
+MALFORMED_LINK = "http://h:xx/a.png"  # a port that is not a number: httpx2 refuses to parse it
+MALFORMED_REDIRECT = "http://b:xx/"
 
 
 @dataclass
@@ -39,6 +45,16 @@ class Faults:
     # Requests of a route ("POST /v1/videos") wait, counted but unanswered, until their gate is set: a test
     # holds a request in flight for as long as it needs, with no timer to race.
     gates: dict[str, threading.Event] = field(default_factory=dict)
+    # Every /v1/* request answers 401 until this time.monotonic() (a key revoked for a while; 0: off).
+    unauthorized_until: float = 0.0
+    # The next tasks created succeed with a broken result link: "link" (an output URL no client can parse,
+    # http://h:xx/a.png) or "redirect" (a good-looking link whose host answers 302 to http://b:xx/).
+    bad_links: deque[BadLink] = field(default_factory=deque)
+    unauthorized_answers: Counter[str] = field(default_factory=Counter)  # path -> 401s the window answered
+
+    def unauthorized_for(self, seconds: float) -> None:
+        """Answer 401 to every /v1/* request for `seconds` from now."""
+        self.unauthorized_until = time.monotonic() + seconds
 
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
@@ -81,6 +97,12 @@ class FaultsMiddleware:
         if (gate := self.sandbox.faults.gates.get(label)) is not None:
             while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
                 await anyio.sleep(0.002)
+        if path.startswith("/v1/") and time.monotonic() < self.sandbox.faults.unauthorized_until:
+            self.sandbox.faults.unauthorized_answers[path] += 1
+            await SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()(
+                scope, receive, send
+            )
+            return
         if path.startswith("/v1/"):
             try:
                 await self._faults()

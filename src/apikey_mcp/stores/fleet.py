@@ -22,7 +22,7 @@ from typing import Any, Literal
 import anyio
 import psycopg
 
-from ..budget import Reservation
+from ..budget import LedgerUnavailableError, Reservation
 from ..gateway.models import Task, TaskStatus
 from .postgres import _CLOSE, PostgresLedgerStore, _reservation
 
@@ -65,6 +65,7 @@ class Fleet:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self._url = url
+        self.connected = False  # the listener's connection is up (readiness)
 
     async def open(self) -> None:
         await self.store._run(lambda c: c.execute(_SCHEMA))
@@ -114,14 +115,17 @@ class Fleet:
         )
         return rows[0][0] if rows else None
 
-    async def orphans(self, limit: int = 100) -> list[Reservation]:
-        """Open reservations tied to a task nobody watches (no lease, or an expired one): to be taken over."""
+    async def orphans(self, limit: int = 100, after: tuple[float, str] = (float("-inf"), "")) -> list[Reservation]:
+        """Open reservations tied to a task nobody watches (no lease, or an expired one), to be taken over: one
+        page, oldest first, after `after` (created_at, id) of the previous page's last. Lost tasks are not
+        orphans (the operator closes them), so no number of them fills a page."""
         rows = await self.store._rows(
             "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, r.model, r.gateway FROM apikey_reservations r"
+            " r.created_at, r.model, r.gateway, r.lost_at FROM apikey_reservations r"
             " LEFT JOIN apikey_task_leases l ON l.task_id = r.task_id"
-            " WHERE r.state = 'reserved' AND r.task_id IS NOT NULL AND NOT r.own_key"
-            " AND (l.task_id IS NULL OR l.lease_until < clock_timestamp()) ORDER BY r.created_at LIMIT %s", (limit,),
+            " WHERE r.state = 'reserved' AND r.task_id IS NOT NULL AND NOT r.own_key AND r.lost_at IS NULL"
+            " AND (l.task_id IS NULL OR l.lease_until < clock_timestamp()) AND (r.created_at, r.id) > (%s, %s)"
+            " ORDER BY r.created_at, r.id LIMIT %s", (*after, limit),
         )  # fmt: skip
         return [_reservation(row) for row in rows]
 
@@ -140,7 +144,7 @@ class Fleet:
         """The task's owner, latest state and reservation; with `principal`, only if it is that principal's."""
         rows = await self.store._rows(
             "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, r.model, r.gateway, s.principal, s.body FROM apikey_task_states s"
+            " r.created_at, r.model, r.gateway, r.lost_at, s.principal, s.body FROM apikey_task_states s"
             " FULL JOIN apikey_reservations r ON r.task_id = s.task_id WHERE coalesce(s.task_id, r.task_id) = %s"
             " ORDER BY r.state = 'reserved' DESC, r.created_at LIMIT 1", (task_id,),
         )  # fmt: skip
@@ -210,17 +214,22 @@ class Fleet:
                         await on_task(task_id)
                     except Exception:
                         log.exception("handling the announcement of task %s failed", task_id)
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError, LedgerUnavailableError) as exc:
                 log.warning("lost the fleet's notification connection (%s); reconnecting", type(exc).__name__)
             await anyio.sleep(retry_seconds)
 
     async def _notifications(self, on_connect: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
-        connect = psycopg.AsyncConnection.connect(self._url, autocommit=True, application_name=LISTENER_NAME)
+        connect = psycopg.AsyncConnection.connect(self._url, autocommit=True, application_name=LISTENER_NAME,
+                                                  connect_timeout=2)  # fmt: skip
         async with await connect as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
-            await on_connect()
-            async for notice in conn.notifies():
-                yield notice.payload
+            self.connected = True
+            try:
+                await on_connect()
+                async for notice in conn.notifies():
+                    yield notice.payload
+            finally:
+                self.connected = False
 
 
 class _Unknown(Exception):

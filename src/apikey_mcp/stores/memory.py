@@ -144,11 +144,21 @@ class MemoryLedgerStore:
                  if r.principal == principal and r.task_id == task_id]  # fmt: skip
         return _copy(max(found, key=lambda r: r.created_at)) if found else None
 
+    async def mark_lost(self, reservation_id: str) -> bool:
+        reservation = self._open.get(reservation_id)
+        if reservation is None or reservation.lost_at is not None:
+            return False
+        reservation.lost_at = time.time()
+        self._log(reservation.principal, "lost", principal_actor(reservation.principal), reservation_id, None,
+                  reservation.task_id)  # fmt: skip
+        return True
+
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
-        pool = list(self._open.values()) if open_only else [*self._open.values(), *self._closed.values()]
-        chosen = [r for r in pool if principal is None or r.principal == principal]
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
+        pool = list(self._open.values()) if open_only or lost_only else [*self._open.values(), *self._closed.values()]
+        chosen = [r for r in pool if (principal is None or r.principal == principal) and (r.lost_at or not lost_only)]
         chosen.sort(key=lambda r: r.created_at, reverse=True)
         return [_copy(r) for r in chosen[offset : offset + limit]]
 

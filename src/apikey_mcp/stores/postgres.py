@@ -9,13 +9,14 @@ with its connection pool; tables are prefixed `apikey_` so the database may be s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..budget import (
     CONFIGURATION,
@@ -35,7 +36,9 @@ from ..budget import (
 from .common import StoreRefusedError, check_charge, check_credits
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+OUTAGE_SECONDS = 1.0  # an operation waits this long for a working connection, then the ledger is unavailable
 _Conn = psycopg.AsyncConnection[Any]
 _SCHEMA = """
 SELECT pg_advisory_xact_lock(1095781197);
@@ -55,7 +58,9 @@ CREATE TABLE IF NOT EXISTS apikey_events (
     reserved BIGINT NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway"
+_COLUMNS = (
+    "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at"
+)
 _LOG = (
     "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
     " model) SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s, %s FROM apikey_principals WHERE name = %s"
@@ -107,11 +112,31 @@ WHERE seq = ANY(%(seqs)s)
 
 
 class PostgresLedgerStore:
-    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0) -> None:
-        """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`)."""
-        self._timeout, self._url = timeout, url
-        self._pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=timeout,
-                                         kwargs={"connect_timeout": int(timeout), "autocommit": True})  # fmt: skip
+    def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0, wait: float = OUTAGE_SECONDS) -> None:
+        """The pool is built closed: `open()` connects (in the server's lifespan, or `connect()`). `timeout`
+        bounds the first connection, and how long an operation waits its turn for a connection while the
+        database is up but busy; `wait`, how long it waits while the database is unreachable (an outage).
+
+        Survives restarts of the database: a pooled connection is checked before use (a dead one, left by a
+        restart or pg_terminate_backend, is replaced), and a failed reconnection gives up after `wait` so the
+        next operation tries afresh instead of waiting for the pool's growing backoff."""
+        self._timeout, self._url, self._wait = timeout, url, wait
+        self.down = False  # a connection failed (check, connect or use) and none has worked since
+        self._pool = _Pool(
+            self, url, min_size=1, max_size=max_size, open=False, timeout=wait, reconnect_timeout=wait,
+            check=self._check, configure=self._connected,
+            kwargs={"connect_timeout": max(1, int(wait)), "autocommit": True},
+        )  # fmt: skip
+
+    async def _check(self, conn: _Conn) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            self.down = True
+            raise
+
+    async def _connected(self, conn: _Conn) -> None:
+        self.down = False
 
     @classmethod
     async def connect(cls, url: str, **options: Any) -> PostgresLedgerStore:
@@ -134,16 +159,30 @@ class PostgresLedgerStore:
         """One transaction on a pooled connection, finished even if the caller is cancelled meanwhile.
         `one_statement`: the op is a single statement, its own transaction (one round trip, no BEGIN)."""
         with anyio.CancelScope(shield=True):
-            try:
-                async with self._pool.connection() as conn:
-                    if one_statement:
-                        result = await op(conn)
-                    else:
-                        async with conn.transaction():  # commits at the end, rolls back on an error
+            busy_until = anyio.current_time() + self._timeout
+            while True:
+                try:
+                    async with self._pool.connection() as conn:
+                        if one_statement:
                             result = await op(conn)
-            except psycopg.Error as exc:
-                raise LedgerUnavailableError(f"the PostgreSQL ledger cannot be written ({exc})") from None
-        return result
+                        else:
+                            async with conn.transaction():  # commits at the end, rolls back on an error
+                                result = await op(conn)
+                    self.down = False
+                    return result
+                except PoolTimeout:  # no connection within `wait`: busy (wait on) or down (refuse now)
+                    if not self.down and anyio.current_time() < busy_until:
+                        continue
+                    log.warning("the PostgreSQL ledger is unreachable (no connection within %g s)", self._wait)
+                    raise LedgerUnavailableError("the ledger database is unreachable just now") from None
+                except psycopg.OperationalError as exc:  # restarting, connection lost: an outage
+                    self.down = True
+                    log.warning("the PostgreSQL ledger is unreachable: %s", str(exc).strip().splitlines()[:1])
+                    raise LedgerUnavailableError("the ledger database is unreachable just now") from None
+                except psycopg.Error as exc:
+                    log.error("the PostgreSQL ledger refused an operation: %s", exc)
+                    raise LedgerUnavailableError("the ledger database refused the operation") from None
+        raise AssertionError("unreachable: the loop returns or raises")
 
     async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
         async def op(c: _Conn) -> tuple[Totals, bool]:
@@ -253,10 +292,26 @@ class PostgresLedgerStore:
                                 " ORDER BY created_at DESC LIMIT 1", (task_id, principal))  # fmt: skip
         return _reservation(rows[0]) if rows else None
 
+    async def mark_lost(self, reservation_id: str) -> bool:
+        async def op(c: _Conn) -> bool:
+            now = time.time()
+            cur = await c.execute(
+                "UPDATE apikey_reservations SET lost_at = %s WHERE id = %s AND state = 'reserved' AND lost_at IS NULL"
+                " RETURNING principal, task_id", (now, reservation_id),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            if row is not None:
+                await c.execute(_LOG, (now, "lost", principal_actor(row[0]), reservation_id, None, row[1], row[0]))
+            return row is not None
+
+        return await self._run(op)
+
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
         where = ["TRUE"] + ["principal = %s"] * (principal is not None) + ["state = 'reserved'"] * open_only
+        where += ["state = 'reserved' AND lost_at IS NOT NULL"] * lost_only
         sql = (f"SELECT {_COLUMNS} FROM apikey_reservations WHERE {' AND '.join(where)}"
                " ORDER BY created_at DESC LIMIT %s OFFSET %s")  # fmt: skip
         rows = await self._rows(sql, [*([principal] if principal is not None else []), limit, offset])
@@ -294,6 +349,17 @@ class PostgresLedgerStore:
         await self._pool.close()
 
 
+class _Pool(AsyncConnectionPool[Any]):
+    """The store's pool, which tells it when reconnecting failed (the database is down, not busy)."""
+
+    def __init__(self, store: PostgresLedgerStore, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._store = store
+
+    async def reconnect_failed(self) -> None:
+        self._store.down = True
+
+
 async def _totals(c: _Conn, principal: str) -> Totals:
     row = await (await c.execute("SELECT budget, spent, reserved FROM apikey_principals WHERE name = %s",
                                  (principal,))).fetchone()  # fmt: skip
@@ -308,6 +374,7 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, *rest = row
+    model, gateway, lost_at = rest
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at, model, gateway)  # fmt: skip
+                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at)  # fmt: skip

@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS events (
     reserved INTEGER NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway"
+_COLUMNS = (
+    "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at"
+)
 _REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
                 "day": "strftime('%Y-%m-%d', at, 'unixepoch')"}  # fmt: skip
 
@@ -214,10 +216,24 @@ class SqliteLedgerStore:
         row = await self._run(lambda c: c.execute(sql, (task_id, principal)).fetchone(), write=False)
         return _reservation(row) if row else None
 
+    async def mark_lost(self, reservation_id: str) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            row = c.execute(
+                "UPDATE reservations SET lost_at = ? WHERE id = ? AND state = 'reserved' AND lost_at IS NULL"
+                " RETURNING principal, task_id", (time.time(), reservation_id),
+            ).fetchone()  # fmt: skip
+            if row is not None:
+                self._log(c, row[0], "lost", principal_actor(row[0]), reservation_id, None, row[1])
+            return row is not None
+
+        return await self._run(op)
+
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0
-    ) -> list[Reservation]:
+        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        lost_only: bool = False,
+    ) -> list[Reservation]:  # fmt: skip
         where = ["1 = 1"] + ["principal = ?"] * (principal is not None) + ["state = 'reserved'"] * open_only
+        where += ["state = 'reserved' AND lost_at IS NOT NULL"] * lost_only
         sql = (f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)}"
                " ORDER BY created_at DESC LIMIT ? OFFSET ?")  # fmt: skip
         params = [*([principal] if principal is not None else []), limit, offset]
@@ -263,9 +279,10 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, *rest = row
+    model, gateway, lost_at = rest
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at, model, gateway)  # fmt: skip
+                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at)  # fmt: skip
 
 
 def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:

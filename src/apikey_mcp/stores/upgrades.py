@@ -16,6 +16,10 @@ BASE_VERSION = 2
 
 # version -> SQL run once when a SQLite ledger is below it (several statements allowed).
 SQLITE_STEPS: dict[int, str] = {
+    # 3: a task the gateway stopped knowing is marked lost, its hold kept for the operator (issue 16).
+    3: "ALTER TABLE reservations ADD COLUMN lost_at REAL",
+    # 4: credits are whole numbers of at most 64 bits; bad rows are repaired (whole_credits.py, issue 16).
+    4: SQLITE_WHOLE_CREDITS,
     # 5: reservations record their model and the gateway they were made at; events carry the model, and
     # refusals are events too (kind 'refuse'), so that `admin report` totals by principal, model and day.
     5: """
@@ -28,6 +32,8 @@ SQLITE_STEPS: dict[int, str] = {
 
 # version -> SQL run once when a PostgreSQL ledger is below it, under the schema's advisory lock.
 POSTGRES_STEPS: dict[int, str] = {
+    3: "ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS lost_at DOUBLE PRECISION",
+    4: POSTGRES_WHOLE_CREDITS,
     5: """
     ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS model TEXT;
     ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS gateway TEXT;
@@ -35,10 +41,6 @@ POSTGRES_STEPS: dict[int, str] = {
     CREATE INDEX IF NOT EXISTS apikey_events_by_time ON apikey_events (at)
     """,
 }
-
-# 4: credits are whole numbers of at most 64 bits; bad SQLite rows are repaired (whole_credits.py, issue 16b).
-SQLITE_STEPS[4] = SQLITE_WHOLE_CREDITS
-POSTGRES_STEPS[4] = POSTGRES_WHOLE_CREDITS
 
 LATEST = max([BASE_VERSION, *SQLITE_STEPS, *POSTGRES_STEPS])
 
