@@ -60,8 +60,9 @@ def free_port() -> int:
 
 @pytest.fixture(autouse=True)
 def no_apikey_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read APIKEY_* from the environment: a developer's own must not change what tests see."""
-    for name in [name for name in os.environ if name.startswith("APIKEY_")]:
+    """Settings read APIKEY_* from the environment: a developer's own must not change what tests see. The
+    suite's own APIKEY_TEST_* (the test database, CI's program count) stay: no setting has that prefix."""
+    for name in [name for name in os.environ if name.startswith("APIKEY_") and not name.startswith("APIKEY_TEST_")]:
         monkeypatch.delenv(name)
 
 

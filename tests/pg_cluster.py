@@ -10,20 +10,19 @@ import tempfile
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.conftest import free_port
+from tests.provision import missing, postgres_bindir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    if not found:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("PostgreSQL is not installed in CI")
-        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    return found[-1]
+    found = postgres_bindir()
+    if found is None:
+        missing("PostgreSQL (its server binaries)", "postgresql")
+    assert found is not None
+    return found
 
 
 class Cluster:

@@ -21,13 +21,11 @@ from apikey_mcp.stores import MemoryLedgerStore
 from tests.provision import missing
 
 STORES = ["memory", "sqlite", "postgres"]
-# Read once, at import (after the session provisioned it): an autouse fixture clears APIKEY_* for each test.
-DATABASE_URL = os.environ.get("APIKEY_TEST_DATABASE_URL")
 
 
 def database_url() -> str:
     """The test server's URL, or a skip (a failure in CI)."""
-    url = DATABASE_URL
+    url = os.environ.get("APIKEY_TEST_DATABASE_URL")  # read late: the session may have started one just now
     if not url:
         missing("PostgreSQL (its server binaries, for a throwaway cluster)", "postgresql")
     assert url is not None

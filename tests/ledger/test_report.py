@@ -70,10 +70,10 @@ async def test_an_existing_sqlite_ledger_is_migrated_to_the_report_schema(tmp_pa
     async with open_store(state_file=path) as store:
         await store.ensure_principal("alice", 100)
         old = await store.reserve("alice", 10, "video")
-    with sqlite3.connect(path) as conn:  # back to the base schema, as a ledger written before step 5
+    with sqlite3.connect(path) as conn:  # back to version 4, as a ledger written before step 5
         conn.executescript(
             "ALTER TABLE reservations DROP COLUMN model; ALTER TABLE reservations DROP COLUMN gateway;"
-            "ALTER TABLE events DROP COLUMN model; DROP INDEX events_by_time; PRAGMA user_version = 2;"
+            "ALTER TABLE events DROP COLUMN model; DROP INDEX events_by_time; PRAGMA user_version = 4;"
         )
     async with open_store(state_file=path) as store:
         assert (await store.reservation(old.id)).model is None  # type: ignore[union-attr]

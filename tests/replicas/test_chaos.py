@@ -29,7 +29,8 @@ import pytest
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY, free_port, wait_until
 from tests.pg_cluster import Cluster as PgCluster
-from tests.replicas.conftest import STATE_KEY, TOKENS, Cluster, need, nginx_config, start_replica, stop
+from tests.provision import program
+from tests.replicas.conftest import STATE_KEY, TOKENS, Cluster, nginx_config, start_replica, stop
 
 pytestmark = pytest.mark.slow
 PRINCIPALS = ["p1", "p2", "p3", "p4"]
@@ -139,7 +140,7 @@ def _open(cluster: Cluster) -> list[tuple[Any, ...]]:
 @contextmanager
 def _fleet(pg: PgCluster, sandbox_server: SandboxServer, tmp_path: Path) -> Iterator[Cluster]:
     """Three replicas on `pg` behind the shipped nginx config; stopped at the end (the restarted one too)."""
-    nginx = need("nginx")
+    nginx = program("nginx")
     balancer_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")},

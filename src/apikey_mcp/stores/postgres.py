@@ -297,11 +297,12 @@ class PostgresLedgerStore:
             now = time.time()
             cur = await c.execute(
                 "UPDATE apikey_reservations SET lost_at = %s WHERE id = %s AND state = 'reserved' AND lost_at IS NULL"
-                " RETURNING principal, task_id", (now, reservation_id),
+                " RETURNING principal, task_id, model", (now, reservation_id),
             )  # fmt: skip
             row = await cur.fetchone()
             if row is not None:
-                await c.execute(_LOG, (now, "lost", principal_actor(row[0]), reservation_id, None, row[1], row[0]))
+                await c.execute(_LOG, (now, "lost", principal_actor(row[0]), reservation_id, None, row[1], row[2],
+                                       row[0]))  # fmt: skip
             return row is not None
 
         return await self._run(op)
