@@ -27,10 +27,12 @@ import anyio
 import anyio.abc
 from pydantic import SecretStr
 
+from .alerts import Alerts
 from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
+from .policy import Policy
 from .polling import Pacer
 from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
@@ -74,8 +76,10 @@ class Accounts:
     hosted: bool = False
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
     poll_clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = time.time  # wall time, for budget periods (tests own it)
 
     def __post_init__(self) -> None:
+        self.alerts = Alerts(self.settings, self.store, clock=self.clock)
         self._services: dict[str, Service] = {}
         self._own: OrderedDict[tuple[str, str], Service] = OrderedDict()  # (principal, key digest) -> its service
         self._awaiting_key: dict[str, list[tuple[Task, Reservation]]] = {}
@@ -91,6 +95,7 @@ class Accounts:
         """Run every principal's task watchers; resume the tasks the store has open reservations for."""
         async with anyio.create_task_group() as group:
             self._group = group
+            group.start_soon(self.alerts.run)
             if self.hosted:
                 await self._restore()
             try:
@@ -112,12 +117,14 @@ class Accounts:
             return await self.own_key_service(principal, own_key)
         service = self._services.get(principal)
         if service is None:
-            totals, created = await self.store.ensure_principal(principal, self.settings.session_budget)
+            totals, created = await self.store.ensure_principal(
+                principal, self.settings.session_budget, policy=Policy.default(self.settings), now=self.clock()
+            )
             if not created and totals.budget != self.settings.session_budget and self.hosted:
                 log.info("%s: budget %d from the ledger (the configured %d applies to new principals only; "
                          "change it with apikey-mcp admin set-budget)", principal, totals.budget,
                          self.settings.session_budget)  # fmt: skip
-            service = self._services.get(principal) or self._open(principal, Ledger(self.store, principal))
+            service = self._services.get(principal) or self._open(principal, self._ledger(principal))
         return service
 
     def principals(self) -> list[str]:
@@ -186,9 +193,14 @@ class Accounts:
                                        "running: wait for one to finish")  # fmt: skip
             assert self._group is not None
             self._group.start_soon(self._own.pop(idle).client.aclose)
-        service = self._open(principal, Ledger(self.store, principal, own_key=True), client=client, own_key=True)
+        service = self._open(principal, self._ledger(principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
         return service
+
+    def _ledger(self, principal: str, *, own_key: bool = False) -> Ledger:
+        ledger = Ledger(self.store, principal, own_key=own_key, clock=self.clock)
+        ledger.changed = self.alerts.notice  # a reservation or a charge may cross an alert threshold
+        return ledger
 
     def _open(
         self, principal: str, ledger: Ledger, *, client: GatewayClient | None = None, own_key: bool = False

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from .budget import BudgetExceededError, LedgerUnavailableError
 from .gateway import GatewayError
 from .gateway.models import TaskStatus
+from .policy import PolicyRefusedError
 from .results import COST_META, ChatResult, EmbeddingsResult, TaskResult, TaskStarted, dump
 from .service import InputError, LedgerRefusedError
 from .strict import refusal
@@ -26,7 +27,7 @@ def agent_errors() -> Iterator[None]:
         yield
     except BudgetExceededError as exc:
         raise ToolError(over_budget(exc)) from None
-    except (InputError, LedgerRefusedError) as exc:
+    except (InputError, LedgerRefusedError, PolicyRefusedError) as exc:
         raise ToolError(str(exc)) from None
     except LedgerUnavailableError as exc:
         raise ToolError(f"The budget ledger cannot be read now ({exc}); try again shortly.") from None

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
+
+from .policy import Policy
 
 OPERATOR = "operator"
 CONFIGURATION = "configuration"
@@ -62,6 +65,7 @@ class Reservation:
     modality: str | None = None
     own_key: bool = False  # made with the principal's own gateway key (resumed only when it brings one again)
     created_at: float = 0.0
+    period_start: float = 0.0  # the budget period it was made in, and whose spending its charge counts in
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class Event:
     seq: int
     at: float
     principal: str
-    kind: str  # reserve, attach, settle, release, budget
+    kind: str  # reserve, attach, settle, release, budget, policy, period (a new one began), alert
     actor: str
     reservation_id: str | None
     credits: int | None
@@ -93,12 +97,18 @@ class Event:
 class LedgerStore(Protocol):
     """Budgets, reservations, the audit trail and seen callback signatures, each operation atomic."""
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
-        """The principal's totals, creating it with `budget` (actor: configuration) if new; True if created."""
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
+        """The principal's totals, creating it with `budget` and `policy` (actor: configuration) if new; True
+        if created."""
         ...
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
-        """Hold `credits`, or raise BudgetExceededError and hold nothing."""
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, now: float | None = None
+    ) -> Reservation:
+        """Hold `credits` in the principal's current period (renewed first if `now` is past it), or raise
+        BudgetExceededError and hold nothing."""
         ...
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
@@ -106,15 +116,32 @@ class LedgerStore(Protocol):
         ...
 
     async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
-        """Close at the real charge (which may exceed the hold); False if already closed. Exactly once."""
+        """Close at the real charge (which may exceed the hold); False if already closed. Exactly once. The charge
+        counts in the period the reservation was made in: not in the current one if that has renewed since."""
         ...
 
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         """Close unspent; False if already closed. Exactly once."""
         ...
 
-    async def totals(self, principal: str) -> Totals:
-        """Running totals, O(1); UnknownPrincipalError if the principal has none."""
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        """Running totals, O(1), spent in the period current at `now`; UnknownPrincipalError if none."""
+        ...
+
+    async def policy(self, principal: str) -> Policy:
+        """The principal's spending policy; UnknownPrincipalError if none."""
+        ...
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        """Change a known principal's policy (UnknownPrincipalError if none). A new period kind starts at `now`'s
+        period, keeping what the current one has spent and the open reservations in it."""
+        ...
+
+    async def policies(self) -> dict[str, Policy]: ...
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        """Record that the alert at `threshold` percent of the period was sent; False if it already was (by any
+        process on this store): the caller that gets True sends it."""
         ...
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
@@ -149,13 +176,23 @@ class LedgerStore(Protocol):
 class Ledger:
     """One principal's view of the store: what the paid-call flow and the task watchers use."""
 
-    def __init__(self, store: LedgerStore, principal: str, *, own_key: bool = False) -> None:
-        self.store, self.principal, self.own_key = store, principal, own_key
+    def __init__(
+        self, store: LedgerStore, principal: str, *, own_key: bool = False, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store, self.principal, self.own_key, self.clock = store, principal, own_key, clock
+        self.changed: Callable[[str], None] | None = None  # told after a reservation or a charge (alerts.py)
+
+    def _tell(self) -> None:
+        if self.changed is not None:
+            self.changed(self.principal)
 
     async def reserve(self, credits: int, purpose: str) -> Reservation:
         if credits < 0:
             raise ValueError("credits must be >= 0")
-        return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key)
+        reservation = await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key,
+                                               now=self.clock())  # fmt: skip
+        self._tell()
+        return reservation
 
     async def attach(self, reservation: Reservation, task_id: str, modality: str | None = None) -> None:
         reservation.task_id, reservation.modality = task_id, modality or reservation.modality
@@ -165,6 +202,7 @@ class Ledger:
         closed = await self.store.settle(reservation.id, charged)
         if closed:
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
+            self._tell()
         return closed
 
     async def release(self, reservation: Reservation) -> bool:
@@ -174,7 +212,10 @@ class Ledger:
         return closed
 
     async def totals(self) -> Totals:
-        return await self.store.totals(self.principal)
+        return await self.store.totals(self.principal, now=self.clock())
+
+    async def policy(self) -> Policy:
+        return await self.store.policy(self.principal)
 
     async def task_reservation(self, task_id: str) -> Reservation | None:
         return await self.store.task_reservation(self.principal, task_id)
@@ -186,8 +227,11 @@ class Ledger:
         return await self.store.set_budget(self.principal, credits, actor)
 
 
-def new_reservation(principal: str, credits: int, purpose: str, own_key: bool) -> Reservation:
-    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time())
+def new_reservation(
+    principal: str, credits: int, purpose: str, own_key: bool, period_start: float = 0.0
+) -> Reservation:
+    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time(),
+                       period_start=period_start)  # fmt: skip
 
 
 def principal_actor(principal: str) -> str:

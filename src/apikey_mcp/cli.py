@@ -65,6 +65,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-task-download-bytes", type=int, help="size cap on one task's files (default 1 GiB)")
     p.add_argument("--download-deadline-seconds", type=float, help="longest one task's save may take (default 600)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    spending = p.add_argument_group("spending policy (hosted: the default for new principals; admin set-policy)")
+    spending.add_argument(
+        "--confirm-above",
+        type=int,
+        metavar="CREDITS",
+        help="ask the human (elicitation) before a call estimated above this (env APIKEY_CONFIRM_ABOVE)",
+    )
+    spending.add_argument("--max-per-call", type=int, metavar="N", help="refuse a call estimated above N credits")
+    spending.add_argument("--allow", metavar="MODEL_OR_MODALITY,...", help="only these models or modalities")
+    spending.add_argument(
+        "--period",
+        choices=["day", "week", "month", "none"],
+        help="the budget renews each day, week or month (UTC; weeks start Monday), or never (default)",
+    )
+    spending.add_argument(
+        "--alert-at",
+        type=int,
+        metavar="PERCENT",
+        help="alert once a period when spent + reserved cross this percent of the budget (and at 100%%)",
+    )
+    spending.add_argument(
+        "--alert-webhook",
+        metavar="URL",
+        help="POST alerts here, signed with env APIKEY_ALERT_SECRET (env APIKEY_ALERT_WEBHOOK)",
+    )
     hosted = p.add_argument_group("hosted mode (remote agents)")
     hosted.add_argument(
         "--transport",
@@ -74,14 +99,20 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
     hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
     hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
-    hosted.add_argument("--oauth-issuer", help="accept OAuth 2.1 access tokens (JWT) from this authorization "
-                        "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...")
+    hosted.add_argument(
+        "--oauth-issuer",
+        help="accept OAuth 2.1 access tokens (JWT) from this authorization "
+        "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...",
+    )
     hosted.add_argument("--oauth-scope", help="scope an OAuth token needs (default 'apikey')")
     hosted.add_argument("--max-sessions-per-principal", type=int, help="open Streamable HTTP sessions (default 16)")
     hosted.add_argument("--max-sse-streams-per-principal", type=int, help="open SSE streams (default 8)")
     hosted.add_argument("--max-listens-per-principal", type=int, help="open subscriptions/listen streams (default 8)")
-    hosted.add_argument("--forwarded-allow-ips", help="your proxy's address(es), comma-separated: trust its "
-                        "X-Forwarded-For for the client address (default: trust none)")
+    hosted.add_argument(
+        "--forwarded-allow-ips",
+        help="your proxy's address(es), comma-separated: trust its "
+        "X-Forwarded-For for the client address (default: trust none)",
+    )
     hosted.add_argument("--state-file", help="SQLite ledger file: budgets, reservations, audit trail")
     hosted.add_argument("--database-url", help="PostgreSQL ledger instead, postgresql://... (env APIKEY_DATABASE_URL; "
                         "for several server processes or machines)")  # fmt: skip

@@ -34,6 +34,7 @@ from . import __version__
 from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
 from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
+from .confirm import asking, elicitor
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
 from .results import MAX_PAGE
@@ -71,13 +72,15 @@ def build_server(
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     poll_clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = time.time,
     closed: anyio.Event | None = None,
     request_state_security: RequestStateSecurity | None = None,
 ) -> MCPServer:
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one principal, `local`) on a memory store of its own
-    (pass `store` to look into it in tests; `poll_sleep` and `poll_clock` to own the task watchers' time).
+    (pass `store` to look into it in tests; `poll_sleep` and `poll_clock` to own the task watchers' time, `clock`
+    the budget periods').
     Hosted, the app passes the `accounts` it shares across sessions and transports. `closed` is set once a
     stdio session's accounts have shut down (every unfinished task id logged).
     """
@@ -95,8 +98,9 @@ def build_server(
                 other_secrets=[settings.webhook_secret],
             ) as client:  # fmt: skip
                 opening = Accounts(
-                    settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep, poll_clock=poll_clock
-                )
+                    settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep, poll_clock=poll_clock,
+                    clock=clock,
+                )  # fmt: skip
                 async with opening.running() as opened:
                     yield opened
         finally:
@@ -140,7 +144,7 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
         raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
     except LedgerUnavailableError as exc:
         raise MCPError(code=INTERNAL_ERROR, message=f"The budget ledger is unavailable ({exc}); try again.") from None
-    with serving(service):
+    with serving(service), asking(elicitor(ctx.session, ctx.request_id)):  # --confirm-above asks this client
         return await call_next(ctx)
 
 

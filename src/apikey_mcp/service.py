@@ -19,6 +19,7 @@ from pydantic import HttpUrl
 
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .config import Settings
+from .confirm import confirm_spend
 from .downloads import Downloads
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import (
@@ -39,6 +40,8 @@ from .gateway.models import (
     plan_for,
 )
 from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
+from .periods import iso, period_end, period_start
+from .policy import check_allowed, check_cap
 from .results import (
     BudgetStatus,
     BudgetTotals,
@@ -130,7 +133,11 @@ class Service:
     async def budget_status(self, limit: int = 5, offset: int = 0) -> BudgetStatus:
         """The totals and one page of the open reservations (counted up to OPEN_SCAN)."""
         totals, held = await self.ledger.totals(), await self.ledger.open_reservations(OPEN_SCAN)
-        return BudgetStatus.page(totals, held, limit, offset)
+        policy, now = await self.ledger.policy(), self.ledger.clock()
+        end = period_end(policy.period, period_start(policy.period, now))
+        status = BudgetStatus.page(totals, held, limit, offset)
+        return status.model_copy(update={"policy": policy.view(), "period": policy.period,
+                                         "resets_at": iso(end) if end is not None else None})  # fmt: skip
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)
@@ -152,7 +159,8 @@ class Service:
         """Refuse an unknown model or one of another modality before anything is estimated or reserved."""
         catalogue = (await self.models()).data
         info = next((m for m in catalogue if m.id == model), None)
-        if info is not None and info.modality == modality:
+        if info is not None and info.modality == modality:  # then the policy's allow-list, before any estimate
+            check_allowed(await self.ledger.policy(), self.ledger.principal, model, modality, hosted=self.hosted)
             return
         choices = ", ".join(m.id for m in catalogue if m.modality == modality) or "none"
         what = f"'{model}' is a {info.modality} model" if info else f"there is no model '{model}'"
@@ -336,8 +344,11 @@ class Service:
         *,
         recover: Callable[[str], _A] | None = None,
     ) -> _T:
-        """Estimate, then the paid-call protocol (paid.py) with the estimate as the reservation."""
+        """Estimate; the policy's cap and the human's confirmation above --confirm-above (policy.py, confirm.py);
+        then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
+        check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
+        await confirm_spend(self.settings.confirm_above, plan, estimate.credits, await self.ledger.totals())
         return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover)
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:

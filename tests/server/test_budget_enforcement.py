@@ -53,7 +53,8 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
     assert await invariant_violations(store) == []
     assert len(await store.history("local")) >= 1 + 3 * k  # budget, then reserve, attach, settle per video
     assert final == {"budget": budget, "spent": k * VIDEO_COST, "reserved": 0,
-                     "remaining": VIDEO_COST - 1, "open_reservations": [], "open_count": 0}  # fmt: skip
+                     "remaining": VIDEO_COST - 1, "open_reservations": [], "open_count": 0,
+                     "policy": {"allow": []}, "period": "none"}  # fmt: skip
 
 
 async def test_concurrent_videos_over_stdio_create_exactly_k(sandbox_server: SandboxServer, sandbox: Sandbox) -> None:

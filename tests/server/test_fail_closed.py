@@ -246,15 +246,15 @@ class BlindStore(MemoryLedgerStore):
 
     blind = False
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False):
-        made = await super().reserve(principal, credits, purpose, own_key=own_key)
+    async def reserve(self, principal: str, credits: int, purpose: str, **options):
+        made = await super().reserve(principal, credits, purpose, **options)
         self.blind = True
         return made
 
-    async def totals(self, principal: str) -> Totals:
+    async def totals(self, principal: str, **options) -> Totals:
         if self.blind:
             raise LedgerUnavailableError("connection lost")
-        return await super().totals(principal)
+        return await super().totals(principal, **options)
 
 
 async def test_a_created_task_is_reported_even_when_the_budget_cannot_be_read_after(

@@ -20,20 +20,27 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
+from ..periods import iso, label, period_start, rolled
+from ..policy import Policy
 
 MAX_CLOSED = 10_000
 MAX_EVENTS = 10_000
 MAX_SIGNATURES = 100_000
+MAX_ALERTS = 100_000
 
 
 class _Account:
-    __slots__ = ("budget", "reserved", "spent")
+    __slots__ = ("budget", "period_start", "policy", "reserved", "spent")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, policy: Policy | None = None, now: float = 0.0) -> None:
         self.budget, self.spent, self.reserved = budget, 0, 0
+        self.policy = policy or Policy()
+        self.period_start = period_start(self.policy.period, now)
 
-    def totals(self) -> Totals:
-        return Totals(self.budget, self.spent, self.reserved)
+    def totals(self, now: float | None = None) -> Totals:
+        """Spent in the period current at `now` (none yet in one that has begun since the last change)."""
+        renewed = now is not None and rolled(self.policy.period, self.period_start, now) is not None
+        return Totals(self.budget, 0 if renewed else self.spent, self.reserved)
 
 
 class MemoryLedgerStore:
@@ -44,6 +51,7 @@ class MemoryLedgerStore:
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._seq = 0
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._alerts: OrderedDict[tuple[str, float, int], None] = OrderedDict()
 
     def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None,
              d: str | None = None) -> None:  # fmt: skip
@@ -51,12 +59,24 @@ class MemoryLedgerStore:
         totals = self._accounts[principal].totals()
         self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d))
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
         if (account := self._accounts.get(principal)) is not None:
             return account.totals(), False
-        self._accounts[principal] = _Account(budget)
+        self._accounts[principal] = _Account(budget, policy, time.time() if now is None else now)
         self._log(principal, "budget", CONFIGURATION, None, budget)
+        if policy is not None and policy != Policy():
+            self._log(principal, "policy", CONFIGURATION, None, None, policy.describe())
         return self._accounts[principal].totals(), True
+
+    def _roll(self, principal: str, account: _Account, now: float) -> None:
+        """Begin the period `now` is in, if it is past the account's: spending starts again from 0."""
+        if (start := rolled(account.policy.period, account.period_start, now)) is None:
+            return
+        ended, spent = label(account.policy.period, account.period_start), account.spent
+        account.period_start, account.spent = start, 0
+        self._log(principal, "period", CONFIGURATION, None, spent, f"{ended} ended with {spent} spent")
 
     def _account(self, principal: str) -> _Account:
         try:
@@ -64,12 +84,15 @@ class MemoryLedgerStore:
         except KeyError:
             raise UnknownPrincipalError(f"no principal '{principal}'") from None
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, now: float | None = None
+    ) -> Reservation:
         account = self._account(principal)
+        self._roll(principal, account, time.time() if now is None else now)
         remaining = account.budget - account.spent - account.reserved
         if credits > remaining:
             raise BudgetExceededError(credits, max(remaining, 0), account.budget, purpose)
-        reservation = new_reservation(principal, credits, purpose, own_key)
+        reservation = new_reservation(principal, credits, purpose, own_key, account.period_start)
         account.reserved += credits
         self._open[reservation.id] = reservation
         self._log(principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
@@ -90,14 +113,15 @@ class MemoryLedgerStore:
             return False
         account = self._accounts[reservation.principal]
         account.reserved -= reservation.credits
-        account.spent += charged
+        current = reservation.period_start == account.period_start
+        account.spent += charged if current else 0  # a charge counts in the period its reservation was made in
         reservation.state, reservation.charged = state, charged
         self._closed[reservation_id] = reservation
         while len(self._closed) > MAX_CLOSED:
             self._closed.popitem(last=False)
         kind = "settle" if state == ReservationState.SETTLED else "release"
         self._log(reservation.principal, kind, actor or principal_actor(reservation.principal), reservation_id,
-                  charged)  # fmt: skip
+                  charged, None if current else f"period {iso(reservation.period_start)}")  # fmt: skip
         return True
 
     async def settle(self, reservation_id: str, charged: int, *, actor: str | None = None) -> bool:
@@ -108,13 +132,42 @@ class MemoryLedgerStore:
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
-    async def totals(self, principal: str) -> Totals:
-        return self._account(principal).totals()
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        return self._account(principal).totals(time.time() if now is None else now)
+
+    async def policy(self, principal: str) -> Policy:
+        return self._account(principal).policy
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        account, now = self._account(principal), time.time() if now is None else now
+        self._roll(principal, account, now)
+        if policy.period != account.policy.period:  # the new kind of period starts now, keeping what was spent
+            start = period_start(policy.period, now)
+            for reservation in self._open.values():
+                if reservation.principal == principal and reservation.period_start == account.period_start:
+                    reservation.period_start = start
+            account.period_start = start
+        account.policy = policy
+        self._log(principal, "policy", actor, None, None, policy.describe())
+        return policy
+
+    async def policies(self) -> dict[str, Policy]:
+        return {name: account.policy for name, account in sorted(self._accounts.items())}
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        key = (principal, period_start, threshold)
+        if key in self._alerts:
+            return False
+        self._alerts[key] = None
+        while len(self._alerts) > MAX_ALERTS:
+            self._alerts.popitem(last=False)
+        self._log(principal, "alert", CONFIGURATION, None, None, f"{threshold}%")
+        return True
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         if credits < 0:
             raise ValueError("a budget must be >= 0")
-        account = self._accounts.setdefault(principal, _Account(credits))
+        account = self._accounts.setdefault(principal, _Account(credits, now=time.time()))
         account.budget = credits
         self._log(principal, "budget", actor, None, credits)
         return account.totals()

@@ -29,6 +29,8 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
+from ..periods import label, period_start, rolled
+from ..policy import Policy
 from .common import StoreRefusedError
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS apikey_events (
     reserved BIGINT NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, period_start"
+_POLICY = "max_per_call, allow, period, alert_at"
 _LOG = (
     "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)"
     " SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s FROM apikey_principals WHERE name = %s"
@@ -65,22 +68,28 @@ WITH held AS (
     UPDATE apikey_principals SET reserved = reserved + %(c)s
     WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name, budget, spent, reserved),
 made AS (
-    INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at)
-    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s FROM held RETURNING id)
+    INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at, period_start)
+    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s, %(ps)s FROM held RETURNING id)
 INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
 SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s FROM held
 RETURNING seq
 """
 # Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
+# The charge counts in the period the reservation was made in: not in the current one if that has renewed since.
 _CLOSE = """
 WITH closed AS (
     UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s
-    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits),
+    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits, period_start),
 moved AS (
-    UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s
-    FROM closed WHERE p.name = closed.principal RETURNING p.name, p.budget, p.spent, p.reserved)
-INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved)
-SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved
+    UPDATE apikey_principals p SET reserved = p.reserved - closed.credits,
+        spent = p.spent + CASE WHEN p.period_start = closed.period_start THEN %(ch)s ELSE 0 END
+    FROM closed WHERE p.name = closed.principal
+    RETURNING p.name, p.budget, p.spent, p.reserved, CASE WHEN p.period_start = closed.period_start THEN NULL
+        ELSE 'period ' || to_char(to_timestamp(closed.period_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        END AS detail)
+INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
+SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved,
+    detail
 FROM moved RETURNING seq
 """
 
@@ -124,29 +133,58 @@ class PostgresLedgerStore:
                 raise LedgerUnavailableError(f"the PostgreSQL ledger cannot be written ({exc})") from None
         return result
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
+        chosen, now = policy or Policy(), time.time() if now is None else now
+
         async def op(c: _Conn) -> tuple[Totals, bool]:
             cur = await c.execute(
-                "INSERT INTO apikey_principals (name, budget) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (principal, budget),
+                f"INSERT INTO apikey_principals (name, budget, period_start, {_POLICY})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (principal, budget, period_start(chosen.period, now), *chosen.row()),
             )
             if cur.rowcount == 1:
                 await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, principal))
+                if chosen != Policy():
+                    await c.execute(_LOG, (time.time(), "policy", CONFIGURATION, None, None, chosen.describe(),
+                                           principal))  # fmt: skip
             return await _totals(c, principal), cur.rowcount == 1
 
         return await self._run(op)
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+    async def _roll(self, c: _Conn, principal: str, now: float) -> float | None:
+        """Begin the period `now` is in if it is past the principal's (row locked); the current period's start,
+        or None for an unknown principal."""
+        row = await (await c.execute("SELECT period, period_start, spent FROM apikey_principals WHERE name = %s"
+                                     " FOR UPDATE", (principal,))).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        period, stored, spent = row
+        if (start := rolled(period, stored, now)) is None:
+            return float(stored)
+        await c.execute("UPDATE apikey_principals SET period_start = %s, spent = 0 WHERE name = %s", (start, principal))
+        await c.execute(_LOG, (time.time(), "period", CONFIGURATION, None, spent,
+                               f"{label(period, stored)} ended with {spent} spent", principal))  # fmt: skip
+        return start
+
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, now: float | None = None
+    ) -> Reservation:
         reservation = new_reservation(principal, credits, purpose, own_key)
+        now = time.time() if now is None else now
 
         async def op(c: _Conn) -> bool:
+            if (current := await self._roll(c, principal, now)) is None:
+                return False
+            reservation.period_start = current
             cur = await c.execute(_RESERVE, {"c": credits, "p": principal, "id": reservation.id, "purpose": purpose,
-                                             "own": own_key, "t": reservation.created_at,
+                                             "own": own_key, "t": reservation.created_at, "ps": current,
                                              "actor": principal_actor(principal)})  # fmt: skip
             return await cur.fetchone() is not None
 
-        if not await self._run(op, one_statement=True):
-            totals = await self.totals(principal)
+        if not await self._run(op):
+            totals = await self.totals(principal, now=now)
             raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
         return reservation
 
@@ -182,8 +220,52 @@ class PostgresLedgerStore:
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
-    async def totals(self, principal: str) -> Totals:
-        return await self._run(lambda c: _totals(c, principal), one_statement=True)
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now),
+                               one_statement=True)  # fmt: skip
+
+    async def policy(self, principal: str) -> Policy:
+        rows = await self._rows(f"SELECT {_POLICY} FROM apikey_principals WHERE name = %s", (principal,))
+        if not rows:
+            raise UnknownPrincipalError(f"no principal '{principal}'")
+        return Policy.of(*rows[0])
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        now = time.time() if now is None else now
+
+        async def op(c: _Conn) -> Policy:
+            if (current := await self._roll(c, principal, now)) is None:
+                raise UnknownPrincipalError(f"no principal '{principal}'")
+            old = (await (await c.execute("SELECT period FROM apikey_principals WHERE name = %s", (principal,)))
+                   .fetchone())[0]  # type: ignore[index]  # fmt: skip
+            if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
+                start = period_start(policy.period, now)
+                await c.execute("UPDATE apikey_reservations SET period_start = %s WHERE principal = %s"
+                                " AND state = 'reserved' AND period_start = %s",
+                                (start, principal, current))  # fmt: skip
+                await c.execute("UPDATE apikey_principals SET period_start = %s WHERE name = %s", (start, principal))
+            await c.execute("UPDATE apikey_principals SET max_per_call = %s, allow = %s, period = %s, alert_at = %s"
+                            " WHERE name = %s", (*policy.row(), principal))  # fmt: skip
+            await c.execute(_LOG, (time.time(), "policy", actor, None, None, policy.describe(), principal))
+            return policy
+
+        return await self._run(op)
+
+    async def policies(self) -> dict[str, Policy]:
+        rows = await self._rows(f"SELECT name, {_POLICY} FROM apikey_principals ORDER BY name")
+        return {name: Policy.of(*rest) for name, *rest in rows}
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        async def op(c: _Conn) -> bool:
+            cur = await c.execute("INSERT INTO apikey_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                                  " RETURNING threshold",
+                                  (principal, period_start, threshold, time.time()))  # fmt: skip
+            made = await cur.fetchone() is not None
+            if made:
+                await c.execute(_LOG, (time.time(), "alert", CONFIGURATION, None, None, f"{threshold}%", principal))
+            return made
+
+        return await self._run(op)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         if credits < 0:
@@ -252,15 +334,18 @@ class PostgresLedgerStore:
         await self._pool.close()
 
 
-async def _totals(c: _Conn, principal: str) -> Totals:
-    row = await (await c.execute("SELECT budget, spent, reserved FROM apikey_principals WHERE name = %s",
-                                 (principal,))).fetchone()  # fmt: skip
+async def _totals(c: _Conn, principal: str, now: float | None = None) -> Totals:
+    """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
+    row = await (await c.execute("SELECT budget, spent, reserved, period, period_start FROM apikey_principals"
+                                 " WHERE name = %s", (principal,))).fetchone()  # fmt: skip
     if row is None:
         raise UnknownPrincipalError(f"no principal '{principal}'")
-    return Totals(*row)
+    budget, spent, reserved, period, stored = row
+    renewed = now is not None and rolled(period, stored, now) is not None
+    return Totals(budget, 0 if renewed else spent, reserved)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, made_in = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at)  # fmt: skip
+                       bool(own_key), created_at, made_in)  # fmt: skip

@@ -29,6 +29,8 @@ from ..budget import (
     new_reservation,
     principal_actor,
 )
+from ..periods import iso, label, period_start, rolled
+from ..policy import Policy
 from .common import StoreRefusedError
 from .migrate import is_v1, migrate_v1
 from .upgrades import BASE_VERSION, upgrade_sqlite
@@ -54,7 +56,8 @@ CREATE TABLE IF NOT EXISTS events (
     reserved INTEGER NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
 """
-_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at"
+_COLUMNS = "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, period_start"
+_POLICY = "max_per_call, allow, period, alert_at"
 
 
 class SqliteLedgerStore:
@@ -95,19 +98,46 @@ class SqliteLedgerStore:
             (time.time(), kind, actor, rid, credits, detail, principal),
         )
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
+        chosen, now = policy or Policy(), time.time() if now is None else now
+
         def op(c: sqlite3.Connection) -> tuple[Totals, bool]:
-            created = c.execute("INSERT OR IGNORE INTO principals (name, budget) VALUES (?, ?)", (principal, budget))
+            created = c.execute(
+                f"INSERT OR IGNORE INTO principals (name, budget, period_start, {_POLICY})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (principal, budget, period_start(chosen.period, now), *chosen.row()),
+            )
             if created.rowcount == 1:
                 self._log(c, principal, "budget", CONFIGURATION, None, budget)
+                if chosen != Policy():
+                    self._log(c, principal, "policy", CONFIGURATION, None, None, chosen.describe())
             return _totals(c, principal), created.rowcount == 1
 
         return await self._run(op)
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False) -> Reservation:
+    def _roll(self, c: sqlite3.Connection, principal: str, now: float) -> float:
+        """Begin the period `now` is in if it is past the principal's; the current period's start."""
+        row = c.execute("SELECT period, period_start, spent FROM principals WHERE name = ?", (principal,)).fetchone()
+        if row is None:
+            raise UnknownPrincipalError(f"no principal '{principal}'")
+        period, stored, spent = row
+        if (start := rolled(period, stored, now)) is None:
+            return float(stored)
+        c.execute("UPDATE principals SET period_start = ?, spent = 0 WHERE name = ?", (start, principal))
+        ended = f"{label(period, stored)} ended with {spent} spent"
+        self._log(c, principal, "period", CONFIGURATION, None, spent, ended)
+        return start
+
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, now: float | None = None
+    ) -> Reservation:
         reservation = new_reservation(principal, credits, purpose, own_key)
+        now = time.time() if now is None else now
 
         def op(c: sqlite3.Connection) -> None:
+            reservation.period_start = self._roll(c, principal, now)
             held = c.execute(
                 "UPDATE principals SET reserved = reserved + ? WHERE name = ? AND spent + reserved + ? <= budget",
                 (credits, principal, credits),
@@ -116,10 +146,11 @@ class SqliteLedgerStore:
                 totals = _totals(c, principal)
                 raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
             c.execute(
-                "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at)"
-                " VALUES (?, ?, ?, ?, ?, 'reserved', ?)",
-                (reservation.id, principal, credits, purpose, int(own_key), reservation.created_at),
-            )
+                "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at, period_start)"
+                " VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                (reservation.id, principal, credits, purpose, int(own_key), reservation.created_at,
+                 reservation.period_start),
+            )  # fmt: skip
             self._log(c, principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
 
         await self._run(op)
@@ -142,16 +173,19 @@ class SqliteLedgerStore:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET state = ?, charged = ?, closed_at = ? WHERE id = ? AND state = 'reserved'"
-                " RETURNING principal, credits",
+                " RETURNING principal, credits, period_start",
                 (str(state), charged, time.time(), reservation_id),
             ).fetchone()
             if row is None:
                 return False
-            principal, credits = row
+            principal, credits, made_in = row
+            current = c.execute("SELECT period_start FROM principals WHERE name = ?", (principal,)).fetchone()[0]
+            counted = charged if made_in == current else 0  # a charge counts in the period it was reserved in
             c.execute("UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
-                      (credits, charged, principal))  # fmt: skip
+                      (credits, counted, principal))  # fmt: skip
             kind = "settle" if state == ReservationState.SETTLED else "release"
-            self._log(c, principal, kind, actor or principal_actor(principal), reservation_id, charged)
+            self._log(c, principal, kind, actor or principal_actor(principal), reservation_id, charged,
+                      None if made_in == current else f"period {iso(made_in)}")  # fmt: skip
             return True
 
         return await self._run(op)
@@ -164,8 +198,48 @@ class SqliteLedgerStore:
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
-    async def totals(self, principal: str) -> Totals:
-        return await self._run(lambda c: _totals(c, principal), write=False)
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now), write=False)
+
+    async def policy(self, principal: str) -> Policy:
+        row = await self._run(lambda c: c.execute(f"SELECT {_POLICY} FROM principals WHERE name = ?", (principal,))
+                              .fetchone(), write=False)  # fmt: skip
+        if row is None:
+            raise UnknownPrincipalError(f"no principal '{principal}'")
+        return Policy.of(*row)
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        now = time.time() if now is None else now
+
+        def op(c: sqlite3.Connection) -> Policy:
+            current = self._roll(c, principal, now)
+            old = c.execute("SELECT period FROM principals WHERE name = ?", (principal,)).fetchone()[0]
+            if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
+                start = period_start(policy.period, now)
+                c.execute("UPDATE reservations SET period_start = ? WHERE principal = ? AND state = 'reserved'"
+                          " AND period_start = ?", (start, principal, current))  # fmt: skip
+                c.execute("UPDATE principals SET period_start = ? WHERE name = ?", (start, principal))
+            c.execute("UPDATE principals SET max_per_call = ?, allow = ?, period = ?, alert_at = ? WHERE name = ?",
+                      (*policy.row(), principal))  # fmt: skip
+            self._log(c, principal, "policy", actor, None, None, policy.describe())
+            return policy
+
+        return await self._run(op)
+
+    async def policies(self) -> dict[str, Policy]:
+        rows = await self._run(lambda c: c.execute(f"SELECT name, {_POLICY} FROM principals ORDER BY name")
+                               .fetchall(), write=False)  # fmt: skip
+        return {name: Policy.of(*rest) for name, *rest in rows}
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            made = c.execute("INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?)",
+                             (principal, period_start, threshold, time.time()))  # fmt: skip
+            if made.rowcount == 1:
+                self._log(c, principal, "alert", CONFIGURATION, None, None, f"{threshold}%")
+            return made.rowcount == 1
+
+        return await self._run(op)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         if credits < 0:
@@ -225,17 +299,21 @@ class SqliteLedgerStore:
         await anyio.to_thread.run_sync(self._conn.close)
 
 
-def _totals(c: sqlite3.Connection, principal: str) -> Totals:
-    row = c.execute("SELECT budget, spent, reserved FROM principals WHERE name = ?", (principal,)).fetchone()
+def _totals(c: sqlite3.Connection, principal: str, now: float | None = None) -> Totals:
+    """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
+    row = c.execute("SELECT budget, spent, reserved, period, period_start FROM principals WHERE name = ?",
+                    (principal,)).fetchone()  # fmt: skip
     if row is None:
         raise UnknownPrincipalError(f"no principal '{principal}'")
-    return Totals(*row)
+    budget, spent, reserved, period, stored = row
+    renewed = now is not None and rolled(period, stored, now) is not None
+    return Totals(budget, 0 if renewed else spent, reserved)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
-    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at = row
+    id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, made_in = row
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at)  # fmt: skip
+                       bool(own_key), created_at, made_in)  # fmt: skip
 
 
 def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
