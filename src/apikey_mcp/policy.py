@@ -71,7 +71,9 @@ class Policy:
         return "; ".join(parts)
 
     def view(self) -> dict[str, Any]:
-        return {"max_per_call": self.max_per_call, "allow": list(self.allow), "alert_at": self.alert_at}
+        """As budget_status shows it: what is not set is left out (allow is always there; empty: every model)."""
+        view = {"max_per_call": self.max_per_call, "allow": list(self.allow), "alert_at": self.alert_at}
+        return {k: v for k, v in view.items() if v is not None}
 
 
 def _changed_by(principal: str, hosted: bool) -> str:
