@@ -17,7 +17,9 @@ from typing import Any
 
 import anyio
 
-from .budget import OPERATOR, LedgerStore, Reservation, Totals
+from .budget import OPERATOR, LedgerStore, Reservation, Totals, UnknownPrincipalError
+from .periods import PERIODS
+from .policy import Policy
 
 PAGE = 1000
 
@@ -35,6 +37,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
     budget.add_argument("name")
     budget.add_argument("credits", type=int)
+    policy = commands.add_parser("set-policy", parents=[json_flag], help="set a principal's spending policy "
+                                 "(flags not given stay as they are)")  # fmt: skip
+    policy.add_argument("name")
+    policy.add_argument("--max-per-call", metavar="N|none", help="refuse a call estimated above N credits")
+    policy.add_argument("--allow", metavar="MODEL_OR_MODALITY,...|all", help="only these models or modalities "
+                        "(image, video, music, chat, embedding)")  # fmt: skip
+    policy.add_argument("--period", choices=PERIODS, help="the budget renews each day, week or month (UTC)")
+    policy.add_argument("--alert-at", metavar="PERCENT|none", help="alert at this percent of the budget (and 100)")
     listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
     listing.add_argument("--principal", help="only this principal's")
@@ -77,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
 async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     command = args.admin_command
     if command == "principals":
-        rows = [{"principal": name, **_totals(t)} for name, t in await store.principals()]
-        return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining"])
+        policies = await store.policies()
+        rows = [{"principal": name, **_totals(t), **_policy(policies.get(name, Policy()))}
+                for name, t in await store.principals()]  # fmt: skip
+        return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining", *POLICY_COLUMNS])
+    if command == "set-policy":
+        return await _set_policy(store, args)
     if command == "set-budget":
         if args.credits < 0:
             return _fail("a budget must be >= 0 credits")
@@ -110,6 +124,40 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         return 0
     flat = [{**e, "remaining": e["totals"]["remaining"]} for e in events]
     return _out(args, flat, ["seq", "at", "principal", "kind", "actor", "credits", "reservation_id", "remaining"])
+
+
+POLICY_COLUMNS = ["max_per_call", "allow", "period", "alert_at"]
+
+
+def _policy(policy: Policy) -> dict[str, Any]:
+    return {"max_per_call": policy.max_per_call, "allow": ",".join(policy.allow) or None, "period": policy.period,
+            "alert_at": policy.alert_at}  # fmt: skip
+
+
+async def _set_policy(store: LedgerStore, args: argparse.Namespace) -> int:
+    """Change what was given, keep the rest; `none` (or `all` for --allow) lifts a rule."""
+    try:
+        current = await store.policy(args.name)
+    except UnknownPrincipalError:
+        return _fail(f"there is no principal '{args.name}': set its budget first (admin set-budget {args.name} N)")
+    try:
+        changes: dict[str, Any] = {}
+        if args.max_per_call is not None:
+            changes["max_per_call"] = None if args.max_per_call == "none" else int(args.max_per_call)
+        if args.alert_at is not None:
+            changes["alert_at"] = None if args.alert_at == "none" else int(args.alert_at)
+        if args.allow is not None:
+            changes["allow"] = Policy.of(None, "" if args.allow == "all" else args.allow, None, None).allow
+        if args.period is not None:
+            changes["period"] = args.period
+        chosen = Policy(**{**vars(current), **changes})
+    except ValueError as exc:
+        return _fail(str(exc) if str(exc).startswith("--") else f"--max-per-call and --alert-at take a whole number "
+                     f"or 'none' ({exc})")  # fmt: skip
+    await store.set_policy(args.name, chosen, OPERATOR)
+    totals = await store.totals(args.name)
+    return _out(args, [{"principal": args.name, **_totals(totals), **_policy(chosen)}],
+                ["principal", "budget", "remaining", *POLICY_COLUMNS])  # fmt: skip
 
 
 def _totals(totals: Totals) -> dict[str, int]:

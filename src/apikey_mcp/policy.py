@@ -8,7 +8,7 @@ not even a price), the cap after it. Each refusal names the rule and who can cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .periods import PERIODS
@@ -53,9 +53,6 @@ class Policy:
     def row(self) -> tuple[int | None, str | None, str, int | None]:
         """As the stores keep it: max_per_call, allow (comma-separated or NULL), period, alert_at."""
         return self.max_per_call, ",".join(self.allow) or None, self.period, self.alert_at
-
-    def changed(self, **changes: Any) -> Policy:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def thresholds(self) -> list[int]:
         """The percents of the budget that raise an alert, each once per period."""
