@@ -1,30 +1,27 @@
 """Confirmation above a threshold (`--confirm-above`): a paid call estimated above it asks the human first.
 
-The question goes out through MCP elicitation after the estimate and the policy checks, before anything is
-reserved. Only an approval lets the call go on; a decline, a cancel, or a client that cannot ask (no
-elicitation, no back channel) refuses it, with nothing reserved or created. An approval never lifts the
-budget or the operator's policy: the reservation that follows is checked as always. The server binds how to
-ask for each request (`asking`); the service knows nothing of MCP.
+The question goes out through MCP elicitation after the policy checks and the estimate, before anything is
+reserved: a resolver of each paid tool asks it (asking.py), which the SDK sends mid-call to clients of earlier
+protocols and as an `input_required` round to newer ones. The tool body binds the answer (`answered`) and the
+service checks it (`confirm_spend`) right before reserving. Only an approval lets the call go on; a decline, a
+cancel, or a client that cannot be asked (no elicitation) refuses it, with nothing reserved or created. An
+approval never lifts the budget or the operator's policy: the reservation that follows is checked as always.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from mcp.server.elicitation import AcceptedElicitation, elicit_with_validation
-from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, Field
 
-from .budget import Totals
 from .gateway.models import EstimateRequest
 from .policy import PolicyRefusedError
 
-Asker = Callable[[str], Awaitable[bool | None]]  # True: approved; False: declined or cancelled; None: cannot ask
-_asker: ContextVar[Asker | None] = ContextVar("apikey_mcp_asker", default=None)
 SETTING = "--confirm-above / APIKEY_CONFIRM_ABOVE"
+_answer: ContextVar[Any] = ContextVar("apikey_mcp_spend_answer", default=None)
 
 
 class ConfirmationRefusedError(PolicyRefusedError):
@@ -36,30 +33,17 @@ class SpendApproval(BaseModel):
 
 
 @contextmanager
-def asking(ask: Asker | None) -> Iterator[None]:
-    token = _asker.set(ask)
+def answered(answer: Any) -> Iterator[None]:
+    """Bind the human's answer (an ElicitationResult[SpendApproval]) for the paid call that follows."""
+    token = _answer.set(answer)
     try:
         yield
     finally:
-        _asker.reset(token)
+        _answer.reset(token)
 
 
-def elicitor(session: Any, related_request_id: Any) -> Asker:
-    """Ask the client of `session` (in the request `related_request_id`) with a form of one yes/no field."""
-
-    async def ask(message: str) -> bool | None:
-        capabilities = session.client_capabilities
-        if capabilities is None or capabilities.elicitation is None:
-            return None
-        try:
-            answer = await elicit_with_validation(session, message, SpendApproval, related_request_id)
-        except MCPError:  # no back channel (a stateless request), or the client failed to answer
-            return None
-        except ValueError:  # accepted with no or a malformed answer: not an approval
-            return False
-        return isinstance(answer, AcceptedElicitation) and answer.data.approve
-
-    return ask
+def question(plan: EstimateRequest, credits: int, remaining: int) -> str:
+    return f"{describe(plan)} for {credits} credits? {max(remaining - credits, 0)} left"
 
 
 def describe(plan: EstimateRequest) -> str:
@@ -77,20 +61,16 @@ def describe(plan: EstimateRequest) -> str:
     return f"Embed texts with {plan.model}"
 
 
-async def confirm_spend(above: int | None, plan: EstimateRequest, credits: int, totals: Totals) -> None:
-    """Ask before a call estimated above `above`; raise ConfirmationRefusedError unless the human approves."""
+def confirm_spend(above: int | None, plan: EstimateRequest, credits: int) -> None:
+    """Raise ConfirmationRefusedError for a call estimated above `above` that the human did not approve."""
     if above is None or credits <= above:
         return
-    ask = _asker.get()
-    left = max(totals.remaining - credits, 0)
-    answer = await ask(f"{describe(plan)} for {credits} credits? {left} left") if ask is not None else None
-    if answer:
+    answer = _answer.get()
+    data = getattr(answer, "data", None)  # AcceptedElicitation: the form; None when not asked or refused
+    if data is not None and getattr(data, "approve", False) is True:
         return
-    why = (
-        "the human did not approve it"
-        if answer is False
-        else "this client cannot ask the human (it has no elicitation)"
-    )
+    asked = answer is not None and not (getattr(answer, "action", None) == "accept" and data is None)
+    why = "the human did not approve it" if asked else "this client cannot ask the human (it has no elicitation)"
     raise ConfirmationRefusedError(
         f"Not confirmed: {describe(plan)} for {credits} credits needs the human's approval, because calls above "
         f"{above} credits are asked first ({SETTING}), and {why}. Nothing was reserved or created. Choose a job "

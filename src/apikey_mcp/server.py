@@ -34,7 +34,6 @@ from . import __version__
 from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
 from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
-from .confirm import asking, elicitor
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import DOCUMENT_PATHS
 from .results import MAX_PAGE
@@ -144,7 +143,7 @@ async def _bind_service(ctx: ServerRequestContext[Any, Any], call_next: CallNext
         raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
     except LedgerUnavailableError as exc:
         raise MCPError(code=INTERNAL_ERROR, message=f"The budget ledger is unavailable ({exc}); try again.") from None
-    with serving(service), asking(elicitor(ctx.session, ctx.request_id)):  # --confirm-above asks this client
+    with serving(service):
         return await call_next(ctx)
 
 

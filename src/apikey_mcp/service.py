@@ -94,6 +94,23 @@ class InputError(ValueError):
     """A request we can refuse before spending anything; the message says what to change."""
 
 
+def chat_plan(request: ChatRequest) -> EstimateRequest:
+    """The estimate that bounds a chat call: no tokenizer makes more tokens than bytes; whole content parts are
+    counted, images and all."""
+    bound_in = sum(len(json.dumps(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+    max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
+    return EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
+
+
+def embed_plan(request: EmbeddingRequest) -> EstimateRequest:
+    """The estimate that bounds an embeddings call (no tokenizer gives more tokens than bytes)."""
+    texts = [request.input] if isinstance(request.input, str) else request.input
+    if not texts or not all(texts):
+        raise InputError("input must be a non-empty text or a list of non-empty texts.")
+    bound = sum(len(t.encode()) for t in texts)
+    return EstimateRequest(model=request.model, modality="embedding", input_tokens=bound)
+
+
 class Service:
     """One principal's view of the gateway: its ledger and tasks, the shared client and caches.
 
@@ -266,12 +283,18 @@ class Service:
 
     # ------------------------------------------------------------ chat and embeddings
 
+    async def price(self, plan: EstimateRequest) -> tuple[int, int]:
+        """What a paid call would cost and what is left, after the policy's checks (for --confirm-above's question)."""
+        await self._check_model(plan.model, plan.modality)
+        estimate = await self.client.estimate(plan)
+        purpose = f"{plan.modality} with {plan.model}"
+        check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
+        return estimate.credits, (await self.ledger.totals()).remaining
+
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self._check_model(request.model, "chat")
-        max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
-        # No tokenizer makes more tokens than bytes; whole content parts are counted, images and all.
-        bound_in = sum(len(json.dumps(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
-        plan = EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
+        plan = chat_plan(request)
+        max_tokens = plan.output_tokens
 
         async def send(reservation: Reservation) -> ChatCompletion:
             update = {"max_tokens": max_tokens, "max_credits": reservation.credits}
@@ -287,11 +310,7 @@ class Service:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingsResult:
         await self._check_model(request.model, "embedding")
-        texts = [request.input] if isinstance(request.input, str) else request.input
-        if not texts or not all(texts):
-            raise InputError("input must be a non-empty text or a list of non-empty texts.")
-        bound = sum(len(t.encode()) for t in texts)  # no tokenizer gives more tokens than bytes
-        plan = EstimateRequest(model=request.model, modality="embedding", input_tokens=bound)
+        plan = embed_plan(request)
 
         async def send(reservation: Reservation) -> EmbeddingList:
             return await self.client.create_embeddings(request.model_copy(update={"max_credits": reservation.credits}))
@@ -348,7 +367,7 @@ class Service:
         then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
         check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
-        await confirm_spend(self.settings.confirm_above, plan, estimate.credits, await self.ledger.totals())
+        confirm_spend(self.settings.confirm_above, plan, estimate.credits)
         return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover)
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
