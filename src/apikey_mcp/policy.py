@@ -31,6 +31,7 @@ class Policy:
     alert_at: int | None = None  # percent of the budget at which the operator hears (and at 100%)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", tuple(sorted(set(self.allow))))  # one spelling, as the stores keep it
         if self.max_per_call is not None and self.max_per_call < 0:
             raise ValueError("--max-per-call must be at least 0 credits")
         if self.period not in PERIODS:
@@ -43,7 +44,7 @@ class Policy:
     @classmethod
     def of(cls, max_per_call: int | None, allow: str | None, period: str | None, alert_at: int | None) -> Policy:
         """From the stored (or flag) form: `allow` comma-separated."""
-        entries = tuple(sorted({e.strip() for e in (allow or "").split(",") if e.strip()}))
+        entries = tuple(e.strip() for e in (allow or "").split(",") if e.strip())
         return cls(max_per_call, entries, period or "none", alert_at)
 
     @classmethod
