@@ -20,6 +20,8 @@ class Receiver:
     url: str
     posts: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     failures: int = 0  # answer the first N posts with 503 (the sender must retry)
+    gate: threading.Event = field(default_factory=threading.Event)  # posts wait here until it is set
+    arrived: int = 0  # posts received, answered or not
 
     def alerts(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.posts]
@@ -31,12 +33,16 @@ class Receiver:
 
 
 @contextmanager
-def receiving(failures: int = 0) -> Iterator[Receiver]:
+def receiving(failures: int = 0, *, held: bool = False) -> Iterator[Receiver]:
+    """A receiver on a loopback port; `held`: each post waits, unanswered, until `gate` is set."""
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with lock:
+                receiver.arrived += 1
+            receiver.gate.wait(timeout=30)
             with lock:
                 refuse = receiver.failures > 0
                 if refuse:
@@ -51,11 +57,14 @@ def receiving(failures: int = 0) -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     receiver = Receiver(f"http://127.0.0.1:{server.server_address[1]}/alerts", failures=failures)
+    if not held:
+        receiver.gate.set()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield receiver
     finally:
+        receiver.gate.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -130,3 +130,18 @@ async def test_an_alert_the_receiver_refuses_is_retried_with_backoff(tmp_path: P
                 await wait_until(lambda: len(receiver.posts) == 1)
                 group.cancel_scope.cancel()
     assert slept == [0.5, 1.0] and json.loads(receiver.posts[0][1])["threshold"] == 100 and receiver.all_signed()
+
+
+async def test_the_call_that_crosses_a_threshold_does_not_wait_for_the_webhook(
+    sandbox_server: SandboxServer, sandbox: Sandbox
+) -> None:
+    with receiving(held=True) as receiver:
+        settings = settings_for(sandbox_server, session_budget=40, alert_webhook=receiver.url, alert_secret=SECRET)
+        async with Client(build_server(settings)) as client:
+            started = await call(client, "generate_video", **VIDEO)  # 40 of 40: the 100% alert
+            await wait_until(lambda: receiver.arrived == 1)  # the post is in flight, held unanswered...
+            status = await call(client, "budget_status")  # ...and the server goes on answering meanwhile
+            receiver.gate.set()
+            await wait_until(lambda: len(receiver.posts) == 1)
+    assert started["task_id"] in sandbox.tasks and status["remaining"] == 0
+    assert receiver.alerts()[0]["threshold"] == 100 and receiver.all_signed()
