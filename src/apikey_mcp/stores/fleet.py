@@ -118,7 +118,8 @@ class Fleet:
         """Open reservations tied to a task nobody watches (no lease, or an expired one): to be taken over."""
         rows = await self.store._rows(
             "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at FROM apikey_reservations r LEFT JOIN apikey_task_leases l ON l.task_id = r.task_id"
+            " r.created_at, r.period_start FROM apikey_reservations r LEFT JOIN apikey_task_leases l"
+            " ON l.task_id = r.task_id"
             " WHERE r.state = 'reserved' AND r.task_id IS NOT NULL AND NOT r.own_key"
             " AND (l.task_id IS NULL OR l.lease_until < clock_timestamp()) ORDER BY r.created_at LIMIT %s", (limit,),
         )  # fmt: skip
