@@ -140,7 +140,7 @@ class Fleet:
         """The task's owner, latest state and reservation; with `principal`, only if it is that principal's."""
         rows = await self.store._rows(
             "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, s.principal, s.body FROM apikey_task_states s"
+            " r.created_at, r.period_start, s.principal, s.body FROM apikey_task_states s"
             " FULL JOIN apikey_reservations r ON r.task_id = s.task_id WHERE coalesce(s.task_id, r.task_id) = %s"
             " ORDER BY r.state = 'reserved' DESC, r.created_at LIMIT 1", (task_id,),
         )  # fmt: skip
