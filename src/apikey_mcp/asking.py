@@ -13,7 +13,7 @@ from mcp.server.mcpserver import Context, Elicit
 from .answers import agent_errors
 from .confirm import SpendApproval, question
 from .gateway.models import ChatMessage, ChatRequest, EmbeddingRequest, EstimateRequest
-from .service import chat_plan, embed_plan
+from .plans import chat_plan, embed_plan
 
 
 async def _ask(ctx: Context, plan: EstimateRequest) -> Elicit[SpendApproval] | None:
@@ -60,6 +60,4 @@ async def ask_chat(
 
 
 async def ask_embeddings(ctx: Context, model: str, input: list[str]) -> Elicit[SpendApproval] | None:
-    with agent_errors():
-        plan = embed_plan(EmbeddingRequest(model=model, input=input))
-    return await _ask(ctx, plan)
+    return await _ask(ctx, embed_plan(EmbeddingRequest(model=model, input=input)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .periods import PERIODS
+from .periods import PERIODS, iso, period_end, period_start
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -72,6 +72,11 @@ class Policy:
         """As budget_status shows it: what is not set is left out (allow is always there; empty: every model)."""
         view = {"max_per_call": self.max_per_call, "allow": list(self.allow), "alert_at": self.alert_at}
         return {k: v for k, v in view.items() if v is not None}
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What budget_status shows of it at `now`: the policy, the period's name, and when it renews (ISO, UTC)."""
+        end = period_end(self.period, period_start(self.period, now))
+        return {"policy": self.view(), "period": self.period, "resets_at": iso(end) if end is not None else None}
 
 
 def _changed_by(principal: str, hosted: bool) -> str:

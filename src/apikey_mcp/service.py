@@ -7,7 +7,6 @@ The protocol after the estimate, and how each failure is sorted, is in paid.py.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -40,7 +39,7 @@ from .gateway.models import (
     plan_for,
 )
 from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
-from .periods import iso, period_end, period_start
+from .plans import chat_plan, embed_plan
 from .policy import check_allowed, check_cap
 from .results import (
     BudgetStatus,
@@ -60,10 +59,8 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
 _Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
-DEFAULT_MAX_TOKENS = 1024
 SAVE_GRACE = 0.25  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
 OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more than any real session holds, bounded
-MESSAGE_OVERHEAD_TOKENS = 8  # per chat message, on top of its text, in the reservation bound
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
 
 
@@ -92,23 +89,6 @@ class Cache:
 
 class InputError(ValueError):
     """A request we can refuse before spending anything; the message says what to change."""
-
-
-def chat_plan(request: ChatRequest) -> EstimateRequest:
-    """The estimate that bounds a chat call: no tokenizer makes more tokens than bytes; whole content parts are
-    counted, images and all."""
-    bound_in = sum(len(json.dumps(m.content).encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
-    max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
-    return EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
-
-
-def embed_plan(request: EmbeddingRequest) -> EstimateRequest:
-    """The estimate that bounds an embeddings call (no tokenizer gives more tokens than bytes)."""
-    texts = [request.input] if isinstance(request.input, str) else request.input
-    if not texts or not all(texts):
-        raise InputError("input must be a non-empty text or a list of non-empty texts.")
-    bound = sum(len(t.encode()) for t in texts)
-    return EstimateRequest(model=request.model, modality="embedding", input_tokens=bound)
 
 
 class Service:
@@ -150,11 +130,8 @@ class Service:
     async def budget_status(self, limit: int = 5, offset: int = 0) -> BudgetStatus:
         """The totals and one page of the open reservations (counted up to OPEN_SCAN)."""
         totals, held = await self.ledger.totals(), await self.ledger.open_reservations(OPEN_SCAN)
-        policy, now = await self.ledger.policy(), self.ledger.clock()
-        end = period_end(policy.period, period_start(policy.period, now))
-        status = BudgetStatus.page(totals, held, limit, offset)
-        return status.model_copy(update={"policy": policy.view(), "period": policy.period,
-                                         "resets_at": iso(end) if end is not None else None})  # fmt: skip
+        shown = (await self.ledger.policy()).status(self.ledger.clock())  # policy, period, resets_at
+        return BudgetStatus.page(totals, held, limit, offset).model_copy(update=shown)
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)
@@ -310,6 +287,9 @@ class Service:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingsResult:
         await self._check_model(request.model, "embedding")
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        if not texts or not all(texts):
+            raise InputError("input must be a non-empty text or a list of non-empty texts.")
         plan = embed_plan(request)
 
         async def send(reservation: Reservation) -> EmbeddingList:
