@@ -62,17 +62,21 @@ _LOG = (
 )
 
 # A reservation in one statement, one round trip: the conditional UPDATE decides; the reservation and its
-# audit line are inserted only from the row it returned.
+# audit line are inserted only from the row it returned. It holds only while the principal's period is current
+# at the server's time (the starts of the day, week and month then are passed in): when a new one is due, no
+# row comes back and `reserve` renews the period first, in a transaction (once per period).
 _RESERVE = """
 WITH held AS (
     UPDATE apikey_principals SET reserved = reserved + %(c)s
-    WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name, budget, spent, reserved),
+    WHERE name = %(p)s AND spent + reserved + %(c)s <= budget AND period_start >=
+        CASE period WHEN 'day' THEN %(day)s WHEN 'week' THEN %(week)s WHEN 'month' THEN %(month)s ELSE 0 END
+    RETURNING name, budget, spent, reserved, period_start),
 made AS (
     INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at, period_start)
-    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s, %(ps)s FROM held RETURNING id)
+    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s, period_start FROM held RETURNING id)
 INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail)
 SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s FROM held
-RETURNING seq
+RETURNING (SELECT period_start FROM held)
 """
 # Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
 # The charge counts in the period the reservation was made in: not in the current one if that has renewed since.
@@ -174,16 +178,20 @@ class PostgresLedgerStore:
         reservation = new_reservation(principal, credits, purpose, own_key)
         now = time.time() if now is None else now
 
-        async def op(c: _Conn) -> bool:
-            if (current := await self._roll(c, principal, now)) is None:
-                return False
-            reservation.period_start = current
-            cur = await c.execute(_RESERVE, {"c": credits, "p": principal, "id": reservation.id, "purpose": purpose,
-                                             "own": own_key, "t": reservation.created_at, "ps": current,
-                                             "actor": principal_actor(principal)})  # fmt: skip
-            return await cur.fetchone() is not None
+        params = {"c": credits, "p": principal, "id": reservation.id, "purpose": purpose, "own": own_key,
+                  "t": reservation.created_at, "actor": principal_actor(principal),
+                  **{kind: period_start(kind, now) for kind in ("day", "week", "month")}}  # fmt: skip
 
-        if not await self._run(op):
+        async def hold(c: _Conn) -> bool:
+            row = await (await c.execute(_RESERVE, params)).fetchone()
+            if row is not None:
+                reservation.period_start = row[0]
+            return row is not None
+
+        async def renew_then_hold(c: _Conn) -> bool:  # the period is due to renew (or the hold does not fit)
+            return await self._roll(c, principal, now) is not None and await hold(c)
+
+        if not await self._run(hold, one_statement=True) and not await self._run(renew_then_hold):
             totals = await self.totals(principal, now=now)
             raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
         return reservation

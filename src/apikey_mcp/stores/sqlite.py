@@ -136,15 +136,14 @@ class SqliteLedgerStore:
         reservation = new_reservation(principal, credits, purpose, own_key)
         now = time.time() if now is None else now
 
-        def op(c: sqlite3.Connection) -> None:
-            reservation.period_start = self._roll(c, principal, now)
+        def op(c: sqlite3.Connection) -> Totals | None:
+            reservation.period_start = self._roll(c, principal, now)  # kept even if the hold is refused
             held = c.execute(
                 "UPDATE principals SET reserved = reserved + ? WHERE name = ? AND spent + reserved + ? <= budget",
                 (credits, principal, credits),
             )
             if held.rowcount != 1:
-                totals = _totals(c, principal)
-                raise BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
+                return _totals(c, principal)
             c.execute(
                 "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at, period_start)"
                 " VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?)",
@@ -152,8 +151,10 @@ class SqliteLedgerStore:
                  reservation.period_start),
             )  # fmt: skip
             self._log(c, principal, "reserve", principal_actor(principal), reservation.id, credits, purpose)
+            return None
 
-        await self._run(op)
+        if (refused := await self._run(op)) is not None:
+            raise BudgetExceededError(credits, max(refused.remaining, 0), refused.budget, purpose)
         return reservation
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
