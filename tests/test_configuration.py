@@ -35,6 +35,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
         (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
         (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
         ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
+        ([], {"APIKEY_ALERT_AT": "120"}, "--alert-at / APIKEY_ALERT_AT must be at most 100 (got '120')."),
+        (["--confirm-above", "-5"], {}, "--confirm-above / APIKEY_CONFIRM_ABOVE must be at least 0 (got -5)."),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:
