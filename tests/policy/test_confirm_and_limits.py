@@ -62,7 +62,7 @@ async def test_a_client_without_elicitation_is_refused_above_confirm_above_and_n
     assert budget["reserved"] == 0 and await store.reservations() == []
 
 
-async def test_over_stdio_the_human_approves_through_the_real_client(
+async def test_over_stdio_the_human_is_asked_through_the_real_client_and_a_decline_creates_nothing(
     sandbox_server: SandboxServer, sandbox: Sandbox
 ) -> None:
     elicitation, asked = answering("decline")
