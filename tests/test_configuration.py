@@ -39,6 +39,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
         ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
         (["--media-origin", "https://ok.example", "--media-origin", "ftp://x"], {},
          "--media-origin / APIKEY_MEDIA_ORIGINS must be an http(s) URL (got 'ftp://x')."),
+        ([], {"APIKEY_ALERT_AT": "120"}, "--alert-at / APIKEY_ALERT_AT must be at most 100 (got '120')."),
+        (["--confirm-above", "-5"], {}, "--confirm-above / APIKEY_CONFIRM_ABOVE must be at least 0 (got -5)."),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:

@@ -28,10 +28,12 @@ import anyio
 from pydantic import SecretStr
 
 from . import metrics
+from .alerts import Alerts
 from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
+from .policy import Policy
 from .polling import Pacer
 from .service import Cache, Service
 from .sessions import start_session
@@ -80,8 +82,10 @@ class Accounts:
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep  # the task watchers' clock (tests own it)
     poll_clock: Callable[[], float] = time.monotonic
     local: str = LOCAL  # over stdio: the one principal (the OS user, or --principal)
+    clock: Callable[[], float] = time.time  # wall time, for budget periods (tests own it)
 
     def __post_init__(self) -> None:
+        self.alerts = Alerts(self.settings, self.store, clock=self.clock)
         self._services: dict[str, Service] = {}
         self._own: OrderedDict[tuple[str, str], Service] = OrderedDict()  # (principal, key digest) -> its service
         self._awaiting_key: dict[str, list[tuple[Task, Reservation]]] = {}
@@ -97,6 +101,7 @@ class Accounts:
     async def running(self) -> AsyncIterator[Accounts]:
         """Run every principal's task watchers; resume the tasks the store has open reservations for."""
         async with self.supervisor.running():
+            self.supervisor.service(self.alerts.run, name="alerts")
             if not self.hosted:
                 await start_session(self.store, self.local, self.settings.session_budget)
             await self._restore()
@@ -125,7 +130,9 @@ class Accounts:
             return await self.own_key_service(principal, own_key)
         service = self._services.get(principal)
         if service is None:
-            totals, created = await self.store.ensure_principal(principal, self.settings.session_budget)
+            totals, created = await self.store.ensure_principal(
+                principal, self.settings.session_budget, policy=Policy.default(self.settings), now=self.clock()
+            )
             if not created and totals.budget != self.settings.session_budget and self.hosted:
                 log.info("%s: budget %d from the ledger (the configured %d applies to new principals only; "
                          "change it with apikey-mcp admin set-budget)", principal, totals.budget,
@@ -199,10 +206,6 @@ class Accounts:
                 await client.aclose()
         return service
 
-    def _ledger(self, principal: str, *, own_key: bool = False) -> Ledger:
-        """The principal's ledger, whose reservations record the gateway they are made at."""
-        return Ledger(self.store, principal, own_key=own_key, gateway=self.settings.base_url)
-
     def _own_slot(self, principal: str, slot: tuple[str, str], client: GatewayClient) -> Service:
         mine = [s for s in self._own if s[0] == principal]  # least recently used first
         if len(mine) >= MAX_OWN_KEYS:
@@ -214,6 +217,13 @@ class Accounts:
         service = self._open(principal, self._ledger(principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
         return service
+
+    def _ledger(self, principal: str, *, own_key: bool = False) -> Ledger:
+        """The principal's ledger: its reservations record the gateway they are made at, its periods follow the
+        accounts' clock, and each change is told to the alert checker."""
+        ledger = Ledger(self.store, principal, own_key=own_key, gateway=self.settings.base_url, clock=self.clock)
+        ledger.changed = self.alerts.notice  # a reservation or a charge may cross an alert threshold
+        return ledger
 
     def _open(
         self, principal: str, ledger: Ledger, *, client: GatewayClient | None = None, own_key: bool = False

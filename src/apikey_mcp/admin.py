@@ -18,7 +18,9 @@ from typing import Any
 import anyio
 
 from . import report
-from .budget import OPERATOR, LedgerStore, LedgerUnavailableError, Reservation, Totals
+from .budget import OPERATOR, LedgerStore, LedgerUnavailableError, Reservation, Totals, UnknownPrincipalError
+from .periods import PERIODS
+from .policy import Policy
 from .stores.common import INT64_MAX
 
 PAGE = 1000
@@ -37,6 +39,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
     budget.add_argument("name")
     budget.add_argument("credits", help="whole credits, 0 to 2^63-1")
+    policy = commands.add_parser("set-policy", parents=[json_flag], help="set a principal's spending policy "
+                                 "(flags not given stay as they are)")  # fmt: skip
+    policy.add_argument("name")
+    policy.add_argument("--max-per-call", metavar="N|none", help="refuse a call estimated above N credits")
+    policy.add_argument("--allow", metavar="MODEL_OR_MODALITY,...|all", help="only these models or modalities "
+                        "(image, video, music, chat, embedding)")  # fmt: skip
+    policy.add_argument("--period", choices=PERIODS, help="the budget renews each day, week or month (UTC)")
+    policy.add_argument("--alert-at", metavar="PERCENT|none", help="alert at this percent of the budget (and 100)")
     listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
     listing.add_argument("--lost", action="store_true",
@@ -104,8 +114,12 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     if command == "report":
         return await report.run(store, args)
     if command == "principals":
-        rows = [{"principal": name, **_totals(t)} for name, t in await store.principals()]
-        return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining"])
+        policies = await store.policies()
+        rows = [{"principal": name, **_totals(t), **_policy(policies.get(name, Policy()))}
+                for name, t in await store.principals()]  # fmt: skip
+        return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining", *POLICY_COLUMNS])
+    if command == "set-policy":
+        return await _set_policy(store, args)
     if command == "set-budget":
         totals = await store.set_budget(args.name, _whole(args.credits, "the budget"), OPERATOR)
         return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
@@ -153,6 +167,40 @@ async def _close(store: LedgerStore, args: argparse.Namespace) -> int:
         return _fail(f"reservation {rid} was not closed: {state}")
     assert record is not None
     return _out(args, [_reservation(record)], ["id", "principal", "state", "credits", "charged", "task_id"])
+
+
+POLICY_COLUMNS = ["max_per_call", "allow", "period", "alert_at"]
+
+
+def _policy(policy: Policy) -> dict[str, Any]:
+    return {"max_per_call": policy.max_per_call, "allow": ",".join(policy.allow) or None, "period": policy.period,
+            "alert_at": policy.alert_at}  # fmt: skip
+
+
+async def _set_policy(store: LedgerStore, args: argparse.Namespace) -> int:
+    """Change what was given, keep the rest; `none` (or `all` for --allow) lifts a rule."""
+    try:
+        current = await store.policy(args.name)
+    except UnknownPrincipalError:
+        return _fail(f"there is no principal '{args.name}': set its budget first (admin set-budget {args.name} N)")
+    try:
+        changes: dict[str, Any] = {}
+        if args.max_per_call is not None:
+            changes["max_per_call"] = None if args.max_per_call == "none" else int(args.max_per_call)
+        if args.alert_at is not None:
+            changes["alert_at"] = None if args.alert_at == "none" else int(args.alert_at)
+        if args.allow is not None:
+            changes["allow"] = Policy.of(None, "" if args.allow == "all" else args.allow, None, None).allow
+        if args.period is not None:
+            changes["period"] = args.period
+        chosen = Policy(**{**vars(current), **changes})
+    except ValueError as exc:
+        return _fail(str(exc) if str(exc).startswith("--") else f"--max-per-call and --alert-at take a whole number "
+                     f"or 'none' ({exc})")  # fmt: skip
+    await store.set_policy(args.name, chosen, OPERATOR)
+    totals = await store.totals(args.name)
+    return _out(args, [{"principal": args.name, **_totals(totals), **_policy(chosen)}],
+                ["principal", "budget", "remaining", *POLICY_COLUMNS])  # fmt: skip
 
 
 def _totals(totals: Totals) -> dict[str, int]:

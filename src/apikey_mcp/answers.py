@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from .budget import BudgetExceededError, LedgerUnavailableError
 from .gateway import GatewayError
 from .gateway.models import TaskStatus
+from .policy import PolicyRefusedError
 from .results import COST_META, ChatResult, EmbeddingsResult, TaskResult, TaskStarted, dump
 from .service import InputError, LedgerRefusedError
 from .strict import refusal
@@ -30,6 +31,9 @@ def agent_errors() -> Iterator[None]:
         raise ToolError(over_budget(exc)) from None
     except InputError as exc:
         _sorted("refused_input")
+        raise ToolError(str(exc)) from None
+    except PolicyRefusedError as exc:
+        _sorted("refused_policy")
         raise ToolError(str(exc)) from None
     except LedgerRefusedError as exc:
         _sorted("ledger_unavailable")

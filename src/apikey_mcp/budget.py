@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from . import metrics
+from .policy import Policy
 
 log = logging.getLogger(__name__)
 OPERATOR = "operator"
@@ -69,6 +71,7 @@ class Reservation:
     model: str | None = None
     gateway: str | None = None  # the gateway's URL it was made at: resumed only against that gateway
     lost_at: float | None = None  # unix time the task was marked lost (the gateway stopped knowing it)
+    period_start: float = 0.0  # the budget period it was made in, and whose spending its charge counts in
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ class Event:
     seq: int
     at: float
     principal: str
-    kind: str  # reserve, attach, settle, release, budget, refuse, overcharge (a settle above its hold)
+    kind: str  # reserve, attach, settle, release, budget, refuse, overcharge (a settle above its hold), policy,
+    # period (a new one began), alert
     actor: str
     reservation_id: str | None
     credits: int | None
@@ -125,13 +129,19 @@ REPORT_BY = ("principal", "model", "day")
 class LedgerStore(Protocol):
     """Budgets, reservations, the audit trail and seen callback signatures, each operation atomic."""
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
-        """The principal's totals, creating it with `budget` (actor: configuration) if new; True if created."""
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
+        """The principal's totals, creating it with `budget` and `policy` (actor: configuration) if new; True
+        if created."""
         ...
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
-                      hold: Hold | None = None) -> Reservation:  # fmt: skip
-        """Hold `credits`, or record a `refuse` event, raise BudgetExceededError and hold nothing."""
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        now: float | None = None,
+    ) -> Reservation:  # fmt: skip
+        """Hold `credits` in the principal's current period (renewed first if `now` is past it), or record a
+        `refuse` event, raise BudgetExceededError and hold nothing."""
         ...
 
     async def attach(self, reservation_id: str, task_id: str, modality: str | None = None) -> bool:
@@ -142,15 +152,32 @@ class LedgerStore(Protocol):
         self, reservation_id: str, charged: int, *, actor: str | None = None, detail: str | None = None
     ) -> bool:
         """Close at the real charge; False if already closed. Exactly once. A charge above the hold is recorded
-        in full, with an `overcharge` event after the settle (its credits: the excess). `detail`: why."""
+        in full, with an `overcharge` event after the settle (its credits: the excess). `detail`: why. The charge
+        counts in the period the reservation was made in: not in the current one if that has renewed since."""
         ...
 
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         """Close unspent; False if already closed. Exactly once."""
         ...
 
-    async def totals(self, principal: str) -> Totals:
-        """Running totals, O(1); UnknownPrincipalError if the principal has none."""
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        """Running totals, O(1), spent in the period current at `now`; UnknownPrincipalError if none."""
+        ...
+
+    async def policy(self, principal: str) -> Policy:
+        """The principal's spending policy; UnknownPrincipalError if none."""
+        ...
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        """Change a known principal's policy (UnknownPrincipalError if none). A new period kind starts at `now`'s
+        period, keeping what the current one has spent and the open reservations in it."""
+        ...
+
+    async def policies(self) -> dict[str, Policy]: ...
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        """Record that the alert at `threshold` percent of the period was sent; False if it already was (by any
+        process on this store): the caller that gets True sends it."""
         ...
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
@@ -195,9 +222,16 @@ class Ledger:
     """One principal's view of the store: what the paid-call flow and the task watchers use."""
 
     def __init__(
-        self, store: LedgerStore, principal: str, *, own_key: bool = False, gateway: str | None = None
-    ) -> None:
+        self, store: LedgerStore, principal: str, *, own_key: bool = False, gateway: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
         self.store, self.principal, self.own_key, self.gateway = store, principal, own_key, gateway
+        self.clock = clock
+        self.changed: Callable[[str], None] | None = None  # told after a reservation or a charge (alerts.py)
+
+    def _tell(self) -> None:
+        if self.changed is not None:
+            self.changed(self.principal)
 
     async def reserve(self, credits: int, purpose: str, *, model: str | None = None,
                       modality: str | None = None) -> Reservation:  # fmt: skip
@@ -205,7 +239,10 @@ class Ledger:
             raise ValueError("credits must be >= 0")
         hold = Hold(purpose, model, modality, self.gateway, self.own_key)
         with metrics.ledger_op("reserve"):
-            return await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key, hold=hold)
+            reservation = await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key, hold=hold,
+                                                   now=self.clock())  # fmt: skip
+        self._tell()
+        return reservation
 
     async def attach(self, reservation: Reservation, task_id: str, modality: str | None = None) -> None:
         reservation.task_id, reservation.modality = task_id, modality or reservation.modality
@@ -220,6 +257,7 @@ class Ledger:
             if charged > reservation.credits:
                 log.error("overcharge: the gateway charged %d credits for the %s, over its hold of %d (reservation %s)",
                           charged, reservation.purpose, reservation.credits, reservation.id)  # fmt: skip
+            self._tell()
         return closed
 
     async def release(self, reservation: Reservation) -> bool:
@@ -235,7 +273,10 @@ class Ledger:
 
     async def totals(self) -> Totals:
         with metrics.ledger_op("totals"):
-            return await self.store.totals(self.principal)
+            return await self.store.totals(self.principal, now=self.clock())
+
+    async def policy(self) -> Policy:
+        return await self.store.policy(self.principal)
 
     async def task_reservation(self, task_id: str) -> Reservation | None:
         return await self.store.task_reservation(self.principal, task_id)
@@ -247,10 +288,13 @@ class Ledger:
         return await self.store.set_budget(self.principal, credits, actor)
 
 
-def new_reservation(principal: str, credits: int, purpose: str, own_key: bool, hold: Hold | None = None) -> Reservation:
+def new_reservation(
+    principal: str, credits: int, purpose: str, own_key: bool, hold: Hold | None = None, period_start: float = 0.0
+) -> Reservation:
     hold = hold or Hold(purpose)
     return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time(),
-                       modality=hold.modality, model=hold.model, gateway=hold.gateway)  # fmt: skip
+                       modality=hold.modality, model=hold.model, gateway=hold.gateway,
+                       period_start=period_start)  # fmt: skip
 
 
 def refusal_detail(exc: BudgetExceededError) -> str:

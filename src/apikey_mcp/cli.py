@@ -104,6 +104,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", help="address of the metrics listener (default 127.0.0.1)")
     p.add_argument("--metrics-max-principals", type=int, help="principal labels in metrics; the rest are summed "
                    "under _other (default 100)")  # fmt: skip
+    spending = p.add_argument_group("spending policy (hosted: the default for new principals; admin set-policy)")
+    spending.add_argument(
+        "--confirm-above",
+        type=int,
+        metavar="CREDITS",
+        help="ask the human (elicitation) before a call estimated above this (env APIKEY_CONFIRM_ABOVE)",
+    )
+    spending.add_argument("--max-per-call", type=int, metavar="N", help="refuse a call estimated above N credits")
+    spending.add_argument("--allow", metavar="MODEL_OR_MODALITY,...", help="only these models or modalities")
+    spending.add_argument(
+        "--period",
+        choices=["day", "week", "month", "none"],
+        help="the budget renews each day, week or month (UTC; weeks start Monday), or never (default)",
+    )
+    spending.add_argument(
+        "--alert-at",
+        type=int,
+        metavar="PERCENT",
+        help="alert once a period when spent + reserved cross this percent of the budget (and at 100%%)",
+    )
+    spending.add_argument(
+        "--alert-webhook",
+        metavar="URL",
+        help="POST alerts here, signed with env APIKEY_ALERT_SECRET (env APIKEY_ALERT_WEBHOOK)",
+    )
     hosted = p.add_argument_group("hosted mode (remote agents)")
     hosted.add_argument(
         "--transport",

@@ -73,6 +73,15 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="How long the gateway must answer 404 for a task before it is marked lost."
     )
 
+    # Spending policy (policy.py): confirmation, and the default policy of new principals
+    confirm_above: int | None = Field(default=None, ge=0, description="Ask the human before a call above this.")
+    max_per_call: int | None = Field(default=None, ge=0, description="New principals: credits one call may cost.")
+    allow: str | None = Field(default=None, description="New principals: allowed models or modalities (a,b,c).")
+    period: Literal["none", "day", "week", "month"] = Field(default="none", description="New principals' period.")
+    alert_at: int | None = Field(default=None, ge=1, le=100, description="New principals: alert at this percent.")
+    alert_webhook: str | None = Field(default=None, description="POST budget alerts here, signed.")
+    alert_secret: SecretStr | None = Field(default=None, description="Signs alert webhooks (not the gateway's).")
+
     # Hosted mode (--transport http | sse | streamable-http)
     transport: Literal["stdio", "http", "sse", "streamable-http"] = "stdio"
     host: str = "127.0.0.1"

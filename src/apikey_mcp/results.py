@@ -50,6 +50,9 @@ class BudgetStatus(BudgetTotals):
     open_reservations: list[OpenReservation]  # one page, oldest first
     open_count: int = Field(description="All open reservations.")
     next_offset: int | None = None  # absent on the last page
+    policy: dict[str, Any] | None = None  # the operator's: max_per_call, allow (empty: all), alert_at
+    period: str | None = None  # none, day, week or month (UTC): when the budget renews
+    resets_at: str | None = None  # ISO 8601 UTC; absent when the period is none
 
     @classmethod
     def page(cls, totals: Totals, open: list[Reservation], limit: int = 5, offset: int = 0) -> BudgetStatus:

@@ -75,6 +75,7 @@ def build_server(
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     poll_clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = time.time,
     closed: anyio.Event | None = None,
     request_state_security: RequestStateSecurity | None = None,
     principal: str = LOCAL,
@@ -82,7 +83,8 @@ def build_server(
     """The MCP server for these settings.
 
     Over stdio each session opens its own accounts (one `principal`) on `store` (the CLI passes the local
-    ledger file; a memory store of its own by default; `poll_sleep` and `poll_clock` own the watchers' time).
+    ledger file; a memory store of its own by default; `poll_sleep` and `poll_clock` own the watchers' time,
+    `clock` the budget periods').
     Hosted, the app passes the `accounts` it shares across sessions and transports. `closed` is set once a
     stdio session's accounts have shut down (every unfinished task id logged).
     """
@@ -100,7 +102,7 @@ def build_server(
                 other_secrets=[settings.webhook_secret],
             ) as client:  # fmt: skip
                 opening = Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep,
-                                   poll_clock=poll_clock, local=principal)  # fmt: skip
+                                   poll_clock=poll_clock, local=principal, clock=clock)  # fmt: skip
                 async with opening.running() as opened:
                     yield opened
         finally:

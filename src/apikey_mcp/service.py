@@ -18,8 +18,9 @@ from pydantic import HttpUrl
 
 from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
-from .charges import chat_input_bound, embedding_input_bound, priced_charge
+from .charges import priced_charge
 from .config import Settings
+from .confirm import confirm_spend
 from .download_guards import DiskQuota, TargetGuard
 from .downloads import Downloads
 from .gateway import GatewayClient, GatewayError
@@ -42,6 +43,8 @@ from .gateway.models import (
 )
 from .gateway.webhooks import callback_url
 from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
+from .plans import chat_plan, embed_plan
+from .policy import check_allowed, check_cap
 from .results import (
     BudgetStatus,
     BudgetTotals,
@@ -61,7 +64,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
 _Usage = TypeVar("_Usage", ChatCompletion, EmbeddingList)
-DEFAULT_MAX_TOKENS = 1024
 SAVE_GRACE = 0.25  # seconds a poll may wait past wait_seconds for a finished task's files (small ones make it)
 OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more than any real session holds, bounded
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
@@ -130,7 +132,8 @@ class Service:
     async def budget_status(self, limit: int = 5, offset: int = 0) -> BudgetStatus:
         """The totals and one page of the open reservations (counted up to OPEN_SCAN)."""
         totals, held = await self.ledger.totals(), await self.ledger.open_reservations(OPEN_SCAN)
-        return BudgetStatus.page(totals, held, limit, offset)
+        shown = (await self.ledger.policy()).status(self.ledger.clock())  # policy, period, resets_at
+        return BudgetStatus.page(totals, held, limit, offset).model_copy(update=shown)
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)
@@ -152,7 +155,8 @@ class Service:
         """Refuse an unknown model or one of another modality before anything is estimated or reserved."""
         catalogue = (await self.models()).data
         info = next((m for m in catalogue if m.id == model), None)
-        if info is not None and info.modality == modality:
+        if info is not None and info.modality == modality:  # then the policy's allow-list, before any estimate
+            check_allowed(await self.ledger.policy(), self.ledger.principal, model, modality, hosted=self.hosted)
             return
         choices = ", ".join(m.id for m in catalogue if m.modality == modality) or "none"
         what = f"'{model}' is a {info.modality} model" if info else f"there is no model '{model}'"
@@ -266,11 +270,18 @@ class Service:
 
     # ------------------------------------------------------------ chat and embeddings
 
+    async def price(self, plan: EstimateRequest) -> tuple[int, int]:
+        """What a paid call would cost and what is left, after the policy's checks (for --confirm-above's question)."""
+        await self._check_model(plan.model, plan.modality)
+        estimate = await self.client.estimate(plan)
+        purpose = f"{plan.modality} with {plan.model}"
+        check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
+        return estimate.credits, (await self.ledger.totals()).remaining
+
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self._check_model(request.model, "chat")
-        max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
-        bound_in = chat_input_bound(request.messages)  # every field we forward, images at their most
-        plan = EstimateRequest(model=request.model, modality="chat", input_tokens=bound_in, output_tokens=max_tokens)
+        plan = chat_plan(request)
+        max_tokens = plan.output_tokens
 
         async def send(reservation: Reservation) -> ChatCompletion:
             update = {"max_tokens": max_tokens, "max_credits": reservation.credits}
@@ -289,7 +300,7 @@ class Service:
         texts = [request.input] if isinstance(request.input, str) else request.input
         if not texts or not all(texts):
             raise InputError("input must be a non-empty text or a list of non-empty texts.")
-        plan = EstimateRequest(model=request.model, modality="embedding", input_tokens=embedding_input_bound(texts))
+        plan = embed_plan(request)
 
         async def send(reservation: Reservation) -> EmbeddingList:
             return await self.client.create_embeddings(request.model_copy(update={"max_credits": reservation.credits}))
@@ -343,8 +354,11 @@ class Service:
         *,
         recover: Callable[[str], _A] | None = None,
     ) -> _T:
-        """Estimate, then the paid-call protocol (paid.py) with the estimate as the reservation."""
+        """Estimate; the policy's cap and the human's confirmation above --confirm-above (policy.py, confirm.py);
+        then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
+        check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
+        confirm_spend(self.settings.confirm_above, plan, estimate.credits)
         return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover,
                                model=plan.model, modality=str(plan.modality))  # fmt: skip
 

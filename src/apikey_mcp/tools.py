@@ -16,8 +16,10 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .answers import agent_errors, shaped, task_links, task_summary
+from .asking import ask_chat, ask_embeddings, ask_image, ask_music, ask_video
 from .budget import HUMAN
 from .config import MAX_WAIT_SECONDS
+from .confirm import SpendApproval, answered
 from .gateway import NotFoundError
 from .gateway.models import (
     ChatMessage,
@@ -68,6 +70,7 @@ _LOCAL = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
 _current: ContextVar[Service] = ContextVar("apikey_mcp_service")
+Confirmed = ElicitationResult[SpendApproval]  # the human's answer above --confirm-above (asking.py, confirm.py)
 
 
 def current_service() -> Service:
@@ -84,9 +87,9 @@ def serving(service: Service) -> Iterator[None]:
         _current.reset(token)
 
 
-async def start(ctx: Context, request: ImageRequest | VideoRequest | MusicRequest) -> CallToolResult:
+async def start(ctx: Context, request: ImageRequest | VideoRequest | MusicRequest, answer: Confirmed) -> CallToolResult:
     """The paid flow for a media task, answered at once with the task id."""
-    with agent_errors():
+    with agent_errors(), answered(answer):
         result = await current_service().generate(request)
     await tell(ctx, "info", f"created {result.modality} task {result.task_id}")
     return shaped(result.started(), task_summary(result))
@@ -164,12 +167,13 @@ def build_tools() -> list[Tool]:
         n: Annotated[int, Field(ge=1, le=8, description="How many images.")] = 1,
         size: Annotated[str | None, Field(description="e.g. '1024x1024'.")] = None,
         image_urls: Annotated[list[str] | None, Field(max_length=8, description="Reference image URLs.")] = None,
+        answer: Annotated[Confirmed, Resolve(ask_image)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, TaskStarted]:
         """Start an image task. Costs credits: the estimate is reserved first; if it does not fit,
         nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
-        return await start(ctx, request)
+        return await start(ctx, request, answer)
 
     @tool(title="Generate a video", annotations=_SPEND)
     async def generate_video(
@@ -181,6 +185,7 @@ def build_tools() -> list[Tool]:
         input_mode: Annotated[InputMode, Field(description="What the video starts from.")] = "text-to-video",
         image_url: Annotated[str | None, Field(description="Start image, for image-to-video.")] = None,
         video_url: Annotated[str | None, Field(description="Source video, for video-to-video.")] = None,
+        answer: Annotated[Confirmed, Resolve(ask_video)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, TaskStarted]:
         """Start a text-, image- or video-to-video task. Costs the most: estimate first. The estimate
         is reserved first; if it does not fit, nothing is created. Returns a task_id; next: poll_task."""
@@ -192,7 +197,7 @@ def build_tools() -> list[Tool]:
                 model=model, prompt=prompt, duration=duration, resolution=resolution, input_mode=input_mode,
                 image_url=image_url, video_url=video_url,
             )  # fmt: skip
-        return await start(ctx, request)
+        return await start(ctx, request, answer)
 
     @tool(title="Generate music", annotations=_SPEND)
     async def generate_music(
@@ -201,12 +206,13 @@ def build_tools() -> list[Tool]:
         model: MusicModel,
         duration: Duration = None,
         instrumental: Annotated[bool | None, Field(description="True for no vocals.")] = None,
+        answer: Annotated[Confirmed, Resolve(ask_music)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, TaskStarted]:
         """Start a music task. Costs credits per second: estimate first. The estimate is reserved
         first; if it does not fit, nothing is created. Returns a task_id; next: poll_task."""
         with agent_errors():
             request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
-        return await start(ctx, request)
+        return await start(ctx, request, answer)
 
     @tool(title="Poll a task", annotations=_READ)
     async def poll_task(
@@ -252,10 +258,11 @@ def build_tools() -> list[Tool]:
         system: Annotated[str | None, Field(description="System instructions.")] = None,
         max_tokens: Annotated[int | None, Field(ge=1, le=32_000, description="Answer length cap (1024).")] = None,
         temperature: Annotated[float | None, Field(ge=0, le=2, description="Randomness, 0 to 2.")] = None,
+        answer: Annotated[Confirmed, Resolve(ask_chat)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, ChatResult]:
         """Ask a chat model (prompt or messages). Costs credits per token: a bound from the input and
         max_tokens is reserved, the real usage charged. Returns the answer and its cost."""
-        with agent_errors():
+        with agent_errors(), answered(answer):
             if (prompt is None) == (messages is None):
                 raise InputError("Give either prompt (one message) or messages (a conversation), not both or neither.")
             conversation = list(messages or [ChatMessage(role="user", content=prompt)])
@@ -270,10 +277,11 @@ def build_tools() -> list[Tool]:
         ctx: Context,
         model: EmbeddingModel,
         input: Annotated[list[NonEmpty], Field(min_length=1, max_length=256, description="Texts to embed.")],
+        answer: Annotated[Confirmed, Resolve(ask_embeddings)] = None,  # type: ignore[assignment]
     ) -> Annotated[CallToolResult, EmbeddingsResult]:
         """One vector per text. Costs credits per token: a bound from the texts is reserved, the
         real usage charged."""
-        with agent_errors():
+        with agent_errors(), answered(answer):
             result = await current_service().embed(EmbeddingRequest(model=model, input=input))
         summary = f"{len(result.embeddings)} embedding(s) of {result.dimensions} dimensions"
         return shaped(result, f"{summary}, {result.credits_charged} credits. {result.budget.line()}")

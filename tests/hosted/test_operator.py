@@ -107,7 +107,8 @@ async def test_admin_works_on_a_postgresql_ledger_too() -> None:
     assert raised.returncode == closed.returncode == listed.returncode == 0, raised.stderr + closed.stderr
     assert json.loads(closed.stdout)[0]["state"] == "released"
     assert json.loads(listed.stdout) == [{"principal": "alice", "budget": 250, "spent": 0, "reserved": 0,
-                                          "remaining": 250}]  # fmt: skip
+                                          "remaining": 250, "max_per_call": None, "allow": None, "period": "none",
+                                          "alert_at": None}]  # fmt: skip
 
 
 async def test_admin_lists_lost_tasks_and_closes_them(tmp_path: Path) -> None:

@@ -251,10 +251,10 @@ class BlindStore(MemoryLedgerStore):
         self.blind = True
         return made
 
-    async def totals(self, principal: str) -> Totals:
+    async def totals(self, principal: str, **options) -> Totals:
         if self.blind:
             raise LedgerUnavailableError("connection lost")
-        return await super().totals(principal)
+        return await super().totals(principal, **options)
 
 
 async def test_a_created_task_is_reported_even_when_the_budget_cannot_be_read_after(

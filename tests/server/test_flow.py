@@ -51,7 +51,7 @@ async def test_estimate_generate_poll_settles_the_budget_to_the_real_charge(
         budget = await call(client, "budget_status")
     assert budget == {"budget": 500, "spent": estimate["credits"], "reserved": 0,
                       "remaining": 500 - estimate["credits"], "open_reservations": [], "open_count": 0,
-                      "schema_version": 1}  # fmt: skip
+                     "schema_version": 1, "policy": {"allow": []}, "period": "none"}  # fmt: skip
     assert sandbox.wallets[KEY].balance == 10_000 - estimate["credits"]
 
 

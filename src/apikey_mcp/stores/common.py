@@ -23,3 +23,13 @@ def check_charge(charged: object) -> None:
 def overcharge_detail(charged: int, held: int, why: str | None) -> str:
     """The audit line of a settle above its hold."""
     return f"charged {charged} credits on a hold of {held}" + (f": {why}" if why else "")
+
+
+def settle_detail(why: str | None, older_period: float | None) -> str | None:
+    """The audit line of a close: the operator's reason, and the period it counts in when that is not the current
+    one (a hold made before its budget renewed)."""
+    from ..periods import iso
+
+    parts = [why] if why else []
+    parts += [f"period {iso(older_period)}"] if older_period is not None else []
+    return "; ".join(parts) or None

@@ -121,7 +121,7 @@ class Fleet:
         orphans (the operator closes them), so no number of them fills a page."""
         rows = await self.store._rows(
             "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, r.model, r.gateway, r.lost_at FROM apikey_reservations r"
+            " r.created_at, r.model, r.gateway, r.lost_at, r.period_start FROM apikey_reservations r"
             " LEFT JOIN apikey_task_leases l ON l.task_id = r.task_id"
             " WHERE r.state = 'reserved' AND r.task_id IS NOT NULL AND NOT r.own_key AND r.lost_at IS NULL"
             " AND (l.task_id IS NULL OR l.lease_until < clock_timestamp()) AND (r.created_at, r.id) > (%s, %s)"
@@ -144,7 +144,8 @@ class Fleet:
         """The task's owner, latest state and reservation; with `principal`, only if it is that principal's."""
         rows = await self.store._rows(
             "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, r.model, r.gateway, r.lost_at, s.principal, s.body FROM apikey_task_states s"
+            " r.created_at, r.model, r.gateway, r.lost_at, r.period_start, s.principal, s.body"
+            " FROM apikey_task_states s"
             " FULL JOIN apikey_reservations r ON r.task_id = s.task_id WHERE coalesce(s.task_id, r.task_id) = %s"
             " ORDER BY r.state = 'reserved' DESC, r.created_at LIMIT 1", (task_id,),
         )  # fmt: skip

@@ -24,21 +24,28 @@ from ..budget import (
     principal_actor,
     refusal_detail,
 )
-from .common import check_charge, check_credits, overcharge_detail
+from ..periods import label, period_start, rolled
+from ..policy import Policy
+from .common import check_charge, check_credits, overcharge_detail, settle_detail
 
 MAX_CLOSED = 10_000
 MAX_EVENTS = 10_000
 MAX_SIGNATURES = 100_000
+MAX_ALERTS = 100_000
 
 
 class _Account:
-    __slots__ = ("budget", "reserved", "spent")
+    __slots__ = ("budget", "period_start", "policy", "reserved", "spent")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, policy: Policy | None = None, now: float = 0.0) -> None:
         self.budget, self.spent, self.reserved = budget, 0, 0
+        self.policy = policy or Policy()
+        self.period_start = period_start(self.policy.period, now)
 
-    def totals(self) -> Totals:
-        return Totals(self.budget, self.spent, self.reserved)
+    def totals(self, now: float | None = None) -> Totals:
+        """Spent in the period current at `now` (none yet in one that has begun since the last change)."""
+        renewed = now is not None and rolled(self.policy.period, self.period_start, now) is not None
+        return Totals(self.budget, 0 if renewed else self.spent, self.reserved)
 
 
 class MemoryLedgerStore:
@@ -49,6 +56,7 @@ class MemoryLedgerStore:
         self._events: deque[Event] = deque(maxlen=MAX_EVENTS)
         self._seq = 0
         self._seen: OrderedDict[str, float] = OrderedDict()
+        self._alerts: OrderedDict[tuple[str, float, int], None] = OrderedDict()
 
     def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None,
              d: str | None = None, model: str | None = None) -> None:  # fmt: skip
@@ -56,12 +64,24 @@ class MemoryLedgerStore:
         totals = self._accounts[principal].totals()
         self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d, model))
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
         if (account := self._accounts.get(principal)) is not None:
             return account.totals(), False
-        self._accounts[principal] = _Account(budget)
+        self._accounts[principal] = _Account(budget, policy, time.time() if now is None else now)
         self._log(principal, "budget", CONFIGURATION, None, budget)
+        if policy is not None and policy != Policy():
+            self._log(principal, "policy", CONFIGURATION, None, None, policy.describe())
         return self._accounts[principal].totals(), True
+
+    def _roll(self, principal: str, account: _Account, now: float) -> None:
+        """Begin the period `now` is in, if it is past the account's: spending starts again from 0."""
+        if (start := rolled(account.policy.period, account.period_start, now)) is None:
+            return
+        ended, spent = label(account.policy.period, account.period_start), account.spent
+        account.period_start, account.spent = start, 0
+        self._log(principal, "period", CONFIGURATION, None, spent, f"{ended} ended with {spent} spent")
 
     def _account(self, principal: str) -> _Account:
         try:
@@ -69,16 +89,19 @@ class MemoryLedgerStore:
         except KeyError:
             raise UnknownPrincipalError(f"no principal '{principal}'") from None
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
-                      hold: Hold | None = None) -> Reservation:  # fmt: skip
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        now: float | None = None,
+    ) -> Reservation:  # fmt: skip
         account = self._account(principal)
+        self._roll(principal, account, time.time() if now is None else now)
         remaining = account.budget - account.spent - account.reserved
         model = hold.model if hold else None
         if credits > remaining:
             refused = BudgetExceededError(credits, max(remaining, 0), account.budget, purpose)
             self._log(principal, "refuse", principal_actor(principal), None, credits, refusal_detail(refused), model)
             raise refused
-        reservation = new_reservation(principal, credits, purpose, own_key, hold)
+        reservation = new_reservation(principal, credits, purpose, own_key, hold, account.period_start)
         account.reserved += credits
         self._open[reservation.id] = reservation
         self._log(principal, "reserve", principal_actor(principal), reservation.id, credits, purpose, model)
@@ -100,14 +123,16 @@ class MemoryLedgerStore:
             return False
         account = self._accounts[reservation.principal]
         account.reserved -= reservation.credits
-        account.spent += charged
+        current = reservation.period_start == account.period_start
+        account.spent += charged if current else 0  # a charge counts in the period its reservation was made in
         reservation.state, reservation.charged = state, charged
         self._closed[reservation_id] = reservation
         while len(self._closed) > MAX_CLOSED:
             self._closed.popitem(last=False)
         kind = "settle" if state == ReservationState.SETTLED else "release"
         who = actor or principal_actor(reservation.principal)
-        self._log(reservation.principal, kind, who, reservation_id, charged, detail, reservation.model)
+        note = settle_detail(detail, None if current else reservation.period_start)
+        self._log(reservation.principal, kind, who, reservation_id, charged, note, reservation.model)
         if charged > reservation.credits:
             self._log(reservation.principal, "overcharge", who, reservation_id, charged - reservation.credits,
                       overcharge_detail(charged, reservation.credits, detail), reservation.model)  # fmt: skip
@@ -122,12 +147,41 @@ class MemoryLedgerStore:
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
-    async def totals(self, principal: str) -> Totals:
-        return self._account(principal).totals()
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        return self._account(principal).totals(time.time() if now is None else now)
+
+    async def policy(self, principal: str) -> Policy:
+        return self._account(principal).policy
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        account, now = self._account(principal), time.time() if now is None else now
+        self._roll(principal, account, now)
+        if policy.period != account.policy.period:  # the new kind of period starts now, keeping what was spent
+            start = period_start(policy.period, now)
+            for reservation in self._open.values():
+                if reservation.principal == principal and reservation.period_start == account.period_start:
+                    reservation.period_start = start
+            account.period_start = start
+        account.policy = policy
+        self._log(principal, "policy", actor, None, None, policy.describe())
+        return policy
+
+    async def policies(self) -> dict[str, Policy]:
+        return {name: account.policy for name, account in sorted(self._accounts.items())}
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        key = (principal, period_start, threshold)
+        if key in self._alerts:
+            return False
+        self._alerts[key] = None
+        while len(self._alerts) > MAX_ALERTS:
+            self._alerts.popitem(last=False)
+        self._log(principal, "alert", CONFIGURATION, None, None, f"{threshold}%")
+        return True
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         check_credits(credits, "a budget")
-        account = self._accounts.setdefault(principal, _Account(credits))
+        account = self._accounts.setdefault(principal, _Account(credits, now=time.time()))
         account.budget = credits
         self._log(principal, "budget", actor, None, credits)
         return account.totals()

@@ -33,6 +33,8 @@ from ..budget import (
     principal_actor,
     refusal_detail,
 )
+from ..periods import label, period_start, rolled
+from ..policy import Policy
 from .common import StoreRefusedError, check_charge, check_credits
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
@@ -59,8 +61,10 @@ CREATE TABLE IF NOT EXISTS apikey_events (
 CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
 """
 _COLUMNS = (
-    "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at"
+    "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at,"
+    " period_start"
 )
+_POLICY = "max_per_call, allow, period, alert_at"
 _LOG = (
     "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
     " model) SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s, %s FROM apikey_principals WHERE name = %s"
@@ -69,34 +73,44 @@ _REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
                 "day": "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}  # fmt: skip
 
 # A reservation in one statement, one round trip: the conditional UPDATE decides; the reservation and its
-# audit line are inserted only from the row it returned.
+# audit line are inserted only from the row it returned. It holds only while the principal's period is current
+# at the server's time (the starts of the day, week and month then are passed in): when a new one is due, no
+# row comes back and `reserve` renews the period first, in a transaction (once per period).
 _RESERVE = """
 WITH held AS (
     UPDATE apikey_principals SET reserved = reserved + %(c)s
-    WHERE name = %(p)s AND spent + reserved + %(c)s <= budget RETURNING name, budget, spent, reserved),
+    WHERE name = %(p)s AND spent + reserved + %(c)s <= budget AND period_start >=
+        CASE period WHEN 'day' THEN %(day)s WHEN 'week' THEN %(week)s WHEN 'month' THEN %(month)s ELSE 0 END
+    RETURNING name, budget, spent, reserved, period_start),
 made AS (
     INSERT INTO apikey_reservations (id, principal, credits, purpose, own_key, state, created_at, modality, model,
-                                     gateway)
-    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s, %(modality)s, %(model)s, %(gateway)s
+                                     gateway, period_start)
+    SELECT %(id)s, name, %(c)s, %(purpose)s, %(own)s, 'reserved', %(t)s, %(modality)s, %(model)s, %(gateway)s,
+           period_start
     FROM held RETURNING id)
 INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,
                            model)
 SELECT %(t)s, name, 'reserve', %(actor)s, %(id)s, %(c)s, budget, spent, reserved, %(purpose)s, %(model)s FROM held
-RETURNING seq
+RETURNING (SELECT period_start FROM held)
 """
 # Settle or release exactly once: only while the reservation is open, moving its credits in the same statement.
+# The charge counts in the period the reservation was made in: not in the current one if that has renewed since.
 # A charge above the hold adds an `overcharge` line (its credits: the excess) after the settle's.
 _CLOSE = """
 WITH closed AS (
     UPDATE apikey_reservations SET state = %(s)s, charged = %(ch)s, closed_at = %(t)s
-    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits, model),
+    WHERE id = %(id)s AND state = 'reserved' RETURNING principal, credits, model, period_start),
 moved AS (
-    UPDATE apikey_principals p SET reserved = p.reserved - closed.credits, spent = p.spent + %(ch)s
+    UPDATE apikey_principals p SET reserved = p.reserved - closed.credits,
+        spent = p.spent + CASE WHEN p.period_start = closed.period_start THEN %(ch)s ELSE 0 END
     FROM closed WHERE p.name = closed.principal
-    RETURNING p.name, p.budget, p.spent, p.reserved, closed.credits AS held, closed.model)
+    RETURNING p.name, p.budget, p.spent, p.reserved, closed.credits AS held, closed.model,
+        CASE WHEN p.period_start = closed.period_start THEN NULL
+        ELSE 'period ' || to_char(to_timestamp(closed.period_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        END AS detail)
 INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail, model)
-SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved, NULL,
-       model
+SELECT %(t)s, name, %(kind)s, coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s, budget, spent, reserved,
+       detail, model
 FROM moved
 UNION ALL
 SELECT %(t)s, name, 'overcharge', coalesce(%(actor)s, 'principal:' || name), %(id)s, %(ch)s - held, budget, spent,
@@ -104,9 +118,10 @@ SELECT %(t)s, name, 'overcharge', coalesce(%(actor)s, 'principal:' || name), %(i
 FROM moved WHERE %(ch)s > held
 RETURNING seq
 """
-# The operator's reason for a close, on the lines the close wrote.
+# The operator's reason for a close, on the lines the close wrote (before a settle's period note).
 _WHY = """
-UPDATE apikey_events SET detail = CASE WHEN kind = 'overcharge' THEN detail || ': ' || %(why)s ELSE %(why)s END
+UPDATE apikey_events SET detail = CASE WHEN kind = 'overcharge' THEN detail || ': ' || %(why)s
+    WHEN detail IS NULL THEN %(why)s ELSE %(why)s || '; ' || detail END
 WHERE seq = ANY(%(seqs)s)
 """
 
@@ -184,31 +199,63 @@ class PostgresLedgerStore:
                     raise LedgerUnavailableError("the ledger database refused the operation") from None
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
+        chosen, now = policy or Policy(), time.time() if now is None else now
+
         async def op(c: _Conn) -> tuple[Totals, bool]:
             cur = await c.execute(
-                "INSERT INTO apikey_principals (name, budget) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (principal, budget),
+                f"INSERT INTO apikey_principals (name, budget, period_start, {_POLICY})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (principal, budget, period_start(chosen.period, now), *chosen.row()),
             )
             if cur.rowcount == 1:
                 await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, None, principal))
+                if chosen != Policy():
+                    await c.execute(_LOG, (time.time(), "policy", CONFIGURATION, None, None, chosen.describe(), None,
+                                           principal))  # fmt: skip
             return await _totals(c, principal), cur.rowcount == 1
 
         return await self._run(op)
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
-                      hold: Hold | None = None) -> Reservation:  # fmt: skip
+    async def _roll(self, c: _Conn, principal: str, now: float) -> float | None:
+        """Begin the period `now` is in if it is past the principal's (row locked); the current period's start,
+        or None for an unknown principal."""
+        row = await (await c.execute("SELECT period, period_start, spent FROM apikey_principals WHERE name = %s"
+                                     " FOR UPDATE", (principal,))).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        period, stored, spent = row
+        if (start := rolled(period, stored, now)) is None:
+            return float(stored)
+        await c.execute("UPDATE apikey_principals SET period_start = %s, spent = 0 WHERE name = %s", (start, principal))
+        await c.execute(_LOG, (time.time(), "period", CONFIGURATION, None, spent,
+                               f"{label(period, stored)} ended with {spent} spent", None, principal))  # fmt: skip
+        return start
+
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        now: float | None = None,
+    ) -> Reservation:  # fmt: skip
         r = new_reservation(principal, credits, purpose, own_key, hold)
+        now = time.time() if now is None else now
+        params = {"c": credits, "p": principal, "id": r.id, "purpose": purpose, "own": own_key,
+                  "t": r.created_at, "actor": principal_actor(principal), "modality": r.modality,
+                  "model": r.model, "gateway": r.gateway,
+                  **{kind: period_start(kind, now) for kind in ("day", "week", "month")}}  # fmt: skip
 
-        async def op(c: _Conn) -> bool:
-            params = {"c": credits, "p": principal, "id": r.id, "purpose": purpose, "own": own_key,
-                      "t": r.created_at, "actor": principal_actor(principal), "modality": r.modality,
-                      "model": r.model, "gateway": r.gateway}  # fmt: skip
-            cur = await c.execute(_RESERVE, params)
-            return await cur.fetchone() is not None
+        async def held(c: _Conn) -> bool:
+            row = await (await c.execute(_RESERVE, params)).fetchone()
+            if row is not None:
+                r.period_start = row[0]
+            return row is not None
 
-        if not await self._run(op, one_statement=True):
-            totals = await self.totals(principal)
+        async def renew_then_hold(c: _Conn) -> bool:  # the period is due to renew (or the hold does not fit)
+            return await self._roll(c, principal, now) is not None and await held(c)
+
+        if not await self._run(held, one_statement=True) and not await self._run(renew_then_hold):
+            totals = await self.totals(principal, now=now)
             refused = BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
 
             async def record(c: _Conn) -> None:
@@ -256,8 +303,54 @@ class PostgresLedgerStore:
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
-    async def totals(self, principal: str) -> Totals:
-        return await self._run(lambda c: _totals(c, principal), one_statement=True)
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now),
+                               one_statement=True)  # fmt: skip
+
+    async def policy(self, principal: str) -> Policy:
+        rows = await self._rows(f"SELECT {_POLICY} FROM apikey_principals WHERE name = %s", (principal,))
+        if not rows:
+            raise UnknownPrincipalError(f"no principal '{principal}'")
+        return Policy.of(*rows[0])
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        now = time.time() if now is None else now
+
+        async def op(c: _Conn) -> Policy:
+            if (current := await self._roll(c, principal, now)) is None:
+                raise UnknownPrincipalError(f"no principal '{principal}'")
+            old = (await (await c.execute("SELECT period FROM apikey_principals WHERE name = %s", (principal,)))
+                   .fetchone())[0]  # type: ignore[index]  # fmt: skip
+            if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
+                start = period_start(policy.period, now)
+                await c.execute("UPDATE apikey_reservations SET period_start = %s WHERE principal = %s"
+                                " AND state = 'reserved' AND period_start = %s",
+                                (start, principal, current))  # fmt: skip
+                await c.execute("UPDATE apikey_principals SET period_start = %s WHERE name = %s", (start, principal))
+            await c.execute("UPDATE apikey_principals SET max_per_call = %s, allow = %s, period = %s, alert_at = %s"
+                            " WHERE name = %s", (*policy.row(), principal))  # fmt: skip
+            await c.execute(_LOG, (time.time(), "policy", actor, None, None, policy.describe(), None, principal))
+            return policy
+
+        return await self._run(op)
+
+    async def policies(self) -> dict[str, Policy]:
+        rows = await self._rows(f"SELECT name, {_POLICY} FROM apikey_principals ORDER BY name")
+        return {name: Policy.of(*rest) for name, *rest in rows}
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        async def op(c: _Conn) -> bool:
+            cur = await c.execute("INSERT INTO apikey_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                                  " RETURNING threshold",
+                                  (principal, period_start, threshold, time.time()))  # fmt: skip
+            made = await cur.fetchone() is not None
+            if made:
+                await c.execute(
+                    _LOG, (time.time(), "alert", CONFIGURATION, None, None, f"{threshold}%", None, principal)
+                )
+            return made
+
+        return await self._run(op)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         check_credits(credits, "a budget")
@@ -361,12 +454,15 @@ class _Pool(AsyncConnectionPool[Any]):
         self._store.down = True
 
 
-async def _totals(c: _Conn, principal: str) -> Totals:
-    row = await (await c.execute("SELECT budget, spent, reserved FROM apikey_principals WHERE name = %s",
-                                 (principal,))).fetchone()  # fmt: skip
+async def _totals(c: _Conn, principal: str, now: float | None = None) -> Totals:
+    """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
+    row = await (await c.execute("SELECT budget, spent, reserved, period, period_start FROM apikey_principals"
+                                 " WHERE name = %s", (principal,))).fetchone()  # fmt: skip
     if row is None:
         raise UnknownPrincipalError(f"no principal '{principal}'")
-    return Totals(*row)
+    budget, spent, reserved, period, stored = row
+    renewed = now is not None and rolled(period, stored, now) is not None
+    return Totals(budget, 0 if renewed else spent, reserved)
 
 
 def _event(row: tuple[Any, ...]) -> Event:
@@ -376,6 +472,7 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, *rest = row
-    model, gateway, lost_at = rest
+    model, gateway, lost_at, made_in = rest
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at)  # fmt: skip
+                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at,
+                       period_start=made_in)  # fmt: skip

@@ -32,7 +32,9 @@ from ..budget import (
     principal_actor,
     refusal_detail,
 )
-from .common import StoreRefusedError, check_charge, check_credits, overcharge_detail
+from ..periods import label, period_start, rolled
+from ..policy import Policy
+from .common import StoreRefusedError, check_charge, check_credits, overcharge_detail, settle_detail
 from .migrate import is_v1, migrate_v1
 from .upgrades import BASE_VERSION, upgrade_sqlite
 
@@ -58,10 +60,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
 """
 _COLUMNS = (
-    "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at"
+    "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at,"
+    " period_start"
 )
 _REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
                 "day": "strftime('%Y-%m-%d', at, 'unixepoch')"}  # fmt: skip
+_POLICY = "max_per_call, allow, period, alert_at"
 
 
 class SqliteLedgerStore:
@@ -102,21 +106,48 @@ class SqliteLedgerStore:
             (time.time(), kind, actor, rid, credits, detail, model, principal),
         )
 
-    async def ensure_principal(self, principal: str, budget: int) -> tuple[Totals, bool]:
+    async def ensure_principal(
+        self, principal: str, budget: int, *, policy: Policy | None = None, now: float | None = None
+    ) -> tuple[Totals, bool]:
+        chosen, now = policy or Policy(), time.time() if now is None else now
+
         def op(c: sqlite3.Connection) -> tuple[Totals, bool]:
-            created = c.execute("INSERT OR IGNORE INTO principals (name, budget) VALUES (?, ?)", (principal, budget))
+            created = c.execute(
+                f"INSERT OR IGNORE INTO principals (name, budget, period_start, {_POLICY})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (principal, budget, period_start(chosen.period, now), *chosen.row()),
+            )
             if created.rowcount == 1:
                 self._log(c, principal, "budget", CONFIGURATION, None, budget)
+                if chosen != Policy():
+                    self._log(c, principal, "policy", CONFIGURATION, None, None, chosen.describe())
             return _totals(c, principal), created.rowcount == 1
 
         return await self._run(op)
 
-    async def reserve(self, principal: str, credits: int, purpose: str, *, own_key: bool = False,
-                      hold: Hold | None = None) -> Reservation:  # fmt: skip
+    def _roll(self, c: sqlite3.Connection, principal: str, now: float) -> float:
+        """Begin the period `now` is in if it is past the principal's; the current period's start."""
+        row = c.execute("SELECT period, period_start, spent FROM principals WHERE name = ?", (principal,)).fetchone()
+        if row is None:
+            raise UnknownPrincipalError(f"no principal '{principal}'")
+        period, stored, spent = row
+        if (start := rolled(period, stored, now)) is None:
+            return float(stored)
+        c.execute("UPDATE principals SET period_start = ?, spent = 0 WHERE name = ?", (start, principal))
+        ended = f"{label(period, stored)} ended with {spent} spent"
+        self._log(c, principal, "period", CONFIGURATION, None, spent, ended)
+        return start
+
+    async def reserve(
+        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        now: float | None = None,
+    ) -> Reservation:  # fmt: skip
         reservation = new_reservation(principal, credits, purpose, own_key, hold)
         r = reservation
+        now = time.time() if now is None else now
 
         def op(c: sqlite3.Connection) -> BudgetExceededError | None:
+            reservation.period_start = self._roll(c, principal, now)  # kept even if the hold is refused
             held = c.execute(
                 "UPDATE principals SET reserved = reserved + ? WHERE name = ? AND spent + reserved + ? <= budget",
                 (credits, principal, credits),
@@ -129,9 +160,10 @@ class SqliteLedgerStore:
                 return refused  # the refusal is recorded (committed), then raised
             c.execute(
                 "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at, modality,"
-                " model, gateway) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
-                (r.id, principal, credits, purpose, int(own_key), r.created_at, r.modality, r.model, r.gateway),
-            )
+                " model, gateway, period_start) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
+                (r.id, principal, credits, purpose, int(own_key), r.created_at, r.modality, r.model, r.gateway,
+                 r.period_start),
+            )  # fmt: skip
             self._log(c, principal, "reserve", principal_actor(principal), r.id, credits, purpose, r.model)
             return None
 
@@ -157,17 +189,20 @@ class SqliteLedgerStore:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET state = ?, charged = ?, closed_at = ? WHERE id = ? AND state = 'reserved'"
-                " RETURNING principal, credits, model",
+                " RETURNING principal, credits, model, period_start",
                 (str(state), charged, time.time(), reservation_id),
             ).fetchone()
             if row is None:
                 return False
-            principal, credits, model = row
+            principal, credits, model, made_in = row
+            current = c.execute("SELECT period_start FROM principals WHERE name = ?", (principal,)).fetchone()[0]
+            counted = charged if made_in == current else 0  # a charge counts in the period it was reserved in
             c.execute("UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
-                      (credits, charged, principal))  # fmt: skip
+                      (credits, counted, principal))  # fmt: skip
             kind = "settle" if state == ReservationState.SETTLED else "release"
             who = actor or principal_actor(principal)
-            self._log(c, principal, kind, who, reservation_id, charged, detail, model)
+            note = settle_detail(detail, None if made_in == current else made_in)
+            self._log(c, principal, kind, who, reservation_id, charged, note, model)
             if charged > credits:
                 self._log(c, principal, "overcharge", who, reservation_id, charged - credits,
                           overcharge_detail(charged, credits, detail), model)  # fmt: skip
@@ -184,8 +219,48 @@ class SqliteLedgerStore:
     async def release(self, reservation_id: str, *, actor: str | None = None) -> bool:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
-    async def totals(self, principal: str) -> Totals:
-        return await self._run(lambda c: _totals(c, principal), write=False)
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now), write=False)
+
+    async def policy(self, principal: str) -> Policy:
+        row = await self._run(lambda c: c.execute(f"SELECT {_POLICY} FROM principals WHERE name = ?", (principal,))
+                              .fetchone(), write=False)  # fmt: skip
+        if row is None:
+            raise UnknownPrincipalError(f"no principal '{principal}'")
+        return Policy.of(*row)
+
+    async def set_policy(self, principal: str, policy: Policy, actor: str, *, now: float | None = None) -> Policy:
+        now = time.time() if now is None else now
+
+        def op(c: sqlite3.Connection) -> Policy:
+            current = self._roll(c, principal, now)
+            old = c.execute("SELECT period FROM principals WHERE name = ?", (principal,)).fetchone()[0]
+            if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
+                start = period_start(policy.period, now)
+                c.execute("UPDATE reservations SET period_start = ? WHERE principal = ? AND state = 'reserved'"
+                          " AND period_start = ?", (start, principal, current))  # fmt: skip
+                c.execute("UPDATE principals SET period_start = ? WHERE name = ?", (start, principal))
+            c.execute("UPDATE principals SET max_per_call = ?, allow = ?, period = ?, alert_at = ? WHERE name = ?",
+                      (*policy.row(), principal))  # fmt: skip
+            self._log(c, principal, "policy", actor, None, None, policy.describe())
+            return policy
+
+        return await self._run(op)
+
+    async def policies(self) -> dict[str, Policy]:
+        rows = await self._run(lambda c: c.execute(f"SELECT name, {_POLICY} FROM principals ORDER BY name")
+                               .fetchall(), write=False)  # fmt: skip
+        return {name: Policy.of(*rest) for name, *rest in rows}
+
+    async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            made = c.execute("INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?)",
+                             (principal, period_start, threshold, time.time()))  # fmt: skip
+            if made.rowcount == 1:
+                self._log(c, principal, "alert", CONFIGURATION, None, None, f"{threshold}%")
+            return made.rowcount == 1
+
+        return await self._run(op)
 
     async def set_budget(self, principal: str, credits: int, actor: str) -> Totals:
         check_credits(credits, "a budget")
@@ -266,11 +341,15 @@ class SqliteLedgerStore:
         await anyio.to_thread.run_sync(self._conn.close)
 
 
-def _totals(c: sqlite3.Connection, principal: str) -> Totals:
-    row = c.execute("SELECT budget, spent, reserved FROM principals WHERE name = ?", (principal,)).fetchone()
+def _totals(c: sqlite3.Connection, principal: str, now: float | None = None) -> Totals:
+    """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
+    row = c.execute("SELECT budget, spent, reserved, period, period_start FROM principals WHERE name = ?",
+                    (principal,)).fetchone()  # fmt: skip
     if row is None:
         raise UnknownPrincipalError(f"no principal '{principal}'")
-    return Totals(*row)
+    budget, spent, reserved, period, stored = row
+    renewed = now is not None and rolled(period, stored, now) is not None
+    return Totals(budget, 0 if renewed else spent, reserved)
 
 
 def _event(row: tuple[Any, ...]) -> Event:
@@ -280,9 +359,10 @@ def _event(row: tuple[Any, ...]) -> Event:
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, *rest = row
-    model, gateway, lost_at = rest
+    model, gateway, lost_at, made_in = rest
     return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at)  # fmt: skip
+                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at,
+                       period_start=made_in)  # fmt: skip
 
 
 def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:

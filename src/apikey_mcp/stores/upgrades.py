@@ -42,6 +42,30 @@ POSTGRES_STEPS: dict[int, str] = {
     """,
 }
 
+# 6: spending policy per principal (policy.py), budget periods (periods.py) and alerts sent once per period.
+SQLITE_STEPS[6] = """
+ALTER TABLE principals ADD COLUMN max_per_call INTEGER;
+ALTER TABLE principals ADD COLUMN allow TEXT;
+ALTER TABLE principals ADD COLUMN period TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE principals ADD COLUMN period_start REAL NOT NULL DEFAULT 0;
+ALTER TABLE principals ADD COLUMN alert_at INTEGER;
+ALTER TABLE reservations ADD COLUMN period_start REAL NOT NULL DEFAULT 0;
+CREATE TABLE alerts (
+    principal TEXT NOT NULL, period_start REAL NOT NULL, threshold INTEGER NOT NULL, sent_at REAL NOT NULL,
+    PRIMARY KEY (principal, period_start, threshold))
+"""
+POSTGRES_STEPS[6] = """
+ALTER TABLE apikey_principals ADD COLUMN IF NOT EXISTS max_per_call BIGINT;
+ALTER TABLE apikey_principals ADD COLUMN IF NOT EXISTS allow TEXT;
+ALTER TABLE apikey_principals ADD COLUMN IF NOT EXISTS period TEXT NOT NULL DEFAULT 'none';
+ALTER TABLE apikey_principals ADD COLUMN IF NOT EXISTS period_start DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE apikey_principals ADD COLUMN IF NOT EXISTS alert_at INTEGER;
+ALTER TABLE apikey_reservations ADD COLUMN IF NOT EXISTS period_start DOUBLE PRECISION NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS apikey_alerts (
+    principal TEXT NOT NULL, period_start DOUBLE PRECISION NOT NULL, threshold INTEGER NOT NULL,
+    sent_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (principal, period_start, threshold))
+"""
+
 LATEST = max([BASE_VERSION, *SQLITE_STEPS, *POSTGRES_STEPS])
 
 

@@ -1,0 +1,147 @@
+"""Budget periods renew at their boundary under the test's clock, and alerts reach a real HTTP receiver once
+per threshold per period, signed, on every store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from apikey_mcp.alerts import ALERTS_TOTAL, Alerts
+from apikey_mcp.budget import LedgerStore, ReservationState
+from apikey_mcp.config import Settings
+from apikey_mcp.sandbox import Sandbox, SandboxServer
+from apikey_mcp.server import build_server
+from tests.conftest import advance, wait_until
+from tests.ledger.conftest import database_url, make_store
+from tests.policy.receiver import SECRET, receiving
+from tests.server.conftest import call, settings_for
+
+VIDEO = {"prompt": "x", "model": "seedance-2-fast"}  # 40 credits
+BEFORE_MIDNIGHT = datetime(2026, 12, 6, 23, 50, tzinfo=UTC).timestamp()  # a Sunday
+AFTER_MIDNIGHT = datetime(2026, 12, 7, 0, 0, 1, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        database_url()
+    return request.param
+
+
+class Clock:
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def settled(store: LedgerStore, task_id: str) -> Callable[[], object]:
+    async def check() -> bool:
+        found = await store.task_reservation("local", task_id)
+        return found is not None and found.state == ReservationState.SETTLED
+
+    return check
+
+
+async def finish(server: SandboxServer, client: Client, store: LedgerStore, task_id: str) -> None:
+    await advance(server, task_id)
+    await call(client, "poll_task", task_id=task_id, wait_seconds=5)
+    await wait_until(settled(store, task_id))
+
+
+async def test_a_daily_budget_renews_at_midnight_utc_and_an_older_hold_settles_into_its_own_day(
+    kind: str, tmp_path: Path, sandbox_server: SandboxServer, held: Sandbox
+) -> None:
+    clock = Clock(BEFORE_MIDNIGHT)
+    settings = settings_for(sandbox_server, session_budget=100, period="day")
+    async with make_store(kind, tmp_path) as store:
+        async with Client(build_server(settings, store=store, clock=clock)) as client:
+            first = await call(client, "generate_video", **VIDEO)
+            await finish(sandbox_server, client, store, first["task_id"])
+            older = await call(client, "generate_video", **VIDEO)  # made on Sunday, still running at midnight
+            sunday = await call(client, "budget_status")
+            clock.at = AFTER_MIDNIGHT
+            monday = await call(client, "budget_status")  # renewed with no write: the period is the clock's
+            newer = await call(client, "generate_video", **VIDEO)
+            await finish(sandbox_server, client, store, older["task_id"])
+            after = await call(client, "budget_status")
+        events = await store.history("local")
+    assert (sunday["spent"], sunday["reserved"], sunday["resets_at"]) == (40, 40, "2026-12-07T00:00:00Z")
+    assert (monday["spent"], monday["reserved"], monday["remaining"]) == (0, 40, 60)
+    assert monday["period"] == "day" and monday["resets_at"] == "2026-12-08T00:00:00Z"
+    assert newer["budget"]["remaining"] == 20
+    assert (after["spent"], after["reserved"]) == (0, 40), "Sunday's hold was charged to Sunday, not Monday"
+    renewal = [e for e in events if e.kind == "period"]
+    assert [(e.credits, e.detail) for e in renewal] == [(40, "day 2026-12-06 ended with 40 spent")]
+    late = [(e.credits, e.detail) for e in events if e.kind == "settle" and e.detail]
+    assert late == [(40, "period 2026-12-06T00:00:00Z")]  # the older hold's settlement, in Sunday's period
+
+
+async def test_alerts_reach_a_real_receiver_once_per_threshold_signed(
+    kind: str, tmp_path: Path, sandbox_server: SandboxServer, held: Sandbox
+) -> None:
+    sent_before = sum(ALERTS_TOTAL.values())
+    with receiving() as receiver:
+        settings = settings_for(sandbox_server, session_budget=80, alert_at=50, alert_webhook=receiver.url,
+                                alert_secret=SECRET)  # fmt: skip
+        async with make_store(kind, tmp_path) as store:
+            async with Client(build_server(settings, store=store)) as client:
+                first = await call(client, "generate_video", **VIDEO)  # 40 of 80: 50%
+                await wait_until(lambda: len(receiver.posts) == 1)
+                second = await call(client, "generate_video", **VIDEO)  # 80 of 80: 100%
+                await wait_until(lambda: len(receiver.posts) == 2)
+                for task in (first, second):
+                    await finish(sandbox_server, client, store, task["task_id"])
+            # A restarted server (a new checker on the same ledger) finds both already sent.
+            assert await Alerts(settings, store).check("local") == []
+            alerts = [e for e in await store.history("local") if e.kind == "alert"]
+    assert receiver.alerts() == [
+        {"principal": "local", "budget": 80, "spent": 0, "reserved": 40, "threshold": 50, "period": "none"},
+        {"principal": "local", "budget": 80, "spent": 0, "reserved": 80, "threshold": 100, "period": "none"},
+    ]
+    assert receiver.all_signed() and not receiver.all_signed("another-secret")
+    assert [e.detail for e in alerts] == ["50%", "100%"]
+    assert sum(ALERTS_TOTAL.values()) - sent_before == 2
+
+
+async def test_an_alert_the_receiver_refuses_is_retried_with_backoff(tmp_path: Path) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    with receiving(failures=2) as receiver:
+        settings = Settings(alert_webhook=receiver.url, alert_secret=SECRET)
+        async with make_store("memory", tmp_path) as store:
+            await store.ensure_principal("p", 10)
+            await store.reserve("p", 10, "all of it")
+            alerts = Alerts(settings, store, sleep=sleep)
+            async with anyio.create_task_group() as group:
+                group.start_soon(alerts.run)
+                await wait_until(lambda: alerts._checks_in is not None)
+                alerts.notice("p")
+                await wait_until(lambda: len(receiver.posts) == 1)
+                group.cancel_scope.cancel()
+    assert slept == [0.5, 1.0] and json.loads(receiver.posts[0][1])["threshold"] == 100 and receiver.all_signed()
+
+
+async def test_the_call_that_crosses_a_threshold_does_not_wait_for_the_webhook(
+    sandbox_server: SandboxServer, sandbox: Sandbox
+) -> None:
+    with receiving(held=True) as receiver:
+        settings = settings_for(sandbox_server, session_budget=40, alert_webhook=receiver.url, alert_secret=SECRET)
+        async with Client(build_server(settings)) as client:
+            started = await call(client, "generate_video", **VIDEO)  # 40 of 40: the 100% alert
+            await wait_until(lambda: receiver.arrived == 1)  # the post is in flight, held unanswered...
+            status = await call(client, "budget_status")  # ...and the server goes on answering meanwhile
+            receiver.gate.set()
+            await wait_until(lambda: len(receiver.posts) == 1)
+    assert started["task_id"] in sandbox.tasks and status["remaining"] == 0
+    assert receiver.alerts()[0]["threshold"] == 100 and receiver.all_signed()
