@@ -103,7 +103,8 @@ class Accounts:
         async with self.supervisor.running():
             self.supervisor.service(self.alerts.run, name="alerts")
             if not self.hosted:
-                await start_session(self.store, self.local, self.settings.session_budget)
+                policy = Policy.default(self.settings)
+                await start_session(self.store, self.local, self.settings.session_budget, policy, self.clock())
             await self._restore()
             unwatch = metrics.watch(self.store, self.task_states)
             try:

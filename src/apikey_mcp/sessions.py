@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .budget import LedgerStore
 from .config import Settings
+from .policy import Policy
 
 log = logging.getLogger(__name__)
 SESSION = "session"  # the actor of a stdio session's budget
@@ -48,12 +49,17 @@ def state_file(settings: Settings) -> Path:
     return path.with_name(f"sandbox-{path.name}") if settings.sandbox else path
 
 
-async def start_session(store: LedgerStore, principal: str, session_budget: int) -> None:
-    """Open this run's session: what is left for the principal becomes the session budget."""
-    totals, created = await store.ensure_principal(principal, session_budget)
+async def start_session(
+    store: LedgerStore, principal: str, session_budget: int, policy: Policy, now: float | None = None
+) -> None:
+    """Open this run's session: what is left for the principal becomes the session budget, and the spending
+    policy is what this run's settings say (over stdio the human who starts the server sets both)."""
+    totals, created = await store.ensure_principal(principal, session_budget, policy=policy, now=now)
     wanted = totals.spent + totals.reserved + session_budget
     if not created and totals.budget != wanted:
         await store.set_budget(principal, wanted, SESSION)
+    if not created and await store.policy(principal) != policy:
+        await store.set_policy(principal, policy, SESSION, now=now)
 
 
 def serve_local(settings: Settings) -> None:

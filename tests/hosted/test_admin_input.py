@@ -164,8 +164,10 @@ def test_step_4_repairs_floats_an_older_sqlite_ledger_holds(tmp_path: Path, caps
         conn.executescript(f"BEGIN; {SQLITE_STEPS[4]}; COMMIT;")
     status, out, err = admin(where, capsys, "principals", "--json")
     assert status == 0, err
-    assert json.loads(out) == [{"principal": "alice", "budget": 101, "spent": 2**63 - 1, "reserved": 2,
-                                "remaining": 101 - 2**63 + 1 - 2}]  # fmt: skip
+    (row,) = json.loads(out)
+    assert {k: row[k] for k in ("principal", "budget", "spent", "reserved", "remaining")} == {
+        "principal": "alice", "budget": 101, "spent": 2**63 - 1, "reserved": 2, "remaining": 101 - 2**63 + 1 - 2
+    }  # fmt: skip
     with sqlite3.connect(where["state_file"]) as conn:
         kinds = conn.execute("SELECT typeof(budget), typeof(spent), typeof(reserved) FROM principals").fetchall()
         assert kinds == [("integer", "integer", "integer")]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from apikey_mcp.budget import BudgetExceededError, Hold, LedgerStore, ReportRow
-from apikey_mcp.stores import open_store
+from apikey_mcp.stores import open_store, upgrades
+from apikey_mcp.stores.sqlite import SqliteLedgerStore
 from apikey_mcp.stores.upgrades import LATEST
 
 
@@ -65,19 +66,22 @@ async def test_the_report_totals_equal_the_ledgers(store: LedgerStore) -> None:
     assert await store.report(time.time() + 60, "principal") == []  # --since after it all: nothing
 
 
-async def test_an_existing_sqlite_ledger_is_migrated_to_the_report_schema(tmp_path: Path) -> None:
+async def test_an_existing_sqlite_ledger_is_migrated_to_the_report_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "old.sqlite3"
+    with monkeypatch.context() as older:  # a ledger written before step 5, with one open reservation
+        older.setattr(upgrades, "SQLITE_STEPS", {n: sql for n, sql in upgrades.SQLITE_STEPS.items() if n < 5})
+        SqliteLedgerStore(path)._conn.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO principals (name, budget, reserved) VALUES ('alice', 100, 10)")
+        conn.execute("INSERT INTO reservations (id, principal, credits, purpose, state, created_at)"
+                     " VALUES ('old', 'alice', 10, 'video', 'reserved', ?)", (time.time(),))  # fmt: skip
+        conn.execute("INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved)"
+                     " VALUES (?, 'alice', 'reserve', 'principal:alice', 'old', 10, 100, 0, 10)", (time.time(),))  # fmt: skip
     async with open_store(state_file=path) as store:
-        await store.ensure_principal("alice", 100)
-        old = await store.reserve("alice", 10, "video")
-    with sqlite3.connect(path) as conn:  # back to version 4, as a ledger written before step 5
-        conn.executescript(
-            "ALTER TABLE reservations DROP COLUMN model; ALTER TABLE reservations DROP COLUMN gateway;"
-            "ALTER TABLE events DROP COLUMN model; DROP INDEX events_by_time; PRAGMA user_version = 4;"
-        )
-    async with open_store(state_file=path) as store:
-        assert (await store.reservation(old.id)).model is None  # type: ignore[union-attr]
-        await store.settle(old.id, 7)
+        assert (await store.reservation("old")).model is None  # type: ignore[union-attr]
+        await store.settle("old", 7)
         assert await store.report(0, "principal") == [ReportRow("alice", 7, 1, 0)]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST >= 5
