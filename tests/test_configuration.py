@@ -35,6 +35,9 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
         (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
         (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
         ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
+        (["--transport", "http", "--port", "{port}", "--oauth-issuer", "https://auth.example.com"],
+         {"APIKEY_OAUTH_ALGORITHMS": "HS256"},
+         "APIKEY_OAUTH_ALGORITHMS: only asymmetric JWT algorithms can be allowed (no 'none', no HS*) (got 'HS256')."),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:

@@ -36,6 +36,7 @@ from .auth import load_tokens
 from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
 from .limits import SessionLimit, StreamLimit
+from .oauth import OAuthConfigError
 from .replicas import Replica, ReplicaConfigError, replica_mode
 from .updates import ResourceUpdates
 
@@ -129,7 +130,10 @@ def create_app(
     updates.install(server)
 
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
+    try:
+        access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
+    except OAuthConfigError as exc:  # a setting, like any other: one line, exit 2
+        raise HostingError(f"APIKEY_OAUTH_ALGORITHMS: {exc} (got {settings.oauth_algorithms!r}).") from None
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
