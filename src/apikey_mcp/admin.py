@@ -23,13 +23,21 @@ PAGE = 1000
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("admin", help="the operator's commands on a hosted server's ledger")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--state-file", default=argparse.SUPPRESS, help="the server's SQLite ledger file")
-    where.add_argument("--database-url", default=argparse.SUPPRESS,
-                       help="the server's PostgreSQL ledger (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
-    commands = p.add_subparsers(dest="admin_command", required=True)
-    json_flag = argparse.ArgumentParser(add_help=False)
+    # The ledger options are accepted before the subcommand and after it (`admin principals --state-file F`).
+    ledger = argparse.ArgumentParser(add_help=False)
+    one = ledger.add_mutually_exclusive_group()
+    one.add_argument("--state-file", default=argparse.SUPPRESS,
+                     help="the server's SQLite ledger file (env APIKEY_STATE_FILE)")  # fmt: skip
+    one.add_argument("--database-url", default=argparse.SUPPRESS,
+                     help="the server's PostgreSQL ledger (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
+    p = sub.add_parser(
+        "admin", parents=[ledger], help="the operator's commands on a hosted server's ledger",
+        description="The operator's commands on the ledger of a hosted server (budgets, reservations, audit trail). "
+        "A change takes effect in running servers at their next call.",
+    )  # fmt: skip
+    p.set_defaults(admin_help=p.format_help)
+    commands = p.add_subparsers(dest="admin_command", title="commands", metavar="COMMAND")
+    json_flag = argparse.ArgumentParser(add_help=False, parents=[ledger])
     json_flag.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("principals", parents=[json_flag], help="budget, spent, reserved and remaining of each")
     budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
@@ -49,7 +57,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one admin command; the exit status (0 done, 1 refused, 2 cannot open the ledger)."""
+    """Run one admin command; the exit status (0 done, 1 refused, 2 no command or cannot open the ledger)."""
+    if args.admin_command is None:  # `apikey-mcp admin` alone: what it can do, not "arguments are required"
+        print(args.admin_help(), file=sys.stderr, end="")
+        return 2
     from .config import Settings
     from .hosted.app import default_state_file
     from .stores import StoreRefusedError, open_store

@@ -101,3 +101,30 @@ async def test_admin_works_on_a_postgresql_ledger_too() -> None:
     assert json.loads(closed.stdout)[0]["state"] == "released"
     assert json.loads(listed.stdout) == [{"principal": "alice", "budget": 250, "spent": 0, "reserved": 0,
                                           "remaining": 250}]  # fmt: skip
+
+
+def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
+    return subprocess.run([sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True,
+                          timeout=60, check=False, env=env)  # fmt: skip
+
+
+async def test_admin_takes_the_ledger_options_after_the_subcommand_too(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    async with open_store(state_file=state) as store:
+        await store.ensure_principal("alice", 100)
+    listed = run_admin("principals", "--state-file", str(state), "--json")
+    raised = run_admin("set-budget", "alice", "300", "--state-file", str(state))
+    assert listed.returncode == 0, listed.stderr
+    assert [p["principal"] for p in json.loads(listed.stdout)] == ["alice"]
+    assert raised.returncode == 0, raised.stderr
+    async with open_store(state_file=state) as store:
+        assert (await store.totals("alice")).budget == 300
+
+
+def test_admin_alone_lists_its_commands_instead_of_a_missing_argument() -> None:
+    done = run_admin()
+    assert done.returncode == 2 and "required" not in done.stderr
+    assert done.stderr.startswith("usage: apikey-mcp admin")
+    for command in ("principals", "set-budget", "reservations", "close", "history", "--state-file"):
+        assert command in done.stderr
