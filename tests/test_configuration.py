@@ -33,6 +33,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
          "APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: the token for 'alice' is shorter than 16 characters; "
          "each entry is name=token, with a token of 16 or more characters."),
         (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
+        (["--sandbox", "--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {},  # noqa: S104
+         "Refusing to serve on 0.0.0.0"),  # the sandbox is not announced before the error: one line
         (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
         ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
         (["--transport", "http", "--port", "{port}", "--oauth-issuer", "https://auth.example.com"],

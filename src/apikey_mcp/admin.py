@@ -94,6 +94,11 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         if args.credits < 0:
             return _fail("a budget must be >= 0 credits")
         totals = await store.set_budget(args.name, args.credits, OPERATOR)
+        if totals.remaining < 0:  # done, as asked; but the operator must know what it means
+            print(f"apikey-mcp admin: warning: {args.name} has already used {totals.spent + totals.reserved} "
+                  f"credits ({totals.spent} spent, {totals.reserved} reserved), more than the new budget of "
+                  f"{totals.budget}: remaining is {totals.remaining}, and {args.name}'s paid calls are refused "
+                  "until the budget is raised.", file=sys.stderr)  # fmt: skip
         return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
                                                                           "remaining"])  # fmt: skip
     if command == "reservations":

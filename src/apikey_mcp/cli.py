@@ -182,10 +182,17 @@ def serve(args: argparse.Namespace) -> None:
             overrides.update(_start_sandbox(stack, settings))
             settings = Settings(**overrides)
         configure(settings.log_level)
+
+        def starting() -> None:  # once the configuration is known to be good: never before its error
+            if settings.sandbox:
+                log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed",
+                            settings.base_url)  # fmt: skip
+
         if settings.transport == "stdio":
             from .server import build_server
             from .stdio import serve_stdio
 
+            starting()
             log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
                      settings.session_budget)  # fmt: skip
             serve_stdio(lambda closed: build_server(settings, closed=closed))
@@ -194,7 +201,7 @@ def serve(args: argparse.Namespace) -> None:
         from .hosted import serve as serve_http
 
         try:
-            serve_http(settings)
+            serve_http(settings, starting=starting)
         except HostingError as exc:
             print(f"apikey-mcp: {exc}", file=sys.stderr)
             raise SystemExit(USAGE_ERROR) from None
@@ -205,7 +212,6 @@ def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:
     key = "sk-sandbox-" + secrets.token_hex(12)
     secret = "whsec_" + secrets.token_hex(16)
     sandbox = stack.enter_context(SandboxOnDemand(key, secret))
-    log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", sandbox.url)
     overrides: dict[str, object] = {"base_url": sandbox.url, "api_key": key}
     if settings.transport != "stdio" and settings.public_url is None:
         overrides |= {"public_url": f"http://{settings.host}:{settings.port}", "webhook_secret": secret}

@@ -117,6 +117,11 @@ class GatewayClient:
             self._client = self._make_http()
         return self._client
 
+    def require_key(self) -> None:
+        """Refuse a call that needs the key when there is none (before any request, which would fail otherwise)."""
+        if not self.has_key:
+            raise MissingApiKeyError("No API key is configured", code="missing_api_key")
+
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, has_key={self.has_key})"
 
@@ -215,8 +220,8 @@ class GatewayClient:
         timeout: httpx2.Timeout | None = None,
     ) -> _T:
         public = path in ("/v1/models", "/v1/credits/estimate")  # inferred: the docs show these without a key
-        if not self.has_key and not public:
-            raise MissingApiKeyError("No API key is configured", code="missing_api_key")
+        if not public:
+            self.require_key()
         is_safe = method == "GET" if safe is None else safe
         if timeout is None:
             timeout = c.READ_TIMEOUT if is_safe else c.CREATE_TIMEOUT

@@ -213,13 +213,15 @@ async def _healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, starting: Callable[[], None] = lambda: None) -> None:
+    """Check the configuration (HostingError), call `starting`, then serve until stopped."""
     app = create_app(settings)
     if settings.database_url is not None:  # an unreachable database: a clear refusal now, not a failed startup
         try:
             anyio.run(_probe, settings.database_url.get_secret_value())
         except StoreRefusedError as exc:
             raise HostingError(str(exc)) from None
+    starting()
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
