@@ -158,7 +158,7 @@ class Accounts:
         if (refused := self._refused.get(slot[1])) is not None and time.monotonic() - refused[0] < REFUSED_SECONDS:
             raise KeyRefusedError(refused[1])  # the gateway is not asked again about a key it just refused
         client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
-                               other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
+                               other_secrets=self.settings.secrets())  # fmt: skip
         try:
             try:
                 await _check_key(client)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,3 +87,19 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a replica's claim to watch a task lasts unless it renews it."
     )
+
+    def secrets(self) -> list[SecretStr]:
+        """Every secret configured (each client token and the database password apart): what redaction removes
+        from text taken from the gateway, whatever setting it came from."""
+        found: list[SecretStr] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if not isinstance(value, SecretStr) or not value.get_secret_value():
+                continue
+            found.append(value)
+            text = value.get_secret_value()
+            if name == "auth_tokens":
+                found += [SecretStr(e.split("=", 1)[1].strip()) for e in text.split(",") if "=" in e]
+            elif "://" in text and (password := urlsplit(text).password):
+                found.append(SecretStr(password))
+        return [s for s in found if s.get_secret_value()]

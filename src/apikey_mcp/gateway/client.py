@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from functools import partial
@@ -307,18 +306,17 @@ _MAX_KEPT_BODY = 10_000
 
 
 def _redactor(keys: Sequence[SecretStr | None]) -> Callable[[str], str]:
-    """Removes every secret, and anything sent as a bearer token, from text taken from an answer."""
-    secrets = [key.get_secret_value() for key in keys if key is not None and key.get_secret_value()]
+    """Removes every configured secret from text taken from an answer (not every word after "Bearer": the
+    gateway's docs show `Authorization: Bearer KEY` as a placeholder, which is no secret)."""
+    values = {key.get_secret_value() for key in keys if key is not None and key.get_secret_value()}
+    secrets = sorted(values, key=len, reverse=True)  # the longest first: no secret's tail left behind
 
     def redact(text: str) -> str:
         for secret in secrets:
             text = text.replace(secret, "[redacted]")
-        return _BEARER.sub("Bearer [redacted]", text)
+        return text
 
     return redact
-
-
-_BEARER = re.compile(r"Bearer\s+[^\s\"',;]+", re.IGNORECASE)
 
 
 def _path_segment(value: str) -> str:

@@ -106,7 +106,7 @@ def create_app(
         raise HostingError(str(exc)) from None
     where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                           other_secrets=[settings.webhook_secret])  # fmt: skip
+                           other_secrets=settings.secrets())  # fmt: skip
     accounts: Accounts | None = None  # the updates ask it whose a task is; made just below
 
     async def owns(principal: str, task_id: str) -> bool:
