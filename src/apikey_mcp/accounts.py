@@ -31,6 +31,7 @@ from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
+from .lost import log_still_open
 from .polling import Pacer
 from .service import Cache, Service
 from .tasks import TaskRegistry, TrackedTask, modality_of
@@ -100,6 +101,7 @@ class Accounts:
                 for principal, service in everyone:
                     if unfinished := service.registry.unfinished():
                         log.warning("%s: stopping with unfinished task(s) %s", principal, ", ".join(unfinished))
+                    await log_still_open(service.registry, f"{principal}: ")
                 group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():

@@ -28,6 +28,7 @@ import anyio.abc
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .gateway import GatewayClient, GatewayError, NotFoundError
 from .gateway.models import Task, TaskStatus
+from .lost import log_still_open, lose
 from .polling import Durations, Known, Pacer, Schedule
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class TrackedTask:
     polls: int = 0
     confirmed: bool = True  # False for a task resumed from the ledger, until the gateway or a push tells its state
     waiters: int = 0  # callers in `wait` now
+    lost: bool = False  # the gateway no longer knows it: not watched, not unfinished (lost.py)
     napping: anyio.CancelScope | None = field(default=None, repr=False)  # the watcher's sleep, to wake it
 
     @property
@@ -120,7 +122,10 @@ class TaskRegistry:
         self._group = group
 
     def unfinished(self) -> list[str]:
-        return [t.task_id for t in self._tasks.values() if not t.task.is_terminal]
+        return [t.task_id for t in self._tasks.values() if not t.task.is_terminal and not t.lost]
+
+    def lost(self) -> list[TrackedTask]:
+        return [t for t in self._tasks.values() if t.lost]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TaskRegistry]:
@@ -132,6 +137,7 @@ class TaskRegistry:
             finally:
                 if unfinished := self.unfinished():
                     log.warning("stopping with %d unfinished task(s): %s", len(unfinished), ", ".join(unfinished))
+                await log_still_open(self)
                 group.cancel_scope.cancel()
 
     def get(self, task_id: str) -> TrackedTask | None:
@@ -401,7 +407,7 @@ class TaskRegistry:
                 try:
                     await self.refresh(tracked.task_id)
                 except NotFoundError:
-                    log.error("task %s is no longer known to the gateway; its reservation stays open", tracked.task_id)
+                    lose(tracked)
                     return
                 except GatewayError as exc:
                     log.warning("polling task %s failed (%s); will retry", tracked.task_id, exc.message)
