@@ -180,9 +180,14 @@ def create_app(
                 await stack.enter_async_context(replica.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
-            log.info("serving %s on %s: %s (ledger: %s)", settings.transport, base, ", ".join(endpoints), where)
+            listening = getattr(app.state, "listening", f"{settings.host}:{settings.port}")  # set by serve()
+            public = f" (public URL {settings.public_url})" if settings.public_url else ""
+            log.info("serving %s, listening on %s%s: %s (ledger: %s)", settings.transport, listening, public,
+                     ", ".join(endpoints), where)  # fmt: skip
             if not access.doors[0].authenticated:
-                log.warning("serving with NO client authentication: anyone who reaches %s can spend the budget", base)
+                log.warning(
+                    "serving with NO client authentication: anyone who reaches %s can spend the budget", listening
+                )
             yield
         log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
 
@@ -221,10 +226,17 @@ def serve(settings: Settings, *, starting: Callable[[], None] = lambda: None) ->
             anyio.run(_probe, settings.database_url.get_secret_value())
         except StoreRefusedError as exc:
             raise HostingError(str(exc)) from None
-    starting()
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip
-    uvicorn.Server(config).run()
+    sock = config.bind_socket()  # bound here, so that the start log says where it listens (even with port 0)
+    app.state.listening = _address(sock.getsockname())
+    starting()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _address(bound: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = bound[0], bound[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
