@@ -195,6 +195,8 @@ def serve(args: argparse.Namespace) -> None:
             starting()
             log.info("serving MCP over stdio against %s (budget %d credits)", settings.base_url,
                      settings.session_budget)  # fmt: skip
+            if sys.stdin.isatty():  # typed in a terminal, where a client was expected: say what this is
+                print(terminal_hint(settings.sandbox), file=sys.stderr, flush=True)
             serve_stdio(lambda closed: build_server(settings, closed=closed))
             return
         from .hosted import HostingError
@@ -205,6 +207,18 @@ def serve(args: argparse.Namespace) -> None:
         except HostingError as exc:
             print(f"apikey-mcp: {exc}", file=sys.stderr)
             raise SystemExit(USAGE_ERROR) from None
+
+
+def terminal_hint(sandbox: bool) -> str:
+    """What a person who typed `apikey-mcp` in a terminal sees (on stderr: stdout stays the protocol's)."""
+    command = "apikey-mcp --sandbox" if sandbox else "apikey-mcp"
+    return (
+        "This is the MCP server over stdio: it waits for an MCP client to speak JSON-RPC on stdin, so typing here "
+        "does nothing useful.\n"
+        f"  Try it with the MCP Inspector: npx -y @modelcontextprotocol/inspector {command}\n"
+        "  Or add it to Claude Desktop, Claude Code, Cursor or VS Code (README: Client configuration).\n"
+        "  Stop it with Ctrl-C (or Ctrl-D)."
+    )
 
 
 def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:
