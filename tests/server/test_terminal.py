@@ -26,12 +26,16 @@ async def test_in_a_terminal_the_server_says_what_it_is_and_how_to_stop_it() -> 
         ) as process:  # fmt: skip
             assert process.stdout and process.stderr
             stderr = b""
-            with anyio.fail_after(30):
-                while b"Ctrl-D" not in stderr:
-                    stderr += await process.stderr.receive()
-                os.write(terminal, b"\x04")  # Ctrl-D: end of input, as the hint says
-                await process.wait()
-                stdout = b"".join([chunk async for chunk in process.stdout])
+            try:
+                with anyio.fail_after(30):
+                    while b"Ctrl-D" not in stderr:
+                        stderr += await process.stderr.receive()
+                    os.write(terminal, b"\x04")  # Ctrl-D: end of input, as the hint says
+                    await process.wait()
+                    stdout = b"".join([chunk async for chunk in process.stdout])
+            finally:
+                if process.returncode is None:  # it kept waiting on the terminal: the test failed, end it
+                    process.kill()
     finally:
         os.close(terminal)
         os.close(stdin)
