@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from .budget import OPERATOR, LedgerStore, Reservation, Totals
+from .paths import default_state_file
 
 PAGE = 1000
 
@@ -26,10 +27,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     # The ledger options are accepted before the subcommand and after it (`admin principals --state-file F`).
     ledger = argparse.ArgumentParser(add_help=False)
     one = ledger.add_mutually_exclusive_group()
-    one.add_argument("--state-file", default=argparse.SUPPRESS,
-                     help="the server's SQLite ledger file (env APIKEY_STATE_FILE)")  # fmt: skip
-    one.add_argument("--database-url", default=argparse.SUPPRESS,
-                     help="the server's PostgreSQL ledger (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
+    where = f"the server's SQLite ledger (env APIKEY_STATE_FILE; default {default_state_file()})"
+    one.add_argument("--state-file", default=argparse.SUPPRESS, metavar="FILE", help=where)
+    one.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
+                     help="the server's PostgreSQL ledger instead (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
     p = sub.add_parser(
         "admin", parents=[ledger], help="the operator's commands on a hosted server's ledger",
         description="The operator's commands on the ledger of a hosted server (budgets, reservations, audit trail). "
@@ -39,20 +40,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     commands = p.add_subparsers(dest="admin_command", title="commands", metavar="COMMAND")
     json_flag = argparse.ArgumentParser(add_help=False, parents=[ledger])
     json_flag.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("principals", parents=[json_flag], help="budget, spent, reserved and remaining of each")
-    budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
-    budget.add_argument("name")
-    budget.add_argument("credits", type=int)
-    listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
+
+    def command(name: str, what: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[json_flag], help=what, description=f"{what[0].upper()}{what[1:]}.")
+
+    command("principals", "budget, spent, reserved and remaining of each principal")
+    budget = command("set-budget", "set a principal's budget (or create the principal)")
+    budget.add_argument("name", help="the principal (its token's name, or <issuer>#<subject> with OAuth)")
+    budget.add_argument("credits", type=int, help="its new budget, in credits")
+    listing = command("reservations", "reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
     listing.add_argument("--principal", help="only this principal's")
-    listing.add_argument("--limit", type=int, default=100)
-    close = commands.add_parser("close", parents=[json_flag], help="close a reservation a server cannot close")
-    close.add_argument("reservation_id")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    close = command("close", "close a reservation that no server can close (its task is lost or unknown)")
+    close.add_argument("reservation_id", help="its id (reservations --open lists them; the server logs name them)")
     how = close.add_mutually_exclusive_group(required=True)
     how.add_argument("--charged", type=int, metavar="N", help="settle it: the gateway charged N credits")
     how.add_argument("--released", action="store_true", help="release it: nothing was charged")
-    history = commands.add_parser("history", parents=[json_flag], help="export the audit trail, oldest first")
+    history = command("history", "export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
 
 
@@ -62,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
         print(args.admin_help(), file=sys.stderr, end="")
         return 2
     from .config import Settings
-    from .hosted.app import default_state_file
     from .stores import StoreRefusedError, open_store
 
     overrides = {k: getattr(args, k) for k in ("state_file", "database_url") if getattr(args, k, None)}

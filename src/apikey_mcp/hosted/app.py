@@ -12,11 +12,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
-import platformdirs
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -29,6 +27,7 @@ from starlette.types import ASGIApp
 from ..accounts import Accounts
 from ..config import Settings
 from ..gateway import GatewayClient
+from ..paths import default_state_file
 from ..server import build_server
 from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .access import Access
@@ -54,10 +53,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def default_state_file() -> Path:
-    return Path(platformdirs.user_data_dir("apikey-mcp")) / "state.sqlite3"
 
 
 def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
