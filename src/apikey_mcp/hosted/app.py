@@ -31,6 +31,7 @@ from ..paths import default_state_file
 from ..server import build_server
 from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .access import Access
+from .access_log import AccessLog
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
@@ -187,7 +188,9 @@ def create_app(
         log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
 
     throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
-    app = Starlette(routes=routes, middleware=[throttle, *access.middleware()], lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(AccessLog), throttle, *access.middleware()], lifespan=lifespan
+    )
     app.state.accounts = accounts
     app.state.updates = updates
     return app
