@@ -79,7 +79,6 @@ async def _burst(cluster: Cluster, principal: str, generate: Any) -> None:
             group.start_soon(generate, client, principal)
 
 
-
 def test_a_replica_logs_where_it_listens_not_the_balancers_url(cluster: Cluster) -> None:
     replica = cluster.replicas[0]
     started = next(line for line in replica.log.read_text().splitlines() if "serving streamable-http" in line)
