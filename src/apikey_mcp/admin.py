@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from .stores import StoreRefusedError, open_store
 
     overrides = {k: getattr(args, k) for k in ("state_file", "database_url") if getattr(args, k, None)}
+    if len(overrides) == 2:  # one before the command, the other after it: argparse sees each part alone
+        print("apikey-mcp admin: give --state-file or --database-url, not both", file=sys.stderr)
+        return 2
     settings = Settings(**overrides)
     url = settings.database_url.get_secret_value() if settings.database_url else None
     state_file = None if url else Path(settings.state_file or default_state_file())

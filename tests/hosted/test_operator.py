@@ -120,6 +120,8 @@ async def test_admin_takes_the_ledger_options_after_the_subcommand_too(tmp_path:
     assert raised.returncode == 0, raised.stderr
     async with open_store(state_file=state) as store:
         assert (await store.totals("alice")).budget == 300
+    both = run_admin("--state-file", str(state), "principals", "--database-url", "postgresql://nowhere/x")
+    assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_admin_alone_lists_its_commands_instead_of_a_missing_argument() -> None:
