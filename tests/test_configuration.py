@@ -35,12 +35,17 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
          "APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: the token for 'alice' is shorter than 16 characters; "
          "each entry is name=token, with a token of 16 or more characters."),
         (["--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {}, "Refusing to serve on 0.0.0.0"),  # noqa: S104
+        (["--sandbox", "--transport", "http", "--host", "0.0.0.0", "--port", "{port}"], {},  # noqa: S104
+         "Refusing to serve on 0.0.0.0"),  # the sandbox is not announced before the error: one line
         (["--budget", "lots"], {}, "argument --budget: invalid int value: 'lots'. See apikey-mcp --help."),
         ([], {"APIKEY_SANDBOX": "maybe"}, "--sandbox / APIKEY_SANDBOX must be true or false (got 'maybe')."),
         (["--media-origin", "https://ok.example", "--media-origin", "ftp://x"], {},
          "--media-origin / APIKEY_MEDIA_ORIGINS must be an http(s) URL (got 'ftp://x')."),
         ([], {"APIKEY_ALERT_AT": "120"}, "--alert-at / APIKEY_ALERT_AT must be at most 100 (got '120')."),
         (["--confirm-above", "-5"], {}, "--confirm-above / APIKEY_CONFIRM_ABOVE must be at least 0 (got -5)."),
+        (["--transport", "http", "--port", "{port}", "--oauth-issuer", "https://auth.example.com"],
+         {"APIKEY_OAUTH_ALGORITHMS": "HS256"},
+         "APIKEY_OAUTH_ALGORITHMS: only asymmetric JWT algorithms can be allowed (no 'none', no HS*) (got 'HS256')."),
     ],
 )  # fmt: skip
 def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[str, str], line: str) -> None:

@@ -33,6 +33,7 @@ from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
+from .lost import log_still_open
 from .policy import Policy
 from .polling import Pacer
 from .service import Cache, Service
@@ -120,6 +121,7 @@ class Accounts:
                             principal,
                             ", ".join(unfinished),
                         )
+                    await log_still_open(service.registry, f"{principal}: ")
                 with anyio.CancelScope(shield=True):
                     for service in self._own.values():
                         await service.client.aclose()
@@ -188,7 +190,7 @@ class Accounts:
                                   f"checked a minute): try again in {int(wait + 0.999)} s.")  # fmt: skip
         self.key_checks.note(principal)
         client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
-                               other_secrets=[self.settings.api_key, self.settings.webhook_secret])  # fmt: skip
+                               other_secrets=self.settings.secrets())  # fmt: skip
         try:
             try:
                 await _check_key(client)

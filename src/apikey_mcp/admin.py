@@ -19,6 +19,7 @@ import anyio
 
 from . import report
 from .budget import OPERATOR, LedgerStore, LedgerUnavailableError, Reservation, Totals, UnknownPrincipalError
+from .paths import default_state_file
 from .periods import PERIODS
 from .policy import Policy
 from .stores.common import INT64_MAX
@@ -27,52 +28,68 @@ PAGE = 1000
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("admin", help="the operator's commands on a hosted server's ledger")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--state-file", default=argparse.SUPPRESS, help="the server's SQLite ledger file")
-    where.add_argument("--database-url", default=argparse.SUPPRESS,
-                       help="the server's PostgreSQL ledger (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
-    commands = p.add_subparsers(dest="admin_command", required=True)
-    json_flag = argparse.ArgumentParser(add_help=False)
+    # The ledger options are accepted before the subcommand and after it (`admin principals --state-file F`).
+    ledger = argparse.ArgumentParser(add_help=False)
+    one = ledger.add_mutually_exclusive_group()
+    where = f"the server's SQLite ledger (env APIKEY_STATE_FILE; default {default_state_file()})"
+    one.add_argument("--state-file", default=argparse.SUPPRESS, metavar="FILE", help=where)
+    one.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
+                     help="the server's PostgreSQL ledger instead (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
+    p = sub.add_parser(
+        "admin", parents=[ledger], help="the operator's commands on a hosted server's ledger",
+        description="The operator's commands on the ledger of a hosted server (budgets, reservations, audit trail). "
+        "A change takes effect in running servers at their next call.",
+    )  # fmt: skip
+    p.set_defaults(admin_help=p.format_help)
+    commands = p.add_subparsers(dest="admin_command", title="commands", metavar="COMMAND")
+    json_flag = argparse.ArgumentParser(add_help=False, parents=[ledger])
     json_flag.add_argument("--json", action="store_true", help="machine-readable output")
-    commands.add_parser("principals", parents=[json_flag], help="budget, spent, reserved and remaining of each")
-    budget = commands.add_parser("set-budget", parents=[json_flag], help="set a principal's budget (or create it)")
-    budget.add_argument("name")
-    budget.add_argument("credits", help="whole credits, 0 to 2^63-1")
-    policy = commands.add_parser("set-policy", parents=[json_flag], help="set a principal's spending policy "
-                                 "(flags not given stay as they are)")  # fmt: skip
-    policy.add_argument("name")
+
+    def command(name: str, what: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[json_flag], help=what, description=f"{what[0].upper()}{what[1:]}.")
+
+    command("principals", "budget, spent, reserved, remaining and policy of each principal")
+    budget = command("set-budget", "set a principal's budget (or create the principal)")
+    budget.add_argument("name", help="the principal (its token's name, or <issuer>#<subject> with OAuth)")
+    budget.add_argument("credits", help="its new budget, in whole credits (0 to 2^63-1)")
+    policy = command("set-policy", "set a principal's spending policy (flags not given stay as they are)")
+    policy.add_argument("name", help="the principal")
     policy.add_argument("--max-per-call", metavar="N|none", help="refuse a call estimated above N credits")
     policy.add_argument("--allow", metavar="MODEL_OR_MODALITY,...|all", help="only these models or modalities "
                         "(image, video, music, chat, embedding)")  # fmt: skip
     policy.add_argument("--period", choices=PERIODS, help="the budget renews each day, week or month (UTC)")
     policy.add_argument("--alert-at", metavar="PERCENT|none", help="alert at this percent of the budget (and 100)")
-    listing = commands.add_parser("reservations", parents=[json_flag], help="reservations, newest first")
+    listing = command("reservations", "reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
     listing.add_argument("--lost", action="store_true",
                          help="only open ones whose task the gateway stopped knowing (close them by hand)")  # fmt: skip
     listing.add_argument("--principal", help="only this principal's")
-    listing.add_argument("--limit", default="100")
-    close = commands.add_parser("close", parents=[json_flag], help="close a reservation a server cannot close")
-    close.add_argument("reservation_id")
+    listing.add_argument("--limit", default="100", help="at most this many (default 100)")
+    close = command("close", "close a reservation that no server can close (its task is lost or unknown)")
+    close.add_argument("reservation_id", help="its id (reservations --open lists them; the server logs name them)")
     how = close.add_mutually_exclusive_group(required=True)
     how.add_argument("--charged", metavar="N", help="settle it: the gateway charged N credits (0 to the hold)")
     how.add_argument("--released", action="store_true", help="release it: nothing was charged")
     close.add_argument(
         "--over-hold", metavar="REASON", help="with --charged: allow more than the hold; REASON goes into the audit"
     )
-    history = commands.add_parser("history", parents=[json_flag], help="export the audit trail, oldest first")
+    history = command("history", "export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
     report.add_parser(commands)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one admin command; the exit status (0 done, 1 refused, 2 cannot open the ledger)."""
+    """Run one admin command; the exit status (0 done, 1 refused, 2 no command or cannot open the ledger)."""
+    if args.admin_command is None:  # `apikey-mcp admin` alone: what it can do, not "arguments are required"
+        print(args.admin_help(), file=sys.stderr, end="")
+        return 2
     from .config import Settings
-    from .sessions import default_state_file
     from .stores import StoreRefusedError, open_store
 
     overrides = {k: getattr(args, k) for k in ("state_file", "database_url") if getattr(args, k, None)}
+    if len(overrides) == 2:  # one before the command, the other after it: argparse sees each part alone
+        print("apikey-mcp admin: give --state-file or --database-url, not both", file=sys.stderr)
+        return 2
     settings = Settings(**overrides)
     url = settings.database_url.get_secret_value() if settings.database_url else None
     state_file = None if url else Path(settings.state_file or default_state_file())
@@ -122,6 +139,11 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         return await _set_policy(store, args)
     if command == "set-budget":
         totals = await store.set_budget(args.name, _whole(args.credits, "the budget"), OPERATOR)
+        if totals.remaining < 0:  # done, as asked; but the operator must know what it means
+            print(f"apikey-mcp admin: warning: {args.name} has already used {totals.spent + totals.reserved} "
+                  f"credits ({totals.spent} spent, {totals.reserved} reserved), more than the new budget of "
+                  f"{totals.budget}: remaining is {totals.remaining}, and {args.name}'s paid calls are refused "
+                  "until the budget is raised.", file=sys.stderr)  # fmt: skip
         return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
                                                                           "remaining"])  # fmt: skip
     if command == "reservations":

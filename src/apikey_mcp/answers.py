@@ -16,7 +16,7 @@ from .budget import BudgetExceededError, LedgerUnavailableError
 from .gateway import GatewayError
 from .gateway.models import TaskStatus
 from .policy import PolicyRefusedError
-from .results import COST_META, ChatResult, EmbeddingsResult, TaskResult, TaskStarted, dump
+from .results import COST_META, ChatResult, EmbeddingsResult, TaskResult, TaskStarted, credits_text, dump
 from .service import InputError, LedgerRefusedError
 from .strict import refusal
 
@@ -81,7 +81,7 @@ def over_budget(exc: BudgetExceededError) -> str:
     """Refused as over budget, with advice that fits the kind of call (no resolution for a chat)."""
     cheaper = _CHEAPER.get(exc.purpose.split(" ", 1)[0], "a smaller job")
     return (
-        f"Over budget: {exc.purpose} is estimated at {exc.needed} credits but only {exc.remaining} of the "
+        f"Over budget: {exc.purpose} is estimated at {credits_text(exc.needed)} but only {exc.remaining} of the "
         f"session's {exc.budget} remain, so nothing was created. Try {cheaper}, or a cheaper model (list_models, "
         "estimate), or ask the human to raise the budget (request_budget_increase)."
     )
@@ -104,7 +104,7 @@ def shaped(result: BaseModel, summary: str, links: list[ResourceLink] | None = N
 def task_summary(result: TaskResult) -> str:
     head = f"Task {result.task_id} ({result.modality or 'media'}, {result.model or 'model ?'}): {result.status}"
     if result.status == TaskStatus.SUCCEEDED:
-        head += f", charged {result.credits_charged} credits, {len(result.outputs)} output(s)"
+        head += f", charged {credits_text(result.credits_charged or 0)}, {len(result.outputs)} output(s)"
     elif result.progress is not None and result.status == TaskStatus.RUNNING:
         head += f" ({result.progress:.0%})"
     return f"{head}. {result.next_step} {result.budget.line()}"

@@ -10,8 +10,9 @@ import secrets
 import select
 import socket
 import sys
+import textwrap
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -29,23 +30,49 @@ class MetricsListenError(ValueError):
 
 
 def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("sandbox", help="run the sandbox gateway (no account needed; nothing is billed)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8787)
-    p.add_argument("--key", action="append", dest="keys", metavar="KEY", help="a key to accept (repeatable)")
+    p = sub.add_parser(
+        "sandbox", help="run the sandbox gateway alone (no account needed; nothing is billed)",
+        description="Run the sandbox gateway: a real HTTP server that follows the API-Key gateway's contract, with "
+        "made-up models and prices. It prints its base URL, keys and webhook secret; point apikey-mcp at it with "
+        "APIKEY_BASE_URL and APIKEY_API_KEY. Nothing is billed.",
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787)")
+    p.add_argument("--key", action="append", dest="keys", metavar="KEY",
+                   help="a key to accept (repeatable; default: one random key, printed)")  # fmt: skip
     p.add_argument("--credits", type=int, default=100_000, help="each key's wallet (default 100000)")
     p.add_argument("--task-seconds", type=float, default=3.0, help="pending to terminal, in seconds (default 3)")
     p.add_argument(
         "--hold", action="store_true", help="keep new tasks pending until POST /sandbox/tasks/{id}/advance moves them"
     )
     p.add_argument("--webhook-secret", help="secret that signs callbacks (default: random, printed)")
-    p.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail, 0-1")
-    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every /v1 request")
-    p.add_argument("--error-rate", type=float, default=0.0, help="share of /v1 requests answered 503")
-    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of /v1 requests answered 429")
+    p.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail, 0-1 (default 0)")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every /v1 request (default 0)")
+    p.add_argument("--error-rate", type=float, default=0.0, help="share of /v1 requests answered 503 (default 0)")
+    p.add_argument("--rate-limit-rate", type=float, default=0.0,
+                   help="share of /v1 requests answered 429 (default 0)")  # fmt: skip
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines wrapped at spaces only: URLs, paths and variable names stay whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+        self.before_help: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def format_help(self) -> str:
+        """The help, completed first by `before_help` (made from the settings model only when asked for)."""
+        if self.before_help is not None:
+            describe, self.before_help = self.before_help, None
+            describe(self)
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         """One line, naming the flag and what is wrong (argparse's default adds the whole usage); a JSON object
         when JSON logs were asked for."""
@@ -70,108 +97,77 @@ def _wants_json(argv: Sequence[str]) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line. An option that sets a setting gets its help (variable, default) from config.py's model:
+    give it `help=` only for what the flag adds to the setting's description."""
     p = _Parser(
         prog="apikey-mcp",
-        description="MCP server for the API-Key gateway (api-key.org), with an enforced session credit budget.",
-    )
+        description="MCP server for the API-Key gateway (api-key.org), with an enforced session credit budget. "
+        "With no command it serves MCP over stdio (for Claude Desktop, IDE agents) or, with --transport, hosted.",
+    )  # fmt: skip
     p.add_argument("--version", action="version", version=f"apikey-mcp {__version__}")
-    p.add_argument("--sandbox", action="store_true", default=None,
-                   help="start the sandbox gateway in-process and use it (env APIKEY_SANDBOX=true)")  # fmt: skip
-    p.add_argument("--base-url", help="gateway URL (env APIKEY_BASE_URL; default https://api-key.org)")
-    p.add_argument("--api-key", help="gateway key (prefer env APIKEY_API_KEY: flags show in process lists)")
-    p.add_argument("--auth-scheme", choices=["bearer", "x-api-key"], help="how the key is sent (default bearer)")
-    p.add_argument("--budget", type=int, dest="session_budget", help="credits this session may spend "
-                   "(env APIKEY_SESSION_BUDGET; default 1000)")  # fmt: skip
-    p.add_argument("--output-dir", help="download finished results here (env APIKEY_OUTPUT_DIR)")
-    p.add_argument("--max-download-bytes", type=int, help="size cap per downloaded file (default 512 MiB)")
-    p.add_argument("--max-task-download-bytes", type=int, help="size cap on one task's files (default 1 GiB)")
-    p.add_argument("--download-deadline-seconds", type=float, help="longest one task's save may take (default 600)")
-    p.add_argument("--max-output-dir-bytes", type=int, help="quota on the output directory (default 10 GiB)")
-    p.add_argument("--allow-private-downloads", action="store_true", default=None,
-                   help="fetch results from loopback, private and link-local hosts too")  # fmt: skip
+    p.add_argument("--sandbox", action="store_true", default=None)
+    p.add_argument("--base-url", metavar="URL")
+    p.add_argument("--api-key", metavar="KEY")
+    p.add_argument("--auth-scheme", choices=["bearer", "x-api-key"])
+    p.add_argument("--budget", type=int, dest="session_budget", metavar="CREDITS",
+                   help="Credits this session may spend (hosted: a new principal's first budget)")  # fmt: skip
+    p.add_argument("--output-dir", metavar="DIR")
+    p.add_argument("--max-download-bytes", type=int, metavar="BYTES")
+    p.add_argument("--max-task-download-bytes", type=int, metavar="BYTES")
+    p.add_argument("--download-deadline-seconds", type=float, metavar="SECONDS")
+    p.add_argument("--max-output-dir-bytes", type=int, metavar="BYTES")
+    p.add_argument("--allow-private-downloads", action="store_true", default=None)
     p.add_argument("--media-origin", action="append", dest="media_origins", metavar="ORIGIN",
-                   help="another origin result files load from, for the media app's CSP (repeatable; env "
-                   "APIKEY_MEDIA_ORIGINS, comma-separated; the gateway's origin is always allowed)")  # fmt: skip
-    p.add_argument("--lost-after-seconds", type=float, help="a task the gateway answers 404 for this long is "
-                   "marked lost, its hold kept for the operator (default 60)")  # fmt: skip
-    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
-    p.add_argument("--log-format", choices=["text", "json"], help="stderr lines as text (default) or one JSON object "
-                   "each (env APIKEY_LOG_FORMAT)")  # fmt: skip
-    p.add_argument("--principal", help="stdio: the name the ledger records this user's spending under "
-                   "(env APIKEY_PRINCIPAL; default the OS user name)")  # fmt: skip
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics at /metrics on this port "
-                   "(env APIKEY_METRICS_PORT; off by default)")  # fmt: skip
-    p.add_argument("--metrics-host", help="address of the metrics listener (default 127.0.0.1)")
-    p.add_argument("--metrics-max-principals", type=int, help="principal labels in metrics; the rest are summed "
-                   "under _other (default 100)")  # fmt: skip
+                   help="Another origin result files load from, for the media app's CSP (repeatable; the "
+                   "gateway's origin is always allowed)")  # fmt: skip
+    p.add_argument("--lost-after-seconds", type=float, metavar="SECONDS")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--principal", metavar="NAME")
+    p.add_argument("--metrics-port", type=int, metavar="PORT")
+    p.add_argument("--metrics-host", metavar="ADDRESS")
+    p.add_argument("--metrics-max-principals", type=int, metavar="N")
     spending = p.add_argument_group("spending policy (hosted: the default for new principals; admin set-policy)")
-    spending.add_argument(
-        "--confirm-above",
-        type=int,
-        metavar="CREDITS",
-        help="ask the human (elicitation) before a call estimated above this (env APIKEY_CONFIRM_ABOVE)",
-    )
-    spending.add_argument("--max-per-call", type=int, metavar="N", help="refuse a call estimated above N credits")
-    spending.add_argument("--allow", metavar="MODEL_OR_MODALITY,...", help="only these models or modalities")
-    spending.add_argument(
-        "--period",
-        choices=["day", "week", "month", "none"],
-        help="the budget renews each day, week or month (UTC; weeks start Monday), or never (default)",
-    )
-    spending.add_argument(
-        "--alert-at",
-        type=int,
-        metavar="PERCENT",
-        help="alert once a period when spent + reserved cross this percent of the budget (and at 100%%)",
-    )
-    spending.add_argument(
-        "--alert-webhook",
-        metavar="URL",
-        help="POST alerts here, signed with env APIKEY_ALERT_SECRET (env APIKEY_ALERT_WEBHOOK)",
-    )
+    spending.add_argument("--confirm-above", type=int, metavar="CREDITS")
+    spending.add_argument("--max-per-call", type=int, metavar="N")
+    spending.add_argument("--allow", metavar="MODEL_OR_MODALITY,...")
+    spending.add_argument("--period", choices=["day", "week", "month", "none"])
+    spending.add_argument("--alert-at", type=int, metavar="PERCENT")
+    spending.add_argument("--alert-webhook", metavar="URL")
     hosted = p.add_argument_group("hosted mode (remote agents)")
-    hosted.add_argument(
-        "--transport",
-        choices=["stdio", "http", "sse", "streamable-http"],
-        help="stdio (default); http serves Streamable HTTP at /mcp and SSE at /sse together",
+    hosted.add_argument("--transport", choices=["stdio", "http", "sse", "streamable-http"])
+    hosted.add_argument("--host", metavar="ADDRESS")
+    hosted.add_argument("--port", type=int)
+    hosted.add_argument("--public-url", metavar="URL",
+                        help="URL where the gateway reaches this server, for signed callbacks")  # fmt: skip
+    hosted.add_argument("--oauth-issuer", metavar="URL", help="Accept OAuth 2.1 access tokens (JWT) from this "
+                        "authorization server on /mcp and /sse; operator tokens move to /token/...")  # fmt: skip
+    hosted.add_argument("--oauth-scope", metavar="SCOPE")
+    hosted.add_argument("--max-sessions-per-principal", type=int, metavar="N")
+    hosted.add_argument("--max-sse-streams-per-principal", type=int, metavar="N")
+    hosted.add_argument("--max-listens-per-principal", type=int, metavar="N")
+    hosted.add_argument("--forwarded-allow-ips", metavar="ADDRESSES", help="Your proxy's address(es), "
+                        "comma-separated: trust its X-Forwarded-For for the client address")  # fmt: skip
+    hosted.add_argument("--state-file", metavar="FILE")
+    hosted.add_argument("--database-url", metavar="URL", help="PostgreSQL ledger instead, postgresql://... "
+                        "(several server processes or machines)")  # fmt: skip
+    hosted.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="HOST",
+                        help="Another Host header to accept, e.g. behind a proxy (repeatable)")  # fmt: skip
+    hosted.add_argument("--allow-byok", action="store_true", default=None,
+                        help="Let clients send their own gateway key in the x-apikey-gateway-key header")  # fmt: skip
+    sub: argparse._SubParsersAction[Any] = p.add_subparsers(  # of _Parser: one-line errors too
+        dest="command", title="commands", metavar="COMMAND"
     )
-    hosted.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    hosted.add_argument("--port", type=int, help="port to bind (default 8000)")
-    hosted.add_argument("--public-url", help="URL where the gateway reaches this server, for signed callbacks")
-    hosted.add_argument(
-        "--oauth-issuer",
-        help="accept OAuth 2.1 access tokens (JWT) from this authorization "
-        "server on /mcp and /sse (env APIKEY_OAUTH_ISSUER); operator tokens move to /token/...",
-    )
-    hosted.add_argument("--oauth-scope", help="scope an OAuth token needs (default 'apikey')")
-    hosted.add_argument("--max-sessions-per-principal", type=int, help="open Streamable HTTP sessions (default 16)")
-    hosted.add_argument("--max-sse-streams-per-principal", type=int, help="open SSE streams (default 8)")
-    hosted.add_argument("--max-listens-per-principal", type=int, help="open subscriptions/listen streams (default 8)")
-    hosted.add_argument(
-        "--forwarded-allow-ips",
-        help="your proxy's address(es), comma-separated: trust its "
-        "X-Forwarded-For for the client address (default: trust none)",
-    )
-    hosted.add_argument("--state-file", help="SQLite ledger file: budgets, reservations, audit trail")
-    hosted.add_argument("--database-url", help="PostgreSQL ledger instead, postgresql://... (env APIKEY_DATABASE_URL; "
-                        "for several server processes or machines)")  # fmt: skip
-    hosted.add_argument(
-        "--allowed-host",
-        action="append",
-        dest="allowed_hosts",
-        metavar="HOST",
-        help="another Host header to accept, e.g. behind a proxy (repeatable)",
-    )
-    hosted.add_argument(
-        "--allow-byok",
-        action="store_true",
-        default=None,
-        help="let clients send their own gateway key in the x-apikey-gateway-key header",
-    )
-    sub: argparse._SubParsersAction[Any] = p.add_subparsers(dest="command")  # of _Parser: one-line errors too
     _sandbox_parser(sub)
     admin.add_parser(sub)
+    p.before_help = _describe_settings
     return p
+
+
+def _describe_settings(p: argparse.ArgumentParser) -> None:
+    from .cli_help import describe_settings  # the settings model: imported only for --help
+
+    describe_settings(p)
 
 
 def run_sandbox(args: argparse.Namespace) -> None:
@@ -268,16 +264,22 @@ def serve(args: argparse.Namespace) -> None:
             overrides.update(_start_sandbox(stack, settings))
             settings = Settings(**overrides)
         _start_metrics(stack, settings)
+
+        def starting() -> None:  # once the configuration is known to be good: never before its error
+            if settings.sandbox:
+                log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed",
+                            settings.base_url)  # fmt: skip
+
         if settings.transport == "stdio":
             from .sessions import serve_local
 
-            serve_local(settings)
+            serve_local(settings, starting=starting)
             return
         from .hosted import HostingError
         from .hosted import serve as serve_http
 
         try:
-            serve_http(settings)
+            serve_http(settings, starting=starting)
         except HostingError as exc:
             _exit_with(parser(), args, [str(exc)])
 
@@ -299,12 +301,23 @@ def _start_metrics(stack: ExitStack, settings: Settings) -> None:
     log.info("Prometheus metrics at http://%s:%d/metrics", settings.metrics_host, port)
 
 
+def terminal_hint(sandbox: bool) -> str:
+    """What a person who typed `apikey-mcp` in a terminal sees (on stderr: stdout stays the protocol's)."""
+    command = "apikey-mcp --sandbox" if sandbox else "apikey-mcp"
+    return (
+        "This is the MCP server over stdio: it waits for an MCP client to speak JSON-RPC on stdin, so typing here "
+        "does nothing useful.\n"
+        f"  Try it with the MCP Inspector: npx -y @modelcontextprotocol/inspector {command}\n"
+        "  Or add it to Claude Desktop, Claude Code, Cursor or VS Code (README: Client configuration).\n"
+        "  Stop it with Ctrl-C (or Ctrl-D)."
+    )
+
+
 def _start_sandbox(stack: ExitStack, settings: Settings) -> dict[str, object]:
     """A sandbox gateway in this process; when hosted, its signed callbacks come back to this server."""
     key = "sk-sandbox-" + secrets.token_hex(12)
     secret = "whsec_" + secrets.token_hex(16)
     sandbox = stack.enter_context(SandboxOnDemand(key, secret))
-    log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", sandbox.url)
     overrides: dict[str, object] = {"base_url": sandbox.url, "api_key": key}
     if settings.transport != "stdio" and settings.public_url is None:
         overrides |= {"public_url": f"http://{settings.host}:{settings.port}", "webhook_secret": secret}

@@ -20,6 +20,11 @@ APP_SCHEMA_VERSION = 1  # of the structured content the MCP Apps read (TaskStart
 _ACCEPTS = {"type": "object", "description": "What it accepts: durations, resolutions, input_modes, sizes, limits."}
 
 
+def credits_text(n: int) -> str:
+    """`1 credit`, `40 credits`: an amount as the agent and the operator read it."""
+    return f"{n} credit" if n == 1 else f"{n} credits"
+
+
 def dump(result: BaseModel) -> dict[str, Any]:
     """A result as the agent gets it: JSON, without the fields that have no value."""
     return result.model_dump(mode="json", exclude_none=True)
@@ -36,7 +41,8 @@ class BudgetTotals(BaseModel):
         return cls(budget=totals.budget, spent=totals.spent, reserved=totals.reserved, remaining=totals.remaining)
 
     def line(self) -> str:
-        return f"Budget: {self.remaining} of {self.budget} credits left ({self.spent} spent, {self.reserved} reserved)."
+        left = f"{self.remaining} of {credits_text(self.budget)} left"
+        return f"Budget: {left} ({self.spent} spent, {self.reserved} reserved)."
 
 
 class OpenReservation(BaseModel):

@@ -99,7 +99,7 @@ def build_server(
         try:
             async with GatewayClient(
                 settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                other_secrets=[settings.webhook_secret],
+                other_secrets=settings.secrets(),
             ) as client:  # fmt: skip
                 opening = Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep,
                                    poll_clock=poll_clock, local=principal, clock=clock)  # fmt: skip

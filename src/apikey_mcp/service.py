@@ -152,7 +152,10 @@ class Service:
         return await self._cached(f"doc:{name}", lambda: self.client.get_document(name))
 
     async def _check_model(self, model: str, modality: str) -> None:
-        """Refuse an unknown model or one of another modality before anything is estimated or reserved."""
+        """Refuse an unknown model or one of another modality before anything is estimated or reserved.
+
+        Only paid calls check their model: with no key, that is said first (not a failure to reach the gateway)."""
+        self.client.require_key()
         catalogue = (await self.models()).data
         info = next((m for m in catalogue if m.id == model), None)
         if info is not None and info.modality == modality:  # then the policy's allow-list, before any estimate
@@ -247,7 +250,7 @@ class Service:
         ]
         charged = task.credits.charged if task.credits else None
         if task.status == TaskStatus.SUCCEEDED:
-            step = "Done: the outputs are durable links" + (", saved locally too." if any(saved) else ".")
+            step = _done_step(self.settings.sandbox, any(saved))
         elif task.status == TaskStatus.FAILED:
             held = f"its {reservation.credits} reserved credits were released" if reservation else "nothing was charged"
             step = f"The task failed and {held}. Adjust the prompt or parameters and try again."
@@ -364,3 +367,11 @@ class Service:
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)
+
+
+def _done_step(sandbox: bool, saved: bool) -> str:
+    if saved:
+        return "Done: the outputs are links, saved locally too."
+    if sandbox:  # the sandbox serves its files from this process: they go when it stops
+        return "Done: the outputs are links to the sandbox gateway, served only while this server runs."
+    return "Done: the outputs are durable links."

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import getpass
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from .budget import LedgerStore
 from .config import Settings
+from .paths import default_state_file
 from .policy import Policy
 
 log = logging.getLogger(__name__)
@@ -34,13 +36,6 @@ def local_principal(settings: Settings) -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container): still one principal
         return "local"
-
-
-def default_state_file() -> Path:
-    """`state.sqlite3` in the user data directory: the ledger of stdio runs, and of a hosted server by default."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("apikey-mcp")) / "state.sqlite3"
 
 
 def state_file(settings: Settings) -> Path:
@@ -62,8 +57,12 @@ async def start_session(
         await store.set_policy(principal, policy, SESSION, now=now)
 
 
-def serve_local(settings: Settings) -> None:
-    """Serve MCP over stdio, recording into the local ledger."""
+def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: None) -> None:
+    """Serve MCP over stdio, recording into the local ledger; `starting` once the ledger opened (the last check
+    of the configuration). Typed in a terminal, it says on stderr what it is (stdout stays the protocol's)."""
+    import sys
+
+    from .cli import terminal_hint
     from .server import build_server
     from .stdio import serve_stdio
     from .stores import StoreRefusedError
@@ -75,8 +74,11 @@ def serve_local(settings: Settings) -> None:
     except StoreRefusedError as exc:
         raise LedgerFileError(str(exc)) from None
     principal = local_principal(settings)
+    starting()
     log.info("serving MCP over stdio against %s (budget %d credits; ledger %s, principal %s)", settings.base_url,
              settings.session_budget, path, principal)  # fmt: skip
+    if sys.stdin.isatty():  # typed in a terminal, where a client was expected: say what this is
+        print(terminal_hint(settings.sandbox), file=sys.stderr, flush=True)
     try:
         serve_stdio(lambda closed: build_server(settings, store=store, closed=closed, principal=principal))
     finally:

@@ -28,6 +28,7 @@ from .budget import Ledger, Reservation
 from .durable import durably
 from .gateway import GatewayClient, NotFoundError
 from .gateway.models import Task, TaskStatus
+from .lost import log_lost, log_still_open
 from .polling import Durations, Pacer, Schedule
 from .supervisor import NotRunningError, Supervisor
 from .tracked import TrackedTask, modality_of
@@ -101,7 +102,10 @@ class TaskRegistry:
         self.supervisor = supervisor
 
     def unfinished(self) -> list[str]:
-        return [t.task_id for t in self._tasks.values() if not t.task.is_terminal]
+        return [t.task_id for t in self._tasks.values() if not t.task.is_terminal and t.lost_at is None]
+
+    def lost(self) -> list[TrackedTask]:
+        return [t for t in self._tasks.values() if t.lost_at is not None]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TaskRegistry]:
@@ -113,6 +117,7 @@ class TaskRegistry:
             finally:
                 if unfinished := self.unfinished():
                     log.warning("stopping with %d unfinished task(s): %s", len(unfinished), ", ".join(unfinished))
+                await log_still_open(self)
 
     def get(self, task_id: str) -> TrackedTask | None:
         return self._tasks.get(task_id)
@@ -338,6 +343,7 @@ class TaskRegistry:
         """The gateway no longer knows the task: its reservation stays counted (it may have been charged) and
         is marked lost, for the operator to close; anyone waiting on it hears so."""
         tracked.lost_at = time.time()
+        log_lost(tracked)
         if (reservation := tracked.reservation) is not None and reservation.lost_at is None:
             await self.durably(f"mark task {tracked.task_id} lost", lambda: self.ledger.mark_lost(reservation))
         tracked.changed.set()

@@ -44,6 +44,7 @@ from .results import (
     ModelsResult,
     TaskResult,
     TaskStarted,
+    credits_text,
 )
 from .service import InputError, Service
 from .strict import StrictTool
@@ -156,7 +157,7 @@ def build_tools() -> list[Tool]:
                 input_tokens=input_tokens, output_tokens=output_tokens,
             )  # fmt: skip
         verdict = "fits" if result.fits_budget else "does NOT fit"
-        summary = f"{model}: about {result.credits} credits, which {verdict} the budget."
+        summary = f"{model}: about {credits_text(result.credits)}, which {verdict} the budget."
         return shaped(result, f"{summary} {result.budget.line()}")
 
     @tool(title="Generate an image", annotations=_SPEND)
@@ -270,7 +271,7 @@ def build_tools() -> list[Tool]:
                 conversation.insert(0, ChatMessage(role="system", content=system))
             request = ChatRequest(model=model, messages=conversation, max_tokens=max_tokens, temperature=temperature)
             result = await current_service().chat(request)
-        return shaped(result, f"{result.content}\n\n[{result.credits_charged} credits. {result.budget.line()}]")
+        return shaped(result, f"{result.content}\n\n[{credits_text(result.credits_charged)}. {result.budget.line()}]")
 
     @tool(title="Create embeddings", annotations=_SPEND)
     async def create_embeddings(
@@ -284,7 +285,7 @@ def build_tools() -> list[Tool]:
         with agent_errors(), answered(answer):
             result = await current_service().embed(EmbeddingRequest(model=model, input=input))
         summary = f"{len(result.embeddings)} embedding(s) of {result.dimensions} dimensions"
-        return shaped(result, f"{summary}, {result.credits_charged} credits. {result.budget.line()}")
+        return shaped(result, f"{summary}, {credits_text(result.credits_charged)}. {result.budget.line()}")
 
     @tool(title="Budget status", annotations=_LOCAL)
     async def budget_status(
@@ -316,12 +317,12 @@ def build_tools() -> list[Tool]:
                 approved = False
                 message = (
                     "Only the operator of this server can raise this budget; neither you nor your client can. "
-                    f"Ask them to run: apikey-mcp admin set-budget {svc.ledger.principal} {wanted}"
+                    f"Ask them to run: apikey-mcp admin set-budget {svc.ledger.principal} {wanted}."
                 )
             elif approved:
                 totals = await svc.ledger.set_budget(wanted, HUMAN)
-                message = f"The human approved: the budget is now {totals.budget} credits."
-                await tell(ctx, "info", f"budget raised by {credits} credits with the human's approval")
+                message = f"The human approved: the budget is now {credits_text(totals.budget)}."
+                await tell(ctx, "info", f"budget raised by {credits_text(credits)} with the human's approval")
             elif not asked:
                 message = (
                     "This client cannot ask the human directly. Ask them to restart the server with a higher "

@@ -113,9 +113,8 @@ class PollingWatcher:
             if tracked.missing_since is None:
                 tracked.missing_since = now
             if now - tracked.missing_since >= registry.lost_after:
-                log.error("task %s: the gateway has not known it for %.0f s; marked lost, its reservation stays "
-                          "counted until the operator closes it (apikey-mcp admin close)", tracked.task_id,
-                          now - tracked.missing_since)  # fmt: skip
+                log.warning("task %s: the gateway has not known it for %.0f s; marking it lost", tracked.task_id,
+                            now - tracked.missing_since)  # fmt: skip
                 await registry.lose(tracked)
                 return
             self._failed(tracked, f"not found ({exc.code or 404})")

@@ -45,7 +45,7 @@ async def test_a_client_that_approves_every_elicitation_cannot_pass_the_operator
         status = await call(client, "budget_status")
     assert asked == []  # the token holder's own client is never asked: it is not the human who sets limits
     assert all(a["approved"] is False and a["budget"]["budget"] == 100 for a in answers)
-    assert "apikey-mcp admin set-budget alice 1000100" in answers[0]["message"]
+    assert answers[0]["message"].endswith("Ask them to run: apikey-mcp admin set-budget alice 1000100.")
     assert [r.is_error for r in spent] == [False, False, True, True]
     assert status["budget"] == 100 and status["spent"] + status["reserved"] == 80 and len(sandbox.tasks) == 2
 
@@ -126,3 +126,44 @@ async def test_admin_lists_lost_tasks_and_closes_them(tmp_path: Path) -> None:
     assert row["id"] == lost.id and row["task_id"] == "task_gone" and row["lost"] is not None
     assert "lost" in table.stdout.splitlines()[0] and running.id not in table.stdout
     assert closed.returncode == 0 and json.loads(after.stdout) == []
+
+
+def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
+    return subprocess.run([sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True,
+                          timeout=60, check=False, env=env)  # fmt: skip
+
+
+async def test_admin_takes_the_ledger_options_after_the_subcommand_too(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    async with open_store(state_file=state) as store:
+        await store.ensure_principal("alice", 100)
+    listed = run_admin("principals", "--state-file", str(state), "--json")
+    raised = run_admin("set-budget", "alice", "300", "--state-file", str(state))
+    assert listed.returncode == 0, listed.stderr
+    assert [p["principal"] for p in json.loads(listed.stdout)] == ["alice"]
+    assert raised.returncode == 0, raised.stderr
+    async with open_store(state_file=state) as store:
+        assert (await store.totals("alice")).budget == 300
+    both = run_admin("--state-file", str(state), "principals", "--database-url", "postgresql://nowhere/x")
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_admin_alone_lists_its_commands_instead_of_a_missing_argument() -> None:
+    done = run_admin()
+    assert done.returncode == 2 and "required" not in done.stderr
+    assert done.stderr.startswith("usage: apikey-mcp admin")
+    for command in ("principals", "set-budget", "reservations", "close", "history", "--state-file"):
+        assert command in done.stderr
+
+
+async def test_a_budget_set_below_what_was_spent_is_done_with_a_warning(tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite3"
+    async with open_store(state_file=state) as store:
+        await store.ensure_principal("bob", 100)
+        held = await store.reserve("bob", 12, "video")
+        await store.settle(held.id, 12)
+    done = run_admin("set-budget", "bob", "5", "--state-file", str(state))
+    assert done.returncode == 0, done.stderr
+    assert "warning: bob has already used 12 credits" in done.stderr and "remaining is -7" in done.stderr
+    assert "-7" in done.stdout  # the table, as ever

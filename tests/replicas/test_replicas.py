@@ -79,3 +79,10 @@ async def _burst(cluster: Cluster, principal: str, generate: Any) -> None:
     async with cluster.connect(principal) as client, anyio.create_task_group() as group:
         for _ in range(CALLS // len(CONCURRENT_PRINCIPALS)):
             group.start_soon(generate, client, principal)
+
+
+def test_a_replica_logs_where_it_listens_not_the_balancers_url(cluster: Cluster) -> None:
+    replica = cluster.replicas[0]
+    started = next(line for line in replica.log.read_text().splitlines() if "serving streamable-http" in line)
+    assert f"listening on 127.0.0.1:{replica.port} (public URL {cluster.url})" in started
+    assert f"on {cluster.url}" not in started

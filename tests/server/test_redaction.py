@@ -107,3 +107,23 @@ async def test_an_echoed_key_reaches_no_result_resource_log_or_notification(echo
     assert "you sent: Bearer [redacted]" in everything  # documents too
     assert done["status"] == "failed" and "[redacted]" in (done["error"] or "")
     assert KEY not in everything
+
+
+def test_every_secret_setting_is_redacted_including_ones_added_later() -> None:
+    """Settings.secrets() is what redaction removes: every SecretStr setting is in it, each client token apart."""
+    from pydantic import SecretStr
+
+    from apikey_mcp.config import Settings
+    from apikey_mcp.gateway.client import _redactor
+
+    secret_fields = [n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)]
+    assert {"api_key", "webhook_secret", "auth_tokens", "request_state_key", "database_url"} <= set(secret_fields)
+    values = {name: f"value-of-{name}-0123456789abcdef" for name in secret_fields}
+    values |= {"auth_tokens": "alice=alice-token-0123456789,bob=bob-token-0123456789",
+               "database_url": "postgresql://apikey:db-password-0123@db.internal/apikey"}  # fmt: skip
+    settings = Settings(**values)
+    text = " / ".join([*values.values(), "alice-token-0123456789", "db-password-0123", "Bearer KEY"])
+    cleaned = _redactor(settings.secrets())(text)
+    for secret in [*values.values(), "alice-token-0123456789", "bob-token-0123456789", "db-password-0123"]:
+        assert secret not in cleaned
+    assert cleaned.endswith("Bearer KEY") and isinstance(settings.secrets()[0], SecretStr)

@@ -37,7 +37,9 @@ async def test_the_gateways_documents_are_resources_with_their_mime_types(
     assert "/v1/videos" in json.loads(texts["apikey://docs/openapi.json"])["paths"]
     assert texts["apikey://docs/llms.txt"].startswith("# API-Key gateway") and again == texts["apikey://docs/llms.txt"]
     assert sandbox.requests["GET /llms.txt"] == 1  # cached
-    assert "Authorization: Bearer" in texts["apikey://docs/auth.md"]
+    assert "Authorization: Bearer YOUR_API_KEY" in texts["apikey://docs/auth.md"]  # a placeholder, not a secret
+    assert "Authorization: Bearer KEY" in texts["apikey://docs/llms.txt"]
+    assert not any("[redacted]" in text for text in texts.values())
 
 
 async def test_models_budget_and_task_resources(transport: str, sandbox_server: SandboxServer, held: Sandbox) -> None:

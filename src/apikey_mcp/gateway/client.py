@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from functools import partial
@@ -117,6 +116,11 @@ class GatewayClient:
             self._client = self._make_http()
         return self._client
 
+    def require_key(self) -> None:
+        """Refuse a call that needs the key when there is none (before any request, which would fail otherwise)."""
+        if not self.has_key:
+            raise MissingApiKeyError("No API key is configured", code="missing_api_key")
+
     def __repr__(self) -> str:
         return f"GatewayClient(base_url={self.base_url!r}, has_key={self.has_key})"
 
@@ -219,8 +223,8 @@ class GatewayClient:
         timeout: httpx2.Timeout | None = None,
     ) -> _T:
         public = path in ("/v1/models", "/v1/credits/estimate")  # inferred: the docs show these without a key
-        if not self.has_key and not public:
-            raise MissingApiKeyError("No API key is configured", code="missing_api_key")
+        if not public:
+            self.require_key()
         is_safe = method == "GET" if safe is None else safe
         if timeout is None:
             timeout = c.READ_TIMEOUT if is_safe else c.CREATE_TIMEOUT
@@ -308,18 +312,17 @@ _MAX_KEPT_BODY = 10_000
 
 
 def _redactor(keys: Sequence[SecretStr | None]) -> Callable[[str], str]:
-    """Removes every secret, and anything sent as a bearer token, from text taken from an answer."""
-    secrets = [key.get_secret_value() for key in keys if key is not None and key.get_secret_value()]
+    """Removes every configured secret from text taken from an answer (not every word after "Bearer": the
+    gateway's docs show `Authorization: Bearer KEY` as a placeholder, which is no secret)."""
+    values = {key.get_secret_value() for key in keys if key is not None and key.get_secret_value()}
+    secrets = sorted(values, key=len, reverse=True)  # the longest first: no secret's tail left behind
 
     def redact(text: str) -> str:
         for secret in secrets:
             text = text.replace(secret, "[redacted]")
-        return _BEARER.sub("Bearer [redacted]", text)
+        return text
 
     return redact
-
-
-_BEARER = re.compile(r"Bearer\s+[^\s\"',;]+", re.IGNORECASE)
 
 
 def _route(path: str) -> str:

@@ -30,11 +30,13 @@ from ..server import build_server
 from ..sessions import state_file as ledger_file
 from ..stores import StoreRefusedError, describe, open_store, ready, store_for
 from .access import Access
+from .access_log import AccessLog
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
 from .health import Health
 from .limits import SessionLimit, StreamLimit
+from .oauth import OAuthConfigError
 from .replicas import Replica, ReplicaConfigError, replica_mode
 from .updates import ResourceUpdates
 
@@ -100,7 +102,7 @@ def create_app(
         raise HostingError(str(exc)) from None
     where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                           other_secrets=[settings.webhook_secret])  # fmt: skip
+                           other_secrets=settings.secrets())  # fmt: skip
     accounts: Accounts | None = None  # the updates ask it whose a task is; made just below
 
     async def owns(principal: str, task_id: str) -> bool:
@@ -124,7 +126,10 @@ def create_app(
     updates.install(server)
 
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
+    try:
+        access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
+    except OAuthConfigError as exc:  # a setting, like any other: one line, exit 2
+        raise HostingError(f"APIKEY_OAUTH_ALGORITHMS: {exc} (got {settings.oauth_algorithms!r}).") from None
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
                                          allowed_origins=origins)  # fmt: skip
@@ -173,14 +178,21 @@ def create_app(
                 await stack.enter_async_context(replica.running())
             if streamable:
                 await stack.enter_async_context(server.session_manager.run())
-            log.info("serving %s on %s: %s (ledger: %s)", settings.transport, base, ", ".join(endpoints), where)
+            listening = getattr(app.state, "listening", f"{settings.host}:{settings.port}")  # set by serve()
+            public = f" (public URL {settings.public_url})" if settings.public_url else ""
+            log.info("serving %s, listening on %s%s: %s (ledger: %s)", settings.transport, listening, public,
+                     ", ".join(endpoints), where)  # fmt: skip
             if not access.doors[0].authenticated:
-                log.warning("serving with NO client authentication: anyone who reaches %s can spend the budget", base)
+                log.warning(
+                    "serving with NO client authentication: anyone who reaches %s can spend the budget", listening
+                )
             yield
         log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
 
     throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
-    app = Starlette(routes=routes, middleware=[throttle, *access.middleware()], lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(AccessLog), throttle, *access.middleware()], lifespan=lifespan
+    )
     app.state.accounts = accounts
     app.state.updates = updates
     return app
@@ -202,7 +214,8 @@ async def _probe(database_url: str) -> None:
         pass
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, starting: Callable[[], None] = lambda: None) -> None:
+    """Check the configuration (HostingError), call `starting`, then serve until stopped."""
     app = create_app(settings)
     if settings.database_url is not None:  # an unreachable database: a clear refusal now, not a failed startup
         try:
@@ -214,4 +227,12 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
     )  # fmt: skip
-    uvicorn.Server(config).run()
+    sock = config.bind_socket()  # bound here, so that the start log says where it listens (even with port 0)
+    app.state.listening = _address(sock.getsockname())
+    starting()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _address(bound: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    host, port = bound[0], bound[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
