@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     history = command("history", "export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
-    report.add_parser(commands)
+    report.add_parser(commands, [ledger])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Help lines wrapped at spaces only: URLs, paths and variable names stay whole."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
 
 class _Parser(argparse.ArgumentParser):

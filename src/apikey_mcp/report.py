@@ -23,8 +23,11 @@ _UNIT = {"d": 86400, "h": 3600, "m": 60}
 DEFAULT_SINCE = "30d"
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = commands.add_parser("report", help="credits spent, calls and refusals over time (UTC days)")
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    what = "credits spent, calls and refusals over time (UTC days)"
+    p = commands.add_parser("report", parents=parents, help=what, description=f"{what[0].upper()}{what[1:]}.")
     p.add_argument("--since", default=DEFAULT_SINCE, help="7d, 24h, 30m or a UTC date 2026-12-01 (default 30d)")
     p.add_argument("--by", choices=REPORT_BY, default="principal", help="group by (default principal)")
     form = p.add_mutually_exclusive_group()

@@ -15,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import free_port
 from tests.ledger.conftest import postgres_schema
-from tests.replicas.conftest import need
+from tests.provision import program
 from tests.server.conftest import call
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ TOKEN = "alice-scale-out-token-0123456789"
 
 @pytest.mark.slow
 async def test_the_scale_out_script_starts_replicas_behind_nginx_and_stops_them(tmp_path: Path) -> None:
-    nginx = need("nginx")
+    nginx = program("nginx")
     listen, replicas = f"127.0.0.1:{free_port()}", [free_port(), free_port()]
     with postgres_schema() as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {

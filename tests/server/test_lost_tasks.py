@@ -20,7 +20,8 @@ async def test_a_task_the_gateway_forgot_names_its_reservation_and_the_close_com
 ) -> None:
     caplog.set_level(logging.INFO, logger="apikey_mcp")
     store = MemoryLedgerStore()
-    async with connect("memory", settings_for(sandbox_server), store=store) as client:
+    settings = settings_for(sandbox_server, lost_after_seconds=0.01)  # lost at its second 404 (issue 16: not its first)
+    async with connect("memory", settings, store=store) as client:
         created = await call(client, "generate_image", prompt="forgotten", model="flux-schnell")
         task_id = created["task_id"]
         del held.tasks[task_id]  # the gateway forgets it: its next poll answers 404
