@@ -13,7 +13,10 @@ import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.harness import free_port
 from tests.provision import ROOT, Session
+
+__all__ = ["free_port"]  # for the tests that import it from here
 
 _session: Session | None = None
 
@@ -48,13 +51,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 KEY = "sk-sandbox-test-3b1f9c0d2e7a"
 OTHER_KEY = "sk-sandbox-other-8d2c4a6f"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (for servers started as separate processes)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

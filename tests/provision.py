@@ -17,12 +17,13 @@ import glob
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "hosted" / "node"
@@ -98,12 +99,6 @@ def npm_packages() -> str | None:
         return f"npm ci for the test packages failed ({done.stderr.strip()[-300:]}): the tests that need them fail"
     _STAMP.write_text(digest)
     return "installed the npm test packages into tests/hosted/node/node_modules"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Postgres:
