@@ -47,7 +47,7 @@ from mcp.types import CallToolResult, TextContent
 from stdio_bench import BenchError, source_version
 
 # stdio_bench, imported first, put the repository root on sys.path for tests/harness.py
-from tests.harness import Percentiles, Processes, free_port
+from tests.harness import Percentiles, Processes, free_port, private_data_home
 from tests.harness import ServerProcess as Proc
 
 BENCH = Path(__file__).resolve().parent
@@ -604,6 +604,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need 1 <= --clients <= 50, --calls >= 2, --warmup >= 0, --repeats >= 1, --rounds >= 1")
     if not 1 <= args.sessions < DEFAULT_MAX_SESSIONS:
         parser.error(f"--sessions must be under the SDK's default max_sessions ({DEFAULT_MAX_SESSIONS})")
+    private_data_home()  # the servers' data: never the user's real ledger
     raise_fd_limit(4 * args.sessions + 1024)
     opts = Options(
         clients=args.clients, calls=args.calls, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds,

@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from stdio_bench import BenchError, source_version
 
 # stdio_bench, imported first, put the repository root on sys.path for tests/harness.py
-from tests.harness import Processes
+from tests.harness import Processes, private_data_home
 
 TARGET_MIB = 20.0
 TOKEN = "bench-" + secrets.token_hex(16)
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--retention", type=float, default=2.0, help="seconds a finished task stays in memory")
     args = parser.parse_args()
+    private_data_home()  # the servers' data: never the user's real ledger
     figures = anyio.run(measure, args)
     growth = figures["growth_mib"]
     warm_mib = {name: round(kib / 1024, 1) for name, kib in figures["warm_kib"].items()}

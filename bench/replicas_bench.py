@@ -35,7 +35,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 # http_bench imported stdio_bench, which put the repository root on sys.path for tests/harness.py
-from tests.harness import Percentiles, Processes, free_port, postgres_schema
+from tests.harness import Percentiles, Processes, free_port, postgres_schema, private_data_home
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-" + secrets.token_hex(8)
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     if not opts.database_url:
         raise SystemExit("set APIKEY_TEST_DATABASE_URL (e.g. $(.ci/postgres start /tmp/apikey-pg)) or --database-url")
+    private_data_home()  # the servers' data: never the user's real ledger
     secret = "whsec_" + secrets.token_hex(16)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="replicas-bench-") as tmp, Processes() as procs:

@@ -40,7 +40,7 @@ from mcp.types import CallToolResult
 from stdio_bench import BenchError, baseline_source, default_baseline, ended_at, source_version
 
 # stdio_bench, imported first, put the repository root on sys.path for tests/harness.py
-from tests.harness import Processes, free_port
+from tests.harness import Processes, free_port, private_data_home
 
 OPEN_RATIO_TARGET = 2.0  # p50 at the most open / p50 at 0 open, at most
 SIZE_TARGET = 2048  # bytes per result, under
@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     levels = sorted({int(x) for x in args.levels.split(",")})
     if levels[0] < 0 or args.calls < 1 or args.creates < 1 or args.tasks < PRINCIPALS:
         parser.error(f"need levels >= 0, --calls >= 1, --creates >= 1 and --tasks >= {PRINCIPALS}")
+    private_data_home()  # the servers' data: never the user's real ledger
     opts = Options(
         levels=levels, calls=args.calls, creates=args.creates, ramp_clients=args.ramp_clients,
         idle_seconds=args.idle_seconds, tasks=args.tasks, task_seconds=args.task_seconds,

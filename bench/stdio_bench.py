@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))  # tests/harness.py: the process harness the tests
 
 from apikey_mcp.gateway import GatewayClient  # noqa: E402
 from apikey_mcp.gateway.models import ImageRequest, Task  # noqa: E402
-from tests.harness import Percentiles, Processes, ServerProcess, clean_env  # noqa: E402
+from tests.harness import Percentiles, Processes, ServerProcess, clean_env, private_data_home  # noqa: E402
 
 ECHO_SERVER = BENCH / "echo_server.py"
 GET_SERVER = BENCH / "get_server.py"
@@ -481,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.calls < 2 or args.cold_runs < 1 or args.warmup < 0 or args.wait_tasks < 0 or args.wait_concurrency < 1:
         parser.error("need --calls >= 2, --cold-runs >= 1, --warmup >= 0, --wait-tasks >= 0, --wait-concurrency >= 1")
+    private_data_home()  # the servers' data: never the user's real ledger
     opts = Options(
         calls=args.calls, warmup=args.warmup, cold_runs=args.cold_runs, wait_tasks=args.wait_tasks,
         wait_concurrency=args.wait_concurrency, baseline=args.baseline or default_baseline(), commit=source_version(),

@@ -2,6 +2,7 @@
 
 - `clean_env`: this process's environment without any `APIKEY_*` setting, plus the settings given, so a server
   sees only what its starter sets (a developer's own `APIKEY_API_KEY` never leaks into a test or a figure);
+- `private_data_home`: a bench's servers keep their data in a temporary folder, never the user's;
 - `free_port`: a loopback port nobody listens on right now;
 - `ServerProcess`: one server with its output in a log file, readiness (a path answering with a status, before a
   deadline; failing with the log's tail if the process exits first), and a stop by signal with a kill fallback;
@@ -17,6 +18,7 @@ which therefore needs nothing from pytest or the rest of `tests/`.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -52,6 +54,15 @@ def clean_env(settings: Mapping[str, str] | None = None, /, **more: str) -> dict
     """This process's environment without `APIKEY_*`, plus `settings` and `more` (names as given)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("APIKEY_")}
     return env | dict(settings or {}) | more
+
+
+def private_data_home() -> Path:
+    """Point this process's `XDG_DATA_HOME`, and so every server's started with `clean_env`, at a fresh temporary
+    folder removed at exit: a bench never writes into the user's real ledger (the test session has its own)."""
+    folder = Path(tempfile.mkdtemp(prefix="apikey-bench-data-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["XDG_DATA_HOME"] = str(folder)
+    return folder
 
 
 def free_port() -> int:
