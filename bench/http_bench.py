@@ -27,17 +27,16 @@ import platform
 import resource
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import anyio
 import httpx2
@@ -45,7 +44,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS
 from mcp.types import CallToolResult, TextContent
-from stdio_bench import BenchError, Percentiles, free_port, source_version
+from stdio_bench import BenchError, source_version
+
+# stdio_bench, imported first, put the repository root on sys.path for tests/harness.py
+from tests.harness import Percentiles, Processes, free_port, private_data_home
+from tests.harness import ServerProcess as Proc
 
 BENCH = Path(__file__).resolve().parent
 ECHO_HTTP_SERVER = BENCH / "echo_http_server.py"
@@ -64,123 +67,24 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- the processes
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: IO[bytes]
-    url: str
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-
-class Processes:
-    """Every process the bench starts, each stopped by `stop` or, whatever happens, when the block ends.
-
-    On an error the tail of each one's output is shown, since that is usually where the cause is.
-    """
-
-    def __init__(self) -> None:
-        self._running: list[Proc] = []
-
-    def start(self, name: str, command: list[str], env: dict[str, str], port: int) -> Proc:
-        log = tempfile.TemporaryFile()
-        try:
-            popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
-        except BaseException:
-            log.close()
-            raise
-        proc = Proc(name, popen, log, f"http://127.0.0.1:{port}")
-        self._running.append(proc)
-        return proc
-
-    def stop(self, proc: Proc) -> None:
-        self._running.remove(proc)
-        try:
-            proc.popen.terminate()
-            try:
-                proc.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-        finally:
-            proc.log.close()
-
-    def show_tails(self) -> None:
-        for proc in self._running:
-            proc.log.seek(0)
-            tail = proc.log.read()[-3000:].decode(errors="replace")
-            print(f"--- {proc.name} output (tail) ---\n{tail}\n-----------------------------", file=sys.stderr)
-
-    @classmethod
-    @contextmanager
-    def running(cls) -> Iterator[Processes]:
-        procs = cls()
-        try:
-            yield procs
-        except BaseException:
-            procs.show_tails()
-            raise
-        finally:
-            for proc in reversed(procs._running[:]):
-                procs.stop(proc)
-
-
-def base_env() -> dict[str, str]:
-    """Only what an interpreter needs: no APIKEY_* setting of the caller's leaks into a server measured."""
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", ""),
-        "XDG_DATA_HOME": tempfile.mkdtemp(prefix="apikey-bench-data-"),
-    }  # never the user's real ledger
-
-
 def start_sandbox(procs: Processes, key: str) -> Proc:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "apikey_mcp", "sandbox", "--port", str(port), "--key", key,
-        "--task-seconds", "0.2", "--credits", "1000000000",
-    ]  # fmt: skip
-    return procs.start("sandbox", command, base_env(), port)
+    return procs.sandbox([key], task_seconds=0.2, credits=1000000000)
 
 
 def start_ours(procs: Processes, sandbox: Proc, key: str, tokens: dict[str, str], state_dir: Path) -> Proc:
     """apikey-mcp hosted over Streamable HTTP; a fresh state file each time, so no run inherits another's."""
     port = free_port()
-    state_file = state_dir / f"state-{port}.sqlite3"
-    command = [
-        sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(port),
-        "--state-file", str(state_file), "--log-level", "WARNING",
-    ]  # fmt: skip
-    env = base_env() | {
+    settings = {
         "APIKEY_BASE_URL": sandbox.url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000",
         "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{name}={token}" for name, token in tokens.items()),
     }  # fmt: skip
-    return procs.start("apikey-mcp", command, env, port)
+    state_file = state_dir / f"state-{port}.sqlite3"
+    return procs.hosted(settings, "--state-file", str(state_file), "--log-level", "WARNING", port=port)
 
 
 def start_echo(procs: Processes) -> Proc:
     port = free_port()
-    return procs.start("echo server", [sys.executable, str(ECHO_HTTP_SERVER), "--port", str(port)], base_env(), port)
-
-
-async def wait_ready(proc: Proc, path: str, expect: int | None) -> None:
-    """Until `path` answers (with `expect`, if given): uvicorn listens only once the app's lifespan has started."""
-    with anyio.fail_after(READY_TIMEOUT):
-        async with httpx2.AsyncClient() as http:
-            while True:
-                if proc.popen.poll() is not None:
-                    raise BenchError(f"{proc.name} exited with code {proc.popen.returncode} before it was ready")
-                try:
-                    response = await http.get(f"{proc.url}{path}", timeout=1.0)
-                except httpx2.TransportError:
-                    pass
-                else:
-                    if expect is None or response.status_code == expect:
-                        return
-                await anyio.sleep(0.05)
+    return procs.start("echo server", [sys.executable, str(ECHO_HTTP_SERVER), "--port", str(port)], port=port)
 
 
 def rss_kib(pid: int) -> int:
@@ -509,17 +413,14 @@ class Results:
 async def run(procs: Processes, opts: Options, state_dir: Path) -> Results:
     key = "sk-bench-" + secrets.token_hex(8)
     tokens = {f"client{i}": f"bench-{i}-" + secrets.token_hex(12) for i in range(50)}
-    sandbox = start_sandbox(procs, key)
-    await wait_ready(sandbox, "/healthz", 200)
+    sandbox = await start_sandbox(procs, key).wait_ready(seconds=READY_TIMEOUT)
 
     async def started(label: str) -> Target:
         """A fresh server process, ready for clients, and what to call on it."""
         if label == OURS:
-            proc = start_ours(procs, sandbox, key, tokens, state_dir)
-            await wait_ready(proc, "/healthz", 200)
+            proc = await start_ours(procs, sandbox, key, tokens, state_dir).wait_ready(seconds=READY_TIMEOUT)
             return Target(OURS, proc, "budget_status", {}, check_budget, list(tokens.values()))
-        proc = start_echo(procs)
-        await wait_ready(proc, "/mcp", None)  # any answer: it has no health route
+        proc = await start_echo(procs).wait_ready("/mcp", None, READY_TIMEOUT)  # any answer: it has no health route
         return Target(ECHO, proc, "echo", {"text": "bench"}, check_echo, [None] * len(tokens))
 
     results = Results()
@@ -703,12 +604,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("need 1 <= --clients <= 50, --calls >= 2, --warmup >= 0, --repeats >= 1, --rounds >= 1")
     if not 1 <= args.sessions < DEFAULT_MAX_SESSIONS:
         parser.error(f"--sessions must be under the SDK's default max_sessions ({DEFAULT_MAX_SESSIONS})")
+    private_data_home()  # the servers' data: never the user's real ledger
     raise_fd_limit(4 * args.sessions + 1024)
     opts = Options(
         clients=args.clients, calls=args.calls, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds,
         sessions=args.sessions, mode=args.mode, timeout=args.timeout, commit=source_version(),
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="http-bench-") as state_dir, Processes.running() as procs:
+    with tempfile.TemporaryDirectory(prefix="http-bench-") as state_dir, Processes() as procs:
         results = anyio.run(run, procs, opts, Path(state_dir), backend="asyncio")
     figures = summarize(opts, results)
     if (after := source_version()) != opts.commit:

@@ -22,11 +22,13 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 import anyio
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/harness.py: what the tests use too
+
 from apikey_mcp.stores import open_store
+from tests.harness import clean_env, postgres_schema
 
 PRINCIPAL = "bench"
 PROCESSES = 4
@@ -53,17 +55,9 @@ def fresh_target(kind: str, database_url: str | None, folder: Path):
     elif kind == "sqlite":
         yield str(folder / f"ledger-{uuid.uuid4().hex[:6]}.sqlite3")
     else:
-        import psycopg
-
-        schema = f"bench_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        sep = "&" if "?" in database_url else "?"
-        try:
-            yield f"{database_url}{sep}options={quote(f'-c search_path={schema}')}"
-        finally:
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        assert database_url is not None
+        with postgres_schema(database_url, "bench") as url:
+            yield url
 
 
 def one_process(kind: str, target: str | None, ops: int) -> float:
@@ -76,7 +70,7 @@ def many_processes(kind: str, target: str, ops: int) -> float:
         anyio.run(run_ops, kind, target, 0)  # create the file first: a second opener must find it whole
     start_at = time.time() + 2.0
     command = [sys.executable, __file__, "--worker", kind, target, str(ops), str(start_at)]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(PROCESSES)]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=clean_env()) for _ in range(PROCESSES)]
     spans = [json.loads(w.communicate(timeout=600)[0]) for w in workers]
     if any(w.returncode for w in workers):
         raise SystemExit("a worker failed")

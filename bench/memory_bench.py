@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import sys
 import tempfile
 import time
 import warnings
@@ -30,34 +29,28 @@ from typing import Any
 
 import anyio
 import httpx2
-from http_bench import Proc, Processes, base_env, rss_kib, wait_ready
+from http_bench import Proc, rss_kib
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from stdio_bench import BenchError, free_port, source_version
+from stdio_bench import BenchError, source_version
+
+# stdio_bench, imported first, put the repository root on sys.path for tests/harness.py
+from tests.harness import Processes, private_data_home
 
 TARGET_MIB = 20.0
 TOKEN = "bench-" + secrets.token_hex(16)
 SETTLE_SECONDS = 1.0
 
 
-def start_sandbox(procs: Processes, key: str) -> Proc:
-    port = free_port()
-    command = [sys.executable, "-m", "apikey_mcp", "sandbox", "--port", str(port), "--key", key,
-               "--task-seconds", "0", "--credits", "1000000000"]  # fmt: skip
-    return procs.start("sandbox", command, base_env(), port)
-
-
 def start_server(procs: Processes, name: str, sandbox: Proc, key: str, state_dir: Path, retention: float) -> Proc:
-    port = free_port()
-    command = [sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(port),
-               "--state-file", str(state_dir / f"{name}.sqlite3"), "--log-level", "WARNING"]  # fmt: skip
-    env = base_env() | {
+    settings = {
         "APIKEY_BASE_URL": sandbox.url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000",
         "APIKEY_MCP_AUTH_TOKENS": f"bench={TOKEN}", "APIKEY_TASK_RETENTION_SECONDS": str(retention),
         "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.2",
     }  # fmt: skip
-    return procs.start(name, command, env, port)
+    args = ["--state-file", str(state_dir / f"{name}.sqlite3"), "--log-level", "WARNING"]
+    return procs.hosted(settings, *args, name=name)
 
 
 @asynccontextmanager
@@ -132,13 +125,12 @@ async def warm(server: Proc, retention: float) -> None:
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     key = "sk-bench-" + secrets.token_hex(8)
-    with Processes.running() as procs, tempfile.TemporaryDirectory() as state_dir:
-        sandbox = start_sandbox(procs, key)
-        await wait_ready(sandbox, "/healthz", None)
+    with Processes() as procs, tempfile.TemporaryDirectory() as state_dir:
+        sandbox = await procs.sandbox([key], task_seconds=0, credits=1000000000).wait_ready(seconds=30)
         fresh = start_server(procs, "fresh", sandbox, key, Path(state_dir), args.retention)
         loaded = start_server(procs, "loaded", sandbox, key, Path(state_dir), args.retention)
         for server in (fresh, loaded):
-            await wait_ready(server, "/healthz", 200)
+            await server.wait_ready(seconds=30)
             await warm(server, args.retention)
         await anyio.sleep(SETTLE_SECONDS)
         figures: dict[str, Any] = {"warm_kib": {"fresh": rss_kib(fresh.pid), "loaded": rss_kib(loaded.pid)}}
@@ -178,6 +170,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--retention", type=float, default=2.0, help="seconds a finished task stays in memory")
     args = parser.parse_args()
+    private_data_home()  # the servers' data: never the user's real ledger
     figures = anyio.run(measure, args)
     growth = figures["growth_mib"]
     warm_mib = {name: round(kib / 1024, 1) for name, kib in figures["warm_kib"].items()}

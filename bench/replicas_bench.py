@@ -17,29 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import httpx2
-import psycopg
 from http_bench import cpu_seconds
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from stdio_bench import free_port
+
+# http_bench imported stdio_bench, which put the repository root on sys.path for tests/harness.py
+from tests.harness import Percentiles, Processes, free_port, postgres_schema, private_data_home
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-bench-" + secrets.token_hex(8)
@@ -49,85 +45,32 @@ IMAGE = {"prompt": "a lighthouse at dusk", "model": "flux-schnell"}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50_ms": round(statistics.median(samples), 1), "p99_ms": round(cuts[98], 1)}
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy")
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def nginx_config(port: int, upstreams: list[int]) -> str:
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    servers = re.findall(r"^\s*server 127\.0\.0\.1:800[1-9][^\n]*\n", text, flags=re.M)
-    text = text.replace(servers[0], "".join(servers[0].replace(":8001", f":{p}") for p in upstreams))
-    for line in servers[1:]:
-        text = text.replace(line, "")
-    return text.replace("listen 127.0.0.1:8000;", f"listen 127.0.0.1:{port};")
-
-
-@contextmanager
-def schema(base: str) -> Iterator[str]:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {name}")
-    try:
-        yield f"{base}{'&' if '?' in base else '?'}options={quote(f'-c search_path={name}')}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {name} CASCADE")
+    p = Percentiles.of(samples)
+    return {"p50_ms": round(p.p50, 1), "p99_ms": round(p.p99, 1)}
 
 
 @contextmanager
 def fleet(replicas: int, database: str, sandbox_url: str, secret: str, tmp: Path) -> Iterator[tuple[str, list[int]]]:
     """`replicas` apikey-mcp processes behind nginx; yields the balancer's URL and the replicas' pids."""
     with ExitStack() as stack:
-        url = stack.enter_context(schema(database))
+        url = stack.enter_context(postgres_schema(database, "bench"))
+        tmp.mkdir(parents=True)
+        procs = stack.enter_context(Processes(tmp))
         port = free_port()
         balancer = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ, "APIKEY_BASE_URL": sandbox_url, "APIKEY_API_KEY": KEY, "APIKEY_DATABASE_URL": url,
+        settings = {
+            "APIKEY_BASE_URL": sandbox_url, "APIKEY_API_KEY": KEY, "APIKEY_DATABASE_URL": url,
             "APIKEY_REQUEST_STATE_KEY": secrets.token_hex(32), "APIKEY_PUBLIC_URL": balancer,
             "APIKEY_WEBHOOK_SECRET": secret, "APIKEY_SESSION_BUDGET": str(10**9), "APIKEY_LOG_LEVEL": "WARNING",
             "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{p}={t}" for p, t in TOKENS.items()),
         }  # fmt: skip
-        ports = [free_port() for _ in range(replicas)]
-        procs = []
-        for p in ports:
-            command = [sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(p)]
-            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            stack.callback(stop, proc)
-            procs.append(proc)
-        for p, proc in zip(ports, procs, strict=True):
-            wait_healthy(f"http://127.0.0.1:{p}", proc)
-        prefix = tmp / "nginx"
-        prefix.mkdir(parents=True)
-        (prefix / "nginx.conf").write_text(nginx_config(port, ports))
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        proxy = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"])
-        stack.callback(stop, proxy, signal.SIGQUIT)
-        wait_healthy(balancer, proxy)
-        yield balancer, [proc.pid for proc in procs]
+        servers = [procs.replica(settings) for _ in range(replicas)]
+        for server in servers:
+            server.ready()
+        proxy = procs.nginx(shutil.which("nginx") or "/usr/sbin/nginx", servers, port)
+        stack.callback(procs.stop, proxy, signal.SIGQUIT)
+        proxy.ready()
+        yield balancer, [server.pid for server in servers]
 
 
 async def clients_do(url: str, clients: int, each: Callable[[Client], Awaitable[None]]) -> float:
@@ -214,18 +157,11 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     if not opts.database_url:
         raise SystemExit("set APIKEY_TEST_DATABASE_URL (e.g. $(.ci/postgres start /tmp/apikey-pg)) or --database-url")
+    private_data_home()  # the servers' data: never the user's real ledger
     secret = "whsec_" + secrets.token_hex(16)
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="replicas-bench-") as tmp, ExitStack() as stack:
-        port = free_port()
-        sandbox = subprocess.Popen(
-            [sys.executable, "-m", "apikey_mcp", "sandbox", "--port", str(port), "--key", KEY, "--credits",
-             str(10**9), "--task-seconds", "0.2", "--webhook-secret", secret],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        stack.callback(stop, sandbox)
-        sandbox_url = f"http://127.0.0.1:{port}"
-        wait_healthy(sandbox_url, sandbox)
+    with tempfile.TemporaryDirectory(prefix="replicas-bench-") as tmp, Processes() as procs:
+        sandbox_url = procs.sandbox([KEY], credits=10**9, task_seconds=0.2, webhook_secret=secret).ready().url
         runs: dict[int, list[dict[str, Any]]] = {1: [], 3: []}
         for i, n in enumerate((1, 3, 3, 1)):  # ABBA: drift in the machine's load hits both alike
             with fleet(n, opts.database_url, sandbox_url, secret, Path(tmp) / str(i)) as (url, pids):

@@ -35,9 +35,12 @@ from typing import Any
 
 import anyio
 import httpx2
-from http_bench import Proc, Processes, base_env, connect, cpu_seconds, structured, text_of, wait_ready
+from http_bench import Proc, connect, cpu_seconds, structured, text_of
 from mcp.types import CallToolResult
-from stdio_bench import BenchError, baseline_source, default_baseline, ended_at, free_port, source_version
+from stdio_bench import BenchError, baseline_source, default_baseline, ended_at, source_version
+
+# stdio_bench, imported first, put the repository root on sys.path for tests/harness.py
+from tests.harness import Processes, free_port, private_data_home
 
 OPEN_RATIO_TARGET = 2.0  # p50 at the most open / p50 at 0 open, at most
 SIZE_TARGET = 2048  # bytes per result, under
@@ -53,12 +56,7 @@ FIRST_FALLBACK_DUE = 66.0  # s after the first create: 60 s plus the jitter's 10
 
 
 def start_sandbox(procs: Processes, name: str, key: str, secret: str, task_seconds: float) -> Proc:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "apikey_mcp", "sandbox", "--port", str(port), "--key", key, "--webhook-secret", secret,
-        "--task-seconds", str(task_seconds), "--credits", "1000000000",
-    ]  # fmt: skip
-    return procs.start(name, command, base_env(), port)
+    return procs.sandbox([key], name=name, webhook_secret=secret, task_seconds=task_seconds, credits=1000000000)
 
 
 def start_hosted(
@@ -67,19 +65,14 @@ def start_hosted(
 ) -> Proc:  # fmt: skip
     """apikey-mcp hosted with callbacks: the sandbox posts each task's end to this server's receiver."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(port),
-        "--state-file", str(state_dir / f"state-{port}.sqlite3"), "--public-url", f"http://127.0.0.1:{port}",
-        "--log-level", "WARNING",
-    ]  # fmt: skip
-    env = base_env() | {
+    settings = {
         "APIKEY_BASE_URL": sandbox.url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000",
         "APIKEY_WEBHOOK_SECRET": secret,
         "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{name}={token}" for name, token in tokens.items()),
     }  # fmt: skip
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
-    return procs.start(name, command, env, port)
+    args = ["--state-file", str(state_dir / f"state-{port}.sqlite3"), "--public-url", f"http://127.0.0.1:{port}",
+            "--log-level", "WARNING"]  # fmt: skip
+    return procs.hosted(settings, *args, name=name, port=port, source=source)
 
 
 async def task_gets(sandbox: Proc, key: str) -> int:
@@ -168,9 +161,9 @@ async def ramp(server: Proc, token: str, have: int, want: int, clients: int) -> 
 
 async def idle_cpu(server: Proc, seconds: float) -> float:
     """The server's CPU, in cores, over `seconds` in which nobody calls it."""
-    before, started = cpu_seconds(server.popen.pid), time.perf_counter()
+    before, started = cpu_seconds(server.pid), time.perf_counter()
     await anyio.sleep(seconds)
-    return (cpu_seconds(server.popen.pid) - before) / (time.perf_counter() - started)
+    return (cpu_seconds(server.pid) - before) / (time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------- callbacks
@@ -250,10 +243,8 @@ async def run(procs: Processes, opts: Options, state_dir: Path, baseline_src: Pa
         short = start_sandbox(procs, f"sandbox for {label}", key, secret, opts.task_seconds)
         source = baseline_src if label != "this code" else None
         pairs.append((label, start_hosted(procs, label, short, key, secret, tokens, state_dir, source=source), short))
-    for proc in (forever, *(short for _, _, short in pairs)):
-        await wait_ready(proc, "/healthz", 200)
-    for proc in (ours, *(server for _, server, _ in pairs)):
-        await wait_ready(proc, "/healthz", 200)
+    for proc in (forever, *(short for _, _, short in pairs), ours, *(server for _, server, _ in pairs)):
+        await proc.wait_ready(seconds=30)
 
     figures: dict[str, Any] = {}
     waits = {label: Waited(label, 0, 0, []) for label in labels}
@@ -357,12 +348,13 @@ def main(argv: list[str] | None = None) -> None:
     levels = sorted({int(x) for x in args.levels.split(",")})
     if levels[0] < 0 or args.calls < 1 or args.creates < 1 or args.tasks < PRINCIPALS:
         parser.error(f"need levels >= 0, --calls >= 1, --creates >= 1 and --tasks >= {PRINCIPALS}")
+    private_data_home()  # the servers' data: never the user's real ledger
     opts = Options(
         levels=levels, calls=args.calls, creates=args.creates, ramp_clients=args.ramp_clients,
         idle_seconds=args.idle_seconds, tasks=args.tasks, task_seconds=args.task_seconds,
         baseline=args.baseline or default_baseline(), commit=source_version(),
     )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp, Processes.running() as procs:
+    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp, Processes() as procs:
         source = None if opts.baseline == "none" else baseline_source(opts.baseline, Path(tmp))
 
         async def bounded() -> dict[str, Any]:

@@ -25,29 +25,30 @@ import json
 import os
 import platform
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 
-from apikey_mcp.gateway import GatewayClient
-from apikey_mcp.gateway.models import ImageRequest, Task
-
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))  # tests/harness.py: the process harness the tests use too
+
+from apikey_mcp.gateway import GatewayClient  # noqa: E402
+from apikey_mcp.gateway.models import ImageRequest, Task  # noqa: E402
+from tests.harness import Percentiles, Processes, ServerProcess, clean_env, private_data_home  # noqa: E402
+
 ECHO_SERVER = BENCH / "echo_server.py"
 GET_SERVER = BENCH / "get_server.py"
 TARGET = 1.2  # the older, looser ratios, still printed
@@ -64,77 +65,6 @@ _T = TypeVar("_T")
 
 class BenchError(RuntimeError):
     """A measured call did not do what it should: the figures would mean nothing."""
-
-
-@dataclass(frozen=True)
-class Percentiles:
-    p50: float
-    p90: float
-    p99: float
-
-    @classmethod
-    def of(cls, samples_ms: list[float]) -> Percentiles:
-        """Inclusive quantiles: with a few hundred samples p99 stays inside the observed range."""
-        cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
-        return cls(p50=statistics.median(samples_ms), p90=cuts[89], p99=cuts[98])
-
-
-# ---------------------------------------------------------------- the sandbox gateway, as its own process
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the sandbox binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def sandbox_process(port: int, key: str, task_seconds: float = 100000) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `apikey-mcp sandbox` in its own process, so it shares no event loop or GIL with the client measured.
-
-    By default tasks last 100000 s, so every poll of them is a real GET of a live task. The process is stopped
-    whatever happens; on an error its output is shown, since that is usually where the cause is.
-    """
-    command = [
-        sys.executable, "-m", "apikey_mcp", "sandbox", "--port", str(port), "--key", key,
-        "--task-seconds", str(task_seconds), "--credits", "100000000",
-    ]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        except BaseException:
-            _show_tail(log)
-            raise
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _show_tail(log: IO[bytes]) -> None:
-    log.seek(0)
-    tail = log.read()[-3000:].decode(errors="replace")
-    print(f"--- sandbox output (tail) ---\n{tail}\n-----------------------------", file=sys.stderr)
-
-
-async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    """Until /healthz answers: uvicorn is listening only some time after the process starts."""
-    with anyio.fail_after(HEALTH_TIMEOUT):
-        async with httpx2.AsyncClient() as http:
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(f"the sandbox exited with code {proc.returncode} before it was healthy")
-                try:
-                    if (await http.get(f"{url}/healthz", timeout=1.0)).status_code == 200:
-                        return
-                except httpx2.TransportError:
-                    pass
-                await anyio.sleep(0.05)
 
 
 # ---------------------------------------------------------------- measuring
@@ -187,10 +117,7 @@ def apikey_server(url: str, key: str, *, source: Path | None = None, **extra: st
     `source`: run that copy of the package (a baseline) instead of the installed one; `extra`: more APIKEY_*
     settings, e.g. FRESH_SECONDS="0".
     """
-    env = {
-        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA,
-        "APIKEY_BASE_URL": url, "APIKEY_API_KEY": key, "APIKEY_LOG_LEVEL": "WARNING",
-    }  # fmt: skip
+    env = clean_env(APIKEY_BASE_URL=url, APIKEY_API_KEY=key, APIKEY_LOG_LEVEL="WARNING")
     env |= {f"APIKEY_{name}": value for name, value in extra.items()}
     if source is not None:
         env["PYTHONPATH"] = str(source)
@@ -199,23 +126,18 @@ def apikey_server(url: str, key: str, *, source: Path | None = None, **extra: st
 
 def sandboxed_server() -> StdioServerParameters:
     """`python -m apikey_mcp --sandbox`: the in-process sandbox, as someone trying it out starts it."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA,
-           "APIKEY_LOG_LEVEL": "WARNING"}  # fmt: skip
+    env = clean_env(APIKEY_LOG_LEVEL="WARNING")
     return StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", "--sandbox"], env=env)
 
 
 def get_server(url: str, key: str) -> StdioServerParameters:
     """get_server.py: the same GET as poll_task from a bare MCPServer tool, against the same sandbox."""
-    env = {
-        "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA,
-        "APIKEY_BASE_URL": url, "APIKEY_API_KEY": key,
-    }  # fmt: skip
+    env = clean_env(APIKEY_BASE_URL=url, APIKEY_API_KEY=key)
     return StdioServerParameters(command=sys.executable, args=[str(GET_SERVER)], env=env)
 
 
 def echo_server() -> StdioServerParameters:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": DATA}
-    return StdioServerParameters(command=sys.executable, args=[str(ECHO_SERVER)], env=env)
+    return StdioServerParameters(command=sys.executable, args=[str(ECHO_SERVER)], env=clean_env())
 
 
 async def over_stdio(
@@ -409,8 +331,10 @@ class Series:
     build_ms: tuple[float, float] = (0.0, 0.0)
 
 
-async def run(url: str, key: str, proc: subprocess.Popen[bytes], opts: Options, wait_url: str) -> dict[str, object]:
-    await wait_healthy(url, proc)
+async def run(sandbox: ServerProcess, wait_sandbox: ServerProcess, key: str, opts: Options) -> dict[str, object]:
+    for proc in (sandbox, wait_sandbox):
+        await proc.wait_ready(seconds=HEALTH_TIMEOUT)
+    url, wait_url = sandbox.url, wait_sandbox.url
     async with GatewayClient(url, key) as gateway:
         task = await gateway.generate_image(ImageRequest(model="flux-schnell", prompt="bench"))
         check_task(task)
@@ -436,14 +360,6 @@ async def run(url: str, key: str, proc: subprocess.Popen[bytes], opts: Options, 
                                            concurrency=opts.wait_concurrency))  # fmt: skip
     series = Series(direct, poll, fresh, echo, get, cold_apikey, cold_sandboxed, cold_echo, waits, build_times())
     return summarize(opts, status, protocol, series)
-
-
-async def run_both(
-    url: str, key: str, proc: subprocess.Popen[bytes], opts: Options, wait_url: str,
-    wait_proc: subprocess.Popen[bytes],
-) -> dict[str, object]:  # fmt: skip
-    await wait_healthy(wait_url, wait_proc)
-    return await run(url, key, proc, opts, wait_url)
 
 
 def summarize(opts: Options, status: str, protocol: str, s: Series) -> dict[str, object]:
@@ -566,14 +482,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.calls < 2 or args.cold_runs < 1 or args.warmup < 0 or args.wait_tasks < 0 or args.wait_concurrency < 1:
         parser.error("need --calls >= 2, --cold-runs >= 1, --warmup >= 0, --wait-tasks >= 0, --wait-concurrency >= 1")
+    private_data_home()  # the servers' data: never the user's real ledger
     opts = Options(
         calls=args.calls, warmup=args.warmup, cold_runs=args.cold_runs, wait_tasks=args.wait_tasks,
         wait_concurrency=args.wait_concurrency, baseline=args.baseline or default_baseline(), commit=source_version(),
     )  # fmt: skip
-    port, wait_port, key = free_port(), free_port(), "sk-bench-" + secrets.token_hex(8)
-    url, wait_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{wait_port}"
-    with sandbox_process(port, key) as proc, sandbox_process(wait_port, key, WAIT_TASK_SECONDS) as wait_proc:
-        figures = anyio.run(run_both, url, key, proc, opts, wait_url, wait_proc, backend="asyncio")
+    key = "sk-bench-" + secrets.token_hex(8)
+    with Processes() as procs:
+        # By default tasks last 100000 s, so every poll of them is a real GET of a live task.
+        sandbox = procs.sandbox([key], task_seconds=100000, credits=100000000)
+        wait_sandbox = procs.sandbox([key], name="sandbox (3 s tasks)", task_seconds=WAIT_TASK_SECONDS,
+                                     credits=100000000)  # fmt: skip
+        figures = anyio.run(run, sandbox, wait_sandbox, key, opts, backend="asyncio")
     if (after := source_version()) != opts.commit:
         print(f"warning: the source changed during the run ({opts.commit} -> {after})", file=sys.stderr)
         figures["commit"] = f"{opts.commit}->{after}"

@@ -14,7 +14,10 @@ import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests.harness import free_port
 from tests.provision import ROOT, Session
+
+__all__ = ["free_port"]  # for the tests that import it from here
 
 _session: Session | None = None
 
@@ -31,15 +34,26 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return _session.lines if _session else []
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share an expensive session or module fixture (the replica cluster, the OAuth issuer) run on
     one xdist worker, so that it starts once."""
     for item in items:
         module = item.path.relative_to(ROOT).as_posix()
         if module.startswith("tests/replicas/"):
-            item.add_marker(pytest.mark.xdist_group("replicas"))
+            _group(config, item, "replicas")
         elif "issuer" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("oauth-issuer"))
+            _group(config, item, "oauth-issuer")
+
+
+def _group(config: pytest.Config, item: pytest.Item, name: str) -> None:
+    """Mark `item` for the xdist group `name`. pytest-xdist 3.8 then names the group in the node id by setting
+    `_nodeid`, which pytest 9.2 no longer reads (the id is `_id`): the groups were ignored and the replica
+    cluster ran on several workers at once, on one PostgreSQL. So the id is named here, as xdist means to."""
+    item.add_marker(pytest.mark.xdist_group(name))
+    if config.getvalue("loadgroup") and hasattr(item, "_id") and "@" not in item.nodeid:
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(f"{item.nodeid}@{name}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -49,13 +63,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 KEY = "sk-sandbox-test-3b1f9c0d2e7a"
 OTHER_KEY = "sk-sandbox-other-8d2c4a6f"
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (for servers started as separate processes)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -20,13 +20,14 @@ import glob
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "hosted" / "node"
@@ -110,12 +111,6 @@ def npm_packages() -> str | None:
     lines = [f"installed the npm packages of {', '.join(installed)}"] if installed else []
     lines += [f"npm ci failed for {', '.join(failed)}: the tests that need them fail"] if failed else []
     return "; ".join(lines) or None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Postgres:

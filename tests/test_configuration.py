@@ -5,21 +5,19 @@ Run as a user runs it, a subprocess, since the exit status and the absence of a 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import free_port
+from tests.harness import clean_env, free_port
 
 pytestmark = pytest.mark.slow  # a server process per case
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
     return subprocess.run(
-        [sys.executable, "-m", "apikey_mcp", *args], env=base | env, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "apikey_mcp", *args], env=clean_env(env), stdin=subprocess.DEVNULL,
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from apikey_mcp.hosted import create_app
 from apikey_mcp.hosted.updates import ResourceUpdates
 from apikey_mcp.sandbox import BackgroundServer, SandboxServer
 from tests.conftest import KEY
+from tests.harness import Processes, ServerProcess
 
 ALICE = "alice-token-5f1c0e9a7b2d"
 BOB = "bob-token-93e7a1c4d8f6"
@@ -129,11 +131,26 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def processes() -> Iterator[list[Any]]:
-    """Server subprocesses a test starts (test_restart.Process): any still running at the end is killed."""
-    started: list[Any] = []
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Server processes a test starts (`start_process`): any still running at the end is killed."""
+    started = Processes(tmp_path)
     yield started
-    for process in started:
-        if process.popen.poll() is None:
-            process.popen.kill()
-            process.popen.wait()
+    started.close(signal.SIGKILL)
+
+
+def start_process(
+    processes: Processes, sandbox_server: SandboxServer, state_file: Path | None, log: Path, **settings: str
+) -> ServerProcess:
+    """`apikey-mcp --transport http` in a process of its own, logging to `log` (appended: a restart shares it).
+    `state_file` None: the ledger is wherever `settings` say (APIKEY_DATABASE_URL)."""
+    env = {"APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_MCP_AUTH_TOKENS": TOKENS,
+           "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1", **settings}  # fmt: skip
+    args = ["--log-level", "INFO", *(["--state-file", str(state_file)] if state_file is not None else [])]
+    return processes.hosted(env, *args, transport="http", log=log)
+
+
+def reach(server: ServerProcess) -> Hosted:
+    """How to connect to a server process as to the `hosted` fixture's server."""
+    hosted = Hosted.__new__(Hosted)
+    hosted.url = server.url
+    return hosted

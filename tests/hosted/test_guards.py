@@ -13,9 +13,8 @@ import httpx2
 import pytest
 
 from apikey_mcp.sandbox import SandboxServer
-from tests.conftest import free_port
-from tests.hosted.conftest import ALICE, INIT, Hosted, post_initialize
-from tests.hosted.test_restart import Process
+from tests.harness import Processes
+from tests.hosted.conftest import ALICE, INIT, Hosted, post_initialize, start_process
 
 
 async def test_guessing_tokens_is_throttled_per_address(hosted_factory) -> None:
@@ -84,15 +83,14 @@ async def test_the_start_log_names_the_endpoints_and_warns_without_authenticatio
 
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(
-    sandbox_server: SandboxServer, tmp_path: Path, processes: list[Process], trusted: bool
+    sandbox_server: SandboxServer, tmp_path: Path, processes: Processes, trusted: bool
 ) -> None:
     """The real server process, as `serve` configures uvicorn: with --forwarded-allow-ips naming the proxy
     (this test, on 127.0.0.1), X-Forwarded-For names the client; without it, the header is no one's word."""
     env = {"APIKEY_AUTH_FAILURES_PER_MINUTE": "3"} | ({"APIKEY_FORWARDED_ALLOW_IPS": "127.0.0.1"} if trusted else {})
-    server = Process(sandbox_server, tmp_path / "state.sqlite3", tmp_path / "server.log", free_port(), **env)
-    processes.append(server)
-    await server.ready()
-    url = f"{server.hosted.url}/mcp"
+    server = start_process(processes, sandbox_server, tmp_path / "state.sqlite3", tmp_path / "server.log", **env)
+    await server.wait_ready(seconds=30)
+    url = f"{server.url}/mcp"
 
     async def attempt(client: str, token: str) -> int:
         async with httpx2.AsyncClient(timeout=10) as http:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from mcp.types import ElicitResult
 from apikey_mcp.budget import Totals
 from apikey_mcp.sandbox import Sandbox
 from apikey_mcp.stores import open_store
+from tests.harness import clean_env
 from tests.hosted.conftest import ALICE
 from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call, call_error
@@ -99,7 +99,7 @@ async def test_admin_works_on_a_postgresql_ledger_too() -> None:
             held = await store.reserve("alice", 30, "video")
         run = lambda *args: subprocess.run(  # noqa: E731
             [sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True, timeout=60,
-            check=False, env={**os.environ, "APIKEY_DATABASE_URL": url},
+            check=False, env=clean_env(APIKEY_DATABASE_URL=url),
         )  # fmt: skip
         raised = await anyio.to_thread.run_sync(lambda: run("set-budget", "alice", "250"))
         closed = await anyio.to_thread.run_sync(lambda: run("close", held.id, "--released", "--json"))
@@ -129,9 +129,8 @@ async def test_admin_lists_lost_tasks_and_closes_them(tmp_path: Path) -> None:
 
 
 def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
     return subprocess.run([sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True,
-                          timeout=60, check=False, env=env)  # fmt: skip
+                          timeout=60, check=False, env=clean_env())  # fmt: skip
 
 
 async def test_admin_takes_the_ledger_options_after_the_subcommand_too(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.conftest import advance, free_port, wait_until
-from tests.hosted.conftest import ALICE, BOB
-from tests.hosted.test_restart import Process
+from tests.conftest import advance, wait_until
+from tests.harness import Processes
+from tests.hosted.conftest import ALICE, BOB, reach, start_process
 from tests.ledger.conftest import database_url, postgres_schema
 from tests.server.conftest import call
 
@@ -38,21 +38,20 @@ async def test_two_processes_on_one_ledger_never_overspend(
     sandbox_server: SandboxServer,
     sandbox: Sandbox,
     tmp_path: Path,
-    processes: list[Process],
+    processes: Processes,
     ledger,
 ) -> None:
     state_file, env = ledger
     env = {**env, "APIKEY_SESSION_BUDGET": str(BUDGET)}
-    first = Process(sandbox_server, state_file, tmp_path / "first.log", free_port(), **env)
-    processes.append(first)
-    await first.ready()  # the first creates the ledger; the second opens the same one
-    second = Process(sandbox_server, state_file, tmp_path / "second.log", free_port(), **env)
-    processes.append(second)
-    await second.ready()
+    first = await start_process(processes, sandbox_server, state_file, tmp_path / "first.log", **env).wait_ready(
+        seconds=30
+    )  # the first creates the ledger; the second opens the same one
+    second = start_process(processes, sandbox_server, state_file, tmp_path / "second.log", **env)
+    await second.wait_ready(seconds=30)
     outcomes: list[bool] = []
     async with (
-        first.hosted.connect("streamable-http", ALICE) as a,
-        second.hosted.connect("streamable-http", ALICE) as b,
+        reach(first).connect("streamable-http", ALICE) as a,
+        reach(second).connect("streamable-http", ALICE) as b,
     ):
 
         async def create(client) -> None:
@@ -72,22 +71,21 @@ async def test_two_processes_on_one_ledger_never_overspend(
 
 
 async def test_a_task_created_through_one_process_is_polled_and_settled_through_the_other(
-    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: list[Process], ledger
+    sandbox_server: SandboxServer, held: Sandbox, tmp_path: Path, processes: Processes, ledger
 ) -> None:
     state_file, env = ledger
-    first = Process(sandbox_server, state_file, tmp_path / "first.log", free_port(), **env)
-    processes.append(first)
-    await first.ready()
-    second = Process(sandbox_server, state_file, tmp_path / "second.log", free_port(), **env)
-    processes.append(second)
-    await second.ready()
-    async with first.hosted.connect("streamable-http", ALICE) as a:
+    first = await start_process(processes, sandbox_server, state_file, tmp_path / "first.log", **env).wait_ready(
+        seconds=30
+    )
+    second = start_process(processes, sandbox_server, state_file, tmp_path / "second.log", **env)
+    await second.wait_ready(seconds=30)
+    async with reach(first).connect("streamable-http", ALICE) as a:
         created = await call(a, "generate_video", **VIDEO)
     await advance(sandbox_server, created["task_id"])
     # Streamable HTTP for both: on a PostgreSQL ledger the processes are replicas, which do not serve SSE
     async with (
-        second.hosted.connect("streamable-http", ALICE) as b,
-        second.hosted.connect("streamable-http", BOB) as bob,
+        reach(second).connect("streamable-http", ALICE) as b,
+        reach(second).connect("streamable-http", BOB) as bob,
     ):
         done = await call(b, "poll_task", task_id=created["task_id"], wait_seconds=10)
         await wait_until(lambda: _settled(b))

@@ -12,12 +12,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from apikey_mcp.budget import LedgerStore
 from apikey_mcp.stores import MemoryLedgerStore
+from tests import harness
 from tests.provision import missing
 
 STORES = ["memory", "sqlite", "postgres"]
@@ -35,18 +35,8 @@ def database_url() -> str:
 @contextmanager
 def postgres_schema() -> Iterator[str]:
     """A database URL whose tables live in a fresh schema, dropped afterwards."""
-    import psycopg
-
-    base = database_url()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options={quote(f'-c search_path={schema}')}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with harness.postgres_schema(database_url()) as url:
+        yield url
 
 
 @asynccontextmanager

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.harness import clean_env
 
 pytestmark = pytest.mark.slow  # pytest runs itself twice
 
@@ -16,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_contract(ci: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """The contract test in a pytest of its own, on a machine without PostgreSQL's binaries or a database URL."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
-    env |= {"CI": ci, "APIKEY_TEST_PG_BINDIR": str(tmp_path / "no-postgresql")}
+    env = clean_env(CI=ci, APIKEY_TEST_PG_BINDIR=str(tmp_path / "no-postgresql"))
     command = [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-k",
                "postgres and refused_whole", "tests/ledger/test_contract.py"]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)

@@ -9,12 +9,7 @@ locally and fail in CI.
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +23,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from tests import harness
 from tests.conftest import KEY, free_port
+from tests.harness import ServerProcess, clean_env, start_nginx
 from tests.ledger.conftest import postgres_schema
 from tests.provision import program
 
@@ -42,15 +39,7 @@ LEASE_SECONDS = 3.0
 STATE_KEY = "k" * 16 + "0123456789abcdef0123456789abcdef"
 
 
-@dataclass
-class Replica:
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+Replica = ServerProcess  # .port, .url, .process (the Popen), .log
 
 
 @dataclass
@@ -80,53 +69,9 @@ class Cluster:
             return cursor.fetchall() if cursor.description else []
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes] | None, log: Path, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx2.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy:\n{log.read_text()[-3000:]}")
-
-
 def start_replica(env: dict[str, str], tmp: Path, port: int | None = None) -> Replica:
-    port = port or free_port()
-    log = tmp / f"replica-{port}.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "apikey_mcp", "--transport", "streamable-http", "--port", str(port),
-             "--forwarded-allow-ips", "127.0.0.1"],  # the balancer's address, as deploy/nginx.conf says
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
-        )  # fmt: skip
-    replica = Replica(port, process, log)
-    _wait_healthy(replica.url, process, log)
-    return replica
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def nginx_config(port: int, upstreams: list[int]) -> str:
-    """The shipped example with this run's ports in place of 8000 and 8001-8003."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    servers = re.findall(r"^\s*server 127\.0\.0\.1:800[1-9][^\n]*\n", text, flags=re.M)
-    assert len(servers) == 3, "deploy/nginx.conf must list three example upstream servers"
-    text = text.replace(servers[0], "".join(servers[0].replace(":8001", f":{p}") for p in upstreams))
-    for line in servers[1:]:
-        text = text.replace(line, "")
-    return text.replace("listen 127.0.0.1:8000;", f"listen 127.0.0.1:{port};")
+    # the balancer's address, as deploy/nginx.conf says
+    return harness.start_replica(env, tmp, "--forwarded-allow-ips", "127.0.0.1", port=port).ready()
 
 
 @pytest.fixture(scope="session")
@@ -139,25 +84,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         sandbox_server = stack.enter_context(SandboxServer(sandbox))
         balancer_port = free_port()
         balancer = f"http://127.0.0.1:{balancer_port}"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")},  # only what is set here
+        env = clean_env({  # only what is set here
             "APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY,
             "APIKEY_DATABASE_URL": database_url, "APIKEY_REQUEST_STATE_KEY": STATE_KEY,
             "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{n}={t}" for n, t in TOKENS.items()),
             "APIKEY_PUBLIC_URL": balancer, "APIKEY_WEBHOOK_SECRET": sandbox.webhook_secret,
             "APIKEY_SESSION_BUDGET": str(BUDGET), "APIKEY_POLL_INTERVAL": "30", "APIKEY_MAX_POLL_INTERVAL": "30",
             "APIKEY_LEASE_SECONDS": str(LEASE_SECONDS), "APIKEY_LOG_LEVEL": "INFO",
-        }  # fmt: skip
+        })  # fmt: skip
         replicas: list[Replica] = []
-        stack.callback(lambda: [stop(r.process) for r in replicas])  # those running at the end (one may be new)
+        stack.callback(lambda: [r.stop() for r in replicas])  # those running at the end (one may be new)
         replicas += [start_replica(env, tmp) for _ in range(3)]
-        prefix = tmp / "nginx"
-        prefix.mkdir()
-        (prefix / "nginx.conf").write_text(nginx_config(balancer_port, [r.port for r in replicas]))
-        proxy = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
-        stack.callback(lambda: stop(proxy, signal.SIGQUIT))
-        _wait_healthy(balancer, proxy, prefix / "error.log")
+        proxy = start_nginx(nginx, tmp / "nginx", balancer_port, [r.port for r in replicas])
+        stack.callback(proxy.stop, signal.SIGQUIT)
+        proxy.ready()
         yield Cluster(balancer, replicas, sandbox_server, database_url, env, tmp)
 
 

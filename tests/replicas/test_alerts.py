@@ -18,9 +18,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY, wait_until
+from tests.harness import stop
 from tests.ledger.conftest import postgres_schema
 from tests.policy.receiver import SECRET, Receiver, receiving
-from tests.replicas.conftest import STATE_KEY, Replica, start_replica, stop
+from tests.replicas.conftest import STATE_KEY, Replica, start_replica
 
 pytestmark = pytest.mark.slow
 TOKEN = "fleet-alerts-token-5f1c0e9a7b2d"

@@ -28,9 +28,10 @@ import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from tests.conftest import KEY, free_port, wait_until
+from tests.harness import nginx_config, stop
 from tests.pg_cluster import Cluster as PgCluster
 from tests.provision import program
-from tests.replicas.conftest import STATE_KEY, TOKENS, Cluster, nginx_config, start_replica, stop
+from tests.replicas.conftest import STATE_KEY, TOKENS, Cluster, start_replica
 
 pytestmark = pytest.mark.slow
 PRINCIPALS = ["p1", "p2", "p3", "p4"]

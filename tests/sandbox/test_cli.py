@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from pathlib import Path
 
-import anyio
 import httpx2
 import pytest
 
-from tests.conftest import free_port, wait_until
+from tests.harness import Processes
 
 
 @pytest.mark.slow
-async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_per_key() -> None:
-    port = free_port()
-    args = ["sandbox", "--port", str(port), "--key", "sk-one-1111", "--key", "sk-two-2222", "--credits", "500",
-            "--hold"]  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "apikey_mcp", *args]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:  # noqa: ASYNC220 (reads its banner)
-        try:
-            stderr = process.stderr
-            assert stderr is not None
-            with anyio.fail_after(30):
-                banner = await anyio.to_thread.run_sync(
-                    lambda: "".join(stderr.readline() for _ in range(5)), abandon_on_cancel=True
-                )
-            async with httpx2.AsyncClient(base_url=base) as http:
-
-                async def healthy() -> bool:
-                    try:
-                        return (await http.get("/healthz")).status_code == 200
-                    except httpx2.TransportError:
-                        return False
-
-                await wait_until(healthy)
-                video = {"model": "seedance-2-fast", "prompt": "x", "duration": 5}
-                created = await http.post("/v1/videos", json=video, headers={"Authorization": "Bearer sk-one-1111"})
-                wallets = [(await http.get("/sandbox/wallet", headers={"x-api-key": key})).json()
-                           for key in ("sk-one-1111", "sk-two-2222")]  # fmt: skip
-        finally:
-            process.terminate()
+async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_per_key(tmp_path: Path) -> None:
+    with Processes(tmp_path) as processes:
+        process = processes.sandbox(["sk-one-1111", "sk-two-2222"], credits=500, hold=True)
+        await process.wait_ready(seconds=30)
+        banner = "".join(process.log.read_text().splitlines(keepends=True)[:5])  # printed before it listens
+        base = process.url
+        async with httpx2.AsyncClient(base_url=base) as http:
+            video = {"model": "seedance-2-fast", "prompt": "x", "duration": 5}
+            created = await http.post("/v1/videos", json=video, headers={"Authorization": "Bearer sk-one-1111"})
+            wallets = [(await http.get("/sandbox/wallet", headers={"x-api-key": key})).json()
+                       for key in ("sk-one-1111", "sk-two-2222")]  # fmt: skip
     assert "SANDBOX" in banner and base in banner and "sk-one-1111" in banner and "sk-two-2222" in banner
     assert created.status_code == 200
     assert wallets == [{"balance": 500, "reserved": 40, "available": 460},
