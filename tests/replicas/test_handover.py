@@ -40,6 +40,11 @@ async def _watcher(cluster: Cluster, task_id: str) -> Replica:
     return next(r for r in cluster.replicas if r.process.pid == pid)
 
 
+# B re-reads the task's row every third of a lease (1 s) anyway: an answer well within that came from the
+# announcement. Not tighter: on a busy 2-core CI machine the hop through PostgreSQL has taken 0.24 s.
+WOKEN_WITHIN = LEASE_SECONDS / 3 * 0.6
+
+
 def _end_silently(held: Sandbox, task_id: str) -> None:
     """The gateway will not call back by itself: the test delivers the callback (or none) where it wants."""
     held.tasks[task_id].callback_url = None
@@ -47,7 +52,8 @@ def _end_silently(held: Sandbox, task_id: str) -> None:
 
 async def _callback_wakes_a_poll_elsewhere(cluster: Cluster, held: Sandbox, principal: str) -> None:
     """A poll waits on replica B; the callback reaches replica A (neither watches the task): B answers within
-    200 ms of the callback being sent, and nobody asked the gateway about the task meanwhile."""
+    WOKEN_WITHIN of the callback being sent, sooner than its own re-read of the row would have told it, and nobody
+    asked the gateway about the task meanwhile."""
     task_id = await _create(cluster, principal)
     watcher = await _watcher(cluster, task_id)
     waiting_on, receiver = [r for r in cluster.replicas if r is not watcher]
@@ -81,7 +87,7 @@ async def _callback_wakes_a_poll_elsewhere(cluster: Cluster, held: Sandbox, prin
         assert delivered.status_code == 204, delivered.text
         await wait_until(lambda: "at" in answer)
     assert answer["result"]["status"] == "succeeded" and answer["result"]["task_id"] == task_id
-    assert answer["at"] - sent < 0.2, f"woken after {answer['at'] - sent:.3f} s"
+    assert answer["at"] - sent < WOKEN_WITHIN, f"woken after {answer['at'] - sent:.3f} s"
     assert held.tasks[task_id].polls == polls_before, "no replica asked the gateway about the task"
     charged = finished["credits"]["charged"]
     assert cluster.sql("SELECT state, charged FROM apikey_reservations WHERE task_id = %s", task_id) == [
