@@ -50,7 +50,7 @@ def _group(config: pytest.Config, item: pytest.Item, name: str) -> None:
     `_nodeid`, which pytest 9.2 no longer reads (the id is `_id`): the groups were ignored and the replica
     cluster ran on several workers at once, on one PostgreSQL. So the id is named here, as xdist means to."""
     item.add_marker(pytest.mark.xdist_group(name))
-    if config.getvalue("loadgroup") and hasattr(item, "_id") and "@" not in item.nodeid:
+    if config.getoption("loadgroup", default=False) and hasattr(item, "_id") and "@" not in item.nodeid:
         from _pytest.nodeid import coerce_node_id
 
         item._id = coerce_node_id(f"{item.nodeid}@{name}")

@@ -25,6 +25,7 @@ def test_the_environment_has_none_of_the_callers_apikey_settings_and_the_given_o
     assert env["HARNESS_TEST_OTHER"] == "kept" and env["APIKEY_BASE_URL"] == "http://127.0.0.1:1"
 
 
+@pytest.mark.slow
 async def test_a_server_that_exits_before_it_is_ready_fails_at_once_with_its_log(tmp_path: Path) -> None:
     said = "cannot listen: the port is taken"
     command = [sys.executable, "-c", f"import sys; print({said!r}, file=sys.stderr); sys.exit(3)"]
@@ -35,6 +36,7 @@ async def test_a_server_that_exits_before_it_is_ready_fails_at_once_with_its_log
     assert said in str(failed.value)
 
 
+@pytest.mark.slow
 async def test_a_server_that_ignores_its_signal_is_killed_and_every_server_is_stopped_at_the_end(
     tmp_path: Path,
 ) -> None:

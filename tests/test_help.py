@@ -78,6 +78,7 @@ def test_every_option_of_every_command_has_help_and_every_command_a_description(
                 assert action.help, f"{parser.prog}: {action.option_strings or action.dest} has no help"
 
 
+@pytest.mark.slow
 def test_help_as_typed() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
     done = subprocess.run([sys.executable, "-m", "apikey_mcp", "--help"], env=env, capture_output=True, text=True,

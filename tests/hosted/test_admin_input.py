@@ -118,6 +118,7 @@ def test_numbers_no_ledger_can_keep_are_refused_in_one_line(
         assert totals(where) == Totals(100, 0, 2)
 
 
+@pytest.mark.slow
 def test_a_real_admin_process_refuses_2_to_the_64_without_a_traceback(tmp_path: Path) -> None:
     where = {"state_file": str(tmp_path / "state.sqlite3")}
     with _filled(where) as rid:

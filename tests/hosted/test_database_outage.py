@@ -20,6 +20,8 @@ from tests.hosted.conftest import ALICE
 from tests.pg_cluster import Cluster
 from tests.server.conftest import call, call_error
 
+pytestmark = pytest.mark.slow  # a PostgreSQL cluster of its own, stopped and restarted
+
 DRIVER_WORDS = ("psycopg", "connection refused", "Connection refused", "OperationalError", "server closed")
 
 

@@ -81,6 +81,7 @@ async def test_the_start_log_names_the_endpoints_and_warns_without_authenticatio
     assert "/mcp (NO authentication)" in without and "serving with NO client authentication" in without
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(
     sandbox_server: SandboxServer, tmp_path: Path, processes: Processes, trusted: bool

@@ -111,6 +111,7 @@ async def test_admin_works_on_a_postgresql_ledger_too() -> None:
                                           "alert_at": None}]  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_admin_lists_lost_tasks_and_closes_them(tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite3"
     async with open_store(state_file=state) as store:
@@ -133,6 +134,7 @@ def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False, env=clean_env())  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_admin_takes_the_ledger_options_after_the_subcommand_too(tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite3"
     async with open_store(state_file=state) as store:
@@ -148,6 +150,7 @@ async def test_admin_takes_the_ledger_options_after_the_subcommand_too(tmp_path:
     assert both.returncode == 2 and "not both" in both.stderr
 
 
+@pytest.mark.slow
 def test_admin_alone_lists_its_commands_instead_of_a_missing_argument() -> None:
     done = run_admin()
     assert done.returncode == 2 and "required" not in done.stderr
@@ -156,6 +159,7 @@ def test_admin_alone_lists_its_commands_instead_of_a_missing_argument() -> None:
         assert command in done.stderr
 
 
+@pytest.mark.slow
 async def test_a_budget_set_below_what_was_spent_is_done_with_a_warning(tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite3"
     async with open_store(state_file=state) as store:

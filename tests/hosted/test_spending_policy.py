@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from mcp.types import ElicitResult
 
 from apikey_mcp.sandbox import Sandbox
@@ -41,6 +42,7 @@ async def test_confirmation_hosted_protects_the_principal_and_never_raises_the_o
                          "Generate a video with seedance-2-fast for 40 credits? 20 left"]  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_the_operator_changes_a_running_servers_policy_and_the_refusal_names_the_command(
     hosted_factory, sandbox: Sandbox
 ) -> None:

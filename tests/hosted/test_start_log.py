@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 from tests.conftest import wait_until
+
+pytestmark = pytest.mark.slow  # a server process
 
 
 async def test_the_start_log_names_the_bound_address_not_the_public_url(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from apikey_mcp.budget import BudgetExceededError, Hold
 from apikey_mcp.stores import open_store
 from tests.ledger.conftest import database_url, postgres_schema
 
+pytestmark = pytest.mark.slow  # admin processes
+
 
 async def _report(where: list[str], *args: str) -> str:
     done = await anyio.run_process([sys.executable, "-m", "apikey_mcp", "admin", *where, "report", *args], check=False)

@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 from mcp import Client, StdioServerParameters
 
 from apikey_mcp.sandbox import SandboxServer
 from tests.server.conftest import call, settings_for, stdio_env
+
+pytestmark = pytest.mark.slow  # server processes
 
 
 def _lines(path: Path) -> list[dict[str, object]]:

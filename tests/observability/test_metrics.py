@@ -36,6 +36,7 @@ def url_of(made: metrics.Metrics) -> str:
     return f"http://127.0.0.1:{made._server.server_port}/metrics"
 
 
+@pytest.mark.slow
 async def test_stdio_metrics_name_everything_and_equal_the_ledger(
     sandbox_server: SandboxServer, tmp_path: Path
 ) -> None:

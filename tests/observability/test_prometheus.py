@@ -91,6 +91,7 @@ async def test_prometheus_reads_each_principals_spend_equal_to_the_ledger(
         collected.close()
 
 
+@pytest.mark.slow
 def test_the_alert_rules_and_scrape_config_in_deploy_pass_promtool() -> None:
     promtool = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
     if promtool is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from mcp import Client, StdioServerParameters
 
 from apikey_mcp.budget import Hold, ReservationState
@@ -20,6 +21,8 @@ from tests.conftest import advance, wait_until
 from tests.server.conftest import call, stdio_env
 
 from .conftest import ledger_totals, stdio_params
+
+pytestmark = pytest.mark.slow  # stdio server and admin processes
 
 
 async def admin(state: Path, *args: str) -> Any:

@@ -62,6 +62,7 @@ async def test_a_client_without_elicitation_is_refused_above_confirm_above_and_n
     assert budget["reserved"] == 0 and await store.reservations() == []
 
 
+@pytest.mark.slow
 async def test_over_stdio_the_human_is_asked_through_the_real_client_and_a_decline_creates_nothing(
     sandbox_server: SandboxServer, sandbox: Sandbox
 ) -> None:

@@ -22,7 +22,7 @@ BOUND = {"generate_image": MEDIA_APP, "generate_video": MEDIA_APP, "generate_mus
 CDN = "https://cdn.example.com"
 
 
-@pytest.mark.parametrize("transport", ["memory", "stdio"])
+@pytest.mark.parametrize("transport", ["memory", pytest.param("stdio", marks=pytest.mark.slow)])
 async def test_tools_name_their_app_and_each_app_is_served_self_contained_with_its_csp(
     transport: str, sandbox_server: SandboxServer
 ) -> None:

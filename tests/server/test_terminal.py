@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import anyio
+import pytest
+
+pytestmark = pytest.mark.slow  # a server process in a pseudo-terminal
 
 HINT = "This is the MCP server over stdio"
 
