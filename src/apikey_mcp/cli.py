@@ -347,9 +347,10 @@ class SandboxOnDemand:
         import uvicorn
 
         from .sandbox import Sandbox
+        from .sandbox.server import PromptServer
 
         app = Sandbox([key], webhook_secret=webhook_secret).app
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
+        self._server = PromptServer(uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False))
         if self._stopping:
             self._server.should_exit = True
         asyncio.run(self._server.serve(sockets=[self._sock]))
@@ -362,7 +363,7 @@ class SandboxOnDemand:
         self._stopping = True
         self._waker.send(b"x")
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.stop_soon()
         self._thread.join(timeout=10)
         for sock in (self._sock, self._wake, self._waker):
             sock.close()
