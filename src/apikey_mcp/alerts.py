@@ -3,10 +3,10 @@ reaches 100%, once per threshold per period.
 
 Once means once for the whole deployment: the ledger records each alert (`claim_alert`) in the same store all
 replicas share, and only the process whose claim made the record tells anyone, so restarts and replicas send
-it once. Telling is a log line, the metric `apikey_budget_alerts_total{threshold}` (`count_alert`: the seam the
-metrics module wires), and with `--alert-webhook` a POST of `{"principal", "budget", "spent", "reserved",
-"threshold", "period"}` signed with `APIKEY_ALERT_SECRET` in `X-Apikey-Signature: t=<unix seconds>,v1=<hex
-HMAC-SHA256 of "<t>.<body>">`, retried with backoff.
+it once. Telling is a log line, the metric `apikey_budget_alerts_total{threshold}` (`count_alert`), and with
+`--alert-webhook` a POST of `{"principal", "budget", "spent", "reserved", "threshold", "period"}` signed
+with `APIKEY_ALERT_SECRET` in `X-Apikey-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`,
+retried with backoff.
 
 Nothing here blocks the call that crossed a threshold: the ledger tells `notice`, which only queues the
 principal (bounded); a worker checks and claims, another delivers (bounded too).
@@ -25,6 +25,7 @@ import anyio
 import httpx2
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import metrics
 from .budget import LedgerStore
 from .config import Settings
 from .gateway.webhooks import sign
@@ -42,9 +43,10 @@ ALERTS_TOTAL: Counter[int] = Counter()  # threshold -> alerts this process sent;
 
 
 def count_alert(threshold: int) -> None:
-    """The metric `apikey_budget_alerts_total{threshold}`: one more alert sent at `threshold` percent. Kept as a
-    plain counter here; the metrics module exports it (or replaces this function's body with its own counter)."""
+    """One more alert sent at `threshold` percent: the metric `apikey_budget_alerts_total{threshold}` (when metrics
+    are on) and this process's own count."""
     ALERTS_TOTAL[threshold] += 1
+    metrics.budget_alert(threshold)
 
 
 def signature(secret: str, body: bytes, *, now: float | None = None) -> str:

@@ -58,6 +58,7 @@ class Metrics:
         self.auth_failures = Counter("apikey_auth_failures", "Requests with a wrong token", registry=r)
         self.limit_refusals = Counter("apikey_limit_refusals", "Requests refused by a limit", ["limit"], registry=r)
         self.background_errors = Counter("apikey_background_errors", "Background job errors", ["job"], registry=r)
+        self.budget_alerts = Counter("apikey_budget_alerts", "Budget alerts sent", ["threshold"], registry=r)
         self.ledger_seconds = Histogram("apikey_ledger_seconds", "Ledger operations", ["op"], registry=r)
         self.sources: list[Source] = []
         r.register(_Live(self))
@@ -200,6 +201,12 @@ def callback(result: str) -> None:
 def auth_failure() -> None:
     if _active is not None:
         _active.auth_failures.inc()
+
+
+def budget_alert(threshold: int) -> None:
+    """An alert sent at `threshold` percent of a principal's budget (once per threshold per period)."""
+    if _active is not None:
+        _active.budget_alerts.labels(str(threshold)).inc()
 
 
 def limit_refusal(limit: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from mcp import Client
 
 from apikey_mcp import metrics
+from apikey_mcp.alerts import count_alert
 from apikey_mcp.budget import Totals
 from apikey_mcp.sandbox import SandboxServer
 from tests.conftest import free_port
@@ -117,3 +118,16 @@ def test_calls_are_no_ops_when_metrics_are_off() -> None:
     with metrics.ledger_op("reserve"):
         pass
     assert metrics.active() is None
+
+
+def test_each_alert_sent_is_counted_by_its_threshold() -> None:
+    collected = metrics.Metrics(10)
+    metrics.install(collected)
+    try:
+        for threshold in (80, 100, 80):
+            count_alert(threshold)
+    finally:
+        metrics.install(None)
+    sample = collected.registry.get_sample_value
+    assert sample("apikey_budget_alerts_total", {"threshold": "80"}) == 2
+    assert sample("apikey_budget_alerts_total", {"threshold": "100"}) == 1

@@ -107,7 +107,7 @@ def test_a_hosted_sandbox_keeps_a_ledger_of_its_own_too(tmp_path: Path) -> None:
 async def test_request_budget_increase_still_raises_a_sessions_budget(
     sandbox_server: SandboxServer, tmp_path: Path
 ) -> None:
-    from tests.server.test_errors import answering
+    from tests.server.conftest import answering
 
     state = tmp_path / "state.sqlite3"
     params = stdio_params(sandbox_server, state, "--principal", "erin", "--budget", "100")

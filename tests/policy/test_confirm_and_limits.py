@@ -4,23 +4,13 @@ or created, says why and names the setting; an approval lets the call go on unde
 from __future__ import annotations
 
 import pytest
-from mcp.types import ElicitResult
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.stores import MemoryLedgerStore
-from tests.server.conftest import call, call_error, connect, settings_for
+from tests.server.conftest import answering, call, call_error, connect, settings_for
 
 VIDEO = {"prompt": "a drone shot over hills", "model": "seedance-2-fast", "duration": 5, "resolution": "720p"}  # 40
 ESTIMATES, VIDEOS = "POST /v1/credits/estimate", "POST /v1/videos"
-
-
-def answering(action: str, approve: bool | None = None):
-    async def elicitation(context, params) -> ElicitResult:
-        asked.append(params.message)
-        return ElicitResult(action=action, content=None if approve is None else {"approve": approve})
-
-    asked: list[str] = []
-    return elicitation, asked
 
 
 async def test_a_call_above_confirm_above_goes_ahead_when_the_human_approves(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, ElicitResult
 
 from apikey_mcp.budget import Ledger, LedgerStore, Totals
 from apikey_mcp.config import Settings
@@ -100,3 +100,14 @@ async def running_service(
         registry = TaskRegistry(client, ledger, **FAST_POLLING)
         async with registry.running():
             yield Service(settings, client, ledger, registry)
+
+
+def answering(action: str, approve: bool | None = None):
+    """An elicitation callback that answers every question with `action` (and `approve`); the questions asked."""
+
+    async def elicitation(context, params) -> ElicitResult:
+        asked.append(params.message)
+        return ElicitResult(action=action, content=None if approve is None else {"approve": approve})
+
+    asked: list[str] = []
+    return elicitation, asked

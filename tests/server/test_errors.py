@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from mcp.types import ElicitResult
 
 from apikey_mcp.config import Settings
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.server.conftest import call, call_error, connect, settings_for
+from tests.server.conftest import answering, call, call_error, connect, settings_for
 
 
 @pytest.mark.parametrize(
@@ -61,15 +60,6 @@ async def test_an_unreachable_gateway_is_reported_plainly(unreachable_url: str) 
 
 
 # ---------------------------------------------------------------- asking the human for more budget
-
-
-def answering(action: str, approve: bool | None = None):
-    async def elicitation(context, params) -> ElicitResult:
-        asked.append(params.message)
-        return ElicitResult(action=action, content=None if approve is None else {"approve": approve})
-
-    asked: list[str] = []
-    return elicitation, asked
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,12 @@
-"""What every store shares: the refusal to open a store that is not ours, and the checks on credits."""
+"""What every store shares: the refusal to open a store that is not ours, the checks on credits, and reading
+the rows the SQL stores have in common."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from ..budget import Event, Totals, UnknownPrincipalError
+from ..periods import rolled
 
 
 class StoreRefusedError(Exception):
@@ -33,3 +39,20 @@ def settle_detail(why: str | None, older_period: float | None) -> str | None:
     parts = [why] if why else []
     parts += [f"period {iso(older_period)}"] if older_period is not None else []
     return "; ".join(parts) or None
+
+
+def totals_of(principal: str, row: tuple[Any, ...] | None, now: float | None) -> Totals:
+    """A principal's (budget, spent, reserved, period, period_start) row as totals; with `now`, spent in the
+    period current then (0 in one begun since)."""
+    if row is None:
+        raise UnknownPrincipalError(f"no principal '{principal}'")
+    budget, spent, reserved, period, stored = row
+    renewed = now is not None and rolled(period, stored, now) is not None
+    return Totals(budget, 0 if renewed else spent, reserved)
+
+
+def event_of(row: tuple[Any, ...]) -> Event:
+    """An audit trail row (seq, at, principal, kind, actor, reservation, credits, budget, spent, reserved, detail,
+    model) as an event."""
+    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
+    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)

@@ -35,7 +35,7 @@ from ..budget import (
 )
 from ..periods import label, period_start, rolled
 from ..policy import Policy
-from .common import StoreRefusedError, check_charge, check_credits
+from .common import StoreRefusedError, check_charge, check_credits, event_of, totals_of
 from .upgrades import POSTGRES_VERSION_TABLE, upgrade_postgres
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ class PostgresLedgerStore:
             "SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail, model"
             f" FROM apikey_events {where} ORDER BY seq LIMIT %s OFFSET %s", [*params, limit, offset],
         )  # fmt: skip
-        return [_event(row) for row in rows]
+        return [event_of(row) for row in rows]
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         rows = await self._rows(
@@ -458,16 +458,7 @@ async def _totals(c: _Conn, principal: str, now: float | None = None) -> Totals:
     """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
     row = await (await c.execute("SELECT budget, spent, reserved, period, period_start FROM apikey_principals"
                                  " WHERE name = %s", (principal,))).fetchone()  # fmt: skip
-    if row is None:
-        raise UnknownPrincipalError(f"no principal '{principal}'")
-    budget, spent, reserved, period, stored = row
-    renewed = now is not None and rolled(period, stored, now) is not None
-    return Totals(budget, 0 if renewed else spent, reserved)
-
-
-def _event(row: tuple[Any, ...]) -> Event:
-    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
-    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
+    return totals_of(principal, row, now)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:

@@ -34,7 +34,15 @@ from ..budget import (
 )
 from ..periods import label, period_start, rolled
 from ..policy import Policy
-from .common import StoreRefusedError, check_charge, check_credits, overcharge_detail, settle_detail
+from .common import (
+    StoreRefusedError,
+    check_charge,
+    check_credits,
+    event_of,
+    overcharge_detail,
+    settle_detail,
+    totals_of,
+)
 from .migrate import is_v1, migrate_v1
 from .upgrades import BASE_VERSION, upgrade_sqlite
 
@@ -319,7 +327,7 @@ class SqliteLedgerStore:
         sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
                f" model FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
         rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall(), write=False)
-        return [_event(row) for row in rows]
+        return [event_of(row) for row in rows]
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         key = _REPORT_KEYS[by]
@@ -345,16 +353,7 @@ def _totals(c: sqlite3.Connection, principal: str, now: float | None = None) -> 
     """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
     row = c.execute("SELECT budget, spent, reserved, period, period_start FROM principals WHERE name = ?",
                     (principal,)).fetchone()  # fmt: skip
-    if row is None:
-        raise UnknownPrincipalError(f"no principal '{principal}'")
-    budget, spent, reserved, period, stored = row
-    renewed = now is not None and rolled(period, stored, now) is not None
-    return Totals(budget, 0 if renewed else spent, reserved)
-
-
-def _event(row: tuple[Any, ...]) -> Event:
-    s, at, p, k, a, r, cr, b, sp, rs, d, m = row
-    return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
+    return totals_of(principal, row, now)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
