@@ -75,6 +75,7 @@ def build_server(
     subscriptions: SubscriptionBus | None = None,
     poll_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     poll_clock: Callable[[], float] = time.monotonic,
+    gateway_sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     clock: Callable[[], float] = time.time,
     closed: anyio.Event | None = None,
     request_state_security: RequestStateSecurity | None = None,
@@ -84,7 +85,7 @@ def build_server(
 
     Over stdio each session opens its own accounts (one `principal`) on `store` (the CLI passes the local
     ledger file; a memory store of its own by default; `poll_sleep` and `poll_clock` own the watchers' time,
-    `clock` the budget periods').
+    `clock` the budget periods', `gateway_sleep` the gateway client's waits between retries).
     Hosted, the app passes the `accounts` it shares across sessions and transports. `closed` is set once a
     stdio session's accounts have shut down (every unfinished task id logged).
     """
@@ -99,7 +100,7 @@ def build_server(
         try:
             async with GatewayClient(
                 settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                other_secrets=settings.secrets(),
+                other_secrets=settings.secrets(), sleep=gateway_sleep,
             ) as client:  # fmt: skip
                 opening = Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep,
                                    poll_clock=poll_clock, local=principal, clock=clock)  # fmt: skip

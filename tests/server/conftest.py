@@ -42,10 +42,16 @@ def stdio_env(settings: Settings) -> dict[str, str]:
 
 @asynccontextmanager
 async def connect(
-    transport: str, settings: Settings, *, store: LedgerStore | None = None, **client_options: Any
+    transport: str,
+    settings: Settings,
+    *,
+    store: LedgerStore | None = None,
+    server_options: dict[str, Any] | None = None,
+    **client_options: Any,
 ) -> AsyncIterator[Client]:
+    """A client of the server over `transport`; `server_options` go to `build_server` (in memory only)."""
     if transport == "memory":
-        target: Any = build_server(settings, store=store)
+        target: Any = build_server(settings, store=store, **(server_options or {}))
     else:
         assert store is None, "a subprocess has its own ledger"
         target = StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp"], env=stdio_env(settings))
@@ -72,6 +78,10 @@ async def call_error(client: Client, tool: str, **arguments: Any) -> str:
     result = await client.call_tool(tool, arguments)
     assert result.is_error, result.structured_content
     return text_of(result)
+
+
+async def no_wait(seconds: float) -> None:
+    """A sleep that returns at once: the gateway client's retries happen, their waits do not (tests own time)."""
 
 
 def text_of(result: CallToolResult) -> str:

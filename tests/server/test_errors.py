@@ -6,7 +6,7 @@ import pytest
 
 from apikey_mcp.config import Settings
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.server.conftest import answering, call, call_error, connect, settings_for
+from tests.server.conftest import answering, call, call_error, connect, no_wait, settings_for
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,8 @@ async def test_without_a_key_the_server_lists_tools_and_paid_calls_say_how_to_se
 
 
 async def test_an_unreachable_gateway_is_reported_plainly(unreachable_url: str) -> None:
-    async with connect("memory", Settings(base_url=unreachable_url, api_key="k")) as client:
+    settings = Settings(base_url=unreachable_url, api_key="k")
+    async with connect("memory", settings, server_options={"gateway_sleep": no_wait}) as client:
         text = await call_error(client, "list_models")
         status = await call(client, "budget_status")  # what needs no gateway still works
     assert "Cannot connect" in text and "base URL" in text and status["remaining"] == 1000

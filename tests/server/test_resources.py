@@ -10,7 +10,7 @@ from mcp.types import ResourceTemplateReference
 
 from apikey_mcp.config import Settings
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.server.conftest import call, connect, settings_for
+from tests.server.conftest import call, connect, no_wait, settings_for
 
 DOCS = {
     "apikey://docs/llms.txt": "text/plain",
@@ -70,7 +70,8 @@ async def test_task_ids_complete_from_what_this_session_created(transport: str, 
 
 
 async def test_documents_from_an_unreachable_gateway_are_a_clear_error(unreachable_url: str) -> None:
-    async with connect("memory", Settings(base_url=unreachable_url, api_key="k")) as client:
+    settings = Settings(base_url=unreachable_url, api_key="k")
+    async with connect("memory", settings, server_options={"gateway_sleep": no_wait}) as client:
         with pytest.raises(MCPError, match=r"Cannot fetch /llms\.txt from the gateway: Cannot connect"):
             await client.read_resource("apikey://docs/llms.txt")
 
