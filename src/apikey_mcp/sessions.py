@@ -50,6 +50,8 @@ async def start_session(
     """Open this run's session: what is left for the principal becomes the session budget, and the spending
     policy is what this run's settings say (over stdio the human who starts the server sets both)."""
     totals, created = await store.ensure_principal(principal, session_budget, policy=policy, now=now)
+    if not created:  # what the current period has spent: none yet in one begun since the last run
+        totals = await store.totals(principal, now=now)
     wanted = totals.spent + totals.reserved + session_budget
     if not created and totals.budget != wanted:
         await store.set_budget(principal, wanted, SESSION)

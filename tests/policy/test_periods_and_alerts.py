@@ -13,10 +13,12 @@ import pytest
 from mcp import Client
 
 from apikey_mcp.alerts import ALERTS_TOTAL, Alerts
-from apikey_mcp.budget import LedgerStore, ReservationState
+from apikey_mcp.budget import BudgetExceededError, LedgerStore, ReservationState
 from apikey_mcp.config import Settings
+from apikey_mcp.policy import Policy
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
+from apikey_mcp.sessions import start_session
 from tests.conftest import advance, wait_until
 from tests.ledger.conftest import database_url, make_store
 from tests.policy.receiver import SECRET, receiving
@@ -145,3 +147,20 @@ async def test_the_call_that_crosses_a_threshold_does_not_wait_for_the_webhook(
             await wait_until(lambda: len(receiver.posts) == 1)
     assert started["task_id"] in sandbox.tasks and status["remaining"] == 0
     assert receiver.alerts()[0]["threshold"] == 100 and receiver.all_signed()
+
+
+async def test_a_stdio_session_begun_after_its_period_renewed_gets_its_session_budget_and_no_more(
+    kind: str, tmp_path: Path
+) -> None:
+    """Regression: the new session's budget was set from the last period's spending, which the renewal then
+    dropped, so a session could spend that much more than its session budget."""
+    daily = Policy(period="day")
+    async with make_store(kind, tmp_path) as store:
+        await start_session(store, "alice", 1000, daily, now=BEFORE_MIDNIGHT)
+        held = await store.reserve("alice", 800, "video", now=BEFORE_MIDNIGHT)
+        assert await store.settle(held.id, 800)
+        await start_session(store, "alice", 1000, daily, now=AFTER_MIDNIGHT)
+        assert (await store.totals("alice", now=AFTER_MIDNIGHT)).remaining == 1000
+        with pytest.raises(BudgetExceededError):
+            await store.reserve("alice", 1001, "video", now=AFTER_MIDNIGHT)
+        assert (await store.reserve("alice", 1000, "video", now=AFTER_MIDNIGHT)).credits == 1000

@@ -184,10 +184,11 @@ class MemoryLedgerStore:
         account = self._accounts.setdefault(principal, _Account(credits, now=time.time()))
         account.budget = credits
         self._log(principal, "budget", actor, None, credits)
-        return account.totals()
+        return account.totals(time.time())
 
     async def principals(self) -> list[tuple[str, Totals]]:
-        return sorted((name, account.totals()) for name, account in self._accounts.items())
+        now = time.time()  # spent in the period current now (none yet in one begun since the last change)
+        return sorted((name, account.totals(now)) for name, account in self._accounts.items())
 
     async def reservation(self, reservation_id: str) -> Reservation | None:
         found = self._open.get(reservation_id) or self._closed.get(reservation_id)

@@ -362,7 +362,7 @@ class PostgresLedgerStore:
                 (principal, credits),
             )
             await c.execute(_LOG, (time.time(), "budget", actor, None, credits, None, None, principal))
-            return await _totals(c, principal)
+            return await _totals(c, principal, time.time())
 
         return await self._run(op)
 
@@ -373,8 +373,10 @@ class PostgresLedgerStore:
         return await self._run(op, one_statement=True)
 
     async def principals(self) -> list[tuple[str, Totals]]:
-        rows = await self._rows("SELECT name, budget, spent, reserved FROM apikey_principals ORDER BY name")
-        return [(name, Totals(*rest)) for name, *rest in rows]
+        rows = await self._rows("SELECT name, budget, spent, reserved, period, period_start FROM apikey_principals"
+                                " ORDER BY name")  # fmt: skip
+        now = time.time()  # spent in the period current now (none yet in one begun since the last change)
+        return [(name, totals_of(name, tuple(rest), now)) for name, *rest in rows]
 
     async def reservation(self, reservation_id: str) -> Reservation | None:
         rows = await self._rows(f"SELECT {_COLUMNS} FROM apikey_reservations WHERE id = %s", (reservation_id,))

@@ -277,14 +277,15 @@ class SqliteLedgerStore:
             c.execute("INSERT INTO principals (name, budget) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET budget = ?",
                       (principal, credits, credits))  # fmt: skip
             self._log(c, principal, "budget", actor, None, credits)
-            return _totals(c, principal)
+            return _totals(c, principal, time.time())
 
         return await self._run(op)
 
     async def principals(self) -> list[tuple[str, Totals]]:
-        rows = await self._run(lambda c: c.execute("SELECT name, budget, spent, reserved FROM principals ORDER BY name")
-                               .fetchall(), write=False)  # fmt: skip
-        return [(name, Totals(*rest)) for name, *rest in rows]
+        query = "SELECT name, budget, spent, reserved, period, period_start FROM principals ORDER BY name"
+        rows = await self._run(lambda c: c.execute(query).fetchall(), write=False)
+        now = time.time()  # spent in the period current now (none yet in one begun since the last change)
+        return [(name, totals_of(name, tuple(rest), now)) for name, *rest in rows]
 
     async def reservation(self, reservation_id: str) -> Reservation | None:
         row = await self._run(
