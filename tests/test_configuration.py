@@ -53,6 +53,17 @@ def test_a_bad_setting_is_one_line_and_exit_status_2(args: list[str], env: dict[
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(f"apikey-mcp: {line}"), done.stderr
 
 
+@pytest.mark.parametrize("command", [[], ["--transport", "http", "--port", "0"], ["admin", "principals"]])
+def test_a_state_file_that_cannot_be_opened_is_one_line_and_exit_status_2(command: list[str], tmp_path) -> None:
+    """Regression: a directory (or a place this user may not write) as the state file printed a traceback."""
+    done = run([*command, "--state-file", str(tmp_path)], {})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"apikey-mcp{' admin' if 'admin' in command else ''}: The state file {tmp_path} cannot be opened (unable to "
+        "open database file): point --state-file at a file this user may create and write."
+    ]
+
+
 def test_a_secret_setting_is_never_echoed() -> None:
     secret = "sk-live-do-not-print-1234567890"
     done = run([], {"APIKEY_API_KEY": secret, "APIKEY_MAX_DOWNLOAD_BYTES": "0"})

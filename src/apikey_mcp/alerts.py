@@ -112,6 +112,7 @@ class Alerts:
             for stream in (self._checks_in, checks, self._posts_in, posts):
                 stream.close()
             self._checks_in = self._posts_in = None
+            self._queued.clear()  # what was queued is gone with the streams: the next change queues it again
 
     async def check(self, principal: str) -> list[int]:
         """Claim and send the alerts `principal` has crossed in its current period; the thresholds sent."""
@@ -157,7 +158,7 @@ class Alerts:
                 if answer.is_success:
                     return True
                 why = f"HTTP {answer.status_code}"
-            except httpx2.HTTPError as exc:
+            except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as exc:  # unreachable, or a URL no client takes
                 why = type(exc).__name__
             if attempt + 1 < ATTEMPTS:
                 await self._sleep(delay)

@@ -13,6 +13,7 @@ the registry knows is not fresh. A task the gateway stopped knowing is *lost* (i
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from .budget import Ledger, Reservation
 from .durable import durably
 from .gateway import GatewayClient, NotFoundError
 from .gateway.models import Task, TaskStatus
-from .lost import log_lost, log_still_open
+from .lost import held_by, log_lost, log_still_open
 from .polling import Durations, Pacer, Schedule
 from .supervisor import NotRunningError, Supervisor
 from .tracked import TrackedTask, modality_of
@@ -344,8 +345,10 @@ class TaskRegistry:
         is marked lost, for the operator to close; anyone waiting on it hears so."""
         tracked.lost_at = time.time()
         log_lost(tracked)
-        if (reservation := tracked.reservation) is not None and reservation.lost_at is None:
-            await self.durably(f"mark task {tracked.task_id} lost", lambda: self.ledger.mark_lost(reservation))
+        for reservation in held_by(tracked):  # the create's, and any create the gateway answered with it again
+            if reservation.lost_at is None:
+                await self.durably(f"mark task {tracked.task_id} lost", functools.partial(self.ledger.mark_lost,
+                                                                                            reservation))  # fmt: skip
         tracked.changed.set()
         tracked.changed = anyio.Event()
         self.notify(tracked)

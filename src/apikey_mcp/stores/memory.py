@@ -205,7 +205,7 @@ class MemoryLedgerStore:
             return False
         reservation.lost_at = time.time()
         self._log(reservation.principal, "lost", principal_actor(reservation.principal), reservation_id, None,
-                  reservation.task_id)  # fmt: skip
+                  reservation.task_id, reservation.model)  # fmt: skip
         return True
 
     async def reservations(

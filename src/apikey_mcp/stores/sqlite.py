@@ -304,10 +304,10 @@ class SqliteLedgerStore:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET lost_at = ? WHERE id = ? AND state = 'reserved' AND lost_at IS NULL"
-                " RETURNING principal, task_id", (time.time(), reservation_id),
+                " RETURNING principal, task_id, model", (time.time(), reservation_id),
             ).fetchone()  # fmt: skip
             if row is not None:
-                self._log(c, row[0], "lost", principal_actor(row[0]), reservation_id, None, row[1])
+                self._log(c, row[0], "lost", principal_actor(row[0]), reservation_id, None, row[1], row[2])
             return row is not None
 
         return await self._run(op)
@@ -372,8 +372,12 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
             f"The state file {path} is empty (0 bytes). Refusing to start, since starting afresh would reset "
             "every budget: restore it from a backup, or delete it to start with new budgets."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:  # a directory, no permission, a read-only place
+        raise StoreRefusedError(f"The state file {path} cannot be opened ({exc}): point --state-file at a file "
+                                "this user may create and write.") from None  # fmt: skip
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
         owner = conn.execute("PRAGMA application_id").fetchone()[0]
