@@ -135,6 +135,12 @@ class FleetCallbackReceiver(CallbackReceiver):
         if outcome == "unknown":
             return _refuse(404, f"no task '{task.task_id}' here")
         log.info("callback: task %s is %s (recorded for the fleet)", task.task_id, task.status)
+        if task.is_terminal:  # its charge may cross an alert threshold: the checker hears of its owner
+            try:
+                if (shared := await self.fleet.find(task.task_id)) is not None:
+                    self.accounts.alerts.notice(shared.principal)
+            except LedgerUnavailableError:  # the owner's next reservation checks again
+                pass
         return Response(status_code=204)
 
 
