@@ -25,7 +25,10 @@ async def _ask(ctx: Context, plan: EstimateRequest) -> Elicit[SpendApproval] | N
         return None
     with agent_errors():  # a refused model or a call over the cap is refused here, before any question
         credits, remaining = await service.price(plan)
-    return Elicit(question(plan, credits, remaining), SpendApproval) if credits > above else None
+    if credits <= above:
+        return None
+    service.asking(plan, credits)
+    return Elicit(question(plan, credits, remaining), SpendApproval)
 
 
 async def ask_video(

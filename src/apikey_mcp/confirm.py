@@ -10,6 +10,7 @@ approval never lifts the budget or the operator's policy: the reservation that f
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -61,13 +62,40 @@ def describe(plan: EstimateRequest) -> str:
     return f"Embed texts with {plan.model}"
 
 
-def confirm_spend(above: int | None, plan: EstimateRequest, credits: int) -> None:
-    """Raise ConfirmationRefusedError for a call estimated above `above` that the human did not approve."""
+class AskedPrices:
+    """The price of the last question asked for a model and modality (bounded). The SDK runs a tool's resolver
+    again once answered and asks again if the question changed (its text names the price), so the last question
+    is the one the human answered; the call's own estimate must not exceed it."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._asked: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def note(self, plan: EstimateRequest, credits: int) -> None:
+        key = (plan.model, str(plan.modality))
+        self._asked[key] = credits
+        self._asked.move_to_end(key)
+        while len(self._asked) > self.LIMIT:
+            self._asked.popitem(last=False)
+
+    def take(self, plan: EstimateRequest) -> int | None:
+        return self._asked.pop((plan.model, str(plan.modality)), None)
+
+
+def confirm_spend(above: int | None, plan: EstimateRequest, credits: int, *, asked: int | None = None) -> None:
+    """Raise ConfirmationRefusedError for a call estimated above `above` that the human did not approve, or whose
+    price rose above the `asked` price the human approved."""
     if above is None or credits <= above:
         return
     answer = _answer.get()
     data = getattr(answer, "data", None)  # AcceptedElicitation: the form; None when not asked or refused
     if data is not None and getattr(data, "approve", False) is True:
+        if asked is not None and credits > asked:
+            raise ConfirmationRefusedError(
+                f"Not confirmed: {describe(plan)} now costs {credits} credits, more than the {asked} the human "
+                "approved. Nothing was reserved or created. Call again to be asked at the new price."
+            )
         return
     asked = answer is not None and not (getattr(answer, "action", None) == "accept" and data is None)
     why = "the human did not approve it" if asked else "this client cannot ask the human (it has no elicitation)"

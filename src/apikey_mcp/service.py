@@ -20,7 +20,7 @@ from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
 from .charges import priced_charge
 from .config import Settings
-from .confirm import confirm_spend
+from .confirm import AskedPrices, confirm_spend
 from .download_guards import DiskQuota, TargetGuard
 from .downloads import Downloads
 from .gateway import GatewayClient, GatewayError
@@ -113,6 +113,7 @@ class Service:
         self.registry = registry
         self._cache = Cache() if cache is None else cache
         self.hosted = hosted
+        self._asked = AskedPrices()  # what the human was asked to approve (--confirm-above), by model
         self._downloads: Downloads | None = None
         if settings.output_dir is not None:
             self._downloads = Downloads(
@@ -281,6 +282,10 @@ class Service:
         check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
         return estimate.credits, (await self.ledger.totals()).remaining
 
+    def asking(self, plan: EstimateRequest, credits: int) -> None:
+        """The human is asked to approve `credits` for this call: the approval holds for that price only."""
+        self._asked.note(plan, credits)
+
     async def chat(self, request: ChatRequest) -> ChatResult:
         await self._check_model(request.model, "chat")
         plan = chat_plan(request)
@@ -361,7 +366,7 @@ class Service:
         then the paid-call protocol (paid.py) with the estimate as the reservation."""
         estimate = await self.client.estimate(plan)
         check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
-        confirm_spend(self.settings.confirm_above, plan, estimate.credits)
+        confirm_spend(self.settings.confirm_above, plan, estimate.credits, asked=self._asked.take(plan))
         return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover,
                                model=plan.model, modality=str(plan.modality))  # fmt: skip
 

@@ -4,8 +4,12 @@ or created, says why and names the setting; an approval lets the call go on unde
 from __future__ import annotations
 
 import pytest
+from mcp.server.elicitation import AcceptedElicitation
+from mcp.types import ElicitResult
 
-from apikey_mcp.sandbox import Sandbox, SandboxServer
+from apikey_mcp.confirm import ConfirmationRefusedError, SpendApproval, answered, confirm_spend
+from apikey_mcp.gateway.models import EstimateRequest
+from apikey_mcp.sandbox import Sandbox, SandboxServer, pricing
 from apikey_mcp.stores import MemoryLedgerStore
 from tests.server.conftest import answering, call, call_error, connect, settings_for
 
@@ -90,3 +94,35 @@ async def test_a_call_above_the_cap_is_refused_after_its_estimate_and_before_any
     assert "whoever runs this server" in text  # over stdio; hosted, it names admin set-policy
     assert sandbox.requests[ESTIMATES] == 1 and sandbox.requests[VIDEOS] == 0 and asked == []
     assert await store.reservations() == [] and status["policy"] == {"max_per_call": 30, "allow": []}
+
+
+async def test_a_price_that_rises_after_the_approval_is_asked_again_and_a_decline_creates_nothing(
+    sandbox_server: SandboxServer, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The human approved 40 credits; the price rose before the call: the human is asked again at the new price."""
+    asked: list[str] = []
+
+    async def approve_once_then_the_price_rises(context, params) -> ElicitResult:
+        asked.append(params.message)
+        monkeypatch.setitem(pricing._VIDEO_PER_SECOND, "seedance-2-fast", 16)  # 5 s: 40 credits become 80
+        return ElicitResult(action="accept", content={"approve": len(asked) == 1})
+
+    store = MemoryLedgerStore()
+    settings = settings_for(sandbox_server, confirm_above=30)
+    callback = approve_once_then_the_price_rises
+    async with connect("memory", settings, store=store, elicitation_callback=callback) as client:
+        text = await call_error(client, "generate_video", **VIDEO)
+    assert asked == ["Generate a 5 s 720p video with seedance-2-fast for 40 credits? 960 left",
+                     "Generate a 5 s 720p video with seedance-2-fast for 80 credits? 920 left"]  # fmt: skip
+    assert "did not approve" in text and "Nothing was" in text
+    assert sandbox.tasks == {} and sandbox.requests[VIDEOS] == 0 and await store.reservations() == []
+
+
+def test_an_approval_holds_only_up_to_the_price_the_human_was_asked() -> None:
+    """The last window: an estimate dearer than the question's price, after the approval, is refused."""
+    plan = EstimateRequest(model="seedance-2-fast", modality="video", duration=5)
+    approval = AcceptedElicitation(data=SpendApproval(approve=True))
+    with answered(approval):
+        confirm_spend(30, plan, 40, asked=40)  # the price asked: it goes on
+        with pytest.raises(ConfirmationRefusedError, match="now costs 80 credits, more than the 40 the human approved"):
+            confirm_spend(30, plan, 80, asked=40)
