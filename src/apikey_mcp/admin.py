@@ -8,6 +8,7 @@ its next call: the server reads budgets from the store, it keeps no copy of its 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from dataclasses import asdict
@@ -129,7 +130,7 @@ def _whole(text: str, what: str) -> int:
 async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
     command = args.admin_command
     if command == "report":
-        return await report.run(store, args)
+        return await _report(store, args)
     if command == "principals":
         policies = await store.policies()
         rows = [{"principal": name, **_totals(t), **_policy(policies.get(name, Policy()))}
@@ -241,15 +242,35 @@ def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
+async def _report(store: LedgerStore, args: argparse.Namespace) -> int:
+    try:
+        made = await report.gather(store, args)
+    except ValueError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(made.as_json(), indent=2))
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, made.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(made.rows)
+    else:
+        _table([*made.rows, made.total()], made.columns)
+    return 0
+
+
 def _out(args: argparse.Namespace, rows: list[dict[str, Any]], columns: list[str]) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    _table(rows, columns)
+    return 0
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     cells = [[str(row.get(c, "")) if row.get(c) is not None else "-" for c in columns] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     for line in [columns, *cells]:
         print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-    return 0
 
 
 def _fail(message: str) -> int:

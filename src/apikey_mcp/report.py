@@ -8,13 +8,11 @@ made) and its `refuse` events, grouped in the store's query.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import re
-import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from .budget import REPORT_BY, LedgerStore
 
@@ -47,27 +45,27 @@ def since(text: str, now: float | None = None) -> float:
         raise ValueError(f"--since {text[:40]!r}: {wanted}") from None
 
 
-async def run(store: LedgerStore, args: argparse.Namespace) -> int:
-    try:
-        start = since(args.since)
-    except ValueError as exc:
-        print(f"apikey-mcp admin: {exc}", file=sys.stderr)
-        return 1
+@dataclass
+class Report:
+    """What `admin report` shows (admin.py prints it): rows of credits spent, paid calls and refusals."""
+
+    since: float
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+    def total(self) -> dict[str, Any]:
+        by, *figures = self.columns
+        return {by: "total", **{c: sum(r[c] for r in self.rows) for c in figures}}
+
+    def as_json(self) -> dict[str, Any]:
+        return {"since": datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds"), "by": self.columns[0],
+                "rows": self.rows}  # fmt: skip
+
+
+async def gather(store: LedgerStore, args: argparse.Namespace) -> Report:
+    """The report the arguments ask for; ValueError (its message for the operator) for a bad --since."""
+    start = since(args.since)
     rows = [asdict(r) for r in await store.report(start, args.by)]
     for row in rows:
         row[args.by] = row.pop("key")
-    columns = [args.by, "spent", "calls", "refusals"]
-    if args.json:
-        print(json.dumps({"since": datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"), "by": args.by,
-                          "rows": rows}, indent=2))  # fmt: skip
-    elif args.csv:
-        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        total = {args.by: "total", **{c: sum(r[c] for r in rows) for c in columns[1:]}}
-        cells = [[str(r[c]) for c in columns] for r in [*rows, total]]
-        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-        for line in [columns, *cells]:
-            print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-    return 0
+    return Report(start, [args.by, "spent", "calls", "refusals"], rows)
