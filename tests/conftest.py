@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import httpx2
 import pytest
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
 from tests.provision import ROOT, Session
 
-__all__ = ["free_port"]  # for the tests that import it from here
+__all__ = ["free_port", "wait_until"]  # for the tests that import them from here
 
 _session: Session | None = None
 
@@ -121,17 +119,6 @@ def held(sandbox: Sandbox) -> Sandbox:
     """The sandbox with its task clock stopped: new tasks stay pending until the test calls `advance`."""
     sandbox.hold = True
     return sandbox
-
-
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20) -> None:
-    """Wait for a state that another thread or process brings about (a sandbox counter, a server that is
-    starting): re-check it often, and fail the test at the deadline, which only a broken run reaches."""
-    with anyio.fail_after(seconds):
-        while True:
-            met = condition()
-            if await met if inspect.isawaitable(met) else met:
-                return
-            await anyio.sleep(0.005)
 
 
 def gate(sandbox: Sandbox, route: str) -> threading.Event:

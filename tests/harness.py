@@ -19,6 +19,7 @@ which therefore needs nothing from pytest or the rest of `tests/`.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 20, every: float = 0.005
+) -> None:
+    """The one way to wait for a state that another thread or process brings about (a sandbox counter, a server
+    that is starting): re-check it every `every` seconds, and fail at the deadline (TimeoutError), which only a
+    broken run reaches."""
+    with anyio.fail_after(seconds):
+        while True:
+            met = condition()
+            if await met if inspect.isawaitable(met) else met:
+                return
+            await anyio.sleep(every)
+
+
 class ServerProcess:
     """A server started at once in a process of its own, stdout and stderr appended to `log`."""
 
@@ -111,19 +126,21 @@ class ServerProcess:
         """Until `path` answers with `status` (any answer, if None): a server listens only some time after its
         process starts. Fails at once if the process exits, and at the deadline."""
         async with httpx2.AsyncClient(timeout=2.0) as http:
-            with anyio.move_on_after(seconds):
-                while True:
-                    if not self.running:
-                        raise self._failure(f"exited with code {self.process.returncode} before it was ready")
-                    try:
-                        response = await http.get(f"{self.url}{path}")
-                    except httpx2.TransportError:
-                        pass
-                    else:
-                        if status is None or response.status_code == status:
-                            return self
-                    await anyio.sleep(0.05)
-        raise self._failure(f"did not answer {path} with {status or 'anything'} within {seconds:g} s")
+
+            async def answered() -> bool:
+                if not self.running:
+                    raise self._failure(f"exited with code {self.process.returncode} before it was ready")
+                try:
+                    response = await http.get(f"{self.url}{path}")
+                except httpx2.TransportError:
+                    return False
+                return status is None or response.status_code == status
+
+            try:
+                await wait_until(answered, seconds=seconds, every=0.05)
+            except TimeoutError:
+                raise self._failure(f"did not answer {path} with {status or 'anything'} within {seconds:g} s") from None
+        return self
 
     def ready(self, path: str = "/healthz", status: int | None = 200, seconds: float = 60.0) -> ServerProcess:
         """`wait_ready`, blocking (for fixtures and scripts; from async code too, which it blocks meanwhile):

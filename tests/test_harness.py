@@ -40,12 +40,12 @@ async def test_a_server_that_exits_before_it_is_ready_fails_at_once_with_its_log
 async def test_a_server_that_ignores_its_signal_is_killed_and_every_server_is_stopped_at_the_end(
     tmp_path: Path,
 ) -> None:
-    stubborn = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
-    )
+    stubborn = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); signal.pause()"
     with Processes(tmp_path) as processes:
         ignoring = processes.start("stubborn", [sys.executable, "-c", stubborn], port=free_port())
-        left = processes.start("left running", [sys.executable, "-c", "import time; time.sleep(600)"], port=free_port())
+        left = processes.start(
+            "left running", [sys.executable, "-c", "import signal; signal.pause()"], port=free_port()
+        )
         await wait_until(lambda: "up" in ignoring.log.read_text())  # its handler is in place
         assert processes.stop(ignoring, signal.SIGTERM, grace=0.5) == -signal.SIGKILL
         assert left.running

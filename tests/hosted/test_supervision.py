@@ -58,8 +58,8 @@ async def test_a_failing_job_is_logged_counted_and_cancels_no_other(caplog: pyte
     async def broken() -> None:
         raise ValueError("boom")
 
-    async def steady() -> None:
-        await anyio.sleep(0.05)
+    async def steady() -> None:  # still running when its neighbour fails, and it finishes all the same
+        await wait_until(lambda: supervisor.failures["watch"] == 1)
         finished.set()
 
     async with Supervisor().running() as supervisor:
