@@ -1,7 +1,8 @@
 """A sliding-window count per key: at most `limit` events per key within `window` seconds, with bounded memory.
 
-Used where each event costs someone else a request (an own gateway key checked at the gateway): the caller
-asks `wait` first and refuses while it is not 0, then `note`s the event.
+Used where each event costs someone else a request (an own gateway key checked at the gateway) and for failed
+authentications per client address: the caller asks `wait` first and refuses while it is not 0, then `note`s
+the event.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class WindowLimit:
             del self._events[key]
             return 0.0
         return events[0] + self.window - now if len(events) >= self.limit else 0.0
+
+    def count(self, key: str) -> int:
+        """Events of `key` still counted (at most `limit`)."""
+        events = self._events.get(key)
+        return len(events) if events is not None else 0
 
     def note(self, key: str) -> None:
         events = self._events.setdefault(key, deque(maxlen=self.limit))

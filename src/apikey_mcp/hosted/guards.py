@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -24,6 +23,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
+from ..windows import WindowLimit
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60.0
@@ -37,30 +37,16 @@ class AuthThrottle:
         self.app = app
         self.limit = limit
         self._guarded = guarded
-        self.clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures = WindowLimit(limit, WINDOW_SECONDS, max_keys=MAX_ADDRESSES, clock=clock)
 
     def retry_after(self, address: str) -> float:
         """Seconds until `address` may try again; 0 if it may now."""
-        failures = self._failures.get(address)
-        if failures is None:
-            return 0.0
-        now = self.clock()
-        while failures and failures[0] <= now - WINDOW_SECONDS:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return 0.0
-        return failures[0] + WINDOW_SECONDS - now if len(failures) >= self.limit else 0.0
+        return self._failures.wait(address)
 
     def _failed(self, address: str) -> None:
         metrics.auth_failure()
-        failures = self._failures.setdefault(address, deque(maxlen=self.limit))
-        failures.append(self.clock())
-        self._failures.move_to_end(address)
-        while len(self._failures) > MAX_ADDRESSES:
-            self._failures.popitem(last=False)
-        if len(failures) == self.limit:
+        self._failures.note(address)
+        if self._failures.count(address) == self.limit:
             log.warning("%d failed authentications from %s within a minute: refusing it for a while", self.limit,
                         address)  # fmt: skip
 
