@@ -137,9 +137,13 @@ class Accounts:
                 principal, self.settings.session_budget, policy=Policy.default(self.settings), now=self.clock()
             )
             if not created and totals.budget != self.settings.session_budget and self.hosted:
-                log.info("%s: budget %d from the ledger (the configured %d applies to new principals only; "
-                         "change it with apikey-mcp admin set-budget)", principal, totals.budget,
-                         self.settings.session_budget)  # fmt: skip
+                log.info(
+                    "%s: budget %d from the ledger (the configured %d applies to new principals only; "
+                    "change it with apikey-mcp admin set-budget)",
+                    principal,
+                    totals.budget,
+                    self.settings.session_budget,
+                )
             service = self._services.get(principal) or self._open(principal, self._ledger(principal))
         return service
 
@@ -186,11 +190,14 @@ class Accounts:
         if (refused := self._refused.get(slot[1])) is not None and time.monotonic() - refused[0] < REFUSED_SECONDS:
             raise KeyRefusedError(refused[1])  # the gateway is not asked again about a key it just refused
         if wait := self.key_checks.wait(principal):
-            raise KeyRefusedError(f"Too many new own gateway keys for this principal (at most {KEY_CHECKS_PER_MINUTE} "
-                                  f"checked a minute): try again in {int(wait + 0.999)} s.")  # fmt: skip
+            raise KeyRefusedError(
+                f"Too many new own gateway keys for this principal (at most {KEY_CHECKS_PER_MINUTE} "
+                f"checked a minute): try again in {int(wait + 0.999)} s."
+            )
         self.key_checks.note(principal)
-        client = GatewayClient(self.settings.base_url, key, auth_scheme=self.settings.auth_scheme,
-                               other_secrets=self.settings.secrets())  # fmt: skip
+        client = GatewayClient(
+            self.settings.base_url, key, auth_scheme=self.settings.auth_scheme, other_secrets=self.settings.secrets()
+        )
         try:
             try:
                 await _check_key(client)
@@ -214,8 +221,10 @@ class Accounts:
         if len(mine) >= MAX_OWN_KEYS:
             idle = next((s for s in mine if not self._own[s].registry.unfinished()), None)
             if idle is None:
-                raise TooManyKeysError(f"at most {MAX_OWN_KEYS} own gateway keys per principal, and each has a task "
-                                       "running: wait for one to finish")  # fmt: skip
+                raise TooManyKeysError(
+                    f"at most {MAX_OWN_KEYS} own gateway keys per principal, and each has a task "
+                    "running: wait for one to finish"
+                )
             self.supervisor.spawn(self._own.pop(idle).client.aclose, name="close an idle own-key client")
         service = self._open(principal, self._ledger(principal, own_key=True), client=client, own_key=True)
         self._own[slot] = service
@@ -239,8 +248,14 @@ class Accounts:
 
         def announce(tracked: TrackedTask) -> None:
             for listen in self.task_listeners:
-                supervisor.spawn(listen, principal, tracked, name=f"announce {tracked.task_id}",
-                                 task=tracked.task_id, principal=principal)  # fmt: skip
+                supervisor.spawn(
+                    listen,
+                    principal,
+                    tracked,
+                    name=f"announce {tracked.task_id}",
+                    task=tracked.task_id,
+                    principal=principal,
+                )
 
         registry.observers.append(announce)
         service = Service(self.settings, client, ledger, registry, cache=self._cache, hosted=self.hosted)
@@ -251,13 +266,20 @@ class Accounts:
     def _registry(self, principal: str, client: GatewayClient, ledger: Ledger, *, own_key: bool) -> TaskRegistry:
         """The principal's task registry (replica mode gives one that coordinates with the fleet)."""
         return TaskRegistry(
-            client, ledger, poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=own_key or not self.hosted,
-            callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
-            sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
-            retention=self.settings.task_retention_seconds, principal=principal,
+            client,
+            ledger,
+            poll_interval=self.settings.poll_interval,
+            max_poll_interval=self.settings.max_poll_interval,
+            adopt_unknown=own_key or not self.hosted,
+            callbacks=self.settings.public_url is not None,
+            fresh_seconds=self.settings.fresh_seconds,
+            sleep=self.poll_sleep,
+            clock=self.poll_clock,
+            pacer=self._pacer,
+            retention=self.settings.task_retention_seconds,
+            principal=principal,
             lost_after=self.settings.lost_after_seconds,
-        )  # fmt: skip
+        )
 
     async def _restore(self) -> None:
         """Watch every task the store holds credits for; say which holds have no task (closeable by the operator)."""
@@ -271,15 +293,22 @@ class Accounts:
                     continue
                 await self._resume(reservation)
         if elsewhere:
-            log.warning("%d open reservation(s) were made at another gateway and are not resumed here: "
-                        "apikey-mcp admin reservations --open lists them", elsewhere)  # fmt: skip
+            log.warning(
+                "%d open reservation(s) were made at another gateway and are not resumed here: "
+                "apikey-mcp admin reservations --open lists them",
+                elsewhere,
+            )
         if not self.hosted:
             return
         for name, totals in await self.store.principals():
             if totals.budget != self.settings.session_budget:
-                log.info("%s: budget %d from the ledger, not the configured %d (which applies to new principals "
-                         "only; change it with apikey-mcp admin set-budget)", name, totals.budget,
-                         self.settings.session_budget)  # fmt: skip
+                log.info(
+                    "%s: budget %d from the ledger, not the configured %d (which applies to new principals "
+                    "only; change it with apikey-mcp admin set-budget)",
+                    name,
+                    totals.budget,
+                    self.settings.session_budget,
+                )
 
     async def _resume(self, reservation: Reservation) -> None:
         principal = reservation.principal
@@ -288,8 +317,12 @@ class Accounts:
                 "%s: %d credits stay reserved for '%s' (reservation %s): a server stopped while creating it, so it "
                 "may exist. Its callback (if any) settles it; or the operator closes it with "
                 "apikey-mcp admin close %s --charged N | --released",
-                principal, reservation.credits, reservation.purpose, reservation.id, reservation.id,
-            )  # fmt: skip
+                principal,
+                reservation.credits,
+                reservation.purpose,
+                reservation.id,
+                reservation.id,
+            )
             return
         task = Task(task_id=reservation.task_id, status="pending")  # the watcher asks the gateway for its state
         if reservation.own_key:

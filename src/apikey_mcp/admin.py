@@ -34,13 +34,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     one = ledger.add_mutually_exclusive_group()
     where = f"the server's SQLite ledger (env APIKEY_STATE_FILE; default {default_state_file()})"
     one.add_argument("--state-file", default=argparse.SUPPRESS, metavar="FILE", help=where)
-    one.add_argument("--database-url", default=argparse.SUPPRESS, metavar="URL",
-                     help="the server's PostgreSQL ledger instead (prefer env APIKEY_DATABASE_URL)")  # fmt: skip
+    one.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="the server's PostgreSQL ledger instead (prefer env APIKEY_DATABASE_URL)",
+    )
     p = sub.add_parser(
-        "admin", parents=[ledger], help="the operator's commands on a hosted server's ledger",
+        "admin",
+        parents=[ledger],
+        help="the operator's commands on a hosted server's ledger",
         description="The operator's commands on the ledger of a hosted server (budgets, reservations, audit trail). "
         "A change takes effect in running servers at their next call.",
-    )  # fmt: skip
+    )
     p.set_defaults(admin_help=p.format_help)
     commands = p.add_subparsers(dest="admin_command", title="commands", metavar="COMMAND")
     json_flag = argparse.ArgumentParser(add_help=False, parents=[ledger])
@@ -56,14 +62,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     policy = command("set-policy", "set a principal's spending policy (flags not given stay as they are)")
     policy.add_argument("name", help="the principal")
     policy.add_argument("--max-per-call", metavar="N|none", help="refuse a call estimated above N credits")
-    policy.add_argument("--allow", metavar="MODEL_OR_MODALITY,...|all", help="only these models or modalities "
-                        "(image, video, music, chat, embedding)")  # fmt: skip
+    policy.add_argument(
+        "--allow",
+        metavar="MODEL_OR_MODALITY,...|all",
+        help="only these models or modalities (image, video, music, chat, embedding)",
+    )
     policy.add_argument("--period", choices=PERIODS, help="the budget renews each day, week or month (UTC)")
     policy.add_argument("--alert-at", metavar="PERCENT|none", help="alert at this percent of the budget (and 100)")
     listing = command("reservations", "reservations, newest first")
     listing.add_argument("--open", action="store_true", help="only those still holding credits")
-    listing.add_argument("--lost", action="store_true",
-                         help="only open ones whose task the gateway stopped knowing (close them by hand)")  # fmt: skip
+    listing.add_argument(
+        "--lost", action="store_true", help="only open ones whose task the gateway stopped knowing (close them by hand)"
+    )
     listing.add_argument("--principal", help="only this principal's")
     listing.add_argument("--limit", default="100", help="at most this many (default 100)")
     close = command("close", "close a reservation that no server can close (its task is lost or unknown)")
@@ -95,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
     url = settings.database_url.get_secret_value() if settings.database_url else None
     state_file = None if url else Path(settings.state_file or default_state_file())
     if state_file is not None and not state_file.exists():
-        print(f"apikey-mcp admin: there is no ledger at {state_file} (give --state-file or --database-url)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"apikey-mcp admin: there is no ledger at {state_file} (give --state-file or --database-url)",
+            file=sys.stderr,
+        )
         return 2
 
     async def main() -> int:
@@ -133,20 +145,28 @@ async def _command(store: LedgerStore, args: argparse.Namespace) -> int:
         return await _report(store, args)
     if command == "principals":
         policies = await store.policies()
-        rows = [{"principal": name, **_totals(t), **_policy(policies.get(name, Policy()))}
-                for name, t in await store.principals()]  # fmt: skip
+        rows = [
+            {"principal": name, **_totals(t), **_policy(policies.get(name, Policy()))}
+            for name, t in await store.principals()
+        ]
         return _out(args, rows, ["principal", "budget", "spent", "reserved", "remaining", *POLICY_COLUMNS])
     if command == "set-policy":
         return await _set_policy(store, args)
     if command == "set-budget":
         totals = await store.set_budget(args.name, _whole(args.credits, "the budget"), OPERATOR)
         if totals.remaining < 0:  # done, as asked; but the operator must know what it means
-            print(f"apikey-mcp admin: warning: {args.name} has already used {totals.spent + totals.reserved} "
-                  f"credits ({totals.spent} spent, {totals.reserved} reserved), more than the new budget of "
-                  f"{totals.budget}: remaining is {totals.remaining}, and {args.name}'s paid calls are refused "
-                  "until the budget is raised.", file=sys.stderr)  # fmt: skip
-        return _out(args, [{"principal": args.name, **_totals(totals)}], ["principal", "budget", "spent", "reserved",
-                                                                          "remaining"])  # fmt: skip
+            print(
+                f"apikey-mcp admin: warning: {args.name} has already used {totals.spent + totals.reserved} "
+                f"credits ({totals.spent} spent, {totals.reserved} reserved), more than the new budget of "
+                f"{totals.budget}: remaining is {totals.remaining}, and {args.name}'s paid calls are refused "
+                "until the budget is raised.",
+                file=sys.stderr,
+            )
+        return _out(
+            args,
+            [{"principal": args.name, **_totals(totals)}],
+            ["principal", "budget", "spent", "reserved", "remaining"],
+        )
     if command == "reservations":
         limit = _whole(args.limit, "--limit")
         found = await store.reservations(args.principal, open_only=args.open, limit=limit, lost_only=args.lost)
@@ -196,8 +216,12 @@ POLICY_COLUMNS = ["max_per_call", "allow", "period", "alert_at"]
 
 
 def _policy(policy: Policy) -> dict[str, Any]:
-    return {"max_per_call": policy.max_per_call, "allow": ",".join(policy.allow) or None, "period": policy.period,
-            "alert_at": policy.alert_at}  # fmt: skip
+    return {
+        "max_per_call": policy.max_per_call,
+        "allow": ",".join(policy.allow) or None,
+        "period": policy.period,
+        "alert_at": policy.alert_at,
+    }
 
 
 async def _set_policy(store: LedgerStore, args: argparse.Namespace) -> int:
@@ -218,24 +242,39 @@ async def _set_policy(store: LedgerStore, args: argparse.Namespace) -> int:
             changes["period"] = args.period
         chosen = Policy(**{**vars(current), **changes})
     except ValueError as exc:
-        return _fail(str(exc) if str(exc).startswith("--") else f"--max-per-call and --alert-at take a whole number "
-                     f"or 'none' ({exc})")  # fmt: skip
+        return _fail(
+            str(exc)
+            if str(exc).startswith("--")
+            else f"--max-per-call and --alert-at take a whole number or 'none' ({exc})"
+        )
     await store.set_policy(args.name, chosen, OPERATOR)
     totals = await store.totals(args.name)
-    return _out(args, [{"principal": args.name, **_totals(totals), **_policy(chosen)}],
-                ["principal", "budget", "remaining", *POLICY_COLUMNS])  # fmt: skip
+    return _out(
+        args,
+        [{"principal": args.name, **_totals(totals), **_policy(chosen)}],
+        ["principal", "budget", "remaining", *POLICY_COLUMNS],
+    )
 
 
 def _totals(totals: Totals) -> dict[str, int]:
-    return {"budget": totals.budget, "spent": totals.spent, "reserved": totals.reserved,
-            "remaining": totals.remaining}  # fmt: skip
+    return {"budget": totals.budget, "spent": totals.spent, "reserved": totals.reserved, "remaining": totals.remaining}
 
 
 def _reservation(r: Reservation) -> dict[str, Any]:
-    return {"id": r.id, "principal": r.principal, "state": str(r.state), "credits": r.credits, "charged": r.charged,
-            "task_id": r.task_id, "purpose": r.purpose, "model": r.model, "modality": r.modality,
-            "gateway": r.gateway, "created": _when(r.created_at),
-            "lost": _when(r.lost_at) if r.lost_at is not None else None}  # fmt: skip
+    return {
+        "id": r.id,
+        "principal": r.principal,
+        "state": str(r.state),
+        "credits": r.credits,
+        "charged": r.charged,
+        "task_id": r.task_id,
+        "purpose": r.purpose,
+        "model": r.model,
+        "modality": r.modality,
+        "gateway": r.gateway,
+        "created": _when(r.created_at),
+        "lost": _when(r.lost_at) if r.lost_at is not None else None,
+    }
 
 
 def _when(at: float) -> str:

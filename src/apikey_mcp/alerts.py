@@ -90,8 +90,9 @@ class Alerts:
         try:
             self._checks_in.send_nowait(principal)
         except (anyio.WouldBlock, anyio.ClosedResourceError):
-            log.warning("alerts: %d principals wait to be checked; %s is checked at its next change", MAX_CHECKS,
-                        principal)  # fmt: skip
+            log.warning(
+                "alerts: %d principals wait to be checked; %s is checked at its next change", MAX_CHECKS, principal
+            )
             return
         self._queued.add(principal)
 
@@ -123,16 +124,27 @@ class Alerts:
             if totals.budget > 0 and used * 100 >= threshold * totals.budget:
                 if await self.store.claim_alert(principal, threshold, start):
                     sent.append(threshold)
-                    body = {"principal": principal, "budget": totals.budget, "spent": totals.spent,
-                            "reserved": totals.reserved, "threshold": threshold,
-                            "period": label(policy.period, start)}  # fmt: skip
+                    body = {
+                        "principal": principal,
+                        "budget": totals.budget,
+                        "spent": totals.spent,
+                        "reserved": totals.reserved,
+                        "threshold": threshold,
+                        "period": label(policy.period, start),
+                    }
                     self._tell(body)
         return sent
 
     def _tell(self, body: dict[str, object]) -> None:
-        log.warning("budget alert: %s has used %d%% or more of its %s-credit budget (%s spent, %s reserved; %s)",
-                    body["principal"], body["threshold"], body["budget"], body["spent"], body["reserved"],
-                    body["period"])  # fmt: skip
+        log.warning(
+            "budget alert: %s has used %d%% or more of its %s-credit budget (%s spent, %s reserved; %s)",
+            body["principal"],
+            body["threshold"],
+            body["budget"],
+            body["spent"],
+            body["reserved"],
+            body["period"],
+        )
         count_alert(int(body["threshold"]))  # type: ignore[call-overload]
         if not self.webhook or self._posts_in is None:
             return

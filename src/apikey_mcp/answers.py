@@ -112,7 +112,12 @@ def task_summary(result: TaskResult) -> str:
 
 def task_links(result: TaskResult) -> list[ResourceLink]:
     return [
-        ResourceLink(type="resource_link", uri=o.url, name=f"{result.task_id}-{i}", mime_type=o.mime_type,
-                     description=f"Result {i + 1} of task {result.task_id}" + (f", saved at {o.path}" * bool(o.path)))
+        ResourceLink(
+            type="resource_link",
+            uri=o.url,
+            name=f"{result.task_id}-{i}",
+            mime_type=o.mime_type,
+            description=f"Result {i + 1} of task {result.task_id}" + (f", saved at {o.path}" * bool(o.path)),
+        )
         for i, o in enumerate(result.outputs)
-    ]  # fmt: skip
+    ]

@@ -137,9 +137,15 @@ class LedgerStore(Protocol):
         ...
 
     async def reserve(
-        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        self,
+        principal: str,
+        credits: int,
+        purpose: str,
+        *,
+        own_key: bool = False,
+        hold: Hold | None = None,
         now: float | None = None,
-    ) -> Reservation:  # fmt: skip
+    ) -> Reservation:
         """Hold `credits` in the principal's current period (renewed first if `now` is past it), or record a
         `refuse` event, raise BudgetExceededError and hold nothing."""
         ...
@@ -193,9 +199,14 @@ class LedgerStore(Protocol):
         ...
 
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        self,
+        principal: str | None = None,
+        *,
+        open_only: bool = False,
+        limit: int = 100,
+        offset: int = 0,
         lost_only: bool = False,
-    ) -> list[Reservation]:  # fmt: skip
+    ) -> list[Reservation]:
         """Newest first, paged; `lost_only`: the open ones whose task was marked lost."""
         ...
 
@@ -222,9 +233,14 @@ class Ledger:
     """One principal's view of the store: what the paid-call flow and the task watchers use."""
 
     def __init__(
-        self, store: LedgerStore, principal: str, *, own_key: bool = False, gateway: str | None = None,
+        self,
+        store: LedgerStore,
+        principal: str,
+        *,
+        own_key: bool = False,
+        gateway: str | None = None,
         clock: Callable[[], float] = time.time,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.store, self.principal, self.own_key, self.gateway = store, principal, own_key, gateway
         self.clock = clock
         self.changed: Callable[[str], None] | None = None  # told after a reservation or a charge (alerts.py)
@@ -233,14 +249,16 @@ class Ledger:
         if self.changed is not None:
             self.changed(self.principal)
 
-    async def reserve(self, credits: int, purpose: str, *, model: str | None = None,
-                      modality: str | None = None) -> Reservation:  # fmt: skip
+    async def reserve(
+        self, credits: int, purpose: str, *, model: str | None = None, modality: str | None = None
+    ) -> Reservation:
         if credits < 0:
             raise ValueError("credits must be >= 0")
         hold = Hold(purpose, model, modality, self.gateway, self.own_key)
         with metrics.ledger_op("reserve"):
-            reservation = await self.store.reserve(self.principal, credits, purpose, own_key=self.own_key, hold=hold,
-                                                   now=self.clock())  # fmt: skip
+            reservation = await self.store.reserve(
+                self.principal, credits, purpose, own_key=self.own_key, hold=hold, now=self.clock()
+            )
         self._tell()
         return reservation
 
@@ -255,8 +273,13 @@ class Ledger:
         if closed:
             reservation.state, reservation.charged = ReservationState.SETTLED, charged
             if charged > reservation.credits:
-                log.error("overcharge: the gateway charged %d credits for the %s, over its hold of %d (reservation %s)",
-                          charged, reservation.purpose, reservation.credits, reservation.id)  # fmt: skip
+                log.error(
+                    "overcharge: the gateway charged %d credits for the %s, over its hold of %d (reservation %s)",
+                    charged,
+                    reservation.purpose,
+                    reservation.credits,
+                    reservation.id,
+                )
             self._tell()
         return closed
 
@@ -292,9 +315,18 @@ def new_reservation(
     principal: str, credits: int, purpose: str, own_key: bool, hold: Hold | None = None, period_start: float = 0.0
 ) -> Reservation:
     hold = hold or Hold(purpose)
-    return Reservation(uuid.uuid4().hex, principal, credits, purpose, own_key=own_key, created_at=time.time(),
-                       modality=hold.modality, model=hold.model, gateway=hold.gateway,
-                       period_start=period_start)  # fmt: skip
+    return Reservation(
+        uuid.uuid4().hex,
+        principal,
+        credits,
+        purpose,
+        own_key=own_key,
+        created_at=time.time(),
+        modality=hold.modality,
+        model=hold.model,
+        gateway=hold.gateway,
+        period_start=period_start,
+    )
 
 
 def refusal_detail(exc: BudgetExceededError) -> str:

@@ -55,7 +55,8 @@ def embedding_input_bound(texts: Sequence[str]) -> int:
 def priced_charge(priced: int, held: int) -> int:
     """A charge we priced from the usage: never above the hold the gateway was sent as max_credits."""
     if priced > held:
-        log.warning("the usage prices at %d credits, over the %d sent as max_credits: settling at %d", priced,
-                    held, held)  # fmt: skip
+        log.warning(
+            "the usage prices at %d credits, over the %d sent as max_credits: settling at %d", priced, held, held
+        )
         return held
     return priced

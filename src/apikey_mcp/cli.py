@@ -31,15 +31,21 @@ class MetricsListenError(ValueError):
 
 def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "sandbox", help="run the sandbox gateway alone (no account needed; nothing is billed)",
+        "sandbox",
+        help="run the sandbox gateway alone (no account needed; nothing is billed)",
         description="Run the sandbox gateway: a real HTTP server that follows the API-Key gateway's contract, with "
         "made-up models and prices. It prints its base URL, keys and webhook secret; point apikey-mcp at it with "
         "APIKEY_BASE_URL and APIKEY_API_KEY. Nothing is billed.",
-    )  # fmt: skip
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787)")
-    p.add_argument("--key", action="append", dest="keys", metavar="KEY",
-                   help="a key to accept (repeatable; default: one random key, printed)")  # fmt: skip
+    p.add_argument(
+        "--key",
+        action="append",
+        dest="keys",
+        metavar="KEY",
+        help="a key to accept (repeatable; default: one random key, printed)",
+    )
     p.add_argument("--credits", type=int, default=100_000, help="each key's wallet (default 100000)")
     p.add_argument("--task-seconds", type=float, default=3.0, help="pending to terminal, in seconds (default 3)")
     p.add_argument(
@@ -49,8 +55,7 @@ def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--failure-rate", type=float, default=0.0, help="share of tasks that fail, 0-1 (default 0)")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every /v1 request (default 0)")
     p.add_argument("--error-rate", type=float, default=0.0, help="share of /v1 requests answered 503 (default 0)")
-    p.add_argument("--rate-limit-rate", type=float, default=0.0,
-                   help="share of /v1 requests answered 429 (default 0)")  # fmt: skip
+    p.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of /v1 requests answered 429 (default 0)")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -103,23 +108,33 @@ def parser() -> argparse.ArgumentParser:
         prog="apikey-mcp",
         description="MCP server for the API-Key gateway (api-key.org), with an enforced session credit budget. "
         "With no command it serves MCP over stdio (for Claude Desktop, IDE agents) or, with --transport, hosted.",
-    )  # fmt: skip
+    )
     p.add_argument("--version", action="version", version=f"apikey-mcp {__version__}")
     p.add_argument("--sandbox", action="store_true", default=None)
     p.add_argument("--base-url", metavar="URL")
     p.add_argument("--api-key", metavar="KEY")
     p.add_argument("--auth-scheme", choices=["bearer", "x-api-key"])
-    p.add_argument("--budget", type=int, dest="session_budget", metavar="CREDITS",
-                   help="Credits this session may spend (hosted: a new principal's first budget)")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=int,
+        dest="session_budget",
+        metavar="CREDITS",
+        help="Credits this session may spend (hosted: a new principal's first budget)",
+    )
     p.add_argument("--output-dir", metavar="DIR")
     p.add_argument("--max-download-bytes", type=int, metavar="BYTES")
     p.add_argument("--max-task-download-bytes", type=int, metavar="BYTES")
     p.add_argument("--download-deadline-seconds", type=float, metavar="SECONDS")
     p.add_argument("--max-output-dir-bytes", type=int, metavar="BYTES")
     p.add_argument("--allow-private-downloads", action="store_true", default=None)
-    p.add_argument("--media-origin", action="append", dest="media_origins", metavar="ORIGIN",
-                   help="Another origin result files load from, for the media app's CSP (repeatable; the "
-                   "gateway's origin is always allowed)")  # fmt: skip
+    p.add_argument(
+        "--media-origin",
+        action="append",
+        dest="media_origins",
+        metavar="ORIGIN",
+        help="Another origin result files load from, for the media app's CSP (repeatable; the "
+        "gateway's origin is always allowed)",
+    )
     p.add_argument("--lost-after-seconds", type=float, metavar="SECONDS")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", choices=["text", "json"])
@@ -138,23 +153,43 @@ def parser() -> argparse.ArgumentParser:
     hosted.add_argument("--transport", choices=["stdio", "http", "sse", "streamable-http"])
     hosted.add_argument("--host", metavar="ADDRESS")
     hosted.add_argument("--port", type=int)
-    hosted.add_argument("--public-url", metavar="URL",
-                        help="URL where the gateway reaches this server, for signed callbacks")  # fmt: skip
-    hosted.add_argument("--oauth-issuer", metavar="URL", help="Accept OAuth 2.1 access tokens (JWT) from this "
-                        "authorization server on /mcp and /sse; operator tokens move to /token/...")  # fmt: skip
+    hosted.add_argument(
+        "--public-url", metavar="URL", help="URL where the gateway reaches this server, for signed callbacks"
+    )
+    hosted.add_argument(
+        "--oauth-issuer",
+        metavar="URL",
+        help="Accept OAuth 2.1 access tokens (JWT) from this "
+        "authorization server on /mcp and /sse; operator tokens move to /token/...",
+    )
     hosted.add_argument("--oauth-scope", metavar="SCOPE")
     hosted.add_argument("--max-sessions-per-principal", type=int, metavar="N")
     hosted.add_argument("--max-sse-streams-per-principal", type=int, metavar="N")
     hosted.add_argument("--max-listens-per-principal", type=int, metavar="N")
-    hosted.add_argument("--forwarded-allow-ips", metavar="ADDRESSES", help="Your proxy's address(es), "
-                        "comma-separated: trust its X-Forwarded-For for the client address")  # fmt: skip
+    hosted.add_argument(
+        "--forwarded-allow-ips",
+        metavar="ADDRESSES",
+        help="Your proxy's address(es), comma-separated: trust its X-Forwarded-For for the client address",
+    )
     hosted.add_argument("--state-file", metavar="FILE")
-    hosted.add_argument("--database-url", metavar="URL", help="PostgreSQL ledger instead, postgresql://... "
-                        "(several server processes or machines)")  # fmt: skip
-    hosted.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="HOST",
-                        help="Another Host header to accept, e.g. behind a proxy (repeatable)")  # fmt: skip
-    hosted.add_argument("--allow-byok", action="store_true", default=None,
-                        help="Let clients send their own gateway key in the x-apikey-gateway-key header")  # fmt: skip
+    hosted.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL ledger instead, postgresql://... (several server processes or machines)",
+    )
+    hosted.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="HOST",
+        help="Another Host header to accept, e.g. behind a proxy (repeatable)",
+    )
+    hosted.add_argument(
+        "--allow-byok",
+        action="store_true",
+        default=None,
+        help="Let clients send their own gateway key in the x-apikey-gateway-key header",
+    )
     sub: argparse._SubParsersAction[Any] = p.add_subparsers(  # of _Parser: one-line errors too
         dest="command", title="commands", metavar="COMMAND"
     )
@@ -178,9 +213,14 @@ def run_sandbox(args: argparse.Namespace) -> None:
     keys = args.keys or ["sk-sandbox-" + secrets.token_hex(12)]
     faults = Faults(latency=args.latency, error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate)
     sandbox = Sandbox(
-        keys, credits=args.credits, task_seconds=args.task_seconds, failure_rate=args.failure_rate,
-        webhook_secret=args.webhook_secret, faults=faults, hold=args.hold,
-    )  # fmt: skip
+        keys,
+        credits=args.credits,
+        task_seconds=args.task_seconds,
+        failure_rate=args.failure_rate,
+        webhook_secret=args.webhook_secret,
+        faults=faults,
+        hold=args.hold,
+    )
     host = f"[{args.host}]" if ":" in args.host else args.host
     lines = [
         "apikey-mcp SANDBOX gateway: follows the API-Key contract; made-up prices; nothing is billed.",
@@ -232,8 +272,10 @@ def _configuration_errors(cli: argparse.ArgumentParser, exc: ValueError) -> list
     if isinstance(exc, LedgerFileError | MetricsListenError):
         return [str(exc)]
     if isinstance(exc, TokenConfigError):
-        return [f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {exc}; each entry is name=token, with a "
-                f"token of {MIN_TOKEN_LENGTH} or more characters."]  # fmt: skip
+        return [
+            f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {exc}; each entry is name=token, with a "
+            f"token of {MIN_TOKEN_LENGTH} or more characters."
+        ]
     raise exc
 
 
@@ -267,8 +309,9 @@ def serve(args: argparse.Namespace) -> None:
 
         def starting() -> None:  # once the configuration is known to be good: never before its error
             if settings.sandbox:
-                log.warning("using the SANDBOX gateway at %s: made-up models and prices, nothing is billed",
-                            settings.base_url)  # fmt: skip
+                log.warning(
+                    "using the SANDBOX gateway at %s: made-up models and prices, nothing is billed", settings.base_url
+                )
 
         if settings.transport == "stdio":
             from .sessions import serve_local

@@ -72,8 +72,11 @@ def describe_settings(parser: argparse.ArgumentParser) -> None:
     for name, field in fields.items():
         if name not in flagged:
             described = setting_help(name, field, env=False)
-            lines.append(textwrap.fill(f"{env_name(name, field)}: {described}", width=100, initial_indent="  ",
-                                       subsequent_indent="      "))  # fmt: skip
+            lines.append(
+                textwrap.fill(
+                    f"{env_name(name, field)}: {described}", width=100, initial_indent="  ", subsequent_indent="      "
+                )
+            )
     if parser.description:
         parser.description = textwrap.fill(parser.description, width=100)
     parser.epilog = "\n".join([*lines, "", "Flags override environment variables. " + README_POINTER])

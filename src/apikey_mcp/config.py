@@ -93,9 +93,9 @@ class Settings(BaseSettings):
 
     # Hosted mode (--transport http | sse | streamable-http)
     transport: Literal["stdio", "http", "sse", "streamable-http"] = Field(
-        default="stdio", description="stdio, or hosted: http (Streamable HTTP at /mcp and SSE at /sse), "
-        "streamable-http, sse.",
-    )  # fmt: skip
+        default="stdio",
+        description="stdio, or hosted: http (Streamable HTTP at /mcp and SSE at /sse), streamable-http, sse.",
+    )
     host: str = Field(default="127.0.0.1", description="Address to listen on when hosted.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on when hosted.")
     public_url: str | None = Field(default=None, description="Where the gateway can reach us, for callbacks.")
@@ -109,9 +109,10 @@ class Settings(BaseSettings):
         description="name=token pairs, comma-separated: one principal per token.",
     )
     auth_tokens_file: Path | None = Field(
-        default=None, validation_alias=AliasChoices("auth_tokens_file", "APIKEY_MCP_AUTH_TOKENS_FILE"),
+        default=None,
+        validation_alias=AliasChoices("auth_tokens_file", "APIKEY_MCP_AUTH_TOKENS_FILE"),
         description="A file of name=token lines, instead of or beside APIKEY_MCP_AUTH_TOKENS.",
-    )  # fmt: skip
+    )
     webhook_secret: SecretStr | None = Field(
         default=None, description="Secret that signs the gateway's callbacks (required with --public-url)."
     )

@@ -29,8 +29,14 @@ from .gateway.models import TaskOutput
 
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_KNOWN = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "video/mp4": ".mp4",
-          "audio/wav": ".wav", "audio/mpeg": ".mp3"}  # fmt: skip
+_KNOWN = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "video/mp4": ".mp4",
+    "audio/wav": ".wav",
+    "audio/mpeg": ".mp3",
+}
 Spawn = Callable[..., Any]  # start_soon of the task group the saves run in
 
 
@@ -65,19 +71,30 @@ class Save:
         """What the agent should know: None once every file is saved."""
         saved = sum(p is not None for p in self.paths)
         if not self.done.is_set():
-            return (f"Saving to the output directory is under way ({saved} of {len(self.paths)} files, "
-                    f"{self.written} bytes so far); poll again for the local paths. The links work now.")  # fmt: skip
+            return (
+                f"Saving to the output directory is under way ({saved} of {len(self.paths)} files, "
+                f"{self.written} bytes so far); poll again for the local paths. The links work now."
+            )
         if not self.errors:
             return None
-        return (f"Saved {saved} of {len(self.paths)} files to the output directory; the rest failed "
-                f"({'; '.join(self.errors)}). The links above still work.")  # fmt: skip
+        return (
+            f"Saved {saved} of {len(self.paths)} files to the output directory; the rest failed "
+            f"({'; '.join(self.errors)}). The links above still work."
+        )
 
 
 class Downloads:
     def __init__(
-        self, client: GatewayClient, directory: Path, *, max_file_bytes: int, max_task_bytes: int, deadline: float,
-        guard: TargetGuard | None = None, quota: DiskQuota | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        client: GatewayClient,
+        directory: Path,
+        *,
+        max_file_bytes: int,
+        max_task_bytes: int,
+        deadline: float,
+        guard: TargetGuard | None = None,
+        quota: DiskQuota | None = None,
+    ) -> None:
         self.client, self.guard, self.quota = client, guard, quota
         self.directory = directory
         self.max_file_bytes = max_file_bytes
@@ -127,17 +144,21 @@ class Downloads:
                     written = [0]
                     try:
                         await self.client.download(
-                            output.url or "", dest, max_bytes=min(self.max_file_bytes, left),
-                            progress=functools.partial(self._wrote, save, written), allow=self.guard,
-                        )  # fmt: skip
+                            output.url or "",
+                            dest,
+                            max_bytes=min(self.max_file_bytes, left),
+                            progress=functools.partial(self._wrote, save, written),
+                            allow=self.guard,
+                        )
                     except (GatewayError, OSError) as exc:
                         if self.quota is not None:
                             self.quota.give_back(written[0])  # its partial file is gone
                         save.errors.append(f"file {index} ({_shown(output.url)}): {exc}")
                         continue
                     except Exception as exc:  # a link no client can follow (httpx2.InvalidURL): this file's failure
-                        save.errors.append(f"file {index} ({_shown(output.url)}): not a usable link "
-                                           f"({type(exc).__name__}: {exc})")  # fmt: skip
+                        save.errors.append(
+                            f"file {index} ({_shown(output.url)}): not a usable link ({type(exc).__name__}: {exc})"
+                        )
                         continue
                     save.paths[index] = str(dest)
         except TimeoutError:

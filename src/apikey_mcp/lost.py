@@ -38,9 +38,15 @@ def log_lost(tracked: TrackedTask) -> None:
     if not held:
         log.error("task %s is no longer known to the gateway; no reservation is open for it", tracked.task_id)
     for r in held:
-        log.error("task %s is no longer known to the gateway; its reservation %s (%d credits, %s) stays open "
-                  "until the operator closes it: %s", tracked.task_id, r.id, r.credits, r.purpose,
-                  close_command(r.id))  # fmt: skip
+        log.error(
+            "task %s is no longer known to the gateway; its reservation %s (%d credits, %s) stays open "
+            "until the operator closes it: %s",
+            tracked.task_id,
+            r.id,
+            r.credits,
+            r.purpose,
+            close_command(r.id),
+        )
 
 
 async def log_still_open(registry: TaskRegistry, who: str = "") -> None:
@@ -53,5 +59,11 @@ async def log_still_open(registry: TaskRegistry, who: str = "") -> None:
                 except Exception:  # the ledger is down: say what was known
                     now = r
                 if now is not None and now.state == ReservationState.RESERVED:
-                    log.warning("%sstopping with task %s lost by the gateway, its reservation %s (%d credits) still "
-                                "open: %s", who, tracked.task_id, r.id, r.credits, close_command(r.id))  # fmt: skip
+                    log.warning(
+                        "%sstopping with task %s lost by the gateway, its reservation %s (%d credits) still open: %s",
+                        who,
+                        tracked.task_id,
+                        r.id,
+                        r.credits,
+                        close_command(r.id),
+                    )

@@ -83,15 +83,23 @@ def build_apps(settings: Settings, tools: Sequence[Tool]) -> ToolApps:
     """The apps, their CSP, and the tools bound to them."""
     apps = ToolApps()
     apps.add_html_resource(
-        MEDIA_APP, app_html("media"), name="media-app", title="Media result",
+        MEDIA_APP,
+        app_html("media"),
+        name="media-app",
+        title="Media result",
         description="Shows an image, video or music task as it runs and its outputs, cost and budget after.",
-        csp=ResourceCsp(resource_domains=media_domains(settings)), prefers_border=True,
-    )  # fmt: skip
+        csp=ResourceCsp(resource_domains=media_domains(settings)),
+        prefers_border=True,
+    )
     apps.add_html_resource(
-        BUDGET_APP, app_html("budget"), name="budget-app", title="Session budget",
+        BUDGET_APP,
+        app_html("budget"),
+        name="budget-app",
+        title="Session budget",
         description="A gauge of the credits spent, reserved and remaining, and the open tasks.",
-        csp=ResourceCsp(), prefers_border=True,
-    )  # fmt: skip
+        csp=ResourceCsp(),
+        prefers_border=True,
+    )
     for tool in tools:
         if tool.name in BINDINGS:
             apps.bind(tool, BINDINGS[tool.name])

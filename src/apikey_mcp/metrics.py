@@ -48,12 +48,19 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.tool_calls = Counter("apikey_tool_calls", "Tool calls by outcome", ["tool", "outcome"], registry=r)
         self.gateway_seconds = Histogram(
-            "apikey_gateway_request_seconds", "Gateway requests by route template and status", ["route", "status"],
+            "apikey_gateway_request_seconds",
+            "Gateway requests by route template and status",
+            ["route", "status"],
             registry=r,
-        )  # fmt: skip
+        )
         self.gateway_polls = Counter("apikey_gateway_polls", "Task polls sent to the gateway", registry=r)
-        self.task_seconds = Histogram("apikey_task_duration_seconds", "Media tasks from create to end",
-                                      ["modality"], buckets=_TASK_BUCKETS, registry=r)  # fmt: skip
+        self.task_seconds = Histogram(
+            "apikey_task_duration_seconds",
+            "Media tasks from create to end",
+            ["modality"],
+            buckets=_TASK_BUCKETS,
+            registry=r,
+        )
         self.callbacks = Counter("apikey_callbacks", "Gateway callbacks by result", ["result"], registry=r)
         self.auth_failures = Counter("apikey_auth_failures", "Requests with a wrong token", registry=r)
         self.limit_refusals = Counter("apikey_limit_refusals", "Requests refused by a limit", ["limit"], registry=r)
@@ -232,5 +239,17 @@ def ledger_op(op: str) -> Iterator[None]:
         _active.ledger_seconds.labels(op).observe(time.perf_counter() - started)
 
 
-__all__ = ["Metrics", "auth_failure", "background_error", "callback", "gateway_poll", "gateway_request",
-           "install", "ledger_op", "limit_refusal", "task_ended", "tool_call", "watch"]  # fmt: skip
+__all__ = [
+    "Metrics",
+    "auth_failure",
+    "background_error",
+    "callback",
+    "gateway_poll",
+    "gateway_request",
+    "install",
+    "ledger_op",
+    "limit_refusal",
+    "task_ended",
+    "tool_call",
+    "watch",
+]

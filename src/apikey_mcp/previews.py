@@ -18,8 +18,12 @@ from .tools import current_service
 
 PREVIEW_URI = "apikey://tasks/{task_id}/outputs/{n}/preview"
 MAX_PREVIEW_BYTES = 512 * 1024  # an image over this is not inlined: the app shows its link instead
-_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF87a": "image/gif",
-               b"GIF89a": "image/gif"}  # fmt: skip
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+    b"GIF87a": "image/gif",
+    b"GIF89a": "image/gif",
+}
 
 
 def image_type(data: bytes) -> str | None:

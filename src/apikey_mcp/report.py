@@ -58,8 +58,11 @@ class Report:
         return {by: "total", **{c: sum(r[c] for r in self.rows) for c in figures}}
 
     def as_json(self) -> dict[str, Any]:
-        return {"since": datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds"), "by": self.columns[0],
-                "rows": self.rows}  # fmt: skip
+        return {
+            "since": datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds"),
+            "by": self.columns[0],
+            "rows": self.rows,
+        }
 
 
 async def gather(store: LedgerStore, args: argparse.Namespace) -> Report:

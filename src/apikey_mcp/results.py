@@ -68,11 +68,12 @@ class BudgetStatus(BudgetTotals):
         following = offset + len(chosen)
         return cls(
             **BudgetTotals.of(totals).model_dump(),
-            open_reservations=[OpenReservation(credits=r.credits, purpose=r.purpose, task_id=r.task_id)
-                               for r in chosen],
+            open_reservations=[
+                OpenReservation(credits=r.credits, purpose=r.purpose, task_id=r.task_id) for r in chosen
+            ],
             open_count=len(ordered),
             next_offset=following if following < len(ordered) and chosen else None,
-        )  # fmt: skip
+        )
 
 
 class ModelSummary(BaseModel):
@@ -107,8 +108,9 @@ class _Paid(BaseModel):
     """A result whose cost the client also finds in `_meta` (see COST_META)."""
 
     def cost(self) -> dict[str, Any]:
-        spent = {k: v for k, v in self.model_dump(include={"credits_reserved", "credits_charged"}).items()
-                 if v is not None}  # fmt: skip
+        spent = {
+            k: v for k, v in self.model_dump(include={"credits_reserved", "credits_charged"}).items() if v is not None
+        }
         return {**spent, "budget": self.budget.model_dump()}  # type: ignore[attr-defined]
 
 

@@ -38,9 +38,21 @@ def _nested_objects(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 _PER_TYPE = {
-    "items", "properties", "required", "additionalProperties", "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
-}  # fmt: skip
+    "items",
+    "properties",
+    "required",
+    "additionalProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minItems",
+    "maxItems",
+}
 
 
 def _walk(node: Any, defs: dict[str, Any], inputs: bool) -> Any:

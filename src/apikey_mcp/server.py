@@ -99,11 +99,21 @@ def build_server(
             log.warning("no API key: set APIKEY_API_KEY (or use --sandbox); paid tools will say so")
         try:
             async with GatewayClient(
-                settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                other_secrets=settings.secrets(), sleep=gateway_sleep,
-            ) as client:  # fmt: skip
-                opening = Accounts(settings, client, store or MemoryLedgerStore(), poll_sleep=poll_sleep,
-                                   poll_clock=poll_clock, local=principal, clock=clock)  # fmt: skip
+                settings.base_url,
+                settings.api_key,
+                auth_scheme=settings.auth_scheme,
+                other_secrets=settings.secrets(),
+                sleep=gateway_sleep,
+            ) as client:
+                opening = Accounts(
+                    settings,
+                    client,
+                    store or MemoryLedgerStore(),
+                    poll_sleep=poll_sleep,
+                    poll_clock=poll_clock,
+                    local=principal,
+                    clock=clock,
+                )
                 async with opening.running() as opened:
                     yield opened
         finally:

@@ -117,11 +117,14 @@ class Service:
         self._downloads: Downloads | None = None
         if settings.output_dir is not None:
             self._downloads = Downloads(
-                client, Path(settings.output_dir), max_file_bytes=settings.max_download_bytes,
-                max_task_bytes=settings.max_task_download_bytes, deadline=settings.download_deadline_seconds,
+                client,
+                Path(settings.output_dir),
+                max_file_bytes=settings.max_download_bytes,
+                max_task_bytes=settings.max_task_download_bytes,
+                deadline=settings.download_deadline_seconds,
                 guard=TargetGuard(settings.base_url, allow_private=settings.allow_private_downloads),
                 quota=DiskQuota.of(Path(settings.output_dir), settings.max_output_dir_bytes),
-            )  # fmt: skip
+            )
             registry.forgotten.append(self._downloads.forget)
 
     # ------------------------------------------------------------ budget and catalogue
@@ -177,9 +180,13 @@ class Service:
         estimate = await self.client.estimate(plan)
         budget = await self.budget()
         return EstimateResult(
-            model=estimate.model, modality=estimate.modality, credits=estimate.credits,
-            fits_budget=estimate.credits <= budget.remaining, breakdown=estimate.breakdown, budget=budget,
-        )  # fmt: skip
+            model=estimate.model,
+            modality=estimate.modality,
+            credits=estimate.credits,
+            fits_budget=estimate.credits <= budget.remaining,
+            breakdown=estimate.breakdown,
+            budget=budget,
+        )
 
     # ------------------------------------------------------------ media tasks
 
@@ -261,16 +268,25 @@ class Service:
         if tracked.lost_at is not None and not task.is_terminal:
             status, step = "lost", lost_step(tracked)
         elif tracked.missing_since is not None and not task.is_terminal:
-            step = ("The gateway does not know this task just now (it answers 404); its hold stays counted. If "
-                    "that lasts a minute, the task is marked lost for the operator to close.")  # fmt: skip
+            step = (
+                "The gateway does not know this task just now (it answers 404); its hold stays counted. If "
+                "that lasts a minute, the task is marked lost for the operator to close."
+            )
         if warning:
             step = f"{step} {warning}"
         return TaskResult(
-            task_id=task.task_id, status=status, modality=tracked.modality, model=task.model,
-            progress=task.progress, credits_reserved=reservation.credits if reservation else None,
-            credits_charged=charged if task.status == TaskStatus.SUCCEEDED else None, outputs=outputs,
-            error=task.error.message if task.error else None, next_step=step, budget=await self.budget(),
-        )  # fmt: skip
+            task_id=task.task_id,
+            status=status,
+            modality=tracked.modality,
+            model=task.model,
+            progress=task.progress,
+            credits_reserved=reservation.credits if reservation else None,
+            credits_charged=charged if task.status == TaskStatus.SUCCEEDED else None,
+            outputs=outputs,
+            error=task.error.message if task.error else None,
+            next_step=step,
+            budget=await self.budget(),
+        )
 
     # ------------------------------------------------------------ chat and embeddings
 
@@ -298,10 +314,13 @@ class Service:
         completion, charged = await self._paid(plan, f"chat with {request.model}", send, self._settle_usage(plan))
         choice = completion.choices[0] if completion.choices else None
         return ChatResult(
-            model=completion.model, content=message_text(choice.message.content) if choice else None,
-            finish_reason=choice.finish_reason if choice else None, usage=completion.usage,
-            credits_charged=charged, budget=await self.budget(),
-        )  # fmt: skip
+            model=completion.model,
+            content=message_text(choice.message.content) if choice else None,
+            finish_reason=choice.finish_reason if choice else None,
+            usage=completion.usage,
+            credits_charged=charged,
+            budget=await self.budget(),
+        )
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingsResult:
         await self._check_model(request.model, "embedding")
@@ -316,9 +335,13 @@ class Service:
         result, charged = await self._paid(plan, f"embeddings with {request.model}", send, self._settle_usage(plan))
         vectors = [item.embedding for item in sorted(result.data, key=lambda item: item.index)]
         return EmbeddingsResult(
-            model=result.model, embeddings=vectors, dimensions=len(vectors[0]) if vectors else 0,
-            usage=result.usage, credits_charged=charged, budget=await self.budget(),
-        )  # fmt: skip
+            model=result.model,
+            embeddings=vectors,
+            dimensions=len(vectors[0]) if vectors else 0,
+            usage=result.usage,
+            credits_charged=charged,
+            budget=await self.budget(),
+        )
 
     def _settle_usage(self, plan: EstimateRequest) -> Callable[[_Usage, Reservation], Awaitable[tuple[_Usage, int]]]:
         """Settle a chat or embeddings reservation at the real charge once the answer is in."""
@@ -344,8 +367,9 @@ class Service:
             return int(-(-stated // 1))
         if answer.usage is None:
             return reservation.credits
-        used = plan.model_copy(update={"input_tokens": answer.usage.prompt_tokens,
-                                       "output_tokens": answer.usage.completion_tokens})  # fmt: skip
+        used = plan.model_copy(
+            update={"input_tokens": answer.usage.prompt_tokens, "output_tokens": answer.usage.completion_tokens}
+        )
         try:
             return priced_charge((await self.client.estimate(used)).credits, reservation.credits)
         except GatewayError:
@@ -367,8 +391,17 @@ class Service:
         estimate = await self.client.estimate(plan)
         check_cap(await self.ledger.policy(), self.ledger.principal, estimate.credits, purpose, hosted=self.hosted)
         confirm_spend(self.settings.confirm_above, plan, estimate.credits, asked=self._asked.take(plan))
-        return await paid_call(self.ledger, self.registry, estimate.credits, purpose, send, done, recover=recover,
-                               model=plan.model, modality=str(plan.modality))  # fmt: skip
+        return await paid_call(
+            self.ledger,
+            self.registry,
+            estimate.credits,
+            purpose,
+            send,
+            done,
+            recover=recover,
+            model=plan.model,
+            modality=str(plan.modality),
+        )
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)

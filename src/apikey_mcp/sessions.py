@@ -77,8 +77,13 @@ def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: No
         raise LedgerFileError(str(exc)) from None
     principal = local_principal(settings)
     starting()
-    log.info("serving MCP over stdio against %s (budget %d credits; ledger %s, principal %s)", settings.base_url,
-             settings.session_budget, path, principal)  # fmt: skip
+    log.info(
+        "serving MCP over stdio against %s (budget %d credits; ledger %s, principal %s)",
+        settings.base_url,
+        settings.session_budget,
+        path,
+        principal,
+    )
     if sys.stdin.isatty():  # typed in a terminal, where a client was expected: say what this is
         print(terminal_hint(settings.sandbox), file=sys.stderr, flush=True)
     try:

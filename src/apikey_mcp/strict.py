@@ -31,8 +31,9 @@ class StrictTool(Tool):
         assert isinstance(tool, StrictTool)  # from_function builds `cls`
         metadata = tool.fn_metadata
         base = metadata.arg_model
-        metadata.arg_model = type(base.__name__, (base,), {"model_config": ConfigDict(extra="forbid"),
-                                                           "__module__": base.__module__})  # fmt: skip
+        metadata.arg_model = type(
+            base.__name__, (base,), {"model_config": ConfigDict(extra="forbid"), "__module__": base.__module__}
+        )
         tool.parameters = lean(metadata.arg_model.model_json_schema(by_alias=True), inputs=True)
         if metadata.output_schema is not None:
             metadata.output_schema = lean(metadata.output_schema)
@@ -107,8 +108,12 @@ def explain(error: Any, tool: str | None = None, accepted: list[str] | None = No
     if kind == "missing":
         return "required, and missing."
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        word = {"greater_than_equal": "at least", "greater_than": "more than",
-                "less_than_equal": "at most", "less_than": "less than"}[kind]  # fmt: skip
+        word = {
+            "greater_than_equal": "at least",
+            "greater_than": "more than",
+            "less_than_equal": "at most",
+            "less_than": "less than",
+        }[kind]
         limit = next(v for k, v in ctx.items() if k in ("ge", "gt", "le", "lt"))
         return f"must be {word} {limit:g} (got {got})."
     if kind == "string_too_short":

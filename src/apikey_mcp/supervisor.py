@@ -62,8 +62,9 @@ class Supervisor:
         """Run `func(*args)` for as long as the supervisor runs, restarted with backoff whenever it ends or fails."""
         self.spawn(self._keep, func, args, name, name=f"service {name}")
 
-    async def _guard(self, func: Job, args: tuple[object, ...], name: str, task: str | None,
-                     principal: str | None) -> None:  # fmt: skip
+    async def _guard(
+        self, func: Job, args: tuple[object, ...], name: str, task: str | None, principal: str | None
+    ) -> None:
         self.jobs += 1
         try:
             await func(*args)
@@ -71,8 +72,15 @@ class Supervisor:
             kind = name.split(" ", 1)[0]
             self.failures[kind] += 1
             metrics.background_error(kind)
-            log.error("background job '%s' failed (task %s, principal %s): %s: %s; it ended alone",
-                      name, task or "-", principal or "-", type(exc).__name__, exc, exc_info=exc)  # fmt: skip
+            log.error(
+                "background job '%s' failed (task %s, principal %s): %s: %s; it ended alone",
+                name,
+                task or "-",
+                principal or "-",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         finally:
             self.jobs -= 1
 
@@ -86,8 +94,14 @@ class Supervisor:
             except Exception as exc:
                 self.failures[name] += 1
                 metrics.background_error(name)
-                log.error("service %s failed (%s: %s); starting it again in %.1f s", name, type(exc).__name__, exc,
-                          delay, exc_info=exc)  # fmt: skip
+                log.error(
+                    "service %s failed (%s: %s); starting it again in %.1f s",
+                    name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=exc,
+                )
             self.restarts[name] += 1
             if anyio.current_time() - started > RESTART_CAP:  # it ran well for a while: start over from the first
                 delay = RESTART_FIRST

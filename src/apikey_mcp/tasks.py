@@ -160,10 +160,13 @@ class TaskRegistry:
         known = self._tasks.get(task.task_id)
         if known is not None:
             if reservation is not None and reservation.id != (known.reservation.id if known.reservation else None):
-                log.warning("the gateway answered a create with task %s again; its reservation follows that task",
-                            task.task_id)  # fmt: skip
-                await self.durably(f"tie a reservation to {task.task_id}",
-                                    lambda: self.ledger.attach(reservation, task.task_id, modality))  # fmt: skip
+                log.warning(
+                    "the gateway answered a create with task %s again; its reservation follows that task", task.task_id
+                )
+                await self.durably(
+                    f"tie a reservation to {task.task_id}",
+                    lambda: self.ledger.attach(reservation, task.task_id, modality),
+                )
                 if known.reservation is None:
                     known.reservation = reservation
                 else:
@@ -176,8 +179,9 @@ class TaskRegistry:
         tracked = TrackedTask(task, modality, reservation, started=now, known_at=now, asked_at=now, confirmed=confirmed)
         self._tasks[task.task_id] = tracked
         if reservation is not None and reservation.task_id != task.task_id:  # not yet tied (a resumed one is)
-            await self.durably(f"tie a reservation to {task.task_id}",
-                                lambda: self.ledger.attach(reservation, task.task_id, modality))  # fmt: skip
+            await self.durably(
+                f"tie a reservation to {task.task_id}", lambda: self.ledger.attach(reservation, task.task_id, modality)
+            )
         if reservation is not None and reservation.lost_at is not None:
             tracked.lost_at = reservation.lost_at  # marked lost before: not watched again, the operator closes it
         self.notify(tracked)
@@ -330,8 +334,9 @@ class TaskRegistry:
         """Write to the ledger now, or keep retrying under the supervisor until it lands (durable.py)."""
         await durably(what, write, lambda *args, name: self.spawn(*args, name=name))
 
-    def spawn(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object, name: str,
-              task: str | None = None) -> None:  # fmt: skip
+    def spawn(
+        self, func: Callable[..., Coroutine[Any, Any, object]], *args: object, name: str, task: str | None = None
+    ) -> None:
         """Run `func` beside the watchers (a result save, a retried write), under the supervisor."""
         if self.supervisor is None:
             raise NotRunningError("TaskRegistry.running() must be entered before work is started")
@@ -347,8 +352,9 @@ class TaskRegistry:
         log_lost(tracked)
         for reservation in held_by(tracked):  # the create's, and any create the gateway answered with it again
             if reservation.lost_at is None:
-                await self.durably(f"mark task {tracked.task_id} lost", functools.partial(self.ledger.mark_lost,
-                                                                                            reservation))  # fmt: skip
+                await self.durably(
+                    f"mark task {tracked.task_id} lost", functools.partial(self.ledger.mark_lost, reservation)
+                )
         tracked.changed.set()
         tracked.changed = anyio.Event()
         self.notify(tracked)

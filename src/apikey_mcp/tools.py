@@ -153,9 +153,15 @@ def build_tools() -> list[Tool]:
         Tell the user, then call the generate tool with the same parameters."""
         with agent_errors():
             result = await current_service().estimate(
-                model, duration=duration, resolution=resolution, input_mode=input_mode, n=n, size=size,
-                input_tokens=input_tokens, output_tokens=output_tokens,
-            )  # fmt: skip
+                model,
+                duration=duration,
+                resolution=resolution,
+                input_mode=input_mode,
+                n=n,
+                size=size,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+            )
         verdict = "fits" if result.fits_budget else "does NOT fit"
         summary = f"{model}: about {credits_text(result.credits)}, which {verdict} the budget."
         return shaped(result, f"{summary} {result.budget.line()}")
@@ -195,9 +201,14 @@ def build_tools() -> list[Tool]:
             if input_mode in needed and not needed[input_mode][1]:
                 raise InputError(f"{input_mode} needs {needed[input_mode][0]}: pass the URL of the source.")
             request = VideoRequest(
-                model=model, prompt=prompt, duration=duration, resolution=resolution, input_mode=input_mode,
-                image_url=image_url, video_url=video_url,
-            )  # fmt: skip
+                model=model,
+                prompt=prompt,
+                duration=duration,
+                resolution=resolution,
+                input_mode=input_mode,
+                image_url=image_url,
+                video_url=video_url,
+            )
         return await start(ctx, request, answer)
 
     @tool(title="Generate music", annotations=_SPEND)
@@ -298,8 +309,10 @@ def build_tools() -> list[Tool]:
             result = await current_service().budget_status(limit, offset)
         return shaped(result, f"{result.line()} {result.open_count} open reservation(s).")
 
-    @tool(title="Ask the human for more budget",
-          annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))  # fmt: skip
+    @tool(
+        title="Ask the human for more budget",
+        annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False),
+    )
     async def request_budget_increase(
         ctx: Context,
         credits: Annotated[int, Field(gt=0, le=1_000_000, description="How many more credits are needed.")],
@@ -332,8 +345,12 @@ def build_tools() -> list[Tool]:
                 message = "The human did not approve the increase; keep within the current budget."
             budget = await svc.budget()
         result = BudgetIncreaseResult(
-            approved=approved, requested=credits, granted=credits if approved else 0, message=message, budget=budget,
-        )  # fmt: skip
+            approved=approved,
+            requested=credits,
+            granted=credits if approved else 0,
+            message=message,
+            budget=budget,
+        )
         return shaped(result, f"{message} {result.budget.line()}")
 
     return tools

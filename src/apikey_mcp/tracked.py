@@ -59,6 +59,8 @@ def lost_step(tracked: TrackedTask) -> str:
     held = tracked.reservation
     hold = f"its {held.credits} reserved credits stay counted" if held else "nothing is held for it here"
     close = f" {held.id}" if held else ""
-    return (f"Lost: the gateway no longer knows this task (marked lost at {when}); {hold}, since it may have "
-            f"been charged. Nothing more will come of it: ask the operator to close it with "
-            f"`apikey-mcp admin close{close} --charged N | --released`.")  # fmt: skip
+    return (
+        f"Lost: the gateway no longer knows this task (marked lost at {when}); {hold}, since it may have "
+        f"been charged. Nothing more will come of it: ask the operator to close it with "
+        f"`apikey-mcp admin close{close} --charged N | --released`."
+    )

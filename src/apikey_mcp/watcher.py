@@ -64,11 +64,14 @@ class PollingWatcher:
     def _known(self, tracked: TrackedTask) -> Known:
         registry, now = self.registry, self.registry.clock()
         return Known(
-            age=now - tracked.started, since_request=now - tracked.asked_at, polls=tracked.polls,
+            age=now - tracked.started,
+            since_request=now - tracked.asked_at,
+            polls=tracked.polls,
             progress=tracked.task.progress if tracked.task.status == TaskStatus.RUNNING else None,
-            age_at_progress=tracked.progress_age, typical=registry.durations.typical(tracked.task.model),
+            age_at_progress=tracked.progress_age,
+            typical=registry.durations.typical(tracked.task.model),
             waiting=tracked.waiters > 0,
-        )  # fmt: skip
+        )
 
     async def _nap(self, tracked: TrackedTask, seconds: float) -> bool:
         """Sleep; True if woken early (someone began to wait, or the task ended)."""
@@ -113,8 +116,11 @@ class PollingWatcher:
             if tracked.missing_since is None:
                 tracked.missing_since = now
             if now - tracked.missing_since >= registry.lost_after:
-                log.warning("task %s: the gateway has not known it for %.0f s; marking it lost", tracked.task_id,
-                            now - tracked.missing_since)  # fmt: skip
+                log.warning(
+                    "task %s: the gateway has not known it for %.0f s; marking it lost",
+                    tracked.task_id,
+                    now - tracked.missing_since,
+                )
                 await registry.lose(tracked)
                 return
             self._failed(tracked, f"not found ({exc.code or 404})")
@@ -133,7 +139,13 @@ class PollingWatcher:
         tracked.retry_at = now + delay
         if now - tracked.error_logged_at >= ERROR_LOG_EVERY:
             tracked.error_logged_at = now
-            log.warning("polling task %s failed (%s; %d in a row); retrying with backoff, next in %.1f s "
-                        "(logged once a minute)", tracked.task_id, why, tracked.errors, delay)  # fmt: skip
+            log.warning(
+                "polling task %s failed (%s; %d in a row); retrying with backoff, next in %.1f s "
+                "(logged once a minute)",
+                tracked.task_id,
+                why,
+                tracked.errors,
+                delay,
+            )
         else:
             log.debug("polling task %s failed again (%s); next in %.1f s", tracked.task_id, why, delay)

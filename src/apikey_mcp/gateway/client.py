@@ -170,9 +170,14 @@ class GatewayClient:
         return Document(path=path, content_type=content_type, text=self._redact(response.text))
 
     async def download(
-        self, url: str, dest: Path, *, max_bytes: int, progress: Callable[[int], None] | None = None,
+        self,
+        url: str,
+        dest: Path,
+        *,
+        max_bytes: int,
+        progress: Callable[[int], None] | None = None,
         allow: Callable[[str], Awaitable[None]] | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Stream a result file to dest (written whole or not at all); returns its size in bytes. `progress`
         hears the size of every chunk as it is written; `allow` raises for a link (or hop) not to be fetched.
 

@@ -265,9 +265,12 @@ def plan_for(request: ImageRequest | VideoRequest | MusicRequest) -> EstimateReq
         return EstimateRequest(model=request.model, modality="image", n=request.n, size=request.size)
     if isinstance(request, VideoRequest):
         return EstimateRequest(
-            model=request.model, modality="video", duration=request.duration, resolution=request.resolution,
+            model=request.model,
+            modality="video",
+            duration=request.duration,
+            resolution=request.resolution,
             input_mode=request.input_mode,
-        )  # fmt: skip
+        )
     return EstimateRequest(model=request.model, modality="music", duration=request.duration)
 
 

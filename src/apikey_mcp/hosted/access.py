@@ -77,8 +77,11 @@ class _Guard:
             params.append(f'scope="{" ".join(self.scopes)}"')
         if self.metadata_url:
             params.append(f'resource_metadata="{self.metadata_url}"')
-        response = JSONResponse({"error": error, "error_description": description}, status_code=status,
-                                headers={"WWW-Authenticate": "Bearer " + ", ".join(params)})  # fmt: skip
+        response = JSONResponse(
+            {"error": error, "error_description": description},
+            status_code=status,
+            headers={"WWW-Authenticate": "Bearer " + ", ".join(params)},
+        )
         await response(scope={"type": "http"}, receive=_nothing, send=send)
 
 
@@ -133,9 +136,11 @@ class Access:
         # Strings, not AnyHttpUrl: the metadata model keeps a path-less issuer as is, while AnyHttpUrl would add
         # a '/' that breaks the exact issuer comparison clients make (RFC 8414 §3.3).
         return create_protected_resource_routes(
-            resource_url=self.resource, authorization_servers=[self._jwt.issuer],  # type: ignore[arg-type, list-item]
-            scopes_supported=scopes, resource_name="apikey-mcp",
-        )  # fmt: skip
+            resource_url=self.resource,
+            authorization_servers=[self._jwt.issuer],  # type: ignore[arg-type, list-item]
+            scopes_supported=scopes,
+            resource_name="apikey-mcp",
+        )
 
     def middleware(self) -> list[Middleware]:
         return [Middleware(AuthenticationMiddleware, backend=_ByDoor(self.doors)), Middleware(AuthContextMiddleware)]

@@ -45,8 +45,13 @@ def _log(scope: Scope, status: int, duration_ms: float) -> None:
     user = scope.get("user")  # set by the authentication middleware inside, on this same scope
     principal = user.access_token.client_id if isinstance(user, AuthenticatedUser) else ANONYMOUS
     method, path = _printable(str(scope.get("method", "?"))[:16]), _printable(str(scope.get("path", ""))[:MAX_PATH])
-    fields = {"method": method, "path": path, "status": status, "duration_ms": round(duration_ms, 1),
-              "principal": principal}  # fmt: skip
+    fields = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(duration_ms, 1),
+        "principal": principal,
+    }
     log.info("%s %s %d %.1f ms %s", method, path, status, duration_ms, _printable(principal), extra=fields)
 
 

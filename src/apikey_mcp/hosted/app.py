@@ -101,16 +101,18 @@ def create_app(
     except StoreRefusedError as exc:
         raise HostingError(str(exc)) from None
     where = describe(database_url=database_url, state_file=state_file)
-    client = GatewayClient(settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme,
-                           other_secrets=settings.secrets())  # fmt: skip
+    client = GatewayClient(
+        settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme, other_secrets=settings.secrets()
+    )
     accounts: Accounts | None = None  # the updates ask it whose a task is; made just below
 
     async def owns(principal: str, task_id: str) -> bool:
         assert accounts is not None
         return await accounts.loads(principal, task_id)
 
-    updates = ResourceUpdates(owns, listens_per_principal=settings.max_listens_per_principal,
-                              listens_total=settings.max_sessions)  # fmt: skip
+    updates = ResourceUpdates(
+        owns, listens_per_principal=settings.max_listens_per_principal, listens_total=settings.max_sessions
+    )
     replica = None
     if database_url and replica_mode(settings):  # one of many replicas behind a load balancer
         try:
@@ -121,8 +123,12 @@ def create_app(
     else:
         accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
     accounts.task_listeners.append(updates.task_changed)
-    server = build_server(settings, accounts=accounts, subscriptions=updates.bus,
-                          request_state_security=replica.security if replica else None)  # fmt: skip
+    server = build_server(
+        settings,
+        accounts=accounts,
+        subscriptions=updates.bus,
+        request_state_security=replica.security if replica else None,
+    )
     updates.install(server)
 
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
@@ -131,23 +137,34 @@ def create_app(
     except OAuthConfigError as exc:  # a setting, like any other: one line, exit 2
         raise HostingError(f"APIKEY_OAUTH_ALGORITHMS: {exc} (got {settings.oauth_algorithms!r}).") from None
     hosts, origins = _allowed(settings)
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                         allowed_origins=origins)  # fmt: skip
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
     health = Health(store, accounts.supervisor, (lambda: replica.fleet.connected) if replica else None)
-    routes: list[BaseRoute] = [Route("/healthz", health.healthz, methods=["GET"]),
-                               Route("/readyz", health.readyz, methods=["GET"]), *access.metadata_routes()]  # fmt: skip
+    routes: list[BaseRoute] = [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        *access.metadata_routes(),
+    ]
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
-        receiver = (replica.callback_receiver(secret, max_bytes=settings.max_body_bytes) if replica
-                    else CallbackReceiver(accounts, secret, max_bytes=settings.max_body_bytes))  # fmt: skip
+        receiver = (
+            replica.callback_receiver(secret, max_bytes=settings.max_body_bytes)
+            if replica
+            else CallbackReceiver(accounts, secret, max_bytes=settings.max_body_bytes)
+        )
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
     streamable = settings.transport in ("http", "streamable-http")
     mcp_app: ASGIApp | None = None
     if streamable:
         streamable_app = server.streamable_http_app(
-            streamable_http_path="/mcp", transport_security=security, max_request_body_size=settings.max_body_bytes,
-            host=settings.host, max_sessions=settings.max_sessions, stateless_http=replica is not None,
-        )  # fmt: skip
+            streamable_http_path="/mcp",
+            transport_security=security,
+            max_request_body_size=settings.max_body_bytes,
+            host=settings.host,
+            max_sessions=settings.max_sessions,
+            stateless_http=replica is not None,
+        )
         limit = settings.max_sessions_per_principal
         mcp_app = SessionLimit(_asgi(streamable_app.routes[0]), server.session_manager, limit)
     endpoints: list[str] = []
@@ -157,9 +174,12 @@ def create_app(
             endpoints.append(f"{door.prefix}/mcp ({door.kind})")
         if settings.transport in ("http", "sse") and replica is None:  # SSE sessions live in one process
             sse = server.sse_app(
-                sse_path=f"{door.prefix}/sse", message_path=f"{door.prefix}/messages/", transport_security=security,
-                max_request_body_size=settings.max_body_bytes, host=settings.host,
-            )  # fmt: skip
+                sse_path=f"{door.prefix}/sse",
+                message_path=f"{door.prefix}/messages/",
+                transport_security=security,
+                max_request_body_size=settings.max_body_bytes,
+                host=settings.host,
+            )
             get_sse, post = sse.routes[0], sse.routes[1]
             stream = StreamLimit(_asgi(get_sse), settings.max_sse_streams_per_principal)
             routes.append(Route(f"{door.prefix}/sse", HostCheck(door.guard(stream), security), methods=["GET"]))
@@ -180,8 +200,14 @@ def create_app(
                 await stack.enter_async_context(server.session_manager.run())
             listening = getattr(app.state, "listening", f"{settings.host}:{settings.port}")  # set by serve()
             public = f" (public URL {settings.public_url})" if settings.public_url else ""
-            log.info("serving %s, listening on %s%s: %s (ledger: %s)", settings.transport, listening, public,
-                     ", ".join(endpoints), where)  # fmt: skip
+            log.info(
+                "serving %s, listening on %s%s: %s (ledger: %s)",
+                settings.transport,
+                listening,
+                public,
+                ", ".join(endpoints),
+                where,
+            )
             if not access.doors[0].authenticated:
                 log.warning(
                     "serving with NO client authentication: anyone who reaches %s can spend the budget", listening
@@ -223,10 +249,16 @@ def serve(settings: Settings, *, starting: Callable[[], None] = lambda: None) ->
         except StoreRefusedError as exc:
             raise HostingError(str(exc)) from None
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="warning", lifespan="on", log_config=None,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        lifespan="on",
+        log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        proxy_headers=settings.forwarded_allow_ips is not None, forwarded_allow_ips=settings.forwarded_allow_ips,
-    )  # fmt: skip
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
     sock = config.bind_socket()  # bound here, so that the start log says where it listens (even with port 0)
     app.state.listening = _address(sock.getsockname())
     starting()

@@ -40,8 +40,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-_RESULTS = {204: "ok", 200: "ok", 400: "malformed", 401: "unsigned", 404: "unknown", 409: "replay", 413: "too_large",
-            503: "ledger_unavailable"}  # fmt: skip
+_RESULTS = {
+    204: "ok",
+    200: "ok",
+    400: "malformed",
+    401: "unsigned",
+    404: "unknown",
+    409: "replay",
+    413: "too_large",
+    503: "ledger_unavailable",
+}
 
 
 class CallbackReceiver:

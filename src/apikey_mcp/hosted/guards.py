@@ -47,8 +47,9 @@ class AuthThrottle:
         metrics.auth_failure()
         self._failures.note(address)
         if self._failures.count(address) == self.limit:
-            log.warning("%d failed authentications from %s within a minute: refusing it for a while", self.limit,
-                        address)  # fmt: skip
+            log.warning(
+                "%d failed authentications from %s within a minute: refusing it for a while", self.limit, address
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._guarded(scope["path"]):
@@ -75,8 +76,11 @@ class AuthThrottle:
 
 async def _too_many_failures(send: Send, wait: float) -> None:
     body = b'{"error":"too_many_requests","error_description":"Too many failed authentications; retry later"}'
-    headers = [(b"content-type", b"application/json"), (b"retry-after", b"%d" % max(1, int(wait + 0.999))),
-               (b"content-length", b"%d" % len(body))]  # fmt: skip
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", b"%d" % max(1, int(wait + 0.999))),
+        (b"content-length", b"%d" % len(body)),
+    ]
     await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -30,8 +30,7 @@ _PROBE_ID = "apikey-mcp-readiness-probe"  # no such reservation: the store answe
 
 
 class Health:
-    def __init__(self, store: LedgerStore, supervisor: Supervisor,
-                 listener: Callable[[], bool] | None = None) -> None:  # fmt: skip
+    def __init__(self, store: LedgerStore, supervisor: Supervisor, listener: Callable[[], bool] | None = None) -> None:
         """`listener` says whether the replica's listener is connected (None: not a replica)."""
         self.store = store
         self.supervisor = supervisor

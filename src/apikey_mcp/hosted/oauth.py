@@ -84,17 +84,26 @@ class JwtVerifier:
             return None
         try:
             claims = jwt.decode(
-                token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
-                leeway=CLOCK_SKEW_SECONDS, options={"require": ["exp", "iss", "aud", "sub"]},
-            )  # fmt: skip
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
         except jwt.PyJWTError as exc:
             log.info("refused a token: %s", type(exc).__name__)
             return None
         return AccessToken(
-            token=token, client_id=principal_of(self.issuer, str(claims["sub"])), scopes=_scopes(claims),
-            expires_at=int(claims["exp"]), resource=self.audience, subject=str(claims["sub"]),
+            token=token,
+            client_id=principal_of(self.issuer, str(claims["sub"])),
+            scopes=_scopes(claims),
+            expires_at=int(claims["exp"]),
+            resource=self.audience,
+            subject=str(claims["sub"]),
             claims={"iss": self.issuer, "client_id": claims.get("client_id") or claims.get("azp")},
-        )  # fmt: skip
+        )
 
     async def _key(self, kid: Any) -> jwt.PyJWK | None:
         """The issuer's key `kid`. Keys older than KEYS_SECONDS, or an unknown key id, fetch the keys again,
@@ -112,8 +121,11 @@ class JwtVerifier:
                 except (httpx2.HTTPError, OAuthConfigError, ValueError, jwt.PyJWTError) as exc:
                     log.warning("cannot fetch the keys of %s (keeping %d known): %s", self.issuer, len(self._keys), exc)
             if self._keys and self.clock() - self._fetched_at >= KEYS_MAX_AGE_SECONDS:
-                log.error("the keys of %s could not be fetched again for %d s: trusting none of them until they can",
-                          self.issuer, int(KEYS_MAX_AGE_SECONDS))  # fmt: skip
+                log.error(
+                    "the keys of %s could not be fetched again for %d s: trusting none of them until they can",
+                    self.issuer,
+                    int(KEYS_MAX_AGE_SECONDS),
+                )
                 self._keys = {}
         return self._pick(kid)
 

@@ -59,8 +59,10 @@ def check(settings: Settings) -> None:
         )
     request_state_security(settings)
     if settings.transport == "http":
-        log.warning("replica mode (PostgreSQL ledger): serving Streamable HTTP at /mcp only, stateless; /sse is not "
-                    "served, since an SSE session lives in one process")  # fmt: skip
+        log.warning(
+            "replica mode (PostgreSQL ledger): serving Streamable HTTP at /mcp only, stateless; /sse is not "
+            "served, since an SSE session lives in one process"
+        )
 
 
 def request_state_security(settings: Settings) -> RequestStateSecurity:
@@ -90,12 +92,21 @@ class FleetAccounts(Accounts):
         if own_key:
             return super()._registry(principal, client, ledger, own_key=own_key)
         return FleetTaskRegistry(
-            self.fleet, principal, client, ledger, poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval, adopt_unknown=False,
-            callbacks=self.settings.public_url is not None, fresh_seconds=self.settings.fresh_seconds,
-            sleep=self.poll_sleep, clock=self.poll_clock, pacer=self._pacer,
-            retention=self.settings.task_retention_seconds, lost_after=self.settings.lost_after_seconds,
-        )  # fmt: skip
+            self.fleet,
+            principal,
+            client,
+            ledger,
+            poll_interval=self.settings.poll_interval,
+            max_poll_interval=self.settings.max_poll_interval,
+            adopt_unknown=False,
+            callbacks=self.settings.public_url is not None,
+            fresh_seconds=self.settings.fresh_seconds,
+            sleep=self.poll_sleep,
+            clock=self.poll_clock,
+            pacer=self._pacer,
+            retention=self.settings.task_retention_seconds,
+            lost_after=self.settings.lost_after_seconds,
+        )
 
     async def _restore(self) -> None:
         log.info("replica mode: unfinished tasks are resumed by whichever replica takes their lease")
@@ -154,8 +165,9 @@ class Replica:
         self.security = request_state_security(settings)
 
     @classmethod
-    def configure(cls, settings: Settings, client: GatewayClient, store: LedgerStore, database_url: str,
-                  updates: ResourceUpdates) -> Replica:  # fmt: skip
+    def configure(
+        cls, settings: Settings, client: GatewayClient, store: LedgerStore, database_url: str, updates: ResourceUpdates
+    ) -> Replica:
         """The fleet-aware accounts and upkeep of one replica; ReplicaConfigError when settings forbid it."""
         from ..stores.postgres import PostgresLedgerStore
 
@@ -174,9 +186,13 @@ class Replica:
         supervisor = self.accounts.supervisor  # entered before this (accounts.running())
         supervisor.service(self.fleet.listen, self._announced, self._reconnected, name="listener")
         supervisor.service(self._maintain, name="upkeep")
-        log.info("replica %s: stateless Streamable HTTP at /mcp (no SSE); task leases of %g s, taken over "
-                 "within %g s of a replica's death", self.fleet.owner, self.fleet.lease_seconds,
-                 self.fleet.lease_seconds * 4 / 3)  # fmt: skip
+        log.info(
+            "replica %s: stateless Streamable HTTP at /mcp (no SSE); task leases of %g s, taken over "
+            "within %g s of a replica's death",
+            self.fleet.owner,
+            self.fleet.lease_seconds,
+            self.fleet.lease_seconds * 4 / 3,
+        )
         yield self
 
     async def _announced(self, task_id: str) -> None:

@@ -209,9 +209,15 @@ class Sandbox:
         credits, breakdown = self._price(body)
         within = None if body.max_credits is None else credits <= body.max_credits
         return JSONResponse(
-            {"model": body.model, "modality": body.modality, "credits": credits, "currency": "credits",
-             "breakdown": breakdown, "within_budget": within}
-        )  # fmt: skip
+            {
+                "model": body.model,
+                "modality": body.modality,
+                "credits": credits,
+                "currency": "credits",
+                "breakdown": breakdown,
+                "within_budget": within,
+            }
+        )
 
     # ------------------------------------------------------------ chat and embeddings: charged at once
 
@@ -224,9 +230,11 @@ class Sandbox:
     def _check_max_credits(self, bound: int, max_credits: int | None) -> None:
         if max_credits is not None and bound > max_credits:
             raise SandboxError(
-                402, "max_credits_exceeded",
-                f"Estimated {bound} credits exceeds max_credits {max_credits}", estimate=bound,
-            )  # fmt: skip
+                402,
+                "max_credits_exceeded",
+                f"Estimated {bound} credits exceeds max_credits {max_credits}",
+                estimate=bound,
+            )
 
     async def chat(self, request: Request) -> Response:
         key = self._key(request)
@@ -248,12 +256,18 @@ class Sandbox:
         self.chat_charges.append((last, cost))
         assert info is not None
         completion = {
-            "id": "chatcmpl-" + secrets.token_hex(8), "object": "chat.completion", "created": int(time.time()),
-            "model": info.id, "credits": cost,
+            "id": "chatcmpl-" + secrets.token_hex(8),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": info.id,
+            "credits": cost,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out},
-        }  # fmt: skip
+            "usage": {
+                "prompt_tokens": tokens_in,
+                "completion_tokens": tokens_out,
+                "total_tokens": tokens_in + tokens_out,
+            },
+        }
         return _json(ChatCompletion.model_validate(completion))
 
     async def embeddings(self, request: Request) -> Response:
@@ -303,10 +317,16 @@ class Sandbox:
         task_id = "task_" + secrets.token_hex(12)
         now = int(time.time())
         task = Task(
-            task_id=task_id, id=task_id, object=_TASK_OBJECT[modality], status=TaskStatus.PENDING,
-            model=body.model, created_at=now, updated_at=now, progress=0.0,
+            task_id=task_id,
+            id=task_id,
+            object=_TASK_OBJECT[modality],
+            status=TaskStatus.PENDING,
+            model=body.model,
+            created_at=now,
+            updated_at=now,
+            progress=0.0,
             credits=TaskCredits(reserved=credits),
-        )  # fmt: skip
+        )
         will_fail = FAIL_MARKER in body.prompt or self._rng.random() < self.failure_rate
         callback = str(body.callback_url) if body.callback_url else None
         base_url = str(request.base_url).rstrip("/")
@@ -350,10 +370,11 @@ class Sandbox:
         update: dict[str, object] = {"updated_at": int(entry.ended_at)}
         if entry.will_fail:
             update |= {
-                "status": TaskStatus.FAILED, "progress": None,
+                "status": TaskStatus.FAILED,
+                "progress": None,
                 "credits": TaskCredits(reserved=0, charged=0, refunded=entry.reserved),
                 "error": ErrorBody(message="Generation failed upstream; credits refunded", code="upstream_error"),
-            }  # fmt: skip
+            }
         else:
             wallet.balance -= entry.reserved
             mime = assets.MIME_TYPES[entry.modality]
@@ -362,10 +383,11 @@ class Sandbox:
             if entry.bad_link == "link":
                 urls = [MALFORMED_LINK] * entry.outputs
             update |= {
-                "status": TaskStatus.SUCCEEDED, "progress": 1.0,
+                "status": TaskStatus.SUCCEEDED,
+                "progress": 1.0,
                 "credits": TaskCredits(reserved=0, charged=entry.reserved),
                 "outputs": [TaskOutput(url=url, mime_type=mime) for url in urls],
-            }  # fmt: skip
+            }
         entry.task = entry.task.model_copy(update=update)
 
     async def _send_callback(self, entry: SandboxTask) -> None:

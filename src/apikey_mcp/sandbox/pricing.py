@@ -43,39 +43,66 @@ CATALOGUE: dict[str, ModelInfo] = {
     m.id: m
     for m in [
         _model(
-            "seedance-2", "video", "Seedance 2",
+            "seedance-2",
+            "video",
+            "Seedance 2",
             "Cinematic video up to 1080p from text, an image or a video.",
-            durations=[5, 6, 8, 10], resolutions=["480p", "720p", "1080p"],
+            durations=[5, 6, 8, 10],
+            resolutions=["480p", "720p", "1080p"],
             input_modes=["text-to-video", "image-to-video", "video-to-video"],
         ),
         _model(
-            "seedance-2-fast", "video", "Seedance 2 Fast",
+            "seedance-2-fast",
+            "video",
+            "Seedance 2 Fast",
             "Faster, cheaper Seedance 2 for drafts, up to 720p.",
-            durations=[5, 6, 8, 10], resolutions=["480p", "720p"], input_modes=["text-to-video", "image-to-video"],
+            durations=[5, 6, 8, 10],
+            resolutions=["480p", "720p"],
+            input_modes=["text-to-video", "image-to-video"],
         ),
         _model(
-            "seedream-4", "image", "Seedream 4", "High-fidelity images from text and reference images.",
-            sizes=["1024x1024", "1536x1024", "1024x1536", "2048x2048"], max_images=4,
+            "seedream-4",
+            "image",
+            "Seedream 4",
+            "High-fidelity images from text and reference images.",
+            sizes=["1024x1024", "1536x1024", "1024x1536", "2048x2048"],
+            max_images=4,
         ),
         _model(
-            "flux-schnell", "image", "FLUX.1 schnell", "Fast, cheap draft images.",
-            sizes=["512x512", "1024x1024"], max_images=4,
+            "flux-schnell",
+            "image",
+            "FLUX.1 schnell",
+            "Fast, cheap draft images.",
+            sizes=["512x512", "1024x1024"],
+            max_images=4,
         ),
         _model(
-            "music-1", "music", "Music 1", "Songs and instrumentals from a text prompt.",
-            min_duration=5, max_duration=240,
+            "music-1",
+            "music",
+            "Music 1",
+            "Songs and instrumentals from a text prompt.",
+            min_duration=5,
+            max_duration=240,
         ),
         _model(
-            "gpt-4o-mini", "chat", "GPT-4o mini", "Small, fast chat model.",
-            context_window=128_000, max_output_tokens=16_384,
+            "gpt-4o-mini",
+            "chat",
+            "GPT-4o mini",
+            "Small, fast chat model.",
+            context_window=128_000,
+            max_output_tokens=16_384,
         ),
         _model(
-            "deepseek-v3", "chat", "DeepSeek V3", "General chat and reasoning model.",
-            context_window=64_000, max_output_tokens=8_192,
+            "deepseek-v3",
+            "chat",
+            "DeepSeek V3",
+            "General chat and reasoning model.",
+            context_window=64_000,
+            max_output_tokens=8_192,
         ),
         _model("embed-small", "embedding", "Embed small", "Text embeddings, 256 dimensions.", dimensions=256),
     ]
-}  # fmt: skip
+}
 
 DEFAULT_DURATION = {"video": 5, "music": 30}
 DEFAULT_RESOLUTION = "720p"

@@ -98,16 +98,20 @@ class Fleet:
         async def op(c: Any) -> int:
             cur = await c.execute(
                 "UPDATE apikey_task_leases SET lease_until = clock_timestamp() + make_interval(secs => %s)"
-                " WHERE owner = %s", (self.lease_seconds, self.owner),
-            )  # fmt: skip
+                " WHERE owner = %s",
+                (self.lease_seconds, self.owner),
+            )
             return int(cur.rowcount)
 
         return await self.store._run(op, one_statement=True)
 
     async def release(self, task_id: str) -> None:
-        await self.store._run(lambda c: c.execute(
-            "DELETE FROM apikey_task_leases WHERE task_id = %s AND owner = %s", (task_id, self.owner)),
-            one_statement=True)  # fmt: skip
+        await self.store._run(
+            lambda c: c.execute(
+                "DELETE FROM apikey_task_leases WHERE task_id = %s AND owner = %s", (task_id, self.owner)
+            ),
+            one_statement=True,
+        )
 
     async def lease_owner(self, task_id: str) -> str | None:
         rows = await self.store._rows(
@@ -125,8 +129,9 @@ class Fleet:
             " LEFT JOIN apikey_task_leases l ON l.task_id = r.task_id"
             " WHERE r.state = 'reserved' AND r.task_id IS NOT NULL AND NOT r.own_key AND r.lost_at IS NULL"
             " AND (l.task_id IS NULL OR l.lease_until < clock_timestamp()) AND (r.created_at, r.id) > (%s, %s)"
-            " ORDER BY r.created_at, r.id LIMIT %s", (*after, limit),
-        )  # fmt: skip
+            " ORDER BY r.created_at, r.id LIMIT %s",
+            (*after, limit),
+        )
         return [_reservation(row) for row in rows]
 
     # ------------------------------------------------------------ task states
@@ -135,8 +140,10 @@ class Fleet:
         """Record the task's latest state and wake every replica (a terminal state is never overwritten)."""
 
         async def op(c: Any) -> None:  # one statement, one round trip: the state and its announcement
-            await c.execute(f"WITH saved AS ({_SAVE_STATE}) SELECT pg_notify(%(ch)s, %(t)s)",
-                            {**_state(principal, task), "ch": CHANNEL})  # fmt: skip
+            await c.execute(
+                f"WITH saved AS ({_SAVE_STATE}) SELECT pg_notify(%(ch)s, %(t)s)",
+                {**_state(principal, task), "ch": CHANNEL},
+            )
 
         await self.store._run(op, one_statement=True)
 
@@ -147,8 +154,9 @@ class Fleet:
             " r.created_at, r.model, r.gateway, r.lost_at, r.period_start, s.principal, s.body"
             " FROM apikey_task_states s"
             " FULL JOIN apikey_reservations r ON r.task_id = s.task_id WHERE coalesce(s.task_id, r.task_id) = %s"
-            " ORDER BY r.state = 'reserved' DESC, r.created_at LIMIT 1", (task_id,),
-        )  # fmt: skip
+            " ORDER BY r.state = 'reserved' DESC, r.created_at LIMIT 1",
+            (task_id,),
+        )
         if not rows:
             return None
         *columns, owner, body = rows[0]
@@ -169,8 +177,10 @@ class Fleet:
         async def op(c: Any) -> CallbackOutcome:
             now = time.time()
             await c.execute("DELETE FROM apikey_callbacks WHERE received_at < %s", (now - keep_seconds,))
-            cur = await c.execute("INSERT INTO apikey_callbacks VALUES (%s, %s) ON CONFLICT DO NOTHING"
-                                  " RETURNING signature", (signature, now))  # fmt: skip
+            cur = await c.execute(
+                "INSERT INTO apikey_callbacks VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING signature",
+                (signature, now),
+            )
             if await cur.fetchone() is None:
                 return "replay"
             cur = await c.execute(
@@ -188,11 +198,25 @@ class Fleet:
                 ok = task.status == TaskStatus.SUCCEEDED
                 stated = task.credits.charged if task.credits and task.credits.charged is not None else None
                 charged = (credits if stated is None else stated) if ok else 0
-                await c.execute(_CLOSE, {"s": "settled" if ok else "released", "ch": charged, "t": now, "id": rid,
-                                         "kind": "settle" if ok else "release", "actor": None})  # fmt: skip
+                await c.execute(
+                    _CLOSE,
+                    {
+                        "s": "settled" if ok else "released",
+                        "ch": charged,
+                        "t": now,
+                        "id": rid,
+                        "kind": "settle" if ok else "release",
+                        "actor": None,
+                    },
+                )
                 if charged > credits:  # recorded in full, with its overcharge event (the statement writes it)
-                    log.error("overcharge: the gateway charged %d credits for task %s, over its hold of %d "
-                              "(reservation %s)", charged, task.task_id, credits, rid)  # fmt: skip
+                    log.error(
+                        "overcharge: the gateway charged %d credits for task %s, over its hold of %d (reservation %s)",
+                        charged,
+                        task.task_id,
+                        credits,
+                        rid,
+                    )
             await c.execute(_SAVE_STATE, _state(principal, task))
             await c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, task.task_id))
             return "recorded"
@@ -204,8 +228,13 @@ class Fleet:
 
     # ------------------------------------------------------------ wake-ups
 
-    async def listen(self, on_task: Callable[[str], Awaitable[None]], on_connect: Callable[[], Awaitable[None]],
-                     *, retry_seconds: float = 1.0) -> None:  # fmt: skip
+    async def listen(
+        self,
+        on_task: Callable[[str], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[None]],
+        *,
+        retry_seconds: float = 1.0,
+    ) -> None:
         """Hear every announced task id until cancelled; reconnect after a loss, then call `on_connect` (the
         waiters re-read their rows: notifications sent while disconnected are gone)."""
         while True:
@@ -220,8 +249,9 @@ class Fleet:
             await anyio.sleep(retry_seconds)
 
     async def _notifications(self, on_connect: Callable[[], Awaitable[None]]) -> AsyncIterator[str]:
-        connect = psycopg.AsyncConnection.connect(self._url, autocommit=True, application_name=LISTENER_NAME,
-                                                  connect_timeout=2)  # fmt: skip
+        connect = psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, application_name=LISTENER_NAME, connect_timeout=2
+        )
         async with await connect as conn:
             await conn.execute(f"LISTEN {CHANNEL}")
             self.connected = True

@@ -58,8 +58,16 @@ class MemoryLedgerStore:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._alerts: OrderedDict[tuple[str, float, int], None] = OrderedDict()
 
-    def _log(self, principal: str, kind: str, actor: str, rid: str | None, credits: int | None,
-             d: str | None = None, model: str | None = None) -> None:  # fmt: skip
+    def _log(
+        self,
+        principal: str,
+        kind: str,
+        actor: str,
+        rid: str | None,
+        credits: int | None,
+        d: str | None = None,
+        model: str | None = None,
+    ) -> None:
         self._seq += 1
         totals = self._accounts[principal].totals()
         self._events.append(Event(self._seq, time.time(), principal, kind, actor, rid, credits, totals, d, model))
@@ -90,9 +98,15 @@ class MemoryLedgerStore:
             raise UnknownPrincipalError(f"no principal '{principal}'") from None
 
     async def reserve(
-        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        self,
+        principal: str,
+        credits: int,
+        purpose: str,
+        *,
+        own_key: bool = False,
+        hold: Hold | None = None,
         now: float | None = None,
-    ) -> Reservation:  # fmt: skip
+    ) -> Reservation:
         account = self._account(principal)
         self._roll(principal, account, time.time() if now is None else now)
         remaining = account.budget - account.spent - account.reserved
@@ -112,12 +126,14 @@ class MemoryLedgerStore:
         if reservation is None:
             return False
         reservation.task_id, reservation.modality = task_id, modality or reservation.modality
-        self._log(reservation.principal, "attach", principal_actor(reservation.principal), reservation_id, None,
-                  task_id)  # fmt: skip
+        self._log(
+            reservation.principal, "attach", principal_actor(reservation.principal), reservation_id, None, task_id
+        )
         return True
 
-    def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None,
-               detail: str | None = None) -> bool:  # fmt: skip
+    def _close(
+        self, reservation_id: str, state: ReservationState, charged: int, actor: str | None, detail: str | None = None
+    ) -> bool:
         reservation = self._open.pop(reservation_id, None)
         if reservation is None:
             return False
@@ -134,8 +150,15 @@ class MemoryLedgerStore:
         note = settle_detail(detail, None if current else reservation.period_start)
         self._log(reservation.principal, kind, who, reservation_id, charged, note, reservation.model)
         if charged > reservation.credits:
-            self._log(reservation.principal, "overcharge", who, reservation_id, charged - reservation.credits,
-                      overcharge_detail(charged, reservation.credits, detail), reservation.model)  # fmt: skip
+            self._log(
+                reservation.principal,
+                "overcharge",
+                who,
+                reservation_id,
+                charged - reservation.credits,
+                overcharge_detail(charged, reservation.credits, detail),
+                reservation.model,
+            )
         return True
 
     async def settle(
@@ -195,8 +218,11 @@ class MemoryLedgerStore:
         return _copy(found) if found else None
 
     async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
-        found = [r for r in [*self._open.values(), *self._closed.values()]
-                 if r.principal == principal and r.task_id == task_id]  # fmt: skip
+        found = [
+            r
+            for r in [*self._open.values(), *self._closed.values()]
+            if r.principal == principal and r.task_id == task_id
+        ]
         return _copy(max(found, key=lambda r: r.created_at)) if found else None
 
     async def mark_lost(self, reservation_id: str) -> bool:
@@ -204,14 +230,26 @@ class MemoryLedgerStore:
         if reservation is None or reservation.lost_at is not None:
             return False
         reservation.lost_at = time.time()
-        self._log(reservation.principal, "lost", principal_actor(reservation.principal), reservation_id, None,
-                  reservation.task_id, reservation.model)  # fmt: skip
+        self._log(
+            reservation.principal,
+            "lost",
+            principal_actor(reservation.principal),
+            reservation_id,
+            None,
+            reservation.task_id,
+            reservation.model,
+        )
         return True
 
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        self,
+        principal: str | None = None,
+        *,
+        open_only: bool = False,
+        limit: int = 100,
+        offset: int = 0,
         lost_only: bool = False,
-    ) -> list[Reservation]:  # fmt: skip
+    ) -> list[Reservation]:
         pool = list(self._open.values()) if open_only or lost_only else [*self._open.values(), *self._closed.values()]
         chosen = [r for r in pool if (principal is None or r.principal == principal) and (r.lost_at or not lost_only)]
         chosen.sort(key=lambda r: r.created_at, reverse=True)

@@ -69,8 +69,11 @@ _LOG = (
     "INSERT INTO apikey_events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
     " model) SELECT %s, name, %s, %s, %s, %s, budget, spent, reserved, %s, %s FROM apikey_principals WHERE name = %s"
 )
-_REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
-                "day": "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"}  # fmt: skip
+_REPORT_KEYS = {
+    "principal": "principal",
+    "model": "coalesce(model, '-')",
+    "day": "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
 
 # A reservation in one statement, one round trip: the conditional UPDATE decides; the reservation and its
 # audit line are inserted only from the row it returned. It holds only while the principal's period is current
@@ -138,10 +141,17 @@ class PostgresLedgerStore:
         self._timeout, self._url, self._wait = timeout, url, wait
         self.down = False  # a connection failed (check, connect or use) and none has worked since
         self._pool = _Pool(
-            self, url, min_size=1, max_size=max_size, open=False, timeout=wait, reconnect_timeout=wait,
-            check=self._check, configure=self._connected,
+            self,
+            url,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=wait,
+            reconnect_timeout=wait,
+            check=self._check,
+            configure=self._connected,
             kwargs={"connect_timeout": max(1, int(wait)), "autocommit": True},
-        )  # fmt: skip
+        )
 
     async def _check(self, conn: _Conn) -> None:
         try:
@@ -213,8 +223,9 @@ class PostgresLedgerStore:
             if cur.rowcount == 1:
                 await c.execute(_LOG, (time.time(), "budget", CONFIGURATION, None, budget, None, None, principal))
                 if chosen != Policy():
-                    await c.execute(_LOG, (time.time(), "policy", CONFIGURATION, None, None, chosen.describe(), None,
-                                           principal))  # fmt: skip
+                    await c.execute(
+                        _LOG, (time.time(), "policy", CONFIGURATION, None, None, chosen.describe(), None, principal)
+                    )
             return await _totals(c, principal), cur.rowcount == 1
 
         return await self._run(op)
@@ -222,28 +233,57 @@ class PostgresLedgerStore:
     async def _roll(self, c: _Conn, principal: str, now: float) -> float | None:
         """Begin the period `now` is in if it is past the principal's (row locked); the current period's start,
         or None for an unknown principal."""
-        row = await (await c.execute("SELECT period, period_start, spent FROM apikey_principals WHERE name = %s"
-                                     " FOR UPDATE", (principal,))).fetchone()  # fmt: skip
+        row = await (
+            await c.execute(
+                "SELECT period, period_start, spent FROM apikey_principals WHERE name = %s FOR UPDATE", (principal,)
+            )
+        ).fetchone()
         if row is None:
             return None
         period, stored, spent = row
         if (start := rolled(period, stored, now)) is None:
             return float(stored)
         await c.execute("UPDATE apikey_principals SET period_start = %s, spent = 0 WHERE name = %s", (start, principal))
-        await c.execute(_LOG, (time.time(), "period", CONFIGURATION, None, spent,
-                               f"{label(period, stored)} ended with {spent} spent", None, principal))  # fmt: skip
+        await c.execute(
+            _LOG,
+            (
+                time.time(),
+                "period",
+                CONFIGURATION,
+                None,
+                spent,
+                f"{label(period, stored)} ended with {spent} spent",
+                None,
+                principal,
+            ),
+        )
         return start
 
     async def reserve(
-        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        self,
+        principal: str,
+        credits: int,
+        purpose: str,
+        *,
+        own_key: bool = False,
+        hold: Hold | None = None,
         now: float | None = None,
-    ) -> Reservation:  # fmt: skip
+    ) -> Reservation:
         r = new_reservation(principal, credits, purpose, own_key, hold)
         now = time.time() if now is None else now
-        params = {"c": credits, "p": principal, "id": r.id, "purpose": purpose, "own": own_key,
-                  "t": r.created_at, "actor": principal_actor(principal), "modality": r.modality,
-                  "model": r.model, "gateway": r.gateway,
-                  **{kind: period_start(kind, now) for kind in ("day", "week", "month")}}  # fmt: skip
+        params = {
+            "c": credits,
+            "p": principal,
+            "id": r.id,
+            "purpose": purpose,
+            "own": own_key,
+            "t": r.created_at,
+            "actor": principal_actor(principal),
+            "modality": r.modality,
+            "model": r.model,
+            "gateway": r.gateway,
+            **{kind: period_start(kind, now) for kind in ("day", "week", "month")},
+        }
 
         async def held(c: _Conn) -> bool:
             row = await (await c.execute(_RESERVE, params)).fetchone()
@@ -259,8 +299,19 @@ class PostgresLedgerStore:
             refused = BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
 
             async def record(c: _Conn) -> None:
-                await c.execute(_LOG, (time.time(), "refuse", principal_actor(principal), None, credits,
-                                       refusal_detail(refused), r.model, principal))  # fmt: skip
+                await c.execute(
+                    _LOG,
+                    (
+                        time.time(),
+                        "refuse",
+                        principal_actor(principal),
+                        None,
+                        credits,
+                        refusal_detail(refused),
+                        r.model,
+                        principal,
+                    ),
+                )
 
             await self._run(record, one_statement=True)
             raise refused
@@ -275,18 +326,22 @@ class PostgresLedgerStore:
             )
             row = await cur.fetchone()
             if row is not None:
-                await c.execute(_LOG, (time.time(), "attach", principal_actor(row[0]), reservation_id, None, task_id,
-                                       None, row[0]))  # fmt: skip
+                await c.execute(
+                    _LOG, (time.time(), "attach", principal_actor(row[0]), reservation_id, None, task_id, None, row[0])
+                )
             return row is not None
 
         return await self._run(op)
 
-    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None,
-                     detail: str | None = None) -> bool:  # fmt: skip
+    async def _close(
+        self, reservation_id: str, state: ReservationState, charged: int, actor: str | None, detail: str | None = None
+    ) -> bool:
         async def op(c: _Conn) -> bool:
             kind = "settle" if state == ReservationState.SETTLED else "release"
-            cur = await c.execute(_CLOSE, {"s": str(state), "ch": charged, "t": time.time(), "id": reservation_id,
-                                           "kind": kind, "actor": actor})  # fmt: skip
+            cur = await c.execute(
+                _CLOSE,
+                {"s": str(state), "ch": charged, "t": time.time(), "id": reservation_id, "kind": kind, "actor": actor},
+            )
             seqs = [row[0] for row in await cur.fetchall()]
             if seqs and detail:
                 await c.execute(_WHY, {"why": detail, "seqs": seqs})
@@ -304,8 +359,7 @@ class PostgresLedgerStore:
         return await self._close(reservation_id, ReservationState.RELEASED, 0, actor)
 
     async def totals(self, principal: str, *, now: float | None = None) -> Totals:
-        return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now),
-                               one_statement=True)  # fmt: skip
+        return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now), one_statement=True)
 
     async def policy(self, principal: str) -> Policy:
         rows = await self._rows(f"SELECT {_POLICY} FROM apikey_principals WHERE name = %s", (principal,))
@@ -319,16 +373,22 @@ class PostgresLedgerStore:
         async def op(c: _Conn) -> Policy:
             if (current := await self._roll(c, principal, now)) is None:
                 raise UnknownPrincipalError(f"no principal '{principal}'")
-            old = (await (await c.execute("SELECT period FROM apikey_principals WHERE name = %s", (principal,)))
-                   .fetchone())[0]  # type: ignore[index]  # fmt: skip
+            old = (
+                await (await c.execute("SELECT period FROM apikey_principals WHERE name = %s", (principal,))).fetchone()
+            )[0]  # type: ignore[index]
             if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
                 start = period_start(policy.period, now)
-                await c.execute("UPDATE apikey_reservations SET period_start = %s WHERE principal = %s"
-                                " AND state = 'reserved' AND period_start = %s",
-                                (start, principal, current))  # fmt: skip
+                await c.execute(
+                    "UPDATE apikey_reservations SET period_start = %s WHERE principal = %s"
+                    " AND state = 'reserved' AND period_start = %s",
+                    (start, principal, current),
+                )
                 await c.execute("UPDATE apikey_principals SET period_start = %s WHERE name = %s", (start, principal))
-            await c.execute("UPDATE apikey_principals SET max_per_call = %s, allow = %s, period = %s, alert_at = %s"
-                            " WHERE name = %s", (*policy.row(), principal))  # fmt: skip
+            await c.execute(
+                "UPDATE apikey_principals SET max_per_call = %s, allow = %s, period = %s, alert_at = %s"
+                " WHERE name = %s",
+                (*policy.row(), principal),
+            )
             await c.execute(_LOG, (time.time(), "policy", actor, None, None, policy.describe(), None, principal))
             return policy
 
@@ -340,9 +400,10 @@ class PostgresLedgerStore:
 
     async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
         async def op(c: _Conn) -> bool:
-            cur = await c.execute("INSERT INTO apikey_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                                  " RETURNING threshold",
-                                  (principal, period_start, threshold, time.time()))  # fmt: skip
+            cur = await c.execute(
+                "INSERT INTO apikey_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING threshold",
+                (principal, period_start, threshold, time.time()),
+            )
             made = await cur.fetchone() is not None
             if made:
                 await c.execute(
@@ -373,8 +434,9 @@ class PostgresLedgerStore:
         return await self._run(op, one_statement=True)
 
     async def principals(self) -> list[tuple[str, Totals]]:
-        rows = await self._rows("SELECT name, budget, spent, reserved, period, period_start FROM apikey_principals"
-                                " ORDER BY name")  # fmt: skip
+        rows = await self._rows(
+            "SELECT name, budget, spent, reserved, period, period_start FROM apikey_principals ORDER BY name"
+        )
         now = time.time()  # spent in the period current now (none yet in one begun since the last change)
         return [(name, totals_of(name, tuple(rest), now)) for name, *rest in rows]
 
@@ -383,8 +445,11 @@ class PostgresLedgerStore:
         return _reservation(rows[0]) if rows else None
 
     async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
-        rows = await self._rows(f"SELECT {_COLUMNS} FROM apikey_reservations WHERE task_id = %s AND principal = %s"
-                                " ORDER BY created_at DESC LIMIT 1", (task_id, principal))  # fmt: skip
+        rows = await self._rows(
+            f"SELECT {_COLUMNS} FROM apikey_reservations WHERE task_id = %s AND principal = %s"
+            " ORDER BY created_at DESC LIMIT 1",
+            (task_id, principal),
+        )
         return _reservation(rows[0]) if rows else None
 
     async def mark_lost(self, reservation_id: str) -> bool:
@@ -392,24 +457,33 @@ class PostgresLedgerStore:
             now = time.time()
             cur = await c.execute(
                 "UPDATE apikey_reservations SET lost_at = %s WHERE id = %s AND state = 'reserved' AND lost_at IS NULL"
-                " RETURNING principal, task_id, model", (now, reservation_id),
-            )  # fmt: skip
+                " RETURNING principal, task_id, model",
+                (now, reservation_id),
+            )
             row = await cur.fetchone()
             if row is not None:
-                await c.execute(_LOG, (now, "lost", principal_actor(row[0]), reservation_id, None, row[1], row[2],
-                                       row[0]))  # fmt: skip
+                await c.execute(
+                    _LOG, (now, "lost", principal_actor(row[0]), reservation_id, None, row[1], row[2], row[0])
+                )
             return row is not None
 
         return await self._run(op)
 
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        self,
+        principal: str | None = None,
+        *,
+        open_only: bool = False,
+        limit: int = 100,
+        offset: int = 0,
         lost_only: bool = False,
-    ) -> list[Reservation]:  # fmt: skip
+    ) -> list[Reservation]:
         where = ["TRUE"] + ["principal = %s"] * (principal is not None) + ["state = 'reserved'"] * open_only
         where += ["state = 'reserved' AND lost_at IS NOT NULL"] * lost_only
-        sql = (f"SELECT {_COLUMNS} FROM apikey_reservations WHERE {' AND '.join(where)}"
-               " ORDER BY created_at DESC LIMIT %s OFFSET %s")  # fmt: skip
+        sql = (
+            f"SELECT {_COLUMNS} FROM apikey_reservations WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC LIMIT %s OFFSET %s"
+        )
         rows = await self._rows(sql, [*([principal] if principal is not None else []), limit, offset])
         return [_reservation(r) for r in rows]
 
@@ -417,16 +491,18 @@ class PostgresLedgerStore:
         where, params = ("WHERE principal = %s", [principal]) if principal is not None else ("", [])
         rows = await self._rows(
             "SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail, model"
-            f" FROM apikey_events {where} ORDER BY seq LIMIT %s OFFSET %s", [*params, limit, offset],
-        )  # fmt: skip
+            f" FROM apikey_events {where} ORDER BY seq LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
         return [event_of(row) for row in rows]
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         rows = await self._rows(
             f"SELECT {_REPORT_KEYS[by]} AS k, coalesce(sum(credits) FILTER (WHERE kind = 'settle'), 0),"
             " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse') FROM apikey_events"
-            " WHERE at >= %s AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k", (since,),
-        )  # fmt: skip
+            " WHERE at >= %s AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k",
+            (since,),
+        )
         return [ReportRow(str(k), int(sp), int(ca), int(rf)) for k, sp, ca, rf in rows]
 
     async def first_sighting(self, signature: str, *, keep_seconds: float) -> bool:
@@ -458,14 +534,30 @@ class _Pool(AsyncConnectionPool[Any]):
 
 async def _totals(c: _Conn, principal: str, now: float | None = None) -> Totals:
     """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
-    row = await (await c.execute("SELECT budget, spent, reserved, period, period_start FROM apikey_principals"
-                                 " WHERE name = %s", (principal,))).fetchone()  # fmt: skip
+    row = await (
+        await c.execute(
+            "SELECT budget, spent, reserved, period, period_start FROM apikey_principals WHERE name = %s", (principal,)
+        )
+    ).fetchone()
     return totals_of(principal, row, now)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, *rest = row
     model, gateway, lost_at, made_in = rest
-    return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at,
-                       period_start=made_in)  # fmt: skip
+    return Reservation(
+        id_,
+        principal,
+        credits,
+        purpose,
+        task_id,
+        ReservationState(state),
+        charged,
+        modality,
+        bool(own_key),
+        created_at,
+        model=model,
+        gateway=gateway,
+        lost_at=lost_at,
+        period_start=made_in,
+    )

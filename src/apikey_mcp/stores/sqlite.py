@@ -71,8 +71,11 @@ _COLUMNS = (
     "id, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, model, gateway, lost_at,"
     " period_start"
 )
-_REPORT_KEYS = {"principal": "principal", "model": "coalesce(model, '-')",
-                "day": "strftime('%Y-%m-%d', at, 'unixepoch')"}  # fmt: skip
+_REPORT_KEYS = {
+    "principal": "principal",
+    "model": "coalesce(model, '-')",
+    "day": "strftime('%Y-%m-%d', at, 'unixepoch')",
+}
 _POLICY = "max_per_call, allow, period, alert_at"
 
 
@@ -106,8 +109,17 @@ class SqliteLedgerStore:
             result = await anyio.to_thread.run_sync(transaction)
         return result
 
-    def _log(self, c: sqlite3.Connection, principal: str, kind: str, actor: str, rid: str | None,
-             credits: int | None, detail: str | None = None, model: str | None = None) -> None:  # fmt: skip
+    def _log(
+        self,
+        c: sqlite3.Connection,
+        principal: str,
+        kind: str,
+        actor: str,
+        rid: str | None,
+        credits: int | None,
+        detail: str | None = None,
+        model: str | None = None,
+    ) -> None:
         c.execute(
             "INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
             " model) SELECT ?, name, ?, ?, ?, ?, budget, spent, reserved, ?, ? FROM principals WHERE name = ?",
@@ -147,9 +159,15 @@ class SqliteLedgerStore:
         return start
 
     async def reserve(
-        self, principal: str, credits: int, purpose: str, *, own_key: bool = False, hold: Hold | None = None,
+        self,
+        principal: str,
+        credits: int,
+        purpose: str,
+        *,
+        own_key: bool = False,
+        hold: Hold | None = None,
         now: float | None = None,
-    ) -> Reservation:  # fmt: skip
+    ) -> Reservation:
         reservation = new_reservation(principal, credits, purpose, own_key, hold)
         r = reservation
         now = time.time() if now is None else now
@@ -163,15 +181,26 @@ class SqliteLedgerStore:
             if held.rowcount != 1:
                 totals = _totals(c, principal)
                 refused = BudgetExceededError(credits, max(totals.remaining, 0), totals.budget, purpose)
-                self._log(c, principal, "refuse", principal_actor(principal), None, credits, refusal_detail(refused),
-                          r.model)  # fmt: skip
+                self._log(
+                    c, principal, "refuse", principal_actor(principal), None, credits, refusal_detail(refused), r.model
+                )
                 return refused  # the refusal is recorded (committed), then raised
             c.execute(
                 "INSERT INTO reservations (id, principal, credits, purpose, own_key, state, created_at, modality,"
                 " model, gateway, period_start) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)",
-                (r.id, principal, credits, purpose, int(own_key), r.created_at, r.modality, r.model, r.gateway,
-                 r.period_start),
-            )  # fmt: skip
+                (
+                    r.id,
+                    principal,
+                    credits,
+                    purpose,
+                    int(own_key),
+                    r.created_at,
+                    r.modality,
+                    r.model,
+                    r.gateway,
+                    r.period_start,
+                ),
+            )
             self._log(c, principal, "reserve", principal_actor(principal), r.id, credits, purpose, r.model)
             return None
 
@@ -192,8 +221,9 @@ class SqliteLedgerStore:
 
         return await self._run(op)
 
-    async def _close(self, reservation_id: str, state: ReservationState, charged: int, actor: str | None,
-                     detail: str | None = None) -> bool:  # fmt: skip
+    async def _close(
+        self, reservation_id: str, state: ReservationState, charged: int, actor: str | None, detail: str | None = None
+    ) -> bool:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET state = ?, charged = ?, closed_at = ? WHERE id = ? AND state = 'reserved'"
@@ -205,15 +235,25 @@ class SqliteLedgerStore:
             principal, credits, model, made_in = row
             current = c.execute("SELECT period_start FROM principals WHERE name = ?", (principal,)).fetchone()[0]
             counted = charged if made_in == current else 0  # a charge counts in the period it was reserved in
-            c.execute("UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
-                      (credits, counted, principal))  # fmt: skip
+            c.execute(
+                "UPDATE principals SET reserved = reserved - ?, spent = spent + ? WHERE name = ?",
+                (credits, counted, principal),
+            )
             kind = "settle" if state == ReservationState.SETTLED else "release"
             who = actor or principal_actor(principal)
             note = settle_detail(detail, None if made_in == current else made_in)
             self._log(c, principal, kind, who, reservation_id, charged, note, model)
             if charged > credits:
-                self._log(c, principal, "overcharge", who, reservation_id, charged - credits,
-                          overcharge_detail(charged, credits, detail), model)  # fmt: skip
+                self._log(
+                    c,
+                    principal,
+                    "overcharge",
+                    who,
+                    reservation_id,
+                    charged - credits,
+                    overcharge_detail(charged, credits, detail),
+                    model,
+                )
             return True
 
         return await self._run(op)
@@ -231,8 +271,10 @@ class SqliteLedgerStore:
         return await self._run(lambda c: _totals(c, principal, time.time() if now is None else now), write=False)
 
     async def policy(self, principal: str) -> Policy:
-        row = await self._run(lambda c: c.execute(f"SELECT {_POLICY} FROM principals WHERE name = ?", (principal,))
-                              .fetchone(), write=False)  # fmt: skip
+        row = await self._run(
+            lambda c: c.execute(f"SELECT {_POLICY} FROM principals WHERE name = ?", (principal,)).fetchone(),
+            write=False,
+        )
         if row is None:
             raise UnknownPrincipalError(f"no principal '{principal}'")
         return Policy.of(*row)
@@ -245,25 +287,32 @@ class SqliteLedgerStore:
             old = c.execute("SELECT period FROM principals WHERE name = ?", (principal,)).fetchone()[0]
             if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
                 start = period_start(policy.period, now)
-                c.execute("UPDATE reservations SET period_start = ? WHERE principal = ? AND state = 'reserved'"
-                          " AND period_start = ?", (start, principal, current))  # fmt: skip
+                c.execute(
+                    "UPDATE reservations SET period_start = ? WHERE principal = ? AND state = 'reserved'"
+                    " AND period_start = ?",
+                    (start, principal, current),
+                )
                 c.execute("UPDATE principals SET period_start = ? WHERE name = ?", (start, principal))
-            c.execute("UPDATE principals SET max_per_call = ?, allow = ?, period = ?, alert_at = ? WHERE name = ?",
-                      (*policy.row(), principal))  # fmt: skip
+            c.execute(
+                "UPDATE principals SET max_per_call = ?, allow = ?, period = ?, alert_at = ? WHERE name = ?",
+                (*policy.row(), principal),
+            )
             self._log(c, principal, "policy", actor, None, None, policy.describe())
             return policy
 
         return await self._run(op)
 
     async def policies(self) -> dict[str, Policy]:
-        rows = await self._run(lambda c: c.execute(f"SELECT name, {_POLICY} FROM principals ORDER BY name")
-                               .fetchall(), write=False)  # fmt: skip
+        rows = await self._run(
+            lambda c: c.execute(f"SELECT name, {_POLICY} FROM principals ORDER BY name").fetchall(), write=False
+        )
         return {name: Policy.of(*rest) for name, *rest in rows}
 
     async def claim_alert(self, principal: str, threshold: int, period_start: float) -> bool:
         def op(c: sqlite3.Connection) -> bool:
-            made = c.execute("INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?)",
-                             (principal, period_start, threshold, time.time()))  # fmt: skip
+            made = c.execute(
+                "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?)", (principal, period_start, threshold, time.time())
+            )
             if made.rowcount == 1:
                 self._log(c, principal, "alert", CONFIGURATION, None, None, f"{threshold}%")
             return made.rowcount == 1
@@ -274,8 +323,10 @@ class SqliteLedgerStore:
         check_credits(credits, "a budget")
 
         def op(c: sqlite3.Connection) -> Totals:
-            c.execute("INSERT INTO principals (name, budget) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET budget = ?",
-                      (principal, credits, credits))  # fmt: skip
+            c.execute(
+                "INSERT INTO principals (name, budget) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET budget = ?",
+                (principal, credits, credits),
+            )
             self._log(c, principal, "budget", actor, None, credits)
             return _totals(c, principal, time.time())
 
@@ -295,8 +346,9 @@ class SqliteLedgerStore:
         return _reservation(row) if row else None
 
     async def task_reservation(self, principal: str, task_id: str) -> Reservation | None:
-        sql = (f"SELECT {_COLUMNS} FROM reservations WHERE task_id = ? AND principal = ?"
-               " ORDER BY created_at DESC LIMIT 1")  # fmt: skip
+        sql = (
+            f"SELECT {_COLUMNS} FROM reservations WHERE task_id = ? AND principal = ? ORDER BY created_at DESC LIMIT 1"
+        )
         row = await self._run(lambda c: c.execute(sql, (task_id, principal)).fetchone(), write=False)
         return _reservation(row) if row else None
 
@@ -304,8 +356,9 @@ class SqliteLedgerStore:
         def op(c: sqlite3.Connection) -> bool:
             row = c.execute(
                 "UPDATE reservations SET lost_at = ? WHERE id = ? AND state = 'reserved' AND lost_at IS NULL"
-                " RETURNING principal, task_id, model", (time.time(), reservation_id),
-            ).fetchone()  # fmt: skip
+                " RETURNING principal, task_id, model",
+                (time.time(), reservation_id),
+            ).fetchone()
             if row is not None:
                 self._log(c, row[0], "lost", principal_actor(row[0]), reservation_id, None, row[1], row[2])
             return row is not None
@@ -313,28 +366,38 @@ class SqliteLedgerStore:
         return await self._run(op)
 
     async def reservations(
-        self, principal: str | None = None, *, open_only: bool = False, limit: int = 100, offset: int = 0,
+        self,
+        principal: str | None = None,
+        *,
+        open_only: bool = False,
+        limit: int = 100,
+        offset: int = 0,
         lost_only: bool = False,
-    ) -> list[Reservation]:  # fmt: skip
+    ) -> list[Reservation]:
         where = ["1 = 1"] + ["principal = ?"] * (principal is not None) + ["state = 'reserved'"] * open_only
         where += ["state = 'reserved' AND lost_at IS NOT NULL"] * lost_only
-        sql = (f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)}"
-               " ORDER BY created_at DESC LIMIT ? OFFSET ?")  # fmt: skip
+        sql = (
+            f"SELECT {_COLUMNS} FROM reservations WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT ? OFFSET ?"
+        )
         params = [*([principal] if principal is not None else []), limit, offset]
         return [_reservation(r) for r in await self._run(lambda c: c.execute(sql, params).fetchall(), write=False)]
 
     async def history(self, principal: str | None = None, *, limit: int = 1000, offset: int = 0) -> list[Event]:
         where, params = ("WHERE principal = ?", [principal]) if principal is not None else ("", [])
-        sql = (f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
-               f" model FROM events {where} ORDER BY seq LIMIT ? OFFSET ?")  # fmt: skip
+        sql = (
+            f"SELECT seq, at, principal, kind, actor, reservation_id, credits, budget, spent, reserved, detail,"
+            f" model FROM events {where} ORDER BY seq LIMIT ? OFFSET ?"
+        )
         rows = await self._run(lambda c: c.execute(sql, [*params, limit, offset]).fetchall(), write=False)
         return [event_of(row) for row in rows]
 
     async def report(self, since: float, by: str) -> list[ReportRow]:
         key = _REPORT_KEYS[by]
-        sql = (f"SELECT {key} AS k, coalesce(sum(CASE WHEN kind = 'settle' THEN credits END), 0),"
-               " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse') FROM events"
-               " WHERE at >= ? AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k")  # fmt: skip
+        sql = (
+            f"SELECT {key} AS k, coalesce(sum(CASE WHEN kind = 'settle' THEN credits END), 0),"
+            " count(*) FILTER (WHERE kind = 'reserve'), count(*) FILTER (WHERE kind = 'refuse') FROM events"
+            " WHERE at >= ? AND kind IN ('reserve', 'settle', 'refuse') GROUP BY k ORDER BY k"
+        )
         rows = await self._run(lambda c: c.execute(sql, (since,)).fetchall(), write=False)
         return [ReportRow(str(k), int(sp), int(ca), int(rf)) for k, sp, ca, rf in rows]
 
@@ -352,17 +415,31 @@ class SqliteLedgerStore:
 
 def _totals(c: sqlite3.Connection, principal: str, now: float | None = None) -> Totals:
     """The principal's totals; with `now`, spent in the period current then (0 in one begun since)."""
-    row = c.execute("SELECT budget, spent, reserved, period, period_start FROM principals WHERE name = ?",
-                    (principal,)).fetchone()  # fmt: skip
+    row = c.execute(
+        "SELECT budget, spent, reserved, period, period_start FROM principals WHERE name = ?", (principal,)
+    ).fetchone()
     return totals_of(principal, row, now)
 
 
 def _reservation(row: tuple[Any, ...]) -> Reservation:
     id_, principal, credits, purpose, task_id, state, charged, modality, own_key, created_at, *rest = row
     model, gateway, lost_at, made_in = rest
-    return Reservation(id_, principal, credits, purpose, task_id, ReservationState(state), charged, modality,
-                       bool(own_key), created_at, model=model, gateway=gateway, lost_at=lost_at,
-                       period_start=made_in)  # fmt: skip
+    return Reservation(
+        id_,
+        principal,
+        credits,
+        purpose,
+        task_id,
+        ReservationState(state),
+        charged,
+        modality,
+        bool(own_key),
+        created_at,
+        model=model,
+        gateway=gateway,
+        lost_at=lost_at,
+        period_start=made_in,
+    )
 
 
 def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
@@ -376,8 +453,10 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=busy_seconds, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:  # a directory, no permission, a read-only place
-        raise StoreRefusedError(f"The state file {path} cannot be opened ({exc}): point --state-file at a file "
-                                "this user may create and write.") from None  # fmt: skip
+        raise StoreRefusedError(
+            f"The state file {path} cannot be opened ({exc}): point --state-file at a file "
+            "this user may create and write."
+        ) from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
         owner = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -394,8 +473,10 @@ def _open(path: Path, busy_seconds: float) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         if owner != APPLICATION_ID:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
-                               f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")  # fmt: skip
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
+                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
         upgrade_sqlite(conn)
     except sqlite3.DatabaseError as exc:  # "file is not a database"
         conn.close()
