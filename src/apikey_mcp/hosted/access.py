@@ -136,8 +136,8 @@ class Access:
         # Strings, not AnyHttpUrl: the metadata model keeps a path-less issuer as is, while AnyHttpUrl would add
         # a '/' that breaks the exact issuer comparison clients make (RFC 8414 §3.3).
         return create_protected_resource_routes(
-            resource_url=self.resource,
-            authorization_servers=[self._jwt.issuer],  # type: ignore[arg-type, list-item]
+            resource_url=self.resource,  # type: ignore[arg-type]
+            authorization_servers=[self._jwt.issuer],  # type: ignore[list-item]
             scopes_supported=scopes,
             resource_name="apikey-mcp",
         )
