@@ -31,6 +31,7 @@ from . import metrics
 from .alerts import Alerts
 from .budget import Ledger, LedgerStore, Reservation
 from .config import Settings
+from .errors import AgentError
 from .gateway import AuthenticationError, GatewayClient, GatewayError, NotFoundError, PermissionDeniedError
 from .gateway.models import Task
 from .lost import log_still_open
@@ -49,11 +50,11 @@ REFUSED_SECONDS, MAX_REFUSED = 60.0, 1024  # own keys the gateway refused are re
 KEY_CHECKS_PER_MINUTE = 10  # per principal: each own key new here costs the gateway a request to check it
 
 
-class TooManyKeysError(ValueError):
+class TooManyKeysError(AgentError):
     pass
 
 
-class KeyRefusedError(ValueError):
+class KeyRefusedError(AgentError):
     """An own gateway key the gateway refused, or that could not be checked; the message says which."""
 
 

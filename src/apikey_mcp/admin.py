@@ -19,7 +19,8 @@ from typing import Any
 import anyio
 
 from . import report
-from .budget import OPERATOR, LedgerStore, LedgerUnavailableError, Reservation, Totals, UnknownPrincipalError
+from .budget import OPERATOR, LedgerStore, Reservation, Totals, UnknownPrincipalError
+from .errors import ConfigError, LedgerError
 from .paths import default_state_file
 from .periods import PERIODS
 from .policy import Policy
@@ -120,12 +121,8 @@ def run(args: argparse.Namespace) -> int:
     except StoreRefusedError as exc:
         print(f"apikey-mcp admin: {exc}", file=sys.stderr)
         return 2
-    except (_RefusedError, ValueError, LedgerUnavailableError) as exc:  # one line, never a traceback
+    except (ConfigError, LedgerError, ValueError) as exc:  # the operator's input refused: one line, never a traceback
         return _fail(str(exc))
-
-
-class _RefusedError(Exception):
-    """An operator's input refused before the ledger is changed; the message says why."""
 
 
 def _whole(text: str, what: str) -> int:
@@ -133,9 +130,9 @@ def _whole(text: str, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise _RefusedError(f"{what} must be a whole number of credits, not {text[:40]!r}") from None
+        raise ConfigError(f"{what} must be a whole number of credits, not {text[:40]!r}") from None
     if not 0 <= value <= INT64_MAX:
-        raise _RefusedError(f"{what} must be from 0 to {INT64_MAX} credits (64 bits), not {text[:40]}")
+        raise ConfigError(f"{what} must be from 0 to {INT64_MAX} credits (64 bits), not {text[:40]}")
     return value
 
 

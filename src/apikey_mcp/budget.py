@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from . import metrics
+from .errors import AgentError, LedgerError
 from .policy import Policy
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ CONFIGURATION = "configuration"
 HUMAN = "human"
 
 
-class BudgetExceededError(Exception):
+class BudgetExceededError(AgentError):
     """A paid call that does not fit in what is left; nothing was reserved or created."""
 
     def __init__(self, needed: int, remaining: int, budget: int, purpose: str) -> None:
@@ -42,11 +43,11 @@ class BudgetExceededError(Exception):
         )
 
 
-class LedgerUnavailableError(Exception):
+class LedgerUnavailableError(LedgerError):
     """The store could not complete an operation (locked, read-only, unreachable): nothing was changed."""
 
 
-class UnknownPrincipalError(LookupError):
+class UnknownPrincipalError(LedgerError):
     pass
 
 

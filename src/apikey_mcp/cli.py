@@ -16,17 +16,16 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from pydantic import ValidationError
+
 from . import __version__, admin
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import Settings
 
 log = logging.getLogger("apikey_mcp")
 USAGE_ERROR = 2  # the exit status of a configuration the server cannot start with, as argparse uses
-
-
-class MetricsListenError(ValueError):
-    pass
 
 
 def _sandbox_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -245,8 +244,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(admin.run(args))
     try:
         serve(args)
-    except ValueError as exc:  # a setting the server cannot start with: one line each, no traceback
-        _exit_with(cli, args, _configuration_errors(cli, exc))
+    except ConfigError as exc:  # what the operator must change: one line, exit status 2, never a traceback
+        _exit_with(cli, args, [str(exc)])
+    except ValidationError as exc:  # the settings themselves: one line for each that is wrong
+        if exc.title != "Settings":  # not some other model's, mid-run: a bug, shown as one
+            raise
+        _exit_with(cli, args, [_setting_error(cli, error) for error in exc.errors()])
 
 
 def _exit_with(cli: argparse.ArgumentParser, args: argparse.Namespace, lines: list[str]) -> NoReturn:
@@ -258,25 +261,6 @@ def _exit_with(cli: argparse.ArgumentParser, args: argparse.Namespace, lines: li
     if (args.log_format or os.environ.get("APIKEY_LOG_FORMAT", "")).lower() == "json":  # as configured, flag first
         cli.exit(USAGE_ERROR, "".join(json_line(line) + "\n" for line in lines))
     cli.exit(USAGE_ERROR, "".join(f"apikey-mcp: {line}\n" for line in lines))
-
-
-def _configuration_errors(cli: argparse.ArgumentParser, exc: ValueError) -> list[str]:
-    from pydantic import ValidationError
-
-    from .hosted.auth import MIN_TOKEN_LENGTH, TokenConfigError  # imported only on this path: stdio starts lean
-
-    if isinstance(exc, ValidationError) and exc.title == "Settings":  # not some other model's, mid-run
-        return [_setting_error(cli, error) for error in exc.errors()]
-    from .sessions import LedgerFileError
-
-    if isinstance(exc, LedgerFileError | MetricsListenError):
-        return [str(exc)]
-    if isinstance(exc, TokenConfigError):
-        return [
-            f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {exc}; each entry is name=token, with a "
-            f"token of {MIN_TOKEN_LENGTH} or more characters."
-        ]
-    raise exc
 
 
 def _setting_error(cli: argparse.ArgumentParser, error: Any) -> str:
@@ -318,13 +302,9 @@ def serve(args: argparse.Namespace) -> None:
 
             serve_local(settings, starting=starting)
             return
-        from .hosted import HostingError
         from .hosted import serve as serve_http
 
-        try:
-            serve_http(settings, starting=starting)
-        except HostingError as exc:
-            _exit_with(parser(), args, [str(exc)])
+        serve_http(settings, starting=starting)
 
 
 def _start_metrics(stack: ExitStack, settings: Settings) -> None:
@@ -337,7 +317,7 @@ def _start_metrics(stack: ExitStack, settings: Settings) -> None:
     try:
         port = collected.serve(settings.metrics_host, settings.metrics_port)
     except OSError as exc:
-        raise MetricsListenError(f"--metrics-port {settings.metrics_port}: cannot listen there ({exc})") from None
+        raise ConfigError(f"--metrics-port {settings.metrics_port}: cannot listen there ({exc})") from None
     metrics.install(collected)
     stack.callback(metrics.install, None)
     stack.callback(collected.close)

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
+from .errors import LedgerError
 from .gateway import (
     GatewayConnectionError,
     GatewayError,
@@ -40,12 +41,14 @@ class UnconfirmedError(GatewayError):
     """A paid request whose outcome is unknown (timeout, broken connection, unreadable answer)."""
 
 
-class LedgerRefusedError(Exception):
+class LedgerRefusedError(LedgerError):
     """The ledger could not record a reservation, so the paid call was not sent."""
 
 
-class BadAnswerError(ValueError):
+class BadAnswerError(GatewayError):
     """A gateway answer with a number no charge can be (infinite, negative, beyond any wallet)."""
+
+    hint = ""
 
 
 async def paid_call(

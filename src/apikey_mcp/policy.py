@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import AgentError
 from .periods import PERIODS, iso, period_end, period_start
 
 if TYPE_CHECKING:
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 MODALITIES = ("image", "video", "music", "chat", "embedding")
 
 
-class PolicyRefusedError(ValueError):
+class PolicyRefusedError(AgentError):
     """A paid call the spending policy refuses; nothing was reserved or created. The message says why."""
 
 

@@ -23,6 +23,7 @@ from .config import Settings
 from .confirm import AskedPrices, confirm_spend
 from .download_guards import DiskQuota, TargetGuard
 from .downloads import Downloads
+from .errors import AgentError
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import (
     MAX_CREDITS,
@@ -87,7 +88,7 @@ class Cache:
             return value
 
 
-class InputError(ValueError):
+class InputError(AgentError):
     """A request we can refuse before spending anything; the message says what to change."""
 
 

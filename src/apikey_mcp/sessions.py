@@ -67,14 +67,10 @@ def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: No
     from .cli import terminal_hint
     from .server import build_server
     from .stdio import serve_stdio
-    from .stores import StoreRefusedError
     from .stores.sqlite import SqliteLedgerStore
 
     path = state_file(settings)
-    try:
-        store = SqliteLedgerStore(path)
-    except StoreRefusedError as exc:
-        raise LedgerFileError(str(exc)) from None
+    store = SqliteLedgerStore(path)  # or ConfigError: a file that is empty or not ours
     principal = local_principal(settings)
     starting()
     log.info(
@@ -92,7 +88,3 @@ def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: No
         import anyio
 
         anyio.run(store.aclose)
-
-
-class LedgerFileError(ValueError):
-    """The stdio ledger file cannot be used (empty, or not ours); the message says why."""

@@ -25,10 +25,6 @@ RESTART_FIRST, RESTART_CAP = 0.5, 30.0  # seconds before a failed service is sta
 Job = Callable[..., Coroutine[Any, Any, object]]
 
 
-class NotRunningError(RuntimeError):
-    """Work was started before the supervisor's group was entered (or after it ended)."""
-
-
 class Supervisor:
     def __init__(self, *, sleep: Callable[[float], Awaitable[None]] = anyio.sleep) -> None:
         self._group: anyio.abc.TaskGroup | None = None
@@ -55,7 +51,7 @@ class Supervisor:
     def spawn(self, func: Job, *args: object, name: str, task: str | None = None, principal: str | None = None) -> None:
         """Run `func(*args)` as one guarded job; its failure is its own."""
         if self._group is None:
-            raise NotRunningError("the supervisor must be running before background work is started")
+            raise RuntimeError("the supervisor must be running before background work is started")
         self._group.start_soon(self._guard, func, args, name, task, principal, name=name)
 
     def service(self, func: Job, *args: object, name: str) -> None:

@@ -31,7 +31,7 @@ from .gateway import GatewayClient, NotFoundError
 from .gateway.models import Task, TaskStatus
 from .lost import held_by, log_lost, log_still_open
 from .polling import Durations, Pacer, Schedule
-from .supervisor import NotRunningError, Supervisor
+from .supervisor import Supervisor
 from .tracked import TrackedTask, modality_of
 from .watcher import LOST_AFTER_SECONDS, PollingWatcher, Watcher
 
@@ -339,7 +339,7 @@ class TaskRegistry:
     ) -> None:
         """Run `func` beside the watchers (a result save, a retried write), under the supervisor."""
         if self.supervisor is None:
-            raise NotRunningError("TaskRegistry.running() must be entered before work is started")
+            raise RuntimeError("TaskRegistry.running() must be entered before work is started")
         self.supervisor.spawn(func, *args, name=name, task=task, principal=self.principal)
 
     def _watch_soon(self, tracked: TrackedTask) -> None:

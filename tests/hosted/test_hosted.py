@@ -8,7 +8,8 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from apikey_mcp.config import Settings
-from apikey_mcp.hosted import HostingError, create_app
+from apikey_mcp.errors import ConfigError
+from apikey_mcp.hosted import create_app
 from apikey_mcp.sandbox import Sandbox
 from tests.hosted.conftest import ALICE, BOB, Hosted
 from tests.server.conftest import call, call_error
@@ -122,7 +123,7 @@ async def test_healthz_answers_without_a_token(hosted: Hosted) -> None:
 
 
 def test_a_public_bind_without_tokens_is_refused(tmp_path) -> None:
-    with pytest.raises(HostingError, match="no client authentication"):
+    with pytest.raises(ConfigError, match="no client authentication"):
         create_app(Settings(transport="http", host="0.0.0.0", state_file=tmp_path / "s.db"))  # noqa: S104
-    with pytest.raises(HostingError, match="APIKEY_WEBHOOK_SECRET"):
+    with pytest.raises(ConfigError, match="APIKEY_WEBHOOK_SECRET"):
         create_app(Settings(transport="http", public_url="https://x.example", state_file=tmp_path / "s.db"))

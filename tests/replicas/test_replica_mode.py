@@ -8,7 +8,8 @@ import pytest
 from mcp.server.request_state import InvalidRequestState
 
 from apikey_mcp.config import Settings
-from apikey_mcp.hosted import HostingError, create_app
+from apikey_mcp.errors import ConfigError
+from apikey_mcp.hosted import create_app
 from apikey_mcp.hosted.replicas import replica_mode, request_state_security
 
 pytestmark = pytest.mark.slow  # replicas behind nginx on PostgreSQL
@@ -34,12 +35,12 @@ def test_replica_mode_needs_a_hosted_transport_and_a_postgresql_ledger() -> None
 
 @pytest.mark.parametrize("key", [None, "too-short"])
 def test_without_a_shared_request_state_key_the_server_refuses_to_start(key: str | None) -> None:
-    with pytest.raises(HostingError, match=r"APIKEY_REQUEST_STATE_KEY must be set .* the same on every replica"):
+    with pytest.raises(ConfigError, match=r"APIKEY_REQUEST_STATE_KEY must be set .* the same on every replica"):
         create_app(settings(request_state_key=key))
 
 
 def test_sse_is_refused_and_not_served_with_both_transports(caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(HostingError, match="SSE keeps each session in one process"):
+    with pytest.raises(ConfigError, match="SSE keeps each session in one process"):
         create_app(settings(transport="sse"))
     with caplog.at_level(logging.WARNING, logger="apikey_mcp"):
         app = create_app(settings(transport="http"))

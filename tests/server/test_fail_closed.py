@@ -233,11 +233,12 @@ async def test_a_state_file_of_the_previous_version_is_migrated_whole(tmp_path: 
 
 
 def test_the_server_refuses_to_start_on_an_empty_state_file(tmp_path: Path) -> None:
-    from apikey_mcp.hosted import HostingError, create_app
+    from apikey_mcp.errors import ConfigError
+    from apikey_mcp.hosted import create_app
 
     empty = tmp_path / "state.sqlite3"
     empty.touch()
-    with pytest.raises(HostingError, match="is empty"):
+    with pytest.raises(ConfigError, match="is empty"):
         create_app(Settings(transport="http", state_file=empty))
 
 

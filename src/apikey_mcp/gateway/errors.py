@@ -42,7 +42,7 @@ class GatewayError(Exception):
 
     def __str__(self) -> str:
         where = f" (field: {self.param})" if self.param else ""
-        return f"{self.message}{where}. {self.hint}"
+        return f"{self.message}{where}. {self.hint}" if self.hint else f"{self.message}{where}"
 
 
 class GatewayConnectionError(GatewayError):

@@ -10,6 +10,8 @@ import hmac
 import time
 from collections.abc import Mapping
 
+from .errors import GatewayError
+
 EVENT_HEADER = "x-api-key-event"
 TASK_ID_HEADER = "x-api-key-task-id"
 TIMESTAMP_HEADER = "x-api-key-timestamp"
@@ -19,8 +21,10 @@ EVENT_FAILED = "gateway.task.failed"  # inferred: the docs name only the complet
 DEFAULT_TOLERANCE = 300.0
 
 
-class SignatureError(Exception):
+class SignatureError(GatewayError):
     """A callback that must not be trusted; the message says why, never the secret."""
+
+    hint = ""
 
 
 def sign(secret: str, timestamp: int | str, body: bytes) -> str:

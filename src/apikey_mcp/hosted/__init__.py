@@ -1,5 +1,5 @@
 """Hosted mode: the MCP server over Streamable HTTP and SSE for remote agents, with auth and a state file."""
 
-from .app import HostingError, create_app, serve
+from .app import create_app, serve
 
-__all__ = ["HostingError", "create_app", "serve"]
+__all__ = ["create_app", "serve"]

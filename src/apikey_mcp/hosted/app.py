@@ -25,10 +25,11 @@ from starlette.types import ASGIApp
 
 from ..accounts import Accounts
 from ..config import Settings
+from ..errors import ConfigError
 from ..gateway import GatewayClient
 from ..server import build_server
 from ..sessions import state_file as ledger_file
-from ..stores import StoreRefusedError, describe, open_store, ready, store_for
+from ..stores import describe, open_store, ready, store_for
 from .access import Access
 from .access_log import AccessLog
 from .auth import load_tokens
@@ -36,15 +37,10 @@ from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
 from .health import Health
 from .limits import SessionLimit, StreamLimit
-from .oauth import OAuthConfigError
-from .replicas import Replica, ReplicaConfigError, replica_mode
+from .replicas import Replica, replica_mode
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
-
-
-class HostingError(ValueError):
-    """A configuration the server refuses to serve; the message says why and what to change."""
 
 
 def is_loopback(host: str) -> bool:
@@ -69,17 +65,17 @@ def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
 
 def _check(settings: Settings, tokens: dict[str, str]) -> None:
     if not tokens and settings.oauth_issuer is None and not is_loopback(settings.host):
-        raise HostingError(
+        raise ConfigError(
             f"Refusing to serve on {settings.host} with no client authentication: anyone who reaches it could "
             "spend your credits. Set APIKEY_MCP_AUTH_TOKENS (name=token pairs), --oauth-issuer, or bind 127.0.0.1."
         )
     if settings.public_url and settings.webhook_secret is None:
-        raise HostingError(
+        raise ConfigError(
             "--public-url makes the gateway send signed callbacks here; set APIKEY_WEBHOOK_SECRET to the "
             "secret that signs them, so they can be verified."
         )
     if settings.oauth_issuer and not (settings.public_url or settings.oauth_audience or is_loopback(settings.host)):
-        raise HostingError(
+        raise ConfigError(
             "--oauth-issuer needs this server's public URL (--public-url), which tokens must name as their "
             "audience (<public-url>/mcp); or set APIKEY_OAUTH_AUDIENCE."
         )
@@ -96,10 +92,7 @@ def create_app(
     _check(settings, tokens)
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
     state_file = None if database_url else ledger_file(settings)  # a sandbox's ledger is a file of its own
-    try:
-        store = store_for(database_url=database_url, state_file=state_file)
-    except StoreRefusedError as exc:
-        raise HostingError(str(exc)) from None
+    store = store_for(database_url=database_url, state_file=state_file)
     where = describe(database_url=database_url, state_file=state_file)
     client = GatewayClient(
         settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme, other_secrets=settings.secrets()
@@ -115,10 +108,7 @@ def create_app(
     )
     replica = None
     if database_url and replica_mode(settings):  # one of many replicas behind a load balancer
-        try:
-            replica = Replica.configure(settings, client, store, database_url, updates)
-        except ReplicaConfigError as exc:
-            raise HostingError(str(exc)) from None
+        replica = Replica.configure(settings, client, store, database_url, updates)
         accounts = replica.accounts
     else:
         accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
@@ -132,10 +122,7 @@ def create_app(
     updates.install(server)
 
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    try:
-        access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
-    except OAuthConfigError as exc:  # a setting, like any other: one line, exit 2
-        raise HostingError(f"APIKEY_OAUTH_ALGORITHMS: {exc} (got {settings.oauth_algorithms!r}).") from None
+    access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
     hosts, origins = _allowed(settings)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
@@ -241,13 +228,10 @@ async def _probe(database_url: str) -> None:
 
 
 def serve(settings: Settings, *, starting: Callable[[], None] = lambda: None) -> None:
-    """Check the configuration (HostingError), call `starting`, then serve until stopped."""
+    """Check the configuration (ConfigError), call `starting`, then serve until stopped."""
     app = create_app(settings)
     if settings.database_url is not None:  # an unreachable database: a clear refusal now, not a failed startup
-        try:
-            anyio.run(_probe, settings.database_url.get_secret_value())
-        except StoreRefusedError as exc:
-            raise HostingError(str(exc)) from None
+        anyio.run(_probe, settings.database_url.get_secret_value())
     config = uvicorn.Config(
         app,
         host=settings.host,

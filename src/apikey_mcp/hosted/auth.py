@@ -15,13 +15,20 @@ from pathlib import Path
 from mcp.server.auth.provider import AccessToken
 
 from ..config import Settings
+from ..errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MIN_TOKEN_LENGTH = 16
 
 
-class TokenConfigError(ValueError):
+class TokenConfigError(ConfigError):
     """The operator's token configuration is unusable; the message says how to fix it."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(
+            f"APIKEY_MCP_AUTH_TOKENS / APIKEY_MCP_AUTH_TOKENS_FILE: {problem}; each entry is name=token, with a "
+            f"token of {MIN_TOKEN_LENGTH} or more characters."
+        )
 
 
 def parse_tokens(text: str) -> dict[str, str]:

@@ -23,20 +23,17 @@ from ..gateway.models import Task
 log = logging.getLogger(__name__)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _refuse(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "callback_error"}}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it grows past `limit` (read no further)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _TooLarge
+            return None
     return bytes(body)
 
 
@@ -64,9 +61,8 @@ class CallbackReceiver:
         return response
 
     async def _handle(self, request: Request) -> Response:
-        try:
-            body = await _read_body(request, self.max_bytes)
-        except _TooLarge:
+        body = await _read_body(request, self.max_bytes)
+        if body is None:
             return _refuse(413, "callback body too large")
         try:
             webhooks.verify(self._secret, request.headers, body)

@@ -22,6 +22,8 @@ import httpx2
 import jwt
 from mcp.server.auth.provider import AccessToken
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
 DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")  # asymmetric only: no HS*, never "none"
 CLOCK_SKEW_SECONDS = 5.0
@@ -31,7 +33,7 @@ MIN_REFRESH_SECONDS = 30.0  # an unknown key id refetches the keys at most this 
 _TIMEOUT = httpx2.Timeout(10.0)
 
 
-class OAuthConfigError(RuntimeError):
+class OAuthConfigError(ConfigError):
     """The issuer's metadata or keys cannot be used; the message says what was wrong."""
 
 
@@ -52,7 +54,10 @@ class JwtVerifier:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if "none" in (a.lower() for a in algorithms) or any(a.upper().startswith("HS") for a in algorithms):
-            raise OAuthConfigError("only asymmetric JWT algorithms can be allowed (no 'none', no HS*)")
+            raise OAuthConfigError(
+                "APIKEY_OAUTH_ALGORITHMS: only asymmetric JWT algorithms can be allowed (no 'none', no HS*) "
+                f"(got {','.join(algorithms)!r})."
+            )
         self.issuer = issuer
         self.audience = audience
         self.algorithms = tuple(algorithms)

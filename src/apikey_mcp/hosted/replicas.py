@@ -29,6 +29,7 @@ from starlette.responses import Response
 from ..accounts import Accounts
 from ..budget import Ledger, LedgerStore, LedgerUnavailableError, Reservation
 from ..config import Settings
+from ..errors import ConfigError
 from ..gateway import GatewayClient, webhooks
 from ..gateway.models import Task, TaskStatus
 from ..stores.fleet import Fleet
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 MIN_KEY_LENGTH = 32
 
 
-class ReplicaConfigError(ValueError):
-    """Replica mode cannot start with these settings; the message says what to set."""
-
-
 def replica_mode(settings: Settings) -> bool:
     """Hosted on a PostgreSQL ledger: other replicas may share it, so behave as one of many."""
     return settings.transport != "stdio" and settings.database_url is not None
@@ -53,7 +50,7 @@ def replica_mode(settings: Settings) -> bool:
 def check(settings: Settings) -> None:
     """Refuse what cannot work across replicas; say what is not served."""
     if settings.transport == "sse":
-        raise ReplicaConfigError(
+        raise ConfigError(
             "SSE keeps each session in one process's memory, so it cannot run as one of many replicas on a "
             "PostgreSQL ledger: use --transport streamable-http (clients connect to /mcp)."
         )
@@ -69,7 +66,7 @@ def request_state_security(settings: Settings) -> RequestStateSecurity:
     """The shared seal for request state; refuses to start without a key every replica can share."""
     key = settings.request_state_key.get_secret_value() if settings.request_state_key else ""
     if len(key) < MIN_KEY_LENGTH:
-        raise ReplicaConfigError(
+        raise ConfigError(
             f"APIKEY_REQUEST_STATE_KEY must be set (at least {MIN_KEY_LENGTH} characters, the same on every replica) "
             "when the ledger is PostgreSQL: e.g. APIKEY_REQUEST_STATE_KEY=$(openssl rand -hex 32)"
         )
@@ -168,7 +165,7 @@ class Replica:
     def configure(
         cls, settings: Settings, client: GatewayClient, store: LedgerStore, database_url: str, updates: ResourceUpdates
     ) -> Replica:
-        """The fleet-aware accounts and upkeep of one replica; ReplicaConfigError when settings forbid it."""
+        """The fleet-aware accounts and upkeep of one replica; ConfigError when settings forbid it."""
         from ..stores.postgres import PostgresLedgerStore
 
         check(settings)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..budget import Event, Totals, UnknownPrincipalError
+from ..errors import ConfigError
 from ..periods import rolled
 
 
-class StoreRefusedError(Exception):
+class StoreRefusedError(ConfigError):
     """The configured store cannot be used as the ledger (empty, foreign, unreachable); the message says why."""
 
 

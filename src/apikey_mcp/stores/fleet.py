@@ -23,6 +23,7 @@ import anyio
 import psycopg
 
 from ..budget import LedgerUnavailableError, Reservation
+from ..errors import LedgerError
 from ..gateway.models import Task, TaskStatus
 from .postgres import _CLOSE, PostgresLedgerStore, _reservation
 
@@ -263,8 +264,8 @@ class Fleet:
                 self.connected = False
 
 
-class _Unknown(Exception):
-    pass
+class _Unknown(LedgerError):
+    """No reservation for a callback's task: raised inside the transaction to roll its signature back."""
 
 
 def _state(principal: str, task: Task) -> dict[str, object]:
