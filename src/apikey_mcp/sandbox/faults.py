@@ -6,21 +6,18 @@ task's status while a callback should have made polling unnecessary).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import SandboxError
-
-if TYPE_CHECKING:
-    from .app import Sandbox
-
 
 BadLink = Literal["link", "redirect"]
 MALFORMED_LINK = "http://h:xx/a.png"  # a port that is not a number: httpx2 refuses to parse it
@@ -56,6 +53,10 @@ class Faults:
         """Answer 401 to every /v1/* request for `seconds` from now."""
         self.unauthorized_until = time.monotonic() + seconds
 
+    def take_bad_link(self) -> BadLink | None:
+        """The broken link the next task is to succeed with, if one is queued in `bad_links`."""
+        return self.bad_links.popleft() if self.bad_links else None
+
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
 
@@ -80,8 +81,9 @@ async def _drip(receive: Receive, send: Send, every: float) -> None:
 class FaultsMiddleware:
     """Counts requests by route and applies the fault knobs to /v1/*; errors become the gateway envelope."""
 
-    def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
-        self.app, self.sandbox = app, sandbox
+    def __init__(self, app: ASGIApp, faults: Faults, requests: Counter[str], rng: random.Random) -> None:
+        """`requests` counts by route label; `rng` is the sandbox's seeded chance, so a seed replays the faults."""
+        self.app, self.faults, self.requests, self.rng = app, faults, requests, rng
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,15 +92,15 @@ class FaultsMiddleware:
         path: str = scope["path"]
         route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
         label = f"{scope['method']} {route}"
-        self.sandbox.requests[label] += 1
-        if path.startswith("/sandbox/files/") and self.sandbox.faults.file_drip:
-            await _drip(receive, send, self.sandbox.faults.file_drip)
+        self.requests[label] += 1
+        if path.startswith("/sandbox/files/") and self.faults.file_drip:
+            await _drip(receive, send, self.faults.file_drip)
             return
-        if (gate := self.sandbox.faults.gates.get(label)) is not None:
+        if (gate := self.faults.gates.get(label)) is not None:
             while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
                 await anyio.sleep(0.002)
-        if path.startswith("/v1/") and time.monotonic() < self.sandbox.faults.unauthorized_until:
-            self.sandbox.faults.unauthorized_answers[path] += 1
+        if path.startswith("/v1/") and time.monotonic() < self.faults.unauthorized_until:
+            self.faults.unauthorized_answers[path] += 1
             await SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()(
                 scope, receive, send
             )
@@ -109,7 +111,7 @@ class FaultsMiddleware:
             except SandboxError as exc:
                 await exc.response()(scope, receive, send)
                 return
-            faults = self.sandbox.faults
+            faults = self.faults
             if scope["method"] == "POST" and path != "/v1/credits/estimate":
                 if faults.refused_creates:
                     status = faults.refused_creates.popleft()
@@ -129,7 +131,7 @@ class FaultsMiddleware:
         await self.app(scope, receive, send)
 
     async def _faults(self) -> None:
-        faults, rng = self.sandbox.faults, self.sandbox._rng
+        faults, rng = self.faults, self.rng
         if faults.latency:
             await anyio.sleep(faults.latency)
         if faults.scripted:
