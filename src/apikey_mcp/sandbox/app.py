@@ -61,9 +61,10 @@ class Sandbox:
             self.wallets, self.callbacks, task_seconds=task_seconds, failure_rate=failure_rate, hold=hold, rng=self.rng
         )
         self.control = ControlPlane(self.engine, self.wallets, self.requests)
-        self.gateway = GatewayRoutes(self.wallets, self.engine, self.faults, self.chat_charges)
+        self.gateway_routes = GatewayRoutes(self.wallets, self.engine, self.faults, self.chat_charges)
+        health = Route("/healthz", _healthy, methods=["GET"])
         self.app = Starlette(
-            routes=[*self.gateway.routes(), *self.control.routes(), Route("/healthz", _healthy, methods=["GET"])],
+            routes=[*self.gateway_routes.routes(), *self.control.routes(), health],
             middleware=[Middleware(FaultsMiddleware, faults=self.faults, requests=self.requests, rng=self.rng)],
             exception_handlers={
                 SandboxError: lambda request, exc: exc.response(),

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import SandboxError
 
@@ -99,38 +99,35 @@ class FaultsMiddleware:
         if (gate := self.faults.gates.get(label)) is not None:
             while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
                 await anyio.sleep(0.002)
-        if path.startswith("/v1/") and time.monotonic() < self.faults.unauthorized_until:
-            self.faults.unauthorized_answers[path] += 1
-            await SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()(
-                scope, receive, send
-            )
-            return
         if path.startswith("/v1/"):
-            try:
-                await self._faults()
-            except SandboxError as exc:
-                await exc.response()(scope, receive, send)
+            refusal = await self._refusal(scope["method"], path)
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
-            faults = self.faults
-            if scope["method"] == "POST" and path != "/v1/credits/estimate":
-                if faults.refused_creates:
-                    status = faults.refused_creates.popleft()
-                    await SandboxError(status, "server_error", f"Sandbox fault: {status}").response()(
-                        scope, receive, send
-                    )
-                    return
-                if faults.lost_creates:
-                    status = faults.lost_creates.popleft()
-
-                    async def swallow(message: object) -> None:
-                        pass
-
-                    await self.app(scope, receive, swallow)  # the work is done, its answer lost
-                    await PlainTextResponse("Gateway Timeout", status_code=status)(scope, receive, send)
-                    return
+            if _is_create(scope["method"], path) and self.faults.lost_creates:
+                status = self.faults.lost_creates.popleft()
+                await self.app(scope, receive, _discard)  # the work is done, its answer lost
+                await PlainTextResponse("Gateway Timeout", status_code=status)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    async def _faults(self) -> None:
+    async def _refusal(self, method: str, path: str) -> Response | None:
+        """What a fault answers instead of the gateway, if one applies: the 401 window, a scripted or random
+        5xx or 429 (after the latency), or a refused create."""
+        faults = self.faults
+        if time.monotonic() < faults.unauthorized_until:
+            faults.unauthorized_answers[path] += 1
+            return SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()
+        try:
+            await self._scripted_or_random_fault()
+        except SandboxError as exc:
+            return exc.response()
+        if _is_create(method, path) and faults.refused_creates:
+            status = faults.refused_creates.popleft()
+            return SandboxError(status, "server_error", f"Sandbox fault: {status}").response()
+        return None
+
+    async def _scripted_or_random_fault(self) -> None:
         faults, rng = self.faults, self.rng
         if faults.latency:
             await anyio.sleep(faults.latency)
@@ -145,3 +142,12 @@ class FaultsMiddleware:
         if status == 429:
             raise SandboxError(429, "rate_limited", "Too many requests", retry_after=retry_after or 0)
         raise SandboxError(status, "server_error", f"Sandbox fault: {status}")
+
+
+def _is_create(method: str, path: str) -> bool:
+    """A /v1 POST that makes or charges something (every POST but the free estimate)."""
+    return method == "POST" and path != "/v1/credits/estimate"
+
+
+async def _discard(message: Message) -> None:
+    """An ASGI `send` that drops the answer: a create whose response a proxy lost."""
