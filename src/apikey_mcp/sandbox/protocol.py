@@ -1,6 +1,6 @@
 """The gateway's request conventions as the sandbox applies them: who is calling (the key), what was sent (a
-JSON body validated against the gateway's own models), what it costs, and a model answered as JSON; every
-refusal is a SandboxError, answered in the gateway's envelope."""
+JSON body validated against the gateway's own models), whether it fits max_credits, and a model answered as
+JSON; every refusal is a SandboxError, answered in the gateway's envelope."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..gateway.models import EstimateRequest
-from . import pricing
 from .errors import SandboxError
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -50,14 +48,6 @@ async def read_body(request: Request, model: type[Body]) -> Body:
         raise SandboxError(422, "invalid_request", f"{param}: {first['msg']}", param=param) from None
 
 
-def price(request: EstimateRequest) -> tuple[int, dict[str, object]]:
-    """The credits and their breakdown from the sandbox's price table, or the gateway's refusal."""
-    try:
-        return pricing.price(request)
-    except pricing.PriceError as exc:
-        raise SandboxError(exc.status, exc.code, exc.message, param=exc.param) from None
-
-
 def check_max_credits(bound: int, max_credits: int | None) -> None:
     """Refuse a call whose worst case exceeds the caller's own `max_credits`."""
     if max_credits is not None and bound > max_credits:
@@ -74,4 +64,4 @@ def json_response(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(exclude_none=True), status_code=status, media_type="application/json")
 
 
-__all__ = ["caller_key", "check_max_credits", "json_response", "optional_caller_key", "price", "read_body"]
+__all__ = ["caller_key", "check_max_credits", "json_response", "optional_caller_key", "read_body"]

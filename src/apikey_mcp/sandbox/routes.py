@@ -35,7 +35,8 @@ from . import assets, docs, pricing
 from .engine import NewTask, TaskEngine
 from .errors import SandboxError
 from .faults import MALFORMED_REDIRECT, Faults
-from .protocol import caller_key, check_max_credits, json_response, optional_caller_key, price, read_body
+from .pricing import price
+from .protocol import caller_key, check_max_credits, json_response, optional_caller_key, read_body
 from .wallets import Wallet
 
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
