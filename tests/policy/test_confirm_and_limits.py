@@ -104,7 +104,7 @@ async def test_a_price_that_rises_after_the_approval_is_asked_again_and_a_declin
 
     async def approve_once_then_the_price_rises(context, params) -> ElicitResult:
         asked.append(params.message)
-        monkeypatch.setitem(pricing._VIDEO_PER_SECOND, "seedance-2-fast", 16)  # 5 s: 40 credits become 80
+        monkeypatch.setitem(pricing.VIDEO_PER_SECOND, "seedance-2-fast", 16)  # 5 s: 40 credits become 80
         return ElicitResult(action="accept", content={"approve": len(asked) == 1})
 
     store = MemoryLedgerStore()

@@ -3,9 +3,20 @@
 It lets anyone try apikey-mcp with no account, and lets the tests and benchmarks run offline.
 """
 
-from .app import FAIL_MARKER, Sandbox, Wallet
+from .app import Sandbox
+from .engine import FAIL_MARKER
 from .errors import SandboxError
 from .faults import Faults
-from .server import BackgroundServer, SandboxServer
+from .server import BackgroundServer, PromptServer, SandboxServer
+from .wallets import Wallet
 
-__all__ = ["FAIL_MARKER", "BackgroundServer", "Faults", "Sandbox", "SandboxError", "SandboxServer", "Wallet"]
+__all__ = [
+    "FAIL_MARKER",
+    "BackgroundServer",
+    "Faults",
+    "PromptServer",
+    "Sandbox",
+    "SandboxError",
+    "SandboxServer",
+    "Wallet",
+]

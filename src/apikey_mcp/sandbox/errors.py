@@ -6,6 +6,8 @@ from starlette.responses import JSONResponse
 
 
 class SandboxError(Exception):
+    """A refusal the sandbox answers as the gateway would: its status, code, message and extra fields."""
+
     def __init__(self, status: int, code: str, message: str, *, param: str | None = None, **extra: object) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.param, self.extra = status, code, message, param, extra

@@ -6,21 +6,18 @@ task's status while a callback should have made polling unnecessary).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import SandboxError
-
-if TYPE_CHECKING:
-    from .app import Sandbox
-
 
 BadLink = Literal["link", "redirect"]
 MALFORMED_LINK = "http://h:xx/a.png"  # a port that is not a number: httpx2 refuses to parse it
@@ -56,6 +53,10 @@ class Faults:
         """Answer 401 to every /v1/* request for `seconds` from now."""
         self.unauthorized_until = time.monotonic() + seconds
 
+    def take_bad_link(self) -> BadLink | None:
+        """The broken link the next task is to succeed with, if one is queued in `bad_links`."""
+        return self.bad_links.popleft() if self.bad_links else None
+
 
 _GROUPED = {"/v1/tasks/": "/v1/tasks/{task_id}", "/sandbox/files/": "/sandbox/files/{file}"}
 
@@ -80,8 +81,9 @@ async def _drip(receive: Receive, send: Send, every: float) -> None:
 class FaultsMiddleware:
     """Counts requests by route and applies the fault knobs to /v1/*; errors become the gateway envelope."""
 
-    def __init__(self, app: ASGIApp, sandbox: Sandbox) -> None:
-        self.app, self.sandbox = app, sandbox
+    def __init__(self, app: ASGIApp, faults: Faults, requests: Counter[str], rng: random.Random) -> None:
+        """`requests` counts by route label; `rng` is the sandbox's seeded chance, so a seed replays the faults."""
+        self.app, self.faults, self.requests, self.rng = app, faults, requests, rng
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,46 +92,43 @@ class FaultsMiddleware:
         path: str = scope["path"]
         route = next((label for prefix, label in _GROUPED.items() if path.startswith(prefix)), path)
         label = f"{scope['method']} {route}"
-        self.sandbox.requests[label] += 1
-        if path.startswith("/sandbox/files/") and self.sandbox.faults.file_drip:
-            await _drip(receive, send, self.sandbox.faults.file_drip)
+        self.requests[label] += 1
+        if path.startswith("/sandbox/files/") and self.faults.file_drip:
+            await _drip(receive, send, self.faults.file_drip)
             return
-        if (gate := self.sandbox.faults.gates.get(label)) is not None:
+        if (gate := self.faults.gates.get(label)) is not None:
             while not gate.is_set():  # noqa: ASYNC110 (a threading.Event, set from the test's thread)
                 await anyio.sleep(0.002)
-        if path.startswith("/v1/") and time.monotonic() < self.sandbox.faults.unauthorized_until:
-            self.sandbox.faults.unauthorized_answers[path] += 1
-            await SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()(
-                scope, receive, send
-            )
-            return
         if path.startswith("/v1/"):
-            try:
-                await self._faults()
-            except SandboxError as exc:
-                await exc.response()(scope, receive, send)
+            refusal = await self._refusal(scope["method"], path)
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
-            faults = self.sandbox.faults
-            if scope["method"] == "POST" and path != "/v1/credits/estimate":
-                if faults.refused_creates:
-                    status = faults.refused_creates.popleft()
-                    await SandboxError(status, "server_error", f"Sandbox fault: {status}").response()(
-                        scope, receive, send
-                    )
-                    return
-                if faults.lost_creates:
-                    status = faults.lost_creates.popleft()
-
-                    async def swallow(message: object) -> None:
-                        pass
-
-                    await self.app(scope, receive, swallow)  # the work is done, its answer lost
-                    await PlainTextResponse("Gateway Timeout", status_code=status)(scope, receive, send)
-                    return
+            if _is_create(scope["method"], path) and self.faults.lost_creates:
+                status = self.faults.lost_creates.popleft()
+                await self.app(scope, receive, _discard)  # the work is done, its answer lost
+                await PlainTextResponse("Gateway Timeout", status_code=status)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    async def _faults(self) -> None:
-        faults, rng = self.sandbox.faults, self.sandbox._rng
+    async def _refusal(self, method: str, path: str) -> Response | None:
+        """What a fault answers instead of the gateway, if one applies: the 401 window, a scripted or random
+        5xx or 429 (after the latency), or a refused create."""
+        faults = self.faults
+        if time.monotonic() < faults.unauthorized_until:
+            faults.unauthorized_answers[path] += 1
+            return SandboxError(401, "invalid_api_key", "Invalid API key (sandbox fault)").response()
+        try:
+            await self._scripted_or_random_fault()
+        except SandboxError as exc:
+            return exc.response()
+        if _is_create(method, path) and faults.refused_creates:
+            status = faults.refused_creates.popleft()
+            return SandboxError(status, "server_error", f"Sandbox fault: {status}").response()
+        return None
+
+    async def _scripted_or_random_fault(self) -> None:
+        faults, rng = self.faults, self.rng
         if faults.latency:
             await anyio.sleep(faults.latency)
         if faults.scripted:
@@ -143,3 +142,12 @@ class FaultsMiddleware:
         if status == 429:
             raise SandboxError(429, "rate_limited", "Too many requests", retry_after=retry_after or 0)
         raise SandboxError(status, "server_error", f"Sandbox fault: {status}")
+
+
+def _is_create(method: str, path: str) -> bool:
+    """A /v1 POST that makes or charges something (every POST but the free estimate)."""
+    return method == "POST" and path != "/v1/credits/estimate"
+
+
+async def _discard(message: Message) -> None:
+    """An ASGI `send` that drops the answer: a create whose response a proxy lost."""

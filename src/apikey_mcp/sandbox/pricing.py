@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from ..gateway.models import EstimateRequest, ModelInfo, ModelParameters
+from .errors import SandboxError
 
 
-@dataclass(frozen=True)
-class PriceError(Exception):
-    """A request the catalogue cannot price: unknown model (404) or a bad parameter (422)."""
+class PriceError(SandboxError):
+    """A request the catalogue cannot price: an unknown model (404) or a bad parameter (422)."""
 
-    message: str
-    code: str = "invalid_request"
-    param: str | None = None
-
-    @property
-    def status(self) -> int:
-        return 404 if self.code == "model_not_found" else 422
+    def __init__(self, message: str, *, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(404 if code == "model_not_found" else 422, code, message, param=param)
 
 
 def _model(id: str, modality: str, name: str, description: str, **parameters: object) -> ModelInfo:
@@ -109,12 +103,13 @@ DEFAULT_RESOLUTION = "720p"
 DEFAULT_SIZE = {"seedream-4": "1024x1024", "flux-schnell": "1024x1024"}
 DEFAULT_MAX_TOKENS = 1024
 
-_VIDEO_PER_SECOND = {"seedance-2": 20, "seedance-2-fast": 8}
-_RESOLUTION_FACTOR = {"480p": 0.6, "720p": 1.0, "1080p": 1.6}
-_MODE_FACTOR = {"text-to-video": 1.0, "image-to-video": 1.0, "video-to-video": 1.25}
-_IMAGE_PER_MEGAPIXEL = {"seedream-4": 6, "flux-schnell": 2}
-_MUSIC_PER_SECOND = {"music-1": 1}
-_TOKENS_PER_1K = {"gpt-4o-mini": (1, 4), "deepseek-v3": (1, 2), "embed-small": (1, 0)}  # (input, output)
+# The price table (tests may change an entry to move a price).
+VIDEO_PER_SECOND = {"seedance-2": 20, "seedance-2-fast": 8}
+RESOLUTION_FACTOR = {"480p": 0.6, "720p": 1.0, "1080p": 1.6}
+MODE_FACTOR = {"text-to-video": 1.0, "image-to-video": 1.0, "video-to-video": 1.25}
+IMAGE_PER_MEGAPIXEL = {"seedream-4": 6, "flux-schnell": 2}
+MUSIC_PER_SECOND = {"music-1": 1}
+TOKENS_PER_1K = {"gpt-4o-mini": (1, 4), "deepseek-v3": (1, 2), "embed-small": (1, 0)}  # (input, output)
 
 
 def model_info(model: str, modality: str | None = None) -> ModelInfo:
@@ -141,14 +136,15 @@ def _choose(value: _C | None, allowed: Sequence[_C], default: _C, param: str, mo
 
 
 def price(request: EstimateRequest) -> tuple[int, dict[str, object]]:
-    """Credits for a planned call and how they add up; raises PriceError for what cannot be priced."""
+    """Credits for a planned call and how they add up; raises PriceError (answered as the gateway does) for
+    what cannot be priced."""
     info = model_info(request.model, request.modality)
     p = info.parameters
     if request.modality == "video":
         duration = _choose(request.duration, p.durations or [], DEFAULT_DURATION["video"], "duration", info.id)
         resolution = _choose(request.resolution, p.resolutions or [], DEFAULT_RESOLUTION, "resolution", info.id)
         mode = _choose(request.input_mode, p.input_modes or [], "text-to-video", "input_mode", info.id)
-        per_second = _VIDEO_PER_SECOND[info.id] * _RESOLUTION_FACTOR[resolution] * _MODE_FACTOR[mode]
+        per_second = VIDEO_PER_SECOND[info.id] * RESOLUTION_FACTOR[resolution] * MODE_FACTOR[mode]
         breakdown: dict[str, object] = {
             "duration": duration,
             "resolution": resolution,
@@ -162,15 +158,15 @@ def price(request: EstimateRequest) -> tuple[int, dict[str, object]]:
         if n > (p.max_images or 1):
             raise PriceError(f"n={n} is over {info.id}'s limit of {p.max_images} images", param="n")
         width, height = (int(side) for side in str(size).split("x"))
-        per_image = _credits(_IMAGE_PER_MEGAPIXEL[info.id] * width * height / 1024**2)
+        per_image = _credits(IMAGE_PER_MEGAPIXEL[info.id] * width * height / 1024**2)
         return per_image * n, {"n": n, "size": size, "per_image": per_image}
     if request.modality == "music":
         duration = request.duration or DEFAULT_DURATION["music"]
         if not (p.min_duration or 0) <= duration <= (p.max_duration or duration):
             raise PriceError(f"duration must be {p.min_duration}-{p.max_duration} s for {info.id}", param="duration")
-        return _credits(_MUSIC_PER_SECOND[info.id] * duration), {"duration": duration, "per_second": 1}
+        return _credits(MUSIC_PER_SECOND[info.id] * duration), {"duration": duration, "per_second": 1}
     # chat and embedding: per 1,000 tokens in and out
-    rate_in, rate_out = _TOKENS_PER_1K[info.id]
+    rate_in, rate_out = TOKENS_PER_1K[info.id]
     tokens_in = request.input_tokens or 0
     tokens_out = 0 if request.modality == "embedding" else (request.output_tokens or DEFAULT_MAX_TOKENS)
     cost = (tokens_in * rate_in + tokens_out * rate_out) / 1000
