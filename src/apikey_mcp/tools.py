@@ -72,7 +72,9 @@ _LOCAL = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 _ASK = ToolAnnotations(destructive_hint=False, open_world_hint=False)
 
 
-async def start(ctx: Context, request: ImageRequest | VideoRequest | MusicRequest, answer: Confirmed) -> CallToolResult:
+async def _start_media(
+    ctx: Context, request: ImageRequest | VideoRequest | MusicRequest, answer: Confirmed
+) -> CallToolResult:
     """The paid flow for a media task, answered at once with the task id."""
     with answered(answer):
         result = await current_service().generate(request)
@@ -132,7 +134,7 @@ async def generate_image(
     """Start an image task. Costs credits: the estimate is reserved first; if it does not fit,
     nothing is created. Returns a task_id; next: poll_task."""
     request = ImageRequest(model=model, prompt=prompt, n=n, size=size, image_urls=image_urls)
-    return await start(ctx, request, answer)
+    return await _start_media(ctx, request, answer)
 
 
 async def generate_video(
@@ -160,7 +162,7 @@ async def generate_video(
         image_url=image_url,
         video_url=video_url,
     )
-    return await start(ctx, request, answer)
+    return await _start_media(ctx, request, answer)
 
 
 async def generate_music(
@@ -174,7 +176,7 @@ async def generate_music(
     """Start a music task. Costs credits per second: estimate first. The estimate is reserved
     first; if it does not fit, nothing is created. Returns a task_id; next: poll_task."""
     request = MusicRequest(model=model, prompt=prompt, duration=duration, instrumental=instrumental)
-    return await start(ctx, request, answer)
+    return await _start_media(ctx, request, answer)
 
 
 async def poll_task(
