@@ -1,4 +1,4 @@
-"""What the tools do, without MCP: paid calls, polling, the catalogue and the docs.
+"""What the tools do, without MCP: paid calls, polling, the catalogue and the docs, and asking for more budget.
 
 Every paid call goes estimate -> reserve in the ledger store (or refuse, sending nothing) -> create with
 max_credits equal to the reservation -> tie the reservation to the task -> settle or release when it ends.
