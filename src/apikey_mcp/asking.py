@@ -1,4 +1,5 @@
-"""The resolvers that ask the human before a paid call above `--confirm-above` (confirm.py says why and when).
+"""The resolvers that ask the human: before a paid call above `--confirm-above` (confirm.py says why and when),
+and for a higher budget (`request_budget_increase`; the policy is in budget_raise.py).
 
 Each paid tool declares one (`Resolve(...)`), which sees the tool's validated arguments: it prices the call as
 the tool will (after the policy's allow-list and cap), and asks only when the price is above the setting and
@@ -9,22 +10,20 @@ on; above it, unasked, the call is refused.
 from __future__ import annotations
 
 from mcp.server.mcpserver import Context, Elicit
+from pydantic import BaseModel, Field
 
-from .answers import agent_errors
+from .bound_service import current_service
 from .confirm import SpendApproval, question
 from .gateway.models import ChatMessage, ChatRequest, EmbeddingRequest, EstimateRequest
 from .plans import chat_plan, embed_plan
 
 
 async def _ask(ctx: Context, plan: EstimateRequest) -> Elicit[SpendApproval] | None:
-    from .tools import current_service  # tools.py imports this module for its Resolve(...) parameters
-
     service = current_service()
     above, capabilities = service.settings.confirm_above, ctx.client_capabilities
     if above is None or capabilities is None or capabilities.elicitation is None:
         return None
-    with agent_errors():  # a refused model or a call over the cap is refused here, before any question
-        credits, remaining = await service.price(plan)
+    credits, remaining = await service.price(plan)  # a refused model or a call over the cap: refused before asking
     if credits <= above:
         return None
     service.asking(plan, credits)
@@ -64,3 +63,21 @@ async def ask_chat(
 
 async def ask_embeddings(ctx: Context, model: str, input: list[str]) -> Elicit[SpendApproval] | None:
     return await _ask(ctx, embed_plan(EmbeddingRequest(model=model, input=input)))
+
+
+class BudgetApproval(BaseModel):
+    approve: bool = Field(description="Raise the session budget by the requested credits?")
+
+
+async def ask_human(credits: int, reason: str, ctx: Context) -> Elicit[BudgetApproval] | None:
+    """Ask for a higher budget through elicitation when the client supports it and a human answers it (stdio);
+    None tells the tool to explain the other way. Hosted, the principal's own client would answer: never asked."""
+    capabilities = ctx.client_capabilities
+    if current_service().hosted or capabilities is None or capabilities.elicitation is None:
+        return None
+    remaining = await current_service().budget()
+    return Elicit(
+        f"The agent asks to raise this session's API-Key credit budget by {credits} credits "
+        f"(now {remaining.remaining} of {remaining.budget} left). Reason: {reason}",
+        BudgetApproval,
+    )

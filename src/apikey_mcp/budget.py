@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from . import metrics
 from .errors import AgentError, LedgerError
@@ -32,14 +32,25 @@ HUMAN = "human"
 
 
 class BudgetExceededError(AgentError):
-    """A paid call that does not fit in what is left; nothing was reserved or created."""
+    """A paid call that does not fit in what is left; nothing was reserved or created. The message is what the
+    agent reads, with advice that fits the kind of call (`purpose` begins with it: no resolution for a chat)."""
+
+    outcome = "refused_budget"
+    CHEAPER: ClassVar[dict[str, str]] = {
+        "video": "a shorter or lower-resolution video",
+        "image": "fewer or smaller images",
+        "music": "a shorter piece",
+        "chat": "a shorter conversation or a lower max_tokens",
+        "embeddings": "fewer or shorter texts",
+    }
 
     def __init__(self, needed: int, remaining: int, budget: int, purpose: str) -> None:
         self.needed, self.remaining, self.budget, self.purpose = needed, remaining, budget, purpose
+        cheaper = self.CHEAPER.get(purpose.split(" ", 1)[0], "a smaller job")
         super().__init__(
-            f"Over budget: {purpose} is estimated at {needed} credits but only {remaining} of the "
-            f"{budget}-credit budget remain, so nothing was created. Choose a shorter or lower-resolution job "
-            f"or a cheaper model (list_models, estimate), or ask for a higher budget (request_budget_increase)."
+            f"Over budget: {purpose} is estimated at {needed} credit{'' if needed == 1 else 's'} but only "
+            f"{remaining} of the session's {budget} remain, so nothing was created. Try {cheaper}, or a cheaper "
+            "model (list_models, estimate), or ask the human to raise the budget (request_budget_increase)."
         )
 
 

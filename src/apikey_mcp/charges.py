@@ -16,7 +16,9 @@ import json
 import logging
 from collections.abc import Sequence
 
-from .gateway.models import ChatMessage
+from .gateway import GatewayClient, GatewayError
+from .gateway.models import MAX_CREDITS, ChatCompletion, ChatMessage, EmbeddingList, EstimateRequest
+from .paid import BadAnswerError
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +62,24 @@ def priced_charge(priced: int, held: int) -> int:
         )
         return held
     return priced
+
+
+async def settled_charge(
+    client: GatewayClient, answer: ChatCompletion | EmbeddingList, plan: EstimateRequest, held: int
+) -> int:
+    """The real charge: as the gateway states it (even above the hold: the ledger records an overcharge), else
+    priced from the usage but never above the hold sent as max_credits, else the whole hold."""
+    stated = (answer.model_extra or {}).get("credits")
+    if isinstance(stated, int | float) and not isinstance(stated, bool):
+        if not 0 <= stated <= MAX_CREDITS:  # inf, nan, negative or absurd: not a charge we can count
+            raise BadAnswerError(f"the gateway stated a charge of {stated!r} credits")
+        return int(-(-stated // 1))
+    if answer.usage is None:
+        return held
+    used = plan.model_copy(
+        update={"input_tokens": answer.usage.prompt_tokens, "output_tokens": answer.usage.completion_tokens}
+    )
+    try:
+        return priced_charge((await client.estimate(used)).credits, held)
+    except GatewayError:
+        return held

@@ -1,4 +1,4 @@
-"""Logging: to stderr (stdout belongs to the protocol on stdio) and, for key events, to the MCP client.
+"""Logging to stderr (stdout belongs to the protocol on stdio), as text or JSON lines with the request's fields.
 
 `--log-format json` makes every stderr line one JSON object: time (ISO 8601 UTC), level, logger, message,
 and `principal`, `task_id`, `reservation_id`, `tool` where they apply. Those come from context variables set
@@ -12,18 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Literal
 
-from mcp.server.mcpserver import Context
-from mcp.shared.exceptions import MCPDeprecationWarning
-
-log = logging.getLogger("apikey_mcp")
-Level = Literal["debug", "info", "warning", "error"]
 FIELDS = ("principal", "task_id", "reservation_id", "tool")
 _fields: dict[str, ContextVar[str | None]] = {name: ContextVar(f"apikey_log_{name}", default=None) for name in FIELDS}
 
@@ -80,21 +73,3 @@ def configure(level: str, fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("apikey_mcp").setLevel(level)
-
-
-async def tell(ctx: Context, level: Level, message: str) -> None:
-    """Send a line to the client's log channel (stderr has it already from the layer that did the work).
-    Never fails the calling tool.
-
-    MCP logging is deprecated in the 2026-07-28 protocol, but the clients in use today speak earlier
-    versions and show these lines; the SDK only delivers them where the client opted in.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            sending = ctx.session.send_log_message(
-                level=level, data=message, logger="apikey_mcp", related_request_id=ctx.request_id
-            )
-        await sending
-    except Exception as exc:  # the client may be gone or may not take logs: the tool's answer matters more
-        log.debug("could not send a log line to the client: %s", exc)

@@ -23,6 +23,8 @@ MODALITIES = ("image", "video", "music", "chat", "embedding")
 class PolicyRefusedError(AgentError):
     """A paid call the spending policy refuses; nothing was reserved or created. The message says why."""
 
+    outcome = "refused_policy"
+
 
 @dataclass(frozen=True)
 class Policy:

@@ -12,9 +12,10 @@ from pathlib import Path
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
-from .gateway import GatewayError, NotFoundError
+from .bound_service import current_service
+from .gateway import GatewayError
 from .gateway.models import TaskStatus
-from .tools import current_service
+from .resource_errors import resource_errors
 
 PREVIEW_URI = "apikey://tasks/{task_id}/outputs/{n}/preview"
 MAX_PREVIEW_BYTES = 512 * 1024  # an image over this is not inlined: the app shows its link instead
@@ -35,18 +36,14 @@ def image_type(data: bytes) -> str | None:
 
 def register_previews(server: MCPServer) -> None:
     @server.resource(PREVIEW_URI, name="output-preview", title="Result preview", mime_type="text/uri-list")
+    @resource_errors("read task '{task_id}'", missing="No task '{task_id}' for this key.")
     async def preview(task_id: str, n: str) -> str:
         """An image result of a task as a data: URI (at most 512 KiB), for the media app. Only the principal
         that created the task can read it."""
         svc = current_service()
         if not n.isdigit():
             raise ResourceNotFoundError(f"Output '{n[:20]}' is not a number: outputs count from 0.")
-        try:
-            result = await svc.poll(task_id, 0)
-        except NotFoundError:
-            raise ResourceNotFoundError(f"No task '{task_id}' for this key.") from None
-        except GatewayError as exc:
-            raise ResourceError(f"Cannot read task '{task_id}': {exc}") from None
+        result = await svc.poll(task_id, 0)
         index = int(n)
         if result.status != TaskStatus.SUCCEEDED or index >= len(result.outputs):
             raise ResourceNotFoundError(f"Task '{task_id}' has no output {index} ({result.status}).")
@@ -55,7 +52,7 @@ def register_previews(server: MCPServer) -> None:
             raise ResourceError("Only images have a preview; video and audio play from their link.")
         with tempfile.TemporaryDirectory(prefix="apikey-preview-") as folder:
             dest = Path(folder) / "preview"
-            try:
+            try:  # the download's failure has its own advice: the link still works
                 await svc.client.download(output.url, dest, max_bytes=MAX_PREVIEW_BYTES)
             except GatewayError as exc:
                 raise ResourceError(f"No preview of output {index}: {exc}. Open its link instead.") from None

@@ -16,7 +16,6 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.request_state import RequestStateSecurity
 from mcp.server.subscriptions import SubscriptionBus
 from mcp.shared.exceptions import MCPError
@@ -33,16 +32,18 @@ from pydantic import Field, SecretStr
 
 from . import __version__, logs, metrics
 from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
-from .answers import sorting_outcome
+from .bound_service import current_service, serving
 from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
-from .gateway import GatewayClient, GatewayError, NotFoundError
+from .gateway import GatewayClient
 from .gateway.models import DOCUMENT_PATHS
 from .mcp_apps import build_apps
 from .previews import register_previews
+from .resource_errors import resource_errors
 from .results import MAX_PAGE
 from .stores.memory import MemoryLedgerStore
-from .tools import build_tools, current_service, serving
+from .strict import sorting_outcome
+from .tools import build_tools
 
 log = logging.getLogger(__name__)
 MEDIA_KINDS = ("image", "video", "music")
@@ -186,31 +187,22 @@ def _register_resources(server: MCPServer) -> None:
         _register_document(server, name, path)
 
     @server.resource("apikey://models", name="models", title="Model catalogue", mime_type="application/json")
+    @resource_errors("read the model catalogue")
     async def models() -> str:
         """Every model the gateway offers, with the parameters each accepts."""
-        try:
-            return (await current_service().models()).model_dump_json(exclude_none=True)
-        except GatewayError as exc:
-            raise ResourceError(f"Cannot read the model catalogue: {exc}") from None
+        return (await current_service().models()).model_dump_json(exclude_none=True)
 
     @server.resource("apikey://budget", name="budget", title="Session budget", mime_type="application/json")
+    @resource_errors("read the budget")
     async def budget() -> str:
         """The session's budget, spent, reserved and remaining credits, and the first open reservations."""
-        try:
-            return (await current_service().budget_status(MAX_PAGE)).model_dump_json(exclude_none=True)
-        except LedgerUnavailableError as exc:
-            raise ResourceError(f"The budget ledger cannot be read now ({exc})") from None
+        return (await current_service().budget_status(MAX_PAGE)).model_dump_json(exclude_none=True)
 
     @server.resource("apikey://tasks/{task_id}", name="task", title="Task status", mime_type="application/json")
+    @resource_errors("read task '{task_id}'", missing="No task '{task_id}' for this key.")
     async def task(task_id: str) -> str:
         """A task's latest known state (fetched from the gateway when it has not ended yet)."""
-        svc = current_service()
-        try:
-            return (await svc.poll(task_id, 0)).model_dump_json()
-        except NotFoundError:
-            raise ResourceNotFoundError(f"No task '{task_id}' for this key.") from None
-        except GatewayError as exc:
-            raise ResourceError(f"Cannot read task '{task_id}': {exc}") from None
+        return (await current_service().poll(task_id, 0)).model_dump_json()
 
     @server.completion()  # type: ignore[untyped-decorator, no-untyped-call]  # the SDK's decorator is untyped
     async def complete(
@@ -232,11 +224,9 @@ def _register_document(server: MCPServer, name: str, path: str) -> None:
         mime_type=_DOC_MIME[name],
         description=f"The gateway's {path}, fetched from the configured gateway and cached.",
     )
+    @resource_errors(f"fetch {path} from the gateway")
     async def document() -> str:
-        try:
-            return (await current_service().document(name)).text
-        except GatewayError as exc:
-            raise ResourceError(f"Cannot fetch {path} from the gateway: {exc}") from None
+        return (await current_service().document(name)).text
 
 
 def _register_prompts(server: MCPServer) -> None:

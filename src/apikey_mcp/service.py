@@ -1,4 +1,4 @@
-"""What the tools do, without MCP: paid calls, polling, the catalogue and the docs.
+"""What the tools do, without MCP: paid calls, polling, the catalogue and the docs, and asking for more budget.
 
 Every paid call goes estimate -> reserve in the ledger store (or refuse, sending nothing) -> create with
 max_credits equal to the reservation -> tie the reservation to the task -> settle or release when it ends.
@@ -8,7 +8,6 @@ The protocol after the estimate, and how each failure is sorted, is in paid.py.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -18,15 +17,15 @@ from pydantic import HttpUrl
 
 from . import logs
 from .budget import Ledger, LedgerUnavailableError, Reservation
-from .charges import priced_charge
+from .budget_raise import raise_budget
+from .charges import settled_charge
 from .config import Settings
 from .confirm import AskedPrices, confirm_spend
 from .download_guards import DiskQuota, TargetGuard
 from .downloads import Downloads
-from .errors import AgentError
-from .gateway import GatewayClient, GatewayError
+from .errors import AgentError, LedgerError
+from .gateway import GatewayClient
 from .gateway.models import (
-    MAX_CREDITS,
     ChatCompletion,
     ChatRequest,
     Document,
@@ -43,10 +42,11 @@ from .gateway.models import (
     plan_for,
 )
 from .gateway.webhooks import callback_url
-from .paid import BadAnswerError, LedgerRefusedError, UnconfirmedError, paid_call
+from .paid import paid_call
 from .plans import chat_plan, embed_plan
 from .policy import check_allowed, check_cap
 from .results import (
+    BudgetIncreaseResult,
     BudgetStatus,
     BudgetTotals,
     ChatResult,
@@ -54,13 +54,13 @@ from .results import (
     EstimateResult,
     ModelsResult,
     ModelSummary,
-    OutputFile,
     TaskResult,
 )
+from .shared_cache import Cache
+from .task_report import task_report
 from .tasks import TaskRegistry, TrackedTask
-from .tracked import lost_step
 
-__all__ = ["BadAnswerError", "InputError", "LedgerRefusedError", "Service", "UnconfirmedError"]
+__all__ = ["Cache", "InputError", "Service", "TotalsUnreadError"]  # Cache: accounts.py makes the shared one
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")
@@ -70,26 +70,12 @@ OPEN_SCAN = 1000  # the open reservations budget_status reads and counts: more t
 MediaRequest = ImageRequest | VideoRequest | MusicRequest
 
 
-class Cache:
-    """Gateway answers that are the same for everyone (models, docs), kept for a while. Concurrent misses
-    of one key make one request, not one each."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, object]] = {}
-        self._locks: dict[str, anyio.Lock] = {}
-
-    async def get(self, key: str, seconds: float, fetch: Callable[[], Awaitable[_T]]) -> _T:
-        async with self._locks.setdefault(key, anyio.Lock()):
-            hit = self._entries.get(key)
-            if hit is not None and time.monotonic() - hit[0] < seconds:
-                return hit[1]  # type: ignore[return-value]
-            value = await fetch()
-            self._entries[key] = (time.monotonic(), value)
-            return value
-
-
 class InputError(AgentError):
     """A request we can refuse before spending anything; the message says what to change."""
+
+
+class TotalsUnreadError(LedgerError):
+    """A task was created, but the budget could not be read to answer with it: the message names the task."""
 
 
 class Service:
@@ -139,6 +125,10 @@ class Service:
         totals, held = await self.ledger.totals(), await self.ledger.open_reservations(OPEN_SCAN)
         shown = (await self.ledger.policy()).status(self.ledger.clock())  # policy, period, resets_at
         return BudgetStatus.page(totals, held, limit, offset).model_copy(update=shown)
+
+    async def raise_budget(self, credits: int, answer: object) -> BudgetIncreaseResult:
+        """The agent asks for `credits` more; `answer` is the human's elicitation answer (budget_raise.py)."""
+        return await raise_budget(self.ledger, credits, answer, hosted=self.hosted)
 
     async def models(self) -> ModelList:
         return await self._cached("models", self.client.list_models)
@@ -216,7 +206,7 @@ class Service:
             return await self.task_result(tracked)
         except LedgerUnavailableError as exc:  # the task exists: its id must reach the agent all the same
             held = tracked.reservation.credits if tracked.reservation else 0
-            raise InputError(
+            raise TotalsUnreadError(
                 f"Created {modality} task {tracked.task_id} ({held} credits reserved): poll_task it. "
                 f"The budget could not be read just now ({exc})."
             ) from None
@@ -250,44 +240,9 @@ class Service:
         return await self.task_result(tracked, warning)
 
     async def task_result(self, tracked: TrackedTask, warning: str | None = None) -> TaskResult:
-        task, reservation = tracked.task, tracked.reservation
-        save = self._downloads.get(task.task_id) if self._downloads is not None else None
+        save = self._downloads.get(tracked.task_id) if self._downloads is not None else None
         saved = save.paths if save is not None else []
-        outputs = [
-            OutputFile(url=o.url, mime_type=o.mime_type, path=saved[i] if i < len(saved) else None)
-            for i, o in enumerate(o for o in task.outputs if o.url)
-        ]
-        charged = task.credits.charged if task.credits else None
-        if task.status == TaskStatus.SUCCEEDED:
-            step = _done_step(self.settings.sandbox, any(saved))
-        elif task.status == TaskStatus.FAILED:
-            held = f"its {reservation.credits} reserved credits were released" if reservation else "nothing was charged"
-            step = f"The task failed and {held}. Adjust the prompt or parameters and try again."
-        else:
-            step = "Still working: call poll_task with this task_id and wait_seconds (polling is free)."
-        status = str(task.status)
-        if tracked.lost_at is not None and not task.is_terminal:
-            status, step = "lost", lost_step(tracked)
-        elif tracked.missing_since is not None and not task.is_terminal:
-            step = (
-                "The gateway does not know this task just now (it answers 404); its hold stays counted. If "
-                "that lasts a minute, the task is marked lost for the operator to close."
-            )
-        if warning:
-            step = f"{step} {warning}"
-        return TaskResult(
-            task_id=task.task_id,
-            status=status,
-            modality=tracked.modality,
-            model=task.model,
-            progress=task.progress,
-            credits_reserved=reservation.credits if reservation else None,
-            credits_charged=charged if task.status == TaskStatus.SUCCEEDED else None,
-            outputs=outputs,
-            error=task.error.message if task.error else None,
-            next_step=step,
-            budget=await self.budget(),
-        )
+        return task_report(tracked, saved, sandbox=self.settings.sandbox, budget=await self.budget(), warning=warning)
 
     # ------------------------------------------------------------ chat and embeddings
 
@@ -348,33 +303,13 @@ class Service:
         """Settle a chat or embeddings reservation at the real charge once the answer is in."""
 
         async def settle(answer: _Usage, reservation: Reservation) -> tuple[_Usage, int]:
-            charged = await self._charge_of(answer, plan, reservation)
+            charged = await settled_charge(self.client, answer, plan, reservation.credits)
             await self.registry.durably(
                 f"settle the {plan.modality} call", lambda: self.ledger.settle(reservation, charged)
             )
             return answer, charged
 
         return settle
-
-    async def _charge_of(
-        self, answer: ChatCompletion | EmbeddingList, plan: EstimateRequest, reservation: Reservation
-    ) -> int:
-        """The real charge: as the gateway states it (even above the hold: the ledger records an overcharge), else
-        priced from the usage but never above the hold sent as max_credits, else the whole reservation."""
-        stated = (answer.model_extra or {}).get("credits")
-        if isinstance(stated, int | float) and not isinstance(stated, bool):
-            if not 0 <= stated <= MAX_CREDITS:  # inf, nan, negative or absurd: not a charge we can count
-                raise BadAnswerError(f"the gateway stated a charge of {stated!r} credits")
-            return int(-(-stated // 1))
-        if answer.usage is None:
-            return reservation.credits
-        used = plan.model_copy(
-            update={"input_tokens": answer.usage.prompt_tokens, "output_tokens": answer.usage.completion_tokens}
-        )
-        try:
-            return priced_charge((await self.client.estimate(used)).credits, reservation.credits)
-        except GatewayError:
-            return reservation.credits
 
     # ------------------------------------------------------------ the paid-call flow
 
@@ -406,11 +341,3 @@ class Service:
 
     async def _cached(self, key: str, fetch: Callable[[], Awaitable[_T]]) -> _T:
         return await self._cache.get(key, self.settings.docs_cache_seconds, fetch)
-
-
-def _done_step(sandbox: bool, saved: bool) -> str:
-    if saved:
-        return "Done: the outputs are links, saved locally too."
-    if sandbox:  # the sandbox serves its files from this process: they go when it stops
-        return "Done: the outputs are links to the sandbox gateway, served only while this server runs."
-    return "Done: the outputs are durable links."

@@ -1,23 +1,29 @@
-"""Strict tool inputs: an unknown argument is refused before anything is estimated, reserved or created.
+"""The tool wrapper: strict inputs, and the one place a tool's failure becomes what the agent reads.
 
 The SDK builds a pydantic model of each tool's arguments that ignores unknown keys, so `durtion=10` would
 be dropped and the job charged at the model's default duration. `StrictTool` forbids them, and words every
-argument error itself, one line per field: what was wrong and what is allowed.
+argument error itself, one line per field: what was wrong and what is allowed. Every anticipated failure of
+a tool or its resolvers (the error tree in errors.py) becomes a ToolError here, its outcome noted for
+`apikey_tool_calls_total{outcome}`; anything else stays a crash.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import ToolAnnotations
 from pydantic import ConfigDict, ValidationError
 
-from .schemas import lean
+from .budget import LedgerUnavailableError
+from .errors import AgentError, GatewayError, LedgerError
+from .lean_schemas import lean
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "url"}
 
@@ -26,8 +32,9 @@ class StrictTool(Tool):
     """A tool whose arguments must all be known, whose schemas are lean and whose description is plain text."""
 
     @classmethod
-    def of(cls, fn: Callable[..., Any], *, title: str, annotations: ToolAnnotations) -> StrictTool:
-        tool = cls.from_function(fn, title=title, annotations=annotations, description=_plain(fn.__doc__ or ""))
+    def of(cls, fn: Callable[..., Any], *, name: str, title: str, annotations: ToolAnnotations) -> StrictTool:
+        description = _plain(fn.__doc__ or "")
+        tool = cls.from_function(fn, name=name, title=title, annotations=annotations, description=description)
         assert isinstance(tool, StrictTool)  # from_function builds `cls`
         metadata = tool.fn_metadata
         base = metadata.arg_model
@@ -45,7 +52,46 @@ class StrictTool(Tool):
         except ValidationError as exc:
             accepted = list(self.parameters.get("properties", {}))
             raise ToolError(refusal(exc, self.name, accepted)) from exc
-        return await super().run(arguments, context, convert_result=convert_result)
+        try:
+            return await super().run(arguments, context, convert_result=convert_result)
+        except UnexpectedToolError as exc:  # the SDK's "Error executing tool X", caused by what was raised
+            reading = agent_reading(exc.__cause__)
+            if reading is None:
+                raise
+            raise ToolError(f"{exc}: {reading}") from exc.__cause__
+
+
+def agent_reading(exc: BaseException | None) -> str | None:
+    """What the agent reads for an anticipated failure, its outcome noted; None for a crash (reported as one)."""
+    if isinstance(exc, AgentError):
+        outcome, text = exc.outcome, str(exc)
+    elif isinstance(exc, LedgerUnavailableError):
+        outcome, text = "ledger_unavailable", f"The budget ledger cannot be read now ({exc}); try again shortly."
+    elif isinstance(exc, LedgerError):  # the others say what became of the call themselves
+        outcome, text = "ledger_unavailable", str(exc)
+    elif isinstance(exc, GatewayError):
+        outcome, text = "gateway_error", f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}"
+    elif isinstance(exc, ValidationError):  # a gateway request built from valid arguments can still be refused
+        outcome, text = "refused_input", refusal(exc)
+    else:
+        return None
+    if (holder := _outcome.get()) is not None:
+        holder.append(outcome)
+    return text
+
+
+_outcome: ContextVar[list[str] | None] = ContextVar("apikey_mcp_outcome", default=None)
+
+
+@contextmanager
+def sorting_outcome() -> Iterator[list[str]]:
+    """Collect how the tool call in this block failed, if it did (for `apikey_tool_calls_total{outcome}`)."""
+    holder: list[str] = []
+    token = _outcome.set(holder)
+    try:
+        yield holder
+    finally:
+        _outcome.reset(token)
 
 
 def refusal(exc: ValidationError, tool: str | None = None, accepted: list[str] | None = None) -> str:

@@ -6,7 +6,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from apikey_mcp.service import Cache
+from apikey_mcp.shared_cache import Cache
 from tests.conftest import gate, wait_until
 from tests.server.conftest import call, connect, settings_for
 

@@ -13,8 +13,9 @@ from apikey_mcp.budget import Totals
 from apikey_mcp.config import Settings
 from apikey_mcp.gateway import GatewayClient, ServerError
 from apikey_mcp.gateway.models import VideoRequest
+from apikey_mcp.paid import UnconfirmedError
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from apikey_mcp.service import Service, UnconfirmedError
+from apikey_mcp.service import Service
 from apikey_mcp.tasks import TaskRegistry
 from tests.conftest import KEY
 from tests.server.conftest import FAST_POLLING, call, connect, local_ledger, running_service, settings_for, totals

@@ -8,8 +8,10 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp.types import ResourceTemplateReference
 
+from apikey_mcp.budget import LedgerUnavailableError, Totals
 from apikey_mcp.config import Settings
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from apikey_mcp.stores import MemoryLedgerStore
 from tests.server.conftest import call, connect, no_wait, settings_for
 
 DOCS = {
@@ -55,6 +57,28 @@ async def test_models_budget_and_task_resources(transport: str, sandbox_server: 
     assert budget["reserved"] == created["credits_reserved"] > 0
     assert task["task_id"] == created["task_id"] and task["status"] == "pending"  # held until the test moves it
     assert templates == ["apikey://tasks/{task_id}", "apikey://tasks/{task_id}/outputs/{n}/preview"]
+
+
+class UnreadableStore(MemoryLedgerStore):
+    """A memory store whose totals cannot be read once `broken` is set, as a locked database's."""
+
+    broken = False
+
+    async def totals(self, principal: str, *, now: float | None = None) -> Totals:
+        if self.broken:
+            raise LedgerUnavailableError("database is locked")
+        return await super().totals(principal, now=now)
+
+
+async def test_the_task_resource_says_when_the_ledger_cannot_be_read(sandbox_server: SandboxServer) -> None:
+    store = UnreadableStore()
+    async with connect("memory", settings_for(sandbox_server), store=store) as client:
+        created = await call(client, "generate_image", prompt="a kite", model="flux-schnell")
+        store.broken = True
+        with pytest.raises(MCPError, match=r"The budget ledger cannot be read now \(database is locked\)"):
+            await client.read_resource(f"apikey://tasks/{created['task_id']}")
+        with pytest.raises(MCPError, match=r"The budget ledger cannot be read now \(database is locked\)"):
+            await client.read_resource("apikey://budget")
 
 
 async def test_task_ids_complete_from_what_this_session_created(transport: str, sandbox_server: SandboxServer) -> None:
