@@ -72,7 +72,7 @@ async def test_an_existing_sqlite_ledger_is_migrated_to_the_report_schema(
     path = tmp_path / "old.sqlite3"
     with monkeypatch.context() as older:  # a ledger written before step 5, with one open reservation
         older.setattr(upgrades, "SQLITE_STEPS", {n: sql for n, sql in upgrades.SQLITE_STEPS.items() if n < 5})
-        SqliteLedgerStore(path)._conn.close()
+        SqliteLedgerStore(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO principals (name, budget, reserved) VALUES ('alice', 100, 10)")
         conn.execute("INSERT INTO reservations (id, principal, credits, purpose, state, created_at)"
