@@ -20,13 +20,18 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
-    new_reservation,
-    principal_actor,
-    refusal_detail,
 )
 from ..periods import label, period_start, rolled
 from ..policy import Policy
-from .common import check_charge, check_credits, overcharge_detail, settle_detail
+from .common import (
+    check_charge,
+    check_credits,
+    new_reservation,
+    overcharge_detail,
+    principal_actor,
+    refusal_detail,
+    settle_detail,
+)
 
 MAX_CLOSED = 10_000
 MAX_EVENTS = 10_000

@@ -25,13 +25,19 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
-    new_reservation,
-    principal_actor,
-    refusal_detail,
 )
 from ..periods import label, period_start, rolled
 from ..policy import Policy
-from .common import StoreRefusedError, check_charge, check_credits, event_of, totals_of
+from .common import (
+    StoreRefusedError,
+    check_charge,
+    check_credits,
+    event_of,
+    new_reservation,
+    principal_actor,
+    refusal_detail,
+    totals_of,
+)
 from .postgres_pool import OUTAGE_SECONDS, Connection, PostgresPool
 from .postgres_statements import ADD_PRINCIPAL, CLAIM_ALERT, CLOSE, CLOSE_REASON, REPORT_KEYS, RESERVE, SIGHT_SIGNATURE
 from .statements import POSTGRES as SQL

@@ -28,13 +28,20 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
-    new_reservation,
-    principal_actor,
-    refusal_detail,
 )
 from ..periods import label, period_start, rolled
 from ..policy import Policy
-from .common import check_charge, check_credits, event_of, overcharge_detail, settle_detail, totals_of
+from .common import (
+    check_charge,
+    check_credits,
+    event_of,
+    new_reservation,
+    overcharge_detail,
+    principal_actor,
+    refusal_detail,
+    settle_detail,
+    totals_of,
+)
 from .sqlite_file import open_ledger_file
 from .statements import POLICY_COLUMNS, reservation_of
 from .statements import SQLITE as SQL
