@@ -48,6 +48,9 @@ _T = TypeVar("_T")
 
 
 class PostgresLedgerStore:
+    """The ledger on a PostgreSQL database that several processes share; also the transactions replica
+    coordination (fleet.py) runs beside it."""
+
     def __init__(self, url: str, *, max_size: int = 10, timeout: float = 15.0, wait: float = OUTAGE_SECONDS) -> None:
         """Built closed: `open()` connects (in the server's lifespan, or `connect()`). `timeout` bounds the
         first connection and the wait for a busy database; `wait`, the wait for an unreachable one (an outage)."""
@@ -98,21 +101,6 @@ class PostgresLedgerStore:
 
         return await self.transaction(op)
 
-    async def _roll(self, c: Connection, principal: str, now: float) -> float | None:
-        """Begin the period `now` is in if it is past the principal's (row locked); the current period's start,
-        or None for an unknown principal."""
-        row = await (await c.execute(SQL.period_of + " FOR UPDATE", (principal,))).fetchone()
-        if row is None:
-            return None
-        period, stored, spent = row
-        if (start := rolled(period, stored, now)) is None:
-            return float(stored)
-        await c.execute(SQL.renew_period, (start, principal))
-        await _log(
-            c, principal, "period", CONFIGURATION, None, spent, f"{label(period, stored)} ended with {spent} spent"
-        )
-        return start
-
     async def reserve(
         self,
         principal: str,
@@ -146,7 +134,7 @@ class PostgresLedgerStore:
             return row is not None
 
         async def renew_then_hold(c: Connection) -> bool:  # the period is due to renew (or the hold does not fit)
-            return await self._roll(c, principal, now) is not None and await held(c)
+            return await _roll(c, principal, now) is not None and await held(c)
 
         if not await self.transaction(held, one_statement=True) and not await self.transaction(renew_then_hold):
             totals = await self.totals(principal, now=now)
@@ -221,7 +209,7 @@ class PostgresLedgerStore:
         now = time.time() if now is None else now
 
         async def op(c: Connection) -> Policy:
-            if (current := await self._roll(c, principal, now)) is None:
+            if (current := await _roll(c, principal, now)) is None:
                 raise UnknownPrincipalError(f"no principal '{principal}'")
             old = (await (await c.execute(SQL.kind_of_period, (principal,))).fetchone())[0]  # type: ignore[index]
             if policy.period != old:  # the new kind of period starts now, keeping what was spent and held in it
@@ -332,6 +320,20 @@ async def _log(
     """Add an audit line with the principal's totals after the change (`at`: now unless given)."""
     at = time.time() if at is None else at
     await c.execute(SQL.log_event, (at, kind, actor, rid, credits, detail, model, principal))
+
+
+async def _roll(c: Connection, principal: str, now: float) -> float | None:
+    """Begin the period `now` is in if it is past the principal's (row locked); the current period's start,
+    or None for an unknown principal."""
+    row = await (await c.execute(SQL.period_of + " FOR UPDATE", (principal,))).fetchone()
+    if row is None:
+        return None
+    period, stored, spent = row
+    if (start := rolled(period, stored, now)) is None:
+        return float(stored)
+    await c.execute(SQL.renew_period, (start, principal))
+    await _log(c, principal, "period", CONFIGURATION, None, spent, f"{label(period, stored)} ended with {spent} spent")
+    return start
 
 
 async def _totals(c: Connection, principal: str, now: float | None = None) -> Totals:

@@ -68,6 +68,8 @@ _MOVE_CREDITS = "UPDATE principals SET reserved = reserved - ?, spent = spent + 
 
 
 class SqliteLedgerStore:
+    """The ledger in one SQLite file, each operation one transaction in a worker thread."""
+
     def __init__(self, path: Path, *, busy_seconds: float = 30.0) -> None:
         self.path = Path(path)
         self._conn = open_ledger_file(self.path, busy_seconds)
