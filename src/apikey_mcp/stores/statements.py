@@ -7,7 +7,7 @@ reservation in one statement, `INSERT OR IGNORE`, the day of a timestamp) stays 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..budget import Reservation, ReservationState
@@ -73,9 +73,10 @@ class Statements:
     def rendered(self, prefix: str, mark: str) -> Statements:
         """The statements for one database: `prefix` before each table name, `mark` for each parameter."""
         text = {f.name: getattr(self, f.name).replace("{t}", prefix).replace("?", mark) for f in fields(self)}
-        return replace(self, **text)
+        return Statements(**text)
 
     def report_by(self, key: str) -> str:
+        """The report grouped by `key`, an expression over the events table."""
         return self.report.replace("{key}", key)
 
     def reservations_where(
