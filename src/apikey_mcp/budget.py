@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -321,30 +320,3 @@ class Ledger:
 
     async def set_budget(self, credits: int, actor: str) -> Totals:
         return await self.store.set_budget(self.principal, credits, actor)
-
-
-def new_reservation(
-    principal: str, credits: int, purpose: str, own_key: bool, hold: Hold | None = None, period_start: float = 0.0
-) -> Reservation:
-    hold = hold or Hold(purpose)
-    return Reservation(
-        uuid.uuid4().hex,
-        principal,
-        credits,
-        purpose,
-        own_key=own_key,
-        created_at=time.time(),
-        modality=hold.modality,
-        model=hold.model,
-        gateway=hold.gateway,
-        period_start=period_start,
-    )
-
-
-def refusal_detail(exc: BudgetExceededError) -> str:
-    """The reason a `refuse` event records."""
-    return f"over budget: {exc.purpose} needs {exc.needed} credits, {exc.remaining} remain"
-
-
-def principal_actor(principal: str) -> str:
-    return f"principal:{principal}"

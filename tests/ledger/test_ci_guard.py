@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_contract(ci: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """The contract test in a pytest of its own, on a machine without PostgreSQL's binaries or a database URL."""
     env = clean_env(CI=ci, APIKEY_TEST_PG_BINDIR=str(tmp_path / "no-postgresql"))
-    command = [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-k",
-               "postgres and refused_whole", "tests/ledger/test_contract.py"]  # fmt: skip
+    flags = ["-q", "-n0", "-p", "no:cacheprovider", "-k", "postgres and refused_whole"]
+    command = [sys.executable, "-m", "pytest", *flags, "tests/ledger/test_contract.py"]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -72,14 +72,19 @@ async def test_an_existing_sqlite_ledger_is_migrated_to_the_report_schema(
     path = tmp_path / "old.sqlite3"
     with monkeypatch.context() as older:  # a ledger written before step 5, with one open reservation
         older.setattr(upgrades, "SQLITE_STEPS", {n: sql for n, sql in upgrades.SQLITE_STEPS.items() if n < 5})
-        SqliteLedgerStore(path)._conn.close()
+        SqliteLedgerStore(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO principals (name, budget, reserved) VALUES ('alice', 100, 10)")
-        conn.execute("INSERT INTO reservations (id, principal, credits, purpose, state, created_at)"
-                     " VALUES ('old', 'alice', 10, 'video', 'reserved', ?)", (time.time(),))  # fmt: skip
-        conn.execute("INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent,"
-                     " reserved) VALUES (?, 'alice', 'reserve', 'principal:alice', 'old', 10, 100, 0, 10)",
-                     (time.time(),))  # fmt: skip
+        conn.execute(
+            "INSERT INTO reservations (id, principal, credits, purpose, state, created_at)"
+            " VALUES ('old', 'alice', 10, 'video', 'reserved', ?)",
+            (time.time(),),
+        )
+        conn.execute(
+            "INSERT INTO events (at, principal, kind, actor, reservation_id, credits, budget, spent,"
+            " reserved) VALUES (?, 'alice', 'reserve', 'principal:alice', 'old', 10, 100, 0, 10)",
+            (time.time(),),
+        )
     async with open_store(state_file=path) as store:
         assert (await store.reservation("old")).model is None  # type: ignore[union-attr]
         await store.settle("old", 7)

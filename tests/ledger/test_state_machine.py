@@ -154,8 +154,13 @@ def test_random_programs_keep_the_ledger_equal_to_its_model(kind: str, tmp_path:
         try:
             LedgerMachine.runner, LedgerMachine.store = runner, store
             machine = LedgerMachine.TestCase
-            machine.settings = settings(max_examples=PROGRAMS, stateful_step_count=10, deadline=None,
-                                        suppress_health_check=list(HealthCheck), database=None)  # fmt: skip
+            machine.settings = settings(
+                max_examples=PROGRAMS,
+                stateful_step_count=10,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                database=None,
+            )
             machine().runTest()
         finally:
             runner.run(cm.__aexit__(None, None, None))

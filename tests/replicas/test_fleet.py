@@ -44,7 +44,7 @@ async def test_one_lease_per_task_and_an_expired_one_is_taken_over(fleets: tuple
     assert await a.claim(task_id) == "ours"
     assert await a.renew() == 1
     assert [r.task_id for r in await b.orphans()] == []
-    await a.store._run(lambda c: c.execute("UPDATE apikey_task_leases SET lease_until = clock_timestamp()"
+    await a.store.transaction(lambda c: c.execute("UPDATE apikey_task_leases SET lease_until = clock_timestamp()"
                                            " - interval '1 second'"))  # A died: it stopped renewing  # fmt: skip
     assert [r.task_id for r in await b.orphans()] == [task_id]
     assert await b.claim(task_id) == "taken"
@@ -107,7 +107,7 @@ async def test_a_callback_for_an_unknown_task_changes_nothing(fleets: tuple[Flee
     a, _ = fleets
     stray = Task(task_id="task_nobody", status="succeeded")
     assert await a.settle_callback("sig-2", 600, stray, None) == "unknown"
-    rows = await a.store._rows("SELECT count(*) FROM apikey_callbacks")
+    rows = await a.store.rows("SELECT count(*) FROM apikey_callbacks")
     assert rows == [(0,)]  # rolled back: a later delivery to the right place still counts
 
 

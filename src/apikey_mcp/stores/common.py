@@ -1,13 +1,15 @@
-"""What every store shares: the refusal to open a store that is not ours, the checks on credits, and reading
-the rows the SQL stores have in common."""
+"""What every store shares: the refusal to open a store that is not ours, the checks on credits, a new
+reservation and who made it, the wording of audit lines, and reading the rows the SQL stores have in common."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
-from ..budget import Event, Totals, UnknownPrincipalError
+from ..budget import BudgetExceededError, Event, Hold, Reservation, Totals, UnknownPrincipalError
 from ..errors import ConfigError
-from ..periods import rolled
+from ..periods import iso, rolled
 
 
 class StoreRefusedError(ConfigError):
@@ -35,8 +37,6 @@ def overcharge_detail(charged: int, held: int, why: str | None) -> str:
 def settle_detail(why: str | None, older_period: float | None) -> str | None:
     """The audit line of a close: the operator's reason, and the period it counts in when that is not the current
     one (a hold made before its budget renewed)."""
-    from ..periods import iso
-
     parts = [why] if why else []
     parts += [f"period {iso(older_period)}"] if older_period is not None else []
     return "; ".join(parts) or None
@@ -57,3 +57,31 @@ def event_of(row: tuple[Any, ...]) -> Event:
     model) as an event."""
     s, at, p, k, a, r, cr, b, sp, rs, d, m = row
     return Event(s, at, p, k, a, r, cr, Totals(b, sp, rs), d, m)
+
+
+def new_reservation(
+    principal: str, credits: int, purpose: str, own_key: bool, hold: Hold | None = None, period_start: float = 0.0
+) -> Reservation:
+    hold = hold or Hold(purpose)
+    return Reservation(
+        uuid.uuid4().hex,
+        principal,
+        credits,
+        purpose,
+        own_key=own_key,
+        created_at=time.time(),
+        modality=hold.modality,
+        model=hold.model,
+        gateway=hold.gateway,
+        period_start=period_start,
+    )
+
+
+def refusal_detail(exc: BudgetExceededError) -> str:
+    """The reason a `refuse` event records."""
+    return f"over budget: {exc.purpose} needs {exc.needed} credits, {exc.remaining} remain"
+
+
+def principal_actor(principal: str) -> str:
+    """The actor recorded for the server acting on a principal's call."""
+    return f"principal:{principal}"

@@ -17,15 +17,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import psycopg
 
-from ..budget import LedgerUnavailableError, Reservation
+from ..budget import LedgerUnavailableError, Reservation, ReservationState
 from ..errors import LedgerError
 from ..gateway.models import Task, TaskStatus
-from .postgres import _CLOSE, PostgresLedgerStore, _reservation
+from .postgres import PostgresLedgerStore
+from .postgres_pool import Connection
+from .statements import reservation_columns, reservation_of
 
 log = logging.getLogger(__name__)
 CHANNEL = "apikey_tasks"
@@ -69,14 +71,14 @@ class Fleet:
         self.connected = False  # the listener's connection is up (readiness)
 
     async def open(self) -> None:
-        await self.store._run(lambda c: c.execute(_SCHEMA))
+        await self.store.transaction(lambda c: c.execute(_SCHEMA))
 
     # ------------------------------------------------------------ leases
 
     async def claim(self, task_id: str) -> Claim | None:
         """Take the task's lease if it is free, expired or ours; None while another replica holds it."""
 
-        async def op(c: Any) -> Claim | None:
+        async def op(c: Connection) -> Claim | None:
             cur = await c.execute(
                 "INSERT INTO apikey_task_leases AS l (task_id, owner, lease_until)"
                 " VALUES (%(t)s, %(o)s, clock_timestamp() + make_interval(secs => %(s)s))"
@@ -91,12 +93,12 @@ class Fleet:
             inserted, before = row
             return "new" if inserted else ("ours" if before == self.owner else "taken")
 
-        return await self.store._run(op, one_statement=True)
+        return await self.store.transaction(op, one_statement=True)
 
     async def renew(self) -> int:
         """Extend every lease this replica holds; how many it still holds."""
 
-        async def op(c: Any) -> int:
+        async def op(c: Connection) -> int:
             cur = await c.execute(
                 "UPDATE apikey_task_leases SET lease_until = clock_timestamp() + make_interval(secs => %s)"
                 " WHERE owner = %s",
@@ -104,10 +106,10 @@ class Fleet:
             )
             return int(cur.rowcount)
 
-        return await self.store._run(op, one_statement=True)
+        return await self.store.transaction(op, one_statement=True)
 
     async def release(self, task_id: str) -> None:
-        await self.store._run(
+        await self.store.transaction(
             lambda c: c.execute(
                 "DELETE FROM apikey_task_leases WHERE task_id = %s AND owner = %s", (task_id, self.owner)
             ),
@@ -115,7 +117,7 @@ class Fleet:
         )
 
     async def lease_owner(self, task_id: str) -> str | None:
-        rows = await self.store._rows(
+        rows = await self.store.rows(
             "SELECT owner FROM apikey_task_leases WHERE task_id = %s AND lease_until >= clock_timestamp()", (task_id,)
         )
         return rows[0][0] if rows else None
@@ -124,35 +126,33 @@ class Fleet:
         """Open reservations tied to a task nobody watches (no lease, or an expired one), to be taken over: one
         page, oldest first, after `after` (created_at, id) of the previous page's last. Lost tasks are not
         orphans (the operator closes them), so no number of them fills a page."""
-        rows = await self.store._rows(
-            "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, r.model, r.gateway, r.lost_at, r.period_start FROM apikey_reservations r"
+        rows = await self.store.rows(
+            f"SELECT {reservation_columns('r')} FROM apikey_reservations r"
             " LEFT JOIN apikey_task_leases l ON l.task_id = r.task_id"
             " WHERE r.state = 'reserved' AND r.task_id IS NOT NULL AND NOT r.own_key AND r.lost_at IS NULL"
             " AND (l.task_id IS NULL OR l.lease_until < clock_timestamp()) AND (r.created_at, r.id) > (%s, %s)"
             " ORDER BY r.created_at, r.id LIMIT %s",
             (*after, limit),
         )
-        return [_reservation(row) for row in rows]
+        return [reservation_of(row) for row in rows]
 
     # ------------------------------------------------------------ task states
 
     async def publish(self, principal: str, task: Task) -> None:
         """Record the task's latest state and wake every replica (a terminal state is never overwritten)."""
 
-        async def op(c: Any) -> None:  # one statement, one round trip: the state and its announcement
+        async def op(c: Connection) -> None:  # one statement, one round trip: the state and its announcement
             await c.execute(
                 f"WITH saved AS ({_SAVE_STATE}) SELECT pg_notify(%(ch)s, %(t)s)",
                 {**_state(principal, task), "ch": CHANNEL},
             )
 
-        await self.store._run(op, one_statement=True)
+        await self.store.transaction(op, one_statement=True)
 
     async def find(self, task_id: str, principal: str | None = None) -> SharedTask | None:
         """The task's owner, latest state and reservation; with `principal`, only if it is that principal's."""
-        rows = await self.store._rows(
-            "SELECT r.id, r.principal, r.credits, r.purpose, r.task_id, r.state, r.charged, r.modality, r.own_key,"
-            " r.created_at, r.model, r.gateway, r.lost_at, r.period_start, s.principal, s.body"
+        rows = await self.store.rows(
+            f"SELECT {reservation_columns('r')}, s.principal, s.body"
             " FROM apikey_task_states s"
             " FULL JOIN apikey_reservations r ON r.task_id = s.task_id WHERE coalesce(s.task_id, r.task_id) = %s"
             " ORDER BY r.state = 'reserved' DESC, r.created_at LIMIT 1",
@@ -161,7 +161,7 @@ class Fleet:
         if not rows:
             return None
         *columns, owner, body = rows[0]
-        reservation = _reservation(tuple(columns)) if columns[0] is not None else None
+        reservation = reservation_of(tuple(columns)) if columns[0] is not None else None
         owner = owner or (reservation.principal if reservation else None)
         if owner is None or (principal is not None and owner != principal):
             return None
@@ -175,14 +175,9 @@ class Fleet:
     ) -> CallbackOutcome:
         """De-duplicate, record and (when it ended) settle or release, all in one transaction, then announce."""
 
-        async def op(c: Any) -> CallbackOutcome:
+        async def op(c: Connection) -> CallbackOutcome:
             now = time.time()
-            await c.execute("DELETE FROM apikey_callbacks WHERE received_at < %s", (now - keep_seconds,))
-            cur = await c.execute(
-                "INSERT INTO apikey_callbacks VALUES (%s, %s) ON CONFLICT DO NOTHING RETURNING signature",
-                (signature, now),
-            )
-            if await cur.fetchone() is None:
+            if not await self.store.first_sighting_in(c, signature, keep_seconds=keep_seconds, at=now):
                 return "replay"
             cur = await c.execute(
                 "SELECT id, principal, task_id, credits FROM apikey_reservations WHERE task_id = %s"
@@ -199,17 +194,8 @@ class Fleet:
                 ok = task.status == TaskStatus.SUCCEEDED
                 stated = task.credits.charged if task.credits and task.credits.charged is not None else None
                 charged = (credits if stated is None else stated) if ok else 0
-                await c.execute(
-                    _CLOSE,
-                    {
-                        "s": "settled" if ok else "released",
-                        "ch": charged,
-                        "t": now,
-                        "id": rid,
-                        "kind": "settle" if ok else "release",
-                        "actor": None,
-                    },
-                )
+                state = ReservationState.SETTLED if ok else ReservationState.RELEASED
+                await self.store.close_in(c, rid, state, charged, at=now)
                 if charged > credits:  # recorded in full, with its overcharge event (the statement writes it)
                     log.error(
                         "overcharge: the gateway charged %d credits for task %s, over its hold of %d (reservation %s)",
@@ -223,7 +209,7 @@ class Fleet:
             return "recorded"
 
         try:
-            return await self.store._run(op)
+            return await self.store.transaction(op)
         except _Unknown:
             return "unknown"
 

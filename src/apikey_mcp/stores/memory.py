@@ -20,13 +20,18 @@ from ..budget import (
     ReservationState,
     Totals,
     UnknownPrincipalError,
-    new_reservation,
-    principal_actor,
-    refusal_detail,
 )
 from ..periods import label, period_start, rolled
 from ..policy import Policy
-from .common import check_charge, check_credits, overcharge_detail, settle_detail
+from .common import (
+    check_charge,
+    check_credits,
+    new_reservation,
+    overcharge_detail,
+    principal_actor,
+    refusal_detail,
+    settle_detail,
+)
 
 MAX_CLOSED = 10_000
 MAX_EVENTS = 10_000
@@ -35,6 +40,8 @@ MAX_ALERTS = 100_000
 
 
 class _Account:
+    """One principal's budget, running totals, policy and current period."""
+
     __slots__ = ("budget", "period_start", "policy", "reserved", "spent")
 
     def __init__(self, budget: int, policy: Policy | None = None, now: float = 0.0) -> None:
@@ -49,6 +56,8 @@ class _Account:
 
 
 class MemoryLedgerStore:
+    """The ledger of one stdio session, kept in the process and gone with it."""
+
     def __init__(self) -> None:
         self._accounts: dict[str, _Account] = {}
         self._open: dict[str, Reservation] = {}

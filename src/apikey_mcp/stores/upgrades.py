@@ -1,6 +1,6 @@
-"""Schema upgrades after version 2, one numbered step each, for SQLite and PostgreSQL alike.
+"""The ledger's tables for SQLite and PostgreSQL: the base schema (version 2) and every later change as a step.
 
-The base schema (version 2) stays as it was written; every later change is a step here, applied in order to
+The base schema stays as it was written; every later change is a numbered step here, applied in order to
 new and old ledgers in the same transaction that records the new version. Each feature adds its own step
 with the next free number, so steps from different branches merge as separate dictionary entries.
 """
@@ -13,6 +13,44 @@ from typing import Any
 from .whole_credits import POSTGRES_WHOLE_CREDITS, SQLITE_WHOLE_CREDITS
 
 BASE_VERSION = 2
+
+SQLITE_BASE = """
+CREATE TABLE IF NOT EXISTS principals (
+    name TEXT PRIMARY KEY, budget INTEGER NOT NULL CHECK (budget >= 0), spent INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0));
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY, principal TEXT NOT NULL REFERENCES principals(name), credits INTEGER NOT NULL,
+    purpose TEXT NOT NULL, task_id TEXT, modality TEXT, own_key INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL,
+    charged INTEGER, created_at REAL NOT NULL, closed_at REAL);
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations (created_at) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS reservations_by_principal ON reservations (principal, created_at);
+CREATE INDEX IF NOT EXISTS reservations_by_task ON reservations (task_id);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, reservation_id TEXT, credits INTEGER, budget INTEGER NOT NULL, spent INTEGER NOT NULL,
+    reserved INTEGER NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS callbacks (signature TEXT PRIMARY KEY, received_at REAL NOT NULL);
+"""
+
+# Created under an advisory lock, so that replicas starting together do not race to create the same tables.
+POSTGRES_BASE = """
+SELECT pg_advisory_xact_lock(1095781197);
+CREATE TABLE IF NOT EXISTS apikey_principals (
+    name TEXT PRIMARY KEY, budget BIGINT NOT NULL CHECK (budget >= 0), spent BIGINT NOT NULL DEFAULT 0,
+    reserved BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0));
+CREATE TABLE IF NOT EXISTS apikey_reservations (
+    id TEXT PRIMARY KEY, principal TEXT NOT NULL REFERENCES apikey_principals (name), credits BIGINT NOT NULL,
+    purpose TEXT NOT NULL, task_id TEXT, modality TEXT, own_key BOOLEAN NOT NULL DEFAULT FALSE,
+    state TEXT NOT NULL, charged BIGINT, created_at DOUBLE PRECISION NOT NULL, closed_at DOUBLE PRECISION);
+CREATE INDEX IF NOT EXISTS apikey_reservations_open ON apikey_reservations (created_at) WHERE state = 'reserved';
+CREATE INDEX IF NOT EXISTS apikey_reservations_by_principal ON apikey_reservations (principal, created_at);
+CREATE INDEX IF NOT EXISTS apikey_reservations_by_task ON apikey_reservations (task_id);
+CREATE TABLE IF NOT EXISTS apikey_events (
+    seq BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, principal TEXT NOT NULL, kind TEXT NOT NULL,
+    actor TEXT NOT NULL, reservation_id TEXT, credits BIGINT, budget BIGINT NOT NULL, spent BIGINT NOT NULL,
+    reserved BIGINT NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS apikey_callbacks (signature TEXT PRIMARY KEY, received_at DOUBLE PRECISION NOT NULL);
+"""
 
 # version -> SQL run once when a SQLite ledger is below it (several statements allowed).
 SQLITE_STEPS: dict[int, str] = {
