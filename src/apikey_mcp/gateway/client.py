@@ -45,21 +45,8 @@ from .errors import (
     parse_retry_after,
 )
 from .keys import AuthScheme, KeyAuth, redactor, scrub
-from .models import (
-    DOCUMENT_PATHS,
-    ChatCompletion,
-    ChatRequest,
-    Document,
-    EmbeddingList,
-    EmbeddingRequest,
-    Estimate,
-    EstimateRequest,
-    ImageRequest,
-    ModelList,
-    MusicRequest,
-    Task,
-    VideoRequest,
-)
+from .models import DOCUMENT_PATHS, ChatCompletion, Document, EmbeddingList, Estimate, ModelList, Task
+from .requests import ChatRequest, EmbeddingRequest, EstimateRequest, ImageRequest, MusicRequest, VideoRequest
 
 _T = TypeVar("_T", bound=BaseModel)
 log = logging.getLogger(__name__)
