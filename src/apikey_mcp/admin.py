@@ -33,7 +33,8 @@ PAGE = 1000
 
 
 def add_parser(sub: Subcommands) -> None:
-    # The ledger options are accepted before the subcommand and after it (`admin principals --state-file F`).
+    """The `admin` command and its subcommands. The ledger options are accepted before the subcommand and after
+    it (`admin principals --state-file F`)."""
     ledger = argparse.ArgumentParser(add_help=False)
     one = ledger.add_mutually_exclusive_group()
     where = f"the server's SQLite ledger (env APIKEY_STATE_FILE; default {default_state_file()})"
