@@ -57,6 +57,7 @@ def test_a_setting_added_to_the_model_is_in_the_help_with_no_more_work(monkeypat
 
 
 def parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every subcommand's, at any depth (argparse has no public way to list a parser's actions)."""
     found = [parser]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):

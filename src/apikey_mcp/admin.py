@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -26,11 +26,15 @@ from .periods import PERIODS
 from .policy import Policy
 from .stores.common import INT64_MAX
 
+if TYPE_CHECKING:
+    from .cli_options import Subcommands  # only a type: cli_options imports this module
+
 PAGE = 1000
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    # The ledger options are accepted before the subcommand and after it (`admin principals --state-file F`).
+def add_parser(sub: Subcommands) -> None:
+    """The `admin` command and its subcommands. The ledger options are accepted before the subcommand and after
+    it (`admin principals --state-file F`)."""
     ledger = argparse.ArgumentParser(add_help=False)
     one = ledger.add_mutually_exclusive_group()
     where = f"the server's SQLite ledger (env APIKEY_STATE_FILE; default {default_state_file()})"

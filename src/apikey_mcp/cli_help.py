@@ -1,10 +1,12 @@
-"""`apikey-mcp --help` made from the settings model (config.py): every setting with its flag if it has one, its
-environment variable and its default, so that a setting added to the model is in the help with no more work."""
+"""What a person at a terminal reads: `apikey-mcp --help` made from the settings model (config.py), every setting
+with its flag if it has one, its environment variable and its default, so that a setting added to the model is in
+the help with no more work; and the hint shown when `apikey-mcp` is typed in a terminal instead of run by a client."""
 
 from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic.fields import FieldInfo
@@ -59,12 +61,12 @@ def setting_help(name: str, field: FieldInfo, note: str | None = None, *, env: b
     return f"{text} ({where}default {default_text(name, field)})"
 
 
-def describe_settings(parser: argparse.ArgumentParser) -> None:
-    """Every option of `parser` that sets a setting gets its help from the model; the settings with no option
-    are listed in the epilog, which ends with a pointer to the README's table."""
+def describe_settings(parser: argparse.ArgumentParser, options: Sequence[argparse.Action]) -> None:
+    """Every one of `options` (the parser's) that sets a setting gets its help from the model; the settings with
+    no option are listed in the epilog, which ends with a pointer to the README's table."""
     fields = Settings.model_fields
     flagged = set()
-    for action in parser._actions:
+    for action in options:
         if action.dest in fields:
             action.help = setting_help(action.dest, fields[action.dest], action.help).replace("%", "%%")
             flagged.add(action.dest)
@@ -80,3 +82,15 @@ def describe_settings(parser: argparse.ArgumentParser) -> None:
     if parser.description:
         parser.description = textwrap.fill(parser.description, width=100)
     parser.epilog = "\n".join([*lines, "", "Flags override environment variables. " + README_POINTER])
+
+
+def terminal_hint(sandbox: bool) -> str:
+    """What a person who typed `apikey-mcp` in a terminal sees (on stderr: stdout stays the protocol's)."""
+    command = "apikey-mcp --sandbox" if sandbox else "apikey-mcp"
+    return (
+        "This is the MCP server over stdio: it waits for an MCP client to speak JSON-RPC on stdin, so typing here "
+        "does nothing useful.\n"
+        f"  Try it with the MCP Inspector: npx -y @modelcontextprotocol/inspector {command}\n"
+        "  Or add it to Claude Desktop, Claude Code, Cursor or VS Code (README: Client configuration).\n"
+        "  Stop it with Ctrl-C (or Ctrl-D)."
+    )

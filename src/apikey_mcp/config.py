@@ -11,7 +11,7 @@ from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_valid
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .gateway._constants import DEFAULT_BASE_URL
+from .gateway.constants import DEFAULT_BASE_URL
 
 DEFAULT_BUDGET = 1000
 MAX_WAIT_SECONDS = 55  # one poll_task call waits at most this long: under the 60 s tool timeout of many clients

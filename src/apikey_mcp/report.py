@@ -12,18 +12,19 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .budget import REPORT_BY, LedgerStore
+
+if TYPE_CHECKING:
+    from .cli_options import Subcommands  # only a type: cli_options imports admin, which imports this module
 
 _SPAN = re.compile(r"^(\d{1,6})([dhm])$")
 _UNIT = {"d": 86400, "h": 3600, "m": 60}
 DEFAULT_SINCE = "30d"
 
 
-def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
-) -> None:
+def add_parser(commands: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
     what = "credits spent, calls and refusals over time (UTC days)"
     p = commands.add_parser("report", parents=parents, help=what, description=f"{what[0].upper()}{what[1:]}.")
     p.add_argument("--since", default=DEFAULT_SINCE, help="7d, 24h, 30m or a UTC date 2026-12-01 (default 30d)")

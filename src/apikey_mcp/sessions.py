@@ -64,7 +64,7 @@ def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: No
     of the configuration). Typed in a terminal, it says on stderr what it is (stdout stays the protocol's)."""
     import sys
 
-    from .cli import terminal_hint
+    from .cli_help import terminal_hint
     from .server import build_server
     from .stdio import serve_stdio
     from .stores.sqlite import SqliteLedgerStore

@@ -29,7 +29,7 @@ async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_pe
 
 
 def test_the_in_process_sandbox_is_built_only_when_its_first_request_arrives() -> None:
-    from apikey_mcp.cli import SandboxOnDemand
+    from apikey_mcp.sandbox_on_demand import SandboxOnDemand
 
     with SandboxOnDemand("sk-lazy-1234", "whsec_lazy") as idle:
         assert idle.url.startswith("http://127.0.0.1:") and idle._server is None

@@ -114,7 +114,7 @@ def test_every_secret_setting_is_redacted_including_ones_added_later() -> None:
     from pydantic import SecretStr
 
     from apikey_mcp.config import Settings
-    from apikey_mcp.gateway.client import _redactor
+    from apikey_mcp.gateway.keys import redactor
 
     secret_fields = [n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)]
     assert {"api_key", "webhook_secret", "auth_tokens", "request_state_key", "database_url"} <= set(secret_fields)
@@ -123,7 +123,7 @@ def test_every_secret_setting_is_redacted_including_ones_added_later() -> None:
                "database_url": "postgresql://apikey:db-password-0123@db.internal/apikey"}  # fmt: skip
     settings = Settings(**values)
     text = " / ".join([*values.values(), "alice-token-0123456789", "db-password-0123", "Bearer KEY"])
-    cleaned = _redactor(settings.secrets())(text)
+    cleaned = redactor(settings.secrets())(text)
     for secret in [*values.values(), "alice-token-0123456789", "bob-token-0123456789", "db-password-0123"]:
         assert secret not in cleaned
     assert cleaned.endswith("Bearer KEY") and isinstance(settings.secrets()[0], SecretStr)

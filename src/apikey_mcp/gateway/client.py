@@ -10,10 +10,10 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -21,7 +21,19 @@ import httpx2
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from .. import __version__, metrics
-from . import _constants as c
+from .constants import (
+    CHAT_TIMEOUT,
+    CREATE_TIMEOUT,
+    DEFAULT_BASE_URL,
+    DOWNLOAD_TIMEOUT,
+    INITIAL_RETRY_DELAY,
+    MAX_CONNECTIONS,
+    MAX_RETRIES,
+    MAX_RETRY_AFTER,
+    MAX_RETRY_DELAY,
+    READ_TIMEOUT,
+    RETRY_STATUSES,
+)
 from .errors import (
     GatewayConnectionError,
     GatewayError,
@@ -32,46 +44,12 @@ from .errors import (
     error_from_response,
     parse_retry_after,
 )
-from .models import (
-    DOCUMENT_PATHS,
-    ChatCompletion,
-    ChatRequest,
-    Document,
-    EmbeddingList,
-    EmbeddingRequest,
-    Estimate,
-    EstimateRequest,
-    ImageRequest,
-    ModelList,
-    MusicRequest,
-    Task,
-    VideoRequest,
-)
+from .keys import AuthScheme, KeyAuth, redactor, scrub
+from .models import DOCUMENT_PATHS, ChatCompletion, Document, EmbeddingList, Estimate, ModelList, Task
+from .requests import ChatRequest, EmbeddingRequest, EstimateRequest, ImageRequest, MusicRequest, VideoRequest
 
-AuthScheme = Literal["bearer", "x-api-key"]
 _T = TypeVar("_T", bound=BaseModel)
 log = logging.getLogger(__name__)
-
-
-class _KeyAuth(httpx2.Auth):
-    """Adds the key to requests bound for the gateway's own origin, and to no other (result downloads)."""
-
-    def __init__(self, key: SecretStr, scheme: AuthScheme, origin: httpx2.URL) -> None:
-        self._key = key
-        self._scheme = scheme
-        self._origin = (origin.scheme, origin.host, origin.port)
-
-    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
-        if (request.url.scheme, request.url.host, request.url.port) == self._origin:
-            secret = self._key.get_secret_value()
-            if self._scheme == "bearer":
-                request.headers["Authorization"] = f"Bearer {secret}"
-            else:
-                request.headers["x-api-key"] = secret
-        yield request
-
-    def __repr__(self) -> str:
-        return f"_KeyAuth(scheme={self._scheme!r}, key=**********)"
 
 
 class GatewayClient:
@@ -79,11 +57,11 @@ class GatewayClient:
 
     def __init__(
         self,
-        base_url: str = c.DEFAULT_BASE_URL,
+        base_url: str = DEFAULT_BASE_URL,
         api_key: SecretStr | str | None = None,
         *,
         auth_scheme: AuthScheme = "bearer",
-        max_retries: int = c.MAX_RETRIES,
+        max_retries: int = MAX_RETRIES,
         transport: httpx2.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         other_secrets: Sequence[SecretStr | None] = (),
@@ -94,18 +72,18 @@ class GatewayClient:
             api_key = SecretStr(api_key) if api_key else None
         self.base_url = base_url.rstrip("/")
         self.has_key = api_key is not None
-        self._redact = _redactor([api_key, *other_secrets])
+        self._redact = redactor([api_key, *other_secrets])
         self.max_retries = max_retries
         self._sleep = sleep
         origin = httpx2.URL(self.base_url)
         self._make_http = partial(
             httpx2.AsyncClient,
             base_url=self.base_url,
-            auth=_KeyAuth(api_key, auth_scheme, origin) if api_key else None,
+            auth=KeyAuth(api_key, auth_scheme, origin) if api_key else None,
             headers={"user-agent": f"apikey-mcp/{__version__}"},
             transport=transport,
-            limits=httpx2.Limits(max_connections=c.MAX_CONNECTIONS, max_keepalive_connections=c.MAX_CONNECTIONS),
-            timeout=c.READ_TIMEOUT,
+            limits=httpx2.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+            timeout=READ_TIMEOUT,
         )
         self._client: httpx2.AsyncClient | None = None
 
@@ -144,10 +122,10 @@ class GatewayClient:
         return await self._call("POST", "/v1/credits/estimate", Estimate, body=request, safe=True)
 
     async def chat_completion(self, request: ChatRequest) -> ChatCompletion:
-        return await self._call("POST", "/v1/chat/completions", ChatCompletion, body=request, timeout=c.CHAT_TIMEOUT)
+        return await self._call("POST", "/v1/chat/completions", ChatCompletion, body=request, timeout=CHAT_TIMEOUT)
 
     async def create_embeddings(self, request: EmbeddingRequest) -> EmbeddingList:
-        return await self._call("POST", "/v1/embeddings", EmbeddingList, body=request, timeout=c.CHAT_TIMEOUT)
+        return await self._call("POST", "/v1/embeddings", EmbeddingList, body=request, timeout=CHAT_TIMEOUT)
 
     async def generate_image(self, request: ImageRequest) -> Task:
         return await self._call("POST", "/v1/images/generations", Task, body=request)
@@ -165,7 +143,7 @@ class GatewayClient:
     async def get_document(self, name: str) -> Document:
         """One of the machine-readable documents by name (see DOCUMENT_PATHS), as text with its type."""
         path = DOCUMENT_PATHS[name]
-        response = await self._send("GET", path, safe=True, timeout=c.READ_TIMEOUT)
+        response = await self._send("GET", path, safe=True, timeout=READ_TIMEOUT)
         content_type = response.headers.get("content-type", "text/plain").split(";")[0].strip()
         return Document(path=path, content_type=content_type, text=self._redact(response.text))
 
@@ -189,7 +167,7 @@ class GatewayClient:
             for _ in range(_MAX_REDIRECTS + 1):
                 if allow is not None:
                     await allow(url)
-                async with self._http.stream("GET", url, timeout=c.DOWNLOAD_TIMEOUT) as response:
+                async with self._http.stream("GET", url, timeout=DOWNLOAD_TIMEOUT) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = str(response.url.join(response.headers["location"]))
                         continue
@@ -232,11 +210,11 @@ class GatewayClient:
             self.require_key()
         is_safe = method == "GET" if safe is None else safe
         if timeout is None:
-            timeout = c.READ_TIMEOUT if is_safe else c.CREATE_TIMEOUT
+            timeout = READ_TIMEOUT if is_safe else CREATE_TIMEOUT
         payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
         response = await self._send(method, path, json=payload, safe=is_safe, timeout=timeout)
         try:
-            return result.model_validate(self._scrub(json.loads(response.content)))
+            return result.model_validate(scrub(json.loads(response.content), self._redact))
         except (ValidationError, ValueError) as exc:
             text = self._redact(response.text[:_MAX_KEPT_BODY])
             raise GatewayProtocolError(
@@ -267,7 +245,7 @@ class GatewayClient:
             log.debug("%s %s -> %s in %.1f ms", method, path, response.status_code, elapsed_ms)
             if response.is_success:
                 return response
-            if safe and response.status_code in c.RETRY_STATUSES and attempt < self.max_retries:
+            if safe and response.status_code in RETRY_STATUSES and attempt < self.max_retries:
                 delay = self._retry_delay(attempt + 1, response)
                 if delay is not None:
                     attempt += 1
@@ -276,16 +254,6 @@ class GatewayClient:
                     await self._sleep(delay)
                     continue
             raise error_from_response(response, self._redact)
-
-    def _scrub(self, value: object) -> object:
-        """Every string in a parsed answer, redacted: a secret escaped in the JSON text is caught too."""
-        if isinstance(value, str):
-            return self._redact(value)
-        if isinstance(value, list):
-            return [self._scrub(item) for item in value]
-        if isinstance(value, dict):
-            return {key: self._scrub(item) for key, item in value.items()}
-        return value
 
     def _transport_error(
         self, method: str, path: str, exc: httpx2.TransportError, safe: bool
@@ -300,7 +268,7 @@ class GatewayClient:
 
     def _backoff(self, attempt: int) -> float:
         """Doubling from INITIAL_RETRY_DELAY to MAX_RETRY_DELAY, less up to a quarter of jitter."""
-        delay = min(c.INITIAL_RETRY_DELAY * 2 ** (attempt - 1), c.MAX_RETRY_DELAY)
+        delay = min(INITIAL_RETRY_DELAY * 2 ** (attempt - 1), MAX_RETRY_DELAY)
         return float(delay * (1 - 0.25 * random.random()))
 
     def _retry_delay(self, attempt: int, response: httpx2.Response) -> float | None:
@@ -308,26 +276,12 @@ class GatewayClient:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         if retry_after is None:
             return self._backoff(attempt)
-        return retry_after if retry_after <= c.MAX_RETRY_AFTER else None
+        return retry_after if retry_after <= MAX_RETRY_AFTER else None
 
 
 _CAP = "Raise --max-download-bytes, or fetch the result URL yourself."
 _MAX_REDIRECTS = 5
 _MAX_KEPT_BODY = 10_000
-
-
-def _redactor(keys: Sequence[SecretStr | None]) -> Callable[[str], str]:
-    """Removes every configured secret from text taken from an answer (not every word after "Bearer": the
-    gateway's docs show `Authorization: Bearer KEY` as a placeholder, which is no secret)."""
-    values = {key.get_secret_value() for key in keys if key is not None and key.get_secret_value()}
-    secrets = sorted(values, key=len, reverse=True)  # the longest first: no secret's tail left behind
-
-    def redact(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
-
-    return redact
 
 
 def _route(path: str) -> str:

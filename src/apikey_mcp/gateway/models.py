@@ -1,4 +1,5 @@
-"""Pydantic models of the gateway's requests and responses: the one place the contract lives.
+"""Pydantic models of the gateway's contract: the one place it lives. This module holds what we receive; the
+request bodies we send are in `requests` and re-exported here, so `gateway.models` names the whole contract.
 
 Client and sandbox both use these, so they cannot drift apart. What we send is validated strictly
 (unknown fields are refused); what we receive is parsed permissively (unknown fields are kept, an unknown
@@ -11,22 +12,68 @@ from __future__ import annotations
 import logging
 import math
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    HttpUrl,
     ModelWrapValidatorHandler,
     ValidationError,
     model_validator,
 )
 
+from .requests import (
+    ChatMessage,
+    ChatRequest,
+    EmbeddingRequest,
+    EstimateRequest,
+    ImageRequest,
+    InputMode,
+    Modality,
+    MusicRequest,
+    VideoRequest,
+    message_text,
+    plan_for,
+)
+
+__all__ = [
+    "DOCUMENT_PATHS",
+    "MAX_CREDITS",
+    "TERMINAL_STATUSES",
+    "ChatChoice",
+    "ChatCompletion",
+    "ChatMessage",
+    "ChatRequest",
+    "Credits",
+    "Document",
+    "Embedding",
+    "EmbeddingList",
+    "EmbeddingRequest",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "Estimate",
+    "EstimateRequest",
+    "ImageRequest",
+    "InputMode",
+    "Modality",
+    "ModelInfo",
+    "ModelList",
+    "ModelParameters",
+    "MusicRequest",
+    "Task",
+    "TaskCredits",
+    "TaskOutput",
+    "TaskStatus",
+    "Timestamp",
+    "Usage",
+    "VideoRequest",
+    "message_text",
+    "plan_for",
+]
+
 log = logging.getLogger(__name__)
-Modality = Literal["chat", "embedding", "image", "video", "music"]
-InputMode = Literal["text-to-video", "image-to-video", "video-to-video"]
 
 
 MAX_CREDITS = 10**15  # more than any wallet holds: a larger (or infinite) number is a broken answer
@@ -54,12 +101,6 @@ def _fraction(value: Any) -> Any:
 
 Credits = Annotated[int, BeforeValidator(_whole_credits)]
 Timestamp = int | float | str | None  # unix seconds in our sandbox; whatever the gateway sends is kept
-
-
-class _Request(BaseModel):
-    """What we send: strict, so a typo is our bug and not a silent no-op at the gateway."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class _Response(BaseModel):
@@ -131,19 +172,6 @@ class ModelList(_Response):
 # ---------------------------------------------------------------- credits estimate
 
 
-class EstimateRequest(_Request):
-    model: str = Field(min_length=1)
-    modality: Modality
-    duration: int | None = Field(default=None, gt=0, description="Seconds (video, music).")
-    resolution: str | None = None
-    input_mode: InputMode | None = None
-    n: int | None = Field(default=None, ge=1, description="Number of images.")
-    size: str | None = None
-    input_tokens: int | None = Field(default=None, ge=0, description="Chat / embeddings: tokens in (inferred).")
-    output_tokens: int | None = Field(default=None, ge=0, description="Chat: tokens out (inferred).")
-    max_credits: int | None = Field(default=None, ge=0)
-
-
 class Estimate(_Response):
     model: str
     modality: str
@@ -154,32 +182,6 @@ class Estimate(_Response):
 
 
 # ---------------------------------------------------------------- async media tasks
-
-
-class _TaskCreate(_Request):
-    model: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)
-    max_credits: int | None = Field(default=None, ge=0)
-    callback_url: HttpUrl | None = None
-
-
-class ImageRequest(_TaskCreate):
-    n: int = Field(default=1, ge=1, le=8)
-    size: str | None = None
-    image_urls: list[HttpUrl] | None = Field(default=None, description="Reference images (inferred).")
-
-
-class VideoRequest(_TaskCreate):
-    duration: int | None = Field(default=None, gt=0)
-    resolution: str | None = None
-    input_mode: InputMode = "text-to-video"
-    image_url: HttpUrl | None = None
-    video_url: HttpUrl | None = None
-
-
-class MusicRequest(_TaskCreate):
-    duration: int | None = Field(default=None, gt=0)
-    instrumental: bool | None = None
 
 
 class TaskStatus(StrEnum):
@@ -211,9 +213,10 @@ def _status(value: Any) -> Any:
     """Known statuses and synonyms become a TaskStatus; an unknown one is kept as its string."""
     if isinstance(value, str):
         lowered = value.strip().lower()
-        if lowered in TaskStatus._value2member_map_:
+        try:
             return TaskStatus(lowered)
-        return _STATUS_SYNONYMS.get(lowered, value)
+        except ValueError:
+            return _STATUS_SYNONYMS.get(lowered, value)
     return value
 
 
@@ -259,48 +262,7 @@ class Task(_Response):
         return self.status in TERMINAL_STATUSES
 
 
-def plan_for(request: ImageRequest | VideoRequest | MusicRequest) -> EstimateRequest:
-    """The estimate request that prices a create: the same parameters, one contract for client and sandbox."""
-    if isinstance(request, ImageRequest):
-        return EstimateRequest(model=request.model, modality="image", n=request.n, size=request.size)
-    if isinstance(request, VideoRequest):
-        return EstimateRequest(
-            model=request.model,
-            modality="video",
-            duration=request.duration,
-            resolution=request.resolution,
-            input_mode=request.input_mode,
-        )
-    return EstimateRequest(model=request.model, modality="music", duration=request.duration)
-
-
 # ---------------------------------------------------------------- chat and embeddings (OpenAI shapes)
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-def message_text(content: str | list[dict[str, Any]] | None) -> str:
-    """The text of a message, whether a plain string or OpenAI-style content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
-
-
-class ChatRequest(_Request):
-    model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    max_credits: int | None = Field(default=None, ge=0)  # inferred: honoured as on task bodies
 
 
 class Usage(_Response):
@@ -322,13 +284,6 @@ class ChatCompletion(_Response):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
-
-
-class EmbeddingRequest(_Request):
-    model: str = Field(min_length=1)
-    input: str | list[str]
-    dimensions: int | None = Field(default=None, ge=1)
-    max_credits: int | None = Field(default=None, ge=0)  # inferred, as on chat
 
 
 class Embedding(_Response):
