@@ -27,6 +27,7 @@ from ..accounts import Accounts
 from ..config import Settings
 from ..errors import ConfigError
 from ..gateway import GatewayClient
+from ..replicas.mode import Replica, replica_mode
 from ..server import build_server
 from ..sessions import state_file as ledger_file
 from ..stores import describe, open_store, ready, store_for
@@ -37,7 +38,6 @@ from .callbacks import CallbackReceiver
 from .guards import AuthThrottle, HostCheck
 from .health import Health
 from .limits import SessionLimit, StreamLimit
-from .replicas import Replica, replica_mode
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)

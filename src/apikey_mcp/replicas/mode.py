@@ -1,15 +1,5 @@
-"""Replica mode: many copies of the hosted server behind a load balancer, on one PostgreSQL ledger.
-
-Any request may land on any replica, so nothing a client needs may live in one process's memory:
-- Streamable HTTP is stateless for 2025-era clients (2026-07-28 clients have no protocol session anyway);
-  SSE is not served, since its session lives in one process.
-- Request state (the 2026-07-28 answer-and-retry of a mid-call question) is sealed with a key every
-  replica shares (`APIKEY_REQUEST_STATE_KEY`), and every replica has the same server name.
-- Each task is watched by the one replica holding its lease; the others follow its row and wake on its
-  announcement (`stores/fleet.py`, `hosted/fleet_tasks.py`). A replica that stops or dies loses its
-  leases; another takes them over within `lease_seconds` plus a third of it (its scan period), then asks
-  the gateway for the task's state at once.
-"""
+"""This process as one replica of many: when replica mode applies, what it refuses, and the upkeep it runs
+(hearing the fleet's announcements, renewing leases, taking over orphaned tasks)."""
 
 from __future__ import annotations
 
@@ -32,11 +22,11 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..gateway import GatewayClient, webhooks
 from ..gateway.models import Task, TaskStatus
+from ..hosted.callbacks import CallbackReceiver, _refuse
+from ..hosted.updates import ResourceUpdates, task_uri
 from ..stores.fleet import Fleet
 from ..tasks import TaskRegistry
-from .callbacks import CallbackReceiver, _refuse
-from .fleet_tasks import FleetTaskRegistry
-from .updates import ResourceUpdates, task_uri
+from .tasks import FleetTaskRegistry
 
 log = logging.getLogger(__name__)
 MIN_KEY_LENGTH = 32
