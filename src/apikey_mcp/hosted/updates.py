@@ -105,9 +105,13 @@ class ResourceUpdates:
                 del self._subscribers[uri]
         return EmptyResult()
 
+    async def announce(self, task_id: str) -> None:
+        """Tell the listen streams that the task changed (each honours only its principal's tasks)."""
+        await self.bus.publish(ResourceUpdated(uri=task_uri(task_id)))
+
     async def task_changed(self, principal: str, tracked: TrackedTask) -> None:
         uri = task_uri(tracked.task_id)
-        await self.bus.publish(ResourceUpdated(uri=uri))  # listen streams honour only their principal's tasks
+        await self.announce(tracked.task_id)
         sessions = self._subscribers.get(uri)
         if sessions is None:
             return

@@ -7,26 +7,27 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 from mcp.server.request_state import RequestStateSecurity
-from mcp.shared.subscriptions import ResourceUpdated
-from starlette.responses import Response
 
 from ..accounts import Accounts
-from ..budget import Ledger, LedgerStore, LedgerUnavailableError, Reservation
+from ..budget import LedgerStore, LedgerUnavailableError
 from ..config import Settings
 from ..errors import ConfigError
-from ..gateway import GatewayClient, webhooks
-from ..gateway.models import Task, TaskStatus
-from ..hosted.callbacks import CallbackReceiver, _refuse
-from ..hosted.updates import ResourceUpdates, task_uri
+from ..gateway import GatewayClient
+from ..gateway.models import Task
 from ..stores.fleet import Fleet
-from ..tasks import TaskRegistry
-from .tasks import FleetTaskRegistry
+from .callbacks import apply_for_fleet
+from .tasks import FleetTaskRegistry, fleet_registries, hand_over
+
+if TYPE_CHECKING:
+    from ..hosted.callbacks import Outcome
+    from ..hosted.updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
 MIN_KEY_LENGTH = 32
@@ -67,105 +68,42 @@ def replica_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-@dataclass
-class FleetAccounts(Accounts):
-    """Accounts whose task registries coordinate through the fleet's tables."""
-
-    fleet: Fleet | None = None
-
-    def _registry(self, principal: str, client: GatewayClient, ledger: Ledger, *, own_key: bool) -> TaskRegistry:
-        """Tasks made with a client's own key stay with the replica that holds the key (in memory only)."""
-        assert self.fleet is not None
-        if own_key:
-            return super()._registry(principal, client, ledger, own_key=own_key)
-        return FleetTaskRegistry(
-            self.fleet,
-            principal,
-            client,
-            ledger,
-            poll_interval=self.settings.poll_interval,
-            max_poll_interval=self.settings.max_poll_interval,
-            adopt_unknown=False,
-            callbacks=self.settings.public_url is not None,
-            fresh_seconds=self.settings.fresh_seconds,
-            sleep=self.poll_sleep,
-            clock=self.poll_clock,
-            pacer=self._pacer,
-            retention=self.settings.task_retention_seconds,
-            lost_after=self.settings.lost_after_seconds,
-        )
-
-    async def _restore(self) -> None:
-        log.info("replica mode: unfinished tasks are resumed by whichever replica takes their lease")
-
-    def registries(self) -> list[FleetTaskRegistry]:
-        services = [*self._services.values(), *self._own.values()]
-        return [s.registry for s in services if isinstance(s.registry, FleetTaskRegistry)]
-
-    async def hand_over(self, reservation: Reservation) -> None:
-        """Watch a task whose watcher went away (its lease expired, or none was ever taken)."""
-        assert reservation.task_id is not None
-        registry = (await self.service(reservation.principal)).registry
-        if not isinstance(registry, FleetTaskRegistry) or registry.get(reservation.task_id) is not None:
-            return  # held here already: its follower loop claims the lease on its next round
-        registry.resumed.add(reservation.task_id)
-        task = Task(task_id=reservation.task_id, status=TaskStatus.PENDING)  # the watcher asks the gateway at once
-        await registry.track(task, reservation.modality, reservation)
-
-
-class FleetCallbackReceiver(CallbackReceiver):
-    """Any replica takes any callback: de-duplicated, recorded and settled in one transaction, then announced."""
-
-    def __init__(self, fleet: Fleet, accounts: Accounts, secret: str, *, max_bytes: int) -> None:
-        super().__init__(accounts, secret, max_bytes=max_bytes)
-        self.fleet = fleet
-
-    async def accept(self, task: Task, signature: str, reservation_id: str | None) -> Response:
-        keep = 2 * webhooks.DEFAULT_TOLERANCE
-        try:
-            outcome = await self.fleet.settle_callback(signature, keep, task, reservation_id)
-        except LedgerUnavailableError as exc:  # the gateway retries a 5xx; the task's watcher settles it anyway
-            log.error("could not record the callback for task %s: %s", task.task_id, exc)
-            return _refuse(503, "the ledger cannot record this callback now; retry later")
-        if outcome == "replay":
-            log.warning("rejected a replayed callback for task %s", task.task_id)
-            return _refuse(409, "this callback was already received")
-        if outcome == "unknown":
-            return _refuse(404, f"no task '{task.task_id}' here")
-        log.info("callback: task %s is %s (recorded for the fleet)", task.task_id, task.status)
-        if task.is_terminal:  # its charge may cross an alert threshold: the checker hears of its owner
-            try:
-                if (shared := await self.fleet.find(task.task_id)) is not None:
-                    self.accounts.alerts.notice(shared.principal)
-            except LedgerUnavailableError:  # the owner's next reservation checks again
-                pass
-        return Response(status_code=204)
-
-
 class Replica:
-    """This process as one replica: hears the fleet's announcements, renews its leases, takes over orphans."""
+    """This process as one replica (the hosted app's mode in replica mode): stateless Streamable HTTP, no SSE,
+    request state sealed with the shared key; it hears the fleet's announcements, renews its leases and takes
+    over orphans."""
 
-    def __init__(self, accounts: FleetAccounts, fleet: Fleet, updates: ResourceUpdates, settings: Settings) -> None:
+    stateless = True
+    serves_sse = False
+
+    def __init__(self, accounts: Accounts, fleet: Fleet, settings: Settings) -> None:
         self.accounts = accounts
         self.fleet = fleet
-        self.updates = updates
-        self.security = request_state_security(settings)
+        self.request_state_security: RequestStateSecurity | None = request_state_security(settings)
+        self.updates: ResourceUpdates | None = None  # told of tasks no registry here holds (`tell`)
 
     @classmethod
-    def configure(
-        cls, settings: Settings, client: GatewayClient, store: LedgerStore, database_url: str, updates: ResourceUpdates
-    ) -> Replica:
+    def configure(cls, settings: Settings, client: GatewayClient, store: LedgerStore, database_url: str) -> Replica:
         """The fleet-aware accounts and upkeep of one replica; ConfigError when settings forbid it."""
         from ..stores.postgres import PostgresLedgerStore
 
         check(settings)
         assert isinstance(store, PostgresLedgerStore)
         fleet = Fleet(store, database_url, replica_name(), lease_seconds=settings.lease_seconds)
-        accounts = FleetAccounts(settings, client, store, hosted=True, fleet=fleet)
-        return cls(accounts, fleet, updates, settings)
+        registry_type = partial(FleetTaskRegistry, fleet)
+        accounts = Accounts(settings, client, store, hosted=True, registry_type=registry_type, resume_tasks=False)
+        return cls(accounts, fleet, settings)
 
-    def callback_receiver(self, secret: str, *, max_bytes: int) -> FleetCallbackReceiver:
-        return FleetCallbackReceiver(self.fleet, self.accounts, secret, max_bytes=max_bytes)
+    @property
+    def listener(self) -> Callable[[], bool]:
+        return lambda: self.fleet.connected
+
+    def tell(self, updates: ResourceUpdates) -> None:
+        self.updates = updates
+        self.accounts.task_listeners.append(updates.task_changed)
+
+    async def apply_callback(self, task: Task, signature: str, reservation_id: str | None) -> Outcome:
+        return await apply_for_fleet(self.fleet, self.accounts, task, signature, reservation_id)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Replica]:
@@ -184,16 +122,16 @@ class Replica:
 
     async def _announced(self, task_id: str) -> None:
         held = False
-        for registry in self.accounts.registries():
+        for registry in fleet_registries(self.accounts):
             if registry.get(task_id) is not None:
                 held = True
                 await registry.reread(task_id)  # wakes its poll_task waiters and subscribers (filtered by owner)
-        if not held:  # no one here holds the task; a 2026-07-28 listener here may still want the news
-            await self.updates.bus.publish(ResourceUpdated(uri=task_uri(task_id)))
+        if not held and self.updates is not None:  # no one here holds it; a 2026-07-28 listener may want the news
+            await self.updates.announce(task_id)
 
     async def _reconnected(self) -> None:
         """Announcements sent while the listener was away are lost: re-read every task waited on here."""
-        for registry in self.accounts.registries():
+        for registry in fleet_registries(self.accounts):
             for task_id in registry.unfinished():
                 await registry.reread(task_id)
 
@@ -212,5 +150,5 @@ class Replica:
         after = (float("-inf"), "")
         while page := await self.fleet.orphans(after=after):
             for reservation in page:
-                await self.accounts.hand_over(reservation)
+                await hand_over(self.accounts, reservation)
             after = (page[-1].created_at, page[-1].id)
