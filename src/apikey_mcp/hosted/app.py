@@ -3,18 +3,17 @@
 Routes: `/mcp` (Streamable HTTP), `/sse` + `/messages/` (SSE), `GET /healthz` and `GET /readyz` (health.py),
 and `POST /webhooks/api-key` (the gateway's signed callbacks). Who may use the MCP routes is access.py's
 concern (operator tokens, OAuth or both); Host and Origin are checked against allow-lists (DNS rebinding);
-request bodies are capped.
+request bodies are capped. `create_app` composes the app from small parts; whatever differs between serving
+alone and as one replica of many comes from its hosting mode (mode.py), chosen in `_hosting_mode`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import anyio
 import uvicorn
@@ -38,7 +37,7 @@ from .access import Access, Door
 from .access_log import AccessLog
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
-from .guards import AuthThrottle, HostCheck
+from .guards import AuthThrottle, HostCheck, is_loopback, transport_security
 from .health import Health
 from .limits import SessionLimit, StreamLimit
 from .mode import HostingMode, Standalone
@@ -47,27 +46,8 @@ from .updates import ResourceUpdates
 log = logging.getLogger(__name__)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
-    """Host headers and Origins to accept: loopback names when bound there, the public URL, the operator's."""
-    names = ["127.0.0.1", "localhost", "[::1]"] if is_loopback(settings.host) else [settings.host]
-    if settings.public_url:
-        names.append(urlsplit(settings.public_url).netloc)
-    names += settings.allowed_hosts
-    hosts = [h for name in names for h in ([name] if urlsplit(f"//{name}").port else [name, f"{name}:*"])]
-    origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
-    return hosts, origins
-
-
 def _check(settings: Settings, tokens: dict[str, str]) -> None:
+    """Refuse to start where clients or callbacks could not be verified."""
     if not tokens and settings.oauth_issuer is None and not is_loopback(settings.host):
         raise ConfigError(
             f"Refusing to serve on {settings.host} with no client authentication: anyone who reaches it could "
@@ -127,6 +107,8 @@ def create_app(
 
 @dataclass
 class _Ledger:
+    """The ledger store this app uses: PostgreSQL when a database URL is set, else the SQLite file."""
+
     store: LedgerStore
     where: str  # for the logs
     database_url: str | None
@@ -172,10 +154,7 @@ def _mcp_routes(
     settings: Settings, server: MCPServer, mode: HostingMode, access: Access
 ) -> tuple[list[BaseRoute], list[str]]:
     """The MCP transports behind each door (its guard, then the Host check), and their names for the start log."""
-    hosts, origins = _allowed(settings)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-    )
+    security = transport_security(settings)
     mcp_app = _streamable(settings, server, security, stateless=mode.stateless) if _streamable_on(settings) else None
     sse = settings.transport in ("http", "sse") and mode.serves_sse
     routes: list[BaseRoute] = []
