@@ -9,6 +9,7 @@ How a task is watched is a strategy the registry is given (watcher.py: polling t
 supplies one that coordinates with the fleet). Watchers, result saves and retried writes all run under one
 supervisor (supervisor.py), so a failure in one is that job's alone. `wait` asks the gateway only when what
 the registry knows is not fresh. A task the gateway stopped knowing is *lost* (its hold stays counted).
+What a task's end writes to the ledger is settlement.py's; how long finished tasks stay, retention.py's.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any
 
 import anyio
@@ -31,13 +30,14 @@ from .gateway import GatewayClient, NotFoundError
 from .gateway.models import Task, TaskStatus
 from .lost import held_by, log_lost, log_still_open
 from .polling import Durations, Pacer, Schedule
+from .retention import Retention
+from .settlement import close_reservations
 from .supervisor import Supervisor
 from .tracked import TrackedTask, modality_of
 from .watcher import LOST_AFTER_SECONDS, PollingWatcher, Watcher
 
 log = logging.getLogger(__name__)
 __all__ = ["TaskRegistry", "TrackedTask", "modality_of"]
-MAX_RETIRED = 10_000  # ids of let-go finished tasks kept per registry, so their owner can still look them up
 
 
 class TaskRegistry:
@@ -65,8 +65,7 @@ class TaskRegistry:
         `fresh_seconds`: how old a known state may be for `wait` to answer from it without a request.
         `sleep` and `clock` are what watchers wait with and tell time by: a test passes its own to own time.
         `pacer` gives fallback polls (callbacks wired) their turns; hosting shares one across principals.
-        `retention`: seconds a finished task stays in memory (None: for ever). After that only its id is
-        kept (up to MAX_RETIRED), so that its owner may still look it up at the gateway.
+        `retention`: seconds a finished task stays in memory (None: for ever; then only its id, retention.py).
         `watcher` makes the strategy that watches each task; `lost_after`: seconds of 404s before a task is
         lost; `principal` names whose tasks these are in the supervisor's logs."""
         self.adopt_unknown = adopt_unknown
@@ -81,10 +80,8 @@ class TaskRegistry:
         self.watching = 0  # watchers alive now
         self.durations = Durations()
         self._tasks: dict[str, TrackedTask] = {}
-        self.retention = retention
-        self._finished: dict[str, float] = {}  # task id -> when it ended, oldest first
-        self._retired: OrderedDict[str, None] = OrderedDict()  # ids of finished tasks let go of, newest last
-        self.forgotten: list[Callable[[str], None]] = []  # told of every finished task let go of
+        self.retention = Retention(retention)
+        self.forgotten = self.retention.forgotten  # told of every finished task let go of
         self.supervisor: Supervisor | None = None
         self.observers: list[Callable[[TrackedTask], None]] = []  # told of every new task and every change
         self.lost_after = lost_after
@@ -128,25 +125,13 @@ class TaskRegistry:
 
     def knows(self, task_id: str) -> bool:
         """Whether this registry tracks the task, or tracked it until its retention ran out."""
-        return task_id in self._tasks or task_id in self._retired
+        return task_id in self._tasks or self.retention.retired(task_id)
 
     def prune(self) -> None:
         """Let go of finished tasks older than the retention (each is in the state file, if any)."""
-        if self.retention is None:
-            return
-        cutoff = self._clock() - self.retention
-        while self._finished:
-            task_id, ended = next(iter(self._finished.items()))
-            if ended > cutoff:
-                break
-            del self._finished[task_id]
+        for task_id in self.retention.expired(self._clock()):
             self._tasks.pop(task_id, None)
-            self._retired[task_id] = None
-            self._retired.move_to_end(task_id)
-            if len(self._retired) > MAX_RETIRED:
-                self._retired.popitem(last=False)
-            for forget in self.forgotten:
-                forget(task_id)
+            self.retention.retire(task_id)
 
     async def track(
         self, task: Task, modality: str | None, reservation: Reservation | None, *, confirmed: bool = True
@@ -196,7 +181,7 @@ class TaskRegistry:
         self.prune()
         tracked = self._tasks.get(task_id)
         held = None
-        if tracked is None and not self.adopt_unknown and task_id not in self._retired:
+        if tracked is None and not self.adopt_unknown and not self.retention.retired(task_id):
             held = await self.ledger.task_reservation(task_id)
             if held is None:
                 raise NotFoundError(f"Task '{task_id}' was not created by this principal", code="task_not_found")
@@ -211,7 +196,7 @@ class TaskRegistry:
             started = asked - _age_by_wall_clock(task)
             tracked = TrackedTask(task, modality_of(task), started=started, asked_at=asked, polls=1)
             self._tasks[task_id] = tracked
-            self._retired.pop(task_id, None)
+            self.retention.revive(task_id)
             self.notify(tracked)
             if not task.is_terminal:
                 self._watch_soon(tracked)
@@ -291,8 +276,7 @@ class TaskRegistry:
             metrics.task_ended(tracked.modality, tracked.known_at - tracked.started)
             tracked.wake_watcher()  # to stop: nothing left to ask
             await self._close(tracked, task)
-            if task.task_id not in self._finished:
-                self._finished[task.task_id] = self._clock()
+            self.retention.ended(task.task_id, self._clock())
         if (task.status, task.progress) != before or task.is_terminal:
             tracked.changed.set()
             tracked.changed = anyio.Event()
@@ -307,28 +291,10 @@ class TaskRegistry:
                 log.exception("a task observer failed for %s (the task is still tracked)", tracked.task_id)
 
     async def _close(self, tracked: TrackedTask, task: Task) -> None:
-        """Settle the task's reservation at its charge (or release it if it failed); a duplicate create's
-        reservation is released, since the gateway charges one task once. The watcher strategy may say that
-        another party closes it (a follower replica: the fleet's watcher has)."""
-        if not self.watcher.closes(tracked):
-            return
-        if (reservation := tracked.reservation) is not None:
-            if task.status == TaskStatus.SUCCEEDED:
-                charged = task.credits.charged if task.credits and task.credits.charged is not None else None
-                charged = reservation.credits if charged is None else charged  # no stated charge: the whole hold
-                await self.durably(f"settle task {task.task_id}", lambda: self._settle(reservation, charged, task))
-            else:
-                await self.durably(f"release task {task.task_id}", lambda: self._release(reservation, task))
-        for duplicate in tracked.duplicates:
-            await self.durably(f"release a duplicate of {task.task_id}", partial(self._release, duplicate, task))
-
-    async def _settle(self, reservation: Reservation, charged: int, task: Task) -> None:
-        if await self.ledger.settle(reservation, charged):
-            log.info("task %s succeeded; settled %d credits", task.task_id, charged)
-
-    async def _release(self, reservation: Reservation, task: Task) -> None:
-        if await self.ledger.release(reservation):
-            log.info("task %s ended (%s); released %d reserved credits", task.task_id, task.status, reservation.credits)
+        """Close what the task holds in the ledger (settlement.py), unless the watcher strategy says another
+        party closes it (a follower replica: the fleet's watcher has)."""
+        if self.watcher.closes(tracked):
+            await close_reservations(self.ledger, tracked, task, self.durably)
 
     async def durably(self, what: str, write: Callable[[], Awaitable[object]]) -> None:
         """Write to the ledger now, or keep retrying under the supervisor until it lands (durable.py)."""

@@ -3,7 +3,7 @@
 `PollingWatcher` asks the gateway on the schedule in polling.py: a caller arriving in `wait` wakes it to plan
 again (closer polls while someone waits), a task that ends by a push wakes it to stop, and after every sleep
 it looks whether the task ended meanwhile before asking. Replica mode supplies its own strategy
-(hosted/fleet_tasks.py), which takes a lease and then uses this one.
+(replicas/tasks.py), which takes a lease and then uses this one.
 
 Every gateway error backs off, exponentially with jitter up to ERROR_CAP seconds, also for a task resumed
 after a restart whose state is not known yet; repeats are logged once a minute per task. A task the gateway

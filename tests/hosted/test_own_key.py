@@ -11,7 +11,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from apikey_mcp.accounts import KEY_CHECKS_PER_MINUTE, MAX_OWN_KEYS
+from apikey_mcp.own_keys import KEY_CHECKS_PER_MINUTE, MAX_OWN_KEYS
 from apikey_mcp.sandbox import Sandbox, Wallet
 from tests.conftest import KEY, OTHER_KEY
 from tests.hosted.conftest import ALICE, BOB, Hosted
@@ -70,7 +70,7 @@ async def test_a_wrong_own_key_is_refused_before_it_takes_a_slot(hosted_factory,
             pass
     assert "refused the key" in str(refused) and "invalid_api_key" in str(refused)
     assert wrong not in str(refused) and sandbox.tasks == {}
-    assert not hosted.accounts._own  # no slot taken
+    assert not hosted.accounts.own_keys.slots  # no slot taken
     assert str(_first(again.value, MCPError)) == str(refused) and sandbox.requests[TASK_GETS] == checks == 1
 
 
@@ -105,13 +105,13 @@ async def test_own_key_slots_are_recycled_least_recently_used(hosted_factory, sa
     assert await use(keys[MAX_OWN_KEYS]) == MAX_OWN_KEYS + 1  # a new key: checked, takes keys[1]'s slot
     assert await use(keys[0]) == MAX_OWN_KEYS + 1  # still held
     assert await use(keys[1]) == MAX_OWN_KEYS + 2  # let go of, so checked again
-    assert len(hosted.accounts._own) == MAX_OWN_KEYS
+    assert len(hosted.accounts.own_keys.slots) == MAX_OWN_KEYS
 
 
 async def test_unseen_own_keys_are_checked_at_most_ten_a_minute_per_principal(hosted_factory, sandbox: Sandbox) -> None:
     hosted = hosted_factory(allow_byok=True)
     now = [1000.0]
-    hosted.accounts.key_checks.clock = lambda: now[0]  # the limit's minute belongs to the test
+    hosted.accounts.own_keys.key_checks.clock = lambda: now[0]  # the limit's minute belongs to the test
 
     async def refusal(token: str, key: str) -> str:
         http, client = await connect_with_key(hosted, token, key)

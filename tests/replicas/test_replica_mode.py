@@ -10,7 +10,7 @@ from mcp.server.request_state import InvalidRequestState
 from apikey_mcp.config import Settings
 from apikey_mcp.errors import ConfigError
 from apikey_mcp.hosted import create_app
-from apikey_mcp.hosted.replicas import replica_mode, request_state_security
+from apikey_mcp.replicas.mode import replica_mode, request_state_security
 
 pytestmark = pytest.mark.slow  # replicas behind nginx on PostgreSQL
 

@@ -3,20 +3,21 @@
 Routes: `/mcp` (Streamable HTTP), `/sse` + `/messages/` (SSE), `GET /healthz` and `GET /readyz` (health.py),
 and `POST /webhooks/api-key` (the gateway's signed callbacks). Who may use the MCP routes is access.py's
 concern (operator tokens, OAuth or both); Host and Origin are checked against allow-lists (DNS rebinding);
-request bodies are capped.
+request bodies are capped. `create_app` composes the app from small parts; whatever differs between serving
+alone and as one replica of many comes from its hosting mode (mode.py), chosen in `_hosting_mode`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
 import anyio
 import uvicorn
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -24,46 +25,29 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from ..accounts import Accounts
+from ..budget import LedgerStore
 from ..config import Settings
 from ..errors import ConfigError
 from ..gateway import GatewayClient
+from ..replicas.mode import Replica, replica_mode
 from ..server import build_server
 from ..sessions import state_file as ledger_file
 from ..stores import describe, open_store, ready, store_for
-from .access import Access
+from .access import Access, Door
 from .access_log import AccessLog
 from .auth import load_tokens
 from .callbacks import CallbackReceiver
-from .guards import AuthThrottle, HostCheck
+from .guards import AuthThrottle, HostCheck, is_loopback, transport_security
 from .health import Health
 from .limits import SessionLimit, StreamLimit
-from .replicas import Replica, replica_mode
+from .mode import HostingMode, Standalone
 from .updates import ResourceUpdates
 
 log = logging.getLogger(__name__)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _allowed(settings: Settings) -> tuple[list[str], list[str]]:
-    """Host headers and Origins to accept: loopback names when bound there, the public URL, the operator's."""
-    names = ["127.0.0.1", "localhost", "[::1]"] if is_loopback(settings.host) else [settings.host]
-    if settings.public_url:
-        names.append(urlsplit(settings.public_url).netloc)
-    names += settings.allowed_hosts
-    hosts = [h for name in names for h in ([name] if urlsplit(f"//{name}").port else [name, f"{name}:*"])]
-    origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
-    return hosts, origins
-
-
 def _check(settings: Settings, tokens: dict[str, str]) -> None:
+    """Refuse to start where clients or callbacks could not be verified."""
     if not tokens and settings.oauth_issuer is None and not is_loopback(settings.host):
         raise ConfigError(
             f"Refusing to serve on {settings.host} with no client authentication: anyone who reaches it could "
@@ -90,44 +74,70 @@ def create_app(
     """The hosted app; `poll_sleep` and `poll_clock` are the task watchers' time (a test may own it)."""
     tokens = load_tokens(settings)
     _check(settings, tokens)
-    database_url = settings.database_url.get_secret_value() if settings.database_url else None
-    state_file = None if database_url else ledger_file(settings)  # a sandbox's ledger is a file of its own
-    store = store_for(database_url=database_url, state_file=state_file)
-    where = describe(database_url=database_url, state_file=state_file)
+    ledger = _Ledger.configure(settings)
     client = GatewayClient(
         settings.base_url, settings.api_key, auth_scheme=settings.auth_scheme, other_secrets=settings.secrets()
     )
-    accounts: Accounts | None = None  # the updates ask it whose a task is; made just below
-
-    async def owns(principal: str, task_id: str) -> bool:
-        assert accounts is not None
-        return await accounts.loads(principal, task_id)
-
+    mode = _hosting_mode(settings, client, ledger, poll_sleep, poll_clock)
     updates = ResourceUpdates(
-        owns, listens_per_principal=settings.max_listens_per_principal, listens_total=settings.max_sessions
+        mode.accounts.owns_task,
+        listens_per_principal=settings.max_listens_per_principal,
+        listens_total=settings.max_sessions,
     )
-    replica = None
-    if database_url and replica_mode(settings):  # one of many replicas behind a load balancer
-        replica = Replica.configure(settings, client, store, database_url, updates)
-        accounts = replica.accounts
-    else:
-        accounts = Accounts(settings, client, store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
-    accounts.task_listeners.append(updates.task_changed)
+    mode.tell(updates)
     server = build_server(
         settings,
-        accounts=accounts,
+        accounts=mode.accounts,
         subscriptions=updates.bus,
-        request_state_security=replica.security if replica else None,
+        request_state_security=mode.request_state_security,
     )
     updates.install(server)
-
     base = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
     access = Access.configure(settings, tokens, resource=settings.oauth_audience or f"{base}/mcp")
-    hosts, origins = _allowed(settings)
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-    )
-    health = Health(store, accounts.supervisor, (lambda: replica.fleet.connected) if replica else None)
+    mcp_routes, endpoints = _mcp_routes(settings, server, mode, access)
+    routes = [*_service_routes(settings, mode, access, ledger.store), *mcp_routes]
+    running = _Running(settings, client, access, ledger, mode, server, endpoints)
+    throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
+    middleware = [Middleware(AccessLog), throttle, *access.middleware()]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=running.lifespan)
+    app.state.accounts = mode.accounts
+    app.state.updates = updates
+    return app
+
+
+@dataclass
+class _Ledger:
+    """The ledger store this app uses: PostgreSQL when a database URL is set, else the SQLite file."""
+
+    store: LedgerStore
+    where: str  # for the logs
+    database_url: str | None
+
+    @classmethod
+    def configure(cls, settings: Settings) -> _Ledger:
+        database_url = settings.database_url.get_secret_value() if settings.database_url else None
+        state_file = None if database_url else ledger_file(settings)  # a sandbox's ledger is a file of its own
+        store = store_for(database_url=database_url, state_file=state_file)
+        return cls(store, describe(database_url=database_url, state_file=state_file), database_url)
+
+
+def _hosting_mode(
+    settings: Settings,
+    client: GatewayClient,
+    ledger: _Ledger,
+    poll_sleep: Callable[[float], Awaitable[None]],
+    poll_clock: Callable[[], float],
+) -> HostingMode:
+    """Alone, or one of many replicas behind a load balancer (on a PostgreSQL ledger): the one place they part."""
+    if ledger.database_url and replica_mode(settings):
+        return Replica.configure(settings, client, ledger.store, ledger.database_url)
+    accounts = Accounts(settings, client, ledger.store, hosted=True, poll_sleep=poll_sleep, poll_clock=poll_clock)
+    return Standalone(accounts)
+
+
+def _service_routes(settings: Settings, mode: HostingMode, access: Access, store: LedgerStore) -> list[BaseRoute]:
+    """Health, the OAuth metadata and the gateway's callbacks."""
+    health = Health(store, mode.accounts.supervisor, mode.listener)
     routes: list[BaseRoute] = [
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
@@ -135,80 +145,107 @@ def create_app(
     ]
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
-        receiver = (
-            replica.callback_receiver(secret, max_bytes=settings.max_body_bytes)
-            if replica
-            else CallbackReceiver(accounts, secret, max_bytes=settings.max_body_bytes)
-        )
+        receiver = CallbackReceiver(mode.apply_callback, secret, max_bytes=settings.max_body_bytes)
         routes.append(Route("/webhooks/api-key", receiver.handle, methods=["POST"]))
-    streamable = settings.transport in ("http", "streamable-http")
-    mcp_app: ASGIApp | None = None
-    if streamable:
-        streamable_app = server.streamable_http_app(
-            streamable_http_path="/mcp",
-            transport_security=security,
-            max_request_body_size=settings.max_body_bytes,
-            host=settings.host,
-            max_sessions=settings.max_sessions,
-            stateless_http=replica is not None,
-        )
-        limit = settings.max_sessions_per_principal
-        mcp_app = SessionLimit(_asgi(streamable_app.routes[0]), server.session_manager, limit)
+    return routes
+
+
+def _mcp_routes(
+    settings: Settings, server: MCPServer, mode: HostingMode, access: Access
+) -> tuple[list[BaseRoute], list[str]]:
+    """The MCP transports behind each door (its guard, then the Host check), and their names for the start log."""
+    security = transport_security(settings)
+    mcp_app = _streamable(settings, server, security, stateless=mode.stateless) if _streamable_on(settings) else None
+    sse = settings.transport in ("http", "sse") and mode.serves_sse
+    routes: list[BaseRoute] = []
     endpoints: list[str] = []
     for door in access.doors:
         if mcp_app is not None:
             routes.append(Route(f"{door.prefix}/mcp", HostCheck(door.guard(mcp_app), security)))
             endpoints.append(f"{door.prefix}/mcp ({door.kind})")
-        if settings.transport in ("http", "sse") and replica is None:  # SSE sessions live in one process
-            sse = server.sse_app(
-                sse_path=f"{door.prefix}/sse",
-                message_path=f"{door.prefix}/messages/",
-                transport_security=security,
-                max_request_body_size=settings.max_body_bytes,
-                host=settings.host,
-            )
-            get_sse, post = sse.routes[0], sse.routes[1]
-            stream = StreamLimit(_asgi(get_sse), settings.max_sse_streams_per_principal)
-            routes.append(Route(f"{door.prefix}/sse", HostCheck(door.guard(stream), security), methods=["GET"]))
-            routes.append(Mount(f"{door.prefix}/messages", app=HostCheck(door.guard(_asgi(post)), security)))
+        if sse:
+            routes += _sse_routes(settings, server, security, door)
             endpoints.append(f"{door.prefix}/sse ({door.kind})")
+    return routes, endpoints
+
+
+def _streamable_on(settings: Settings) -> bool:
+    return settings.transport in ("http", "streamable-http")
+
+
+def _streamable(
+    settings: Settings, server: MCPServer, security: TransportSecuritySettings, *, stateless: bool
+) -> ASGIApp:
+    streamable_app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        transport_security=security,
+        max_request_body_size=settings.max_body_bytes,
+        host=settings.host,
+        max_sessions=settings.max_sessions,
+        stateless_http=stateless,
+    )
+    return SessionLimit(_asgi(streamable_app.routes[0]), server.session_manager, settings.max_sessions_per_principal)
+
+
+def _sse_routes(
+    settings: Settings, server: MCPServer, security: TransportSecuritySettings, door: Door
+) -> list[BaseRoute]:
+    sse = server.sse_app(
+        sse_path=f"{door.prefix}/sse",
+        message_path=f"{door.prefix}/messages/",
+        transport_security=security,
+        max_request_body_size=settings.max_body_bytes,
+        host=settings.host,
+    )
+    get_sse, post = sse.routes[0], sse.routes[1]
+    stream = StreamLimit(_asgi(get_sse), settings.max_sse_streams_per_principal)
+    return [
+        Route(f"{door.prefix}/sse", HostCheck(door.guard(stream), security), methods=["GET"]),
+        Mount(f"{door.prefix}/messages", app=HostCheck(door.guard(_asgi(post)), security)),
+    ]
+
+
+@dataclass
+class _Running:
+    """What the app's lifespan enters, in order, and what it says when it starts and stops."""
+
+    settings: Settings
+    client: GatewayClient
+    access: Access
+    ledger: _Ledger
+    mode: HostingMode
+    server: MCPServer
+    endpoints: list[str]
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(client)
-            await stack.enter_async_context(access)
-            stack.push_async_callback(store.aclose)
-            await ready(store)
-            await stack.enter_async_context(accounts.running())
-            if replica is not None:
-                await stack.enter_async_context(replica.running())
-            if streamable:
-                await stack.enter_async_context(server.session_manager.run())
-            listening = getattr(app.state, "listening", f"{settings.host}:{settings.port}")  # set by serve()
-            public = f" (public URL {settings.public_url})" if settings.public_url else ""
-            log.info(
-                "serving %s, listening on %s%s: %s (ledger: %s)",
-                settings.transport,
-                listening,
-                public,
-                ", ".join(endpoints),
-                where,
-            )
-            if not access.doors[0].authenticated:
-                log.warning(
-                    "serving with NO client authentication: anyone who reaches %s can spend the budget", listening
-                )
+            await stack.enter_async_context(self.client)
+            await stack.enter_async_context(self.access)
+            stack.push_async_callback(self.ledger.store.aclose)
+            await ready(self.ledger.store)
+            await stack.enter_async_context(self.mode.accounts.running())
+            await stack.enter_async_context(self.mode.running())
+            if _streamable_on(self.settings):
+                await stack.enter_async_context(self.server.session_manager.run())
+            self._log_start(getattr(app.state, "listening", f"{self.settings.host}:{self.settings.port}"))
             yield
-        log.info("stopped; the ledger (%s) has every budget, reservation and task id", where)
+        log.info("stopped; the ledger (%s) has every budget, reservation and task id", self.ledger.where)
 
-    throttle = Middleware(AuthThrottle, limit=settings.auth_failures_per_minute, guarded=_guarded)
-    app = Starlette(
-        routes=routes, middleware=[Middleware(AccessLog), throttle, *access.middleware()], lifespan=lifespan
-    )
-    app.state.accounts = accounts
-    app.state.updates = updates
-    return app
+    def _log_start(self, listening: str) -> None:
+        """`listening` is set by serve() once the socket is bound."""
+        settings = self.settings
+        public = f" (public URL {settings.public_url})" if settings.public_url else ""
+        log.info(
+            "serving %s, listening on %s%s: %s (ledger: %s)",
+            settings.transport,
+            listening,
+            public,
+            ", ".join(self.endpoints),
+            self.ledger.where,
+        )
+        if not self.access.doors[0].authenticated:
+            log.warning("serving with NO client authentication: anyone who reaches %s can spend the budget", listening)
 
 
 def _guarded(path: str) -> bool:

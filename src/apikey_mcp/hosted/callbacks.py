@@ -4,11 +4,16 @@ A callback is trusted only with a valid signature over `timestamp.body`, a times
 and a signature not seen before; anything else gets 401 (or 409 for a replay) and changes nothing. A
 trusted one updates the task like a poll would: the reservation is settled or released, waiting
 `poll_task` calls wake up, and subscribed clients hear `resources/updated`.
+
+The receiver checks and parses; what a trusted callback does is the hosting mode's (`apply_here` in one
+process, the fleet's transaction in replica mode), told back as an `Outcome` that maps to the answer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -21,10 +26,22 @@ from ..gateway import webhooks
 from ..gateway.models import Task
 
 log = logging.getLogger(__name__)
+Outcome = Literal["applied", "replay", "unknown", "unavailable"]  # what applying a trusted callback came to
+Apply = Callable[[Task, str, str | None], Awaitable[Outcome]]  # (task, signature, our reservation id or None)
 
 
 def _refuse(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "callback_error"}}, status_code=status)
+
+
+def _answer(outcome: Outcome, task: Task) -> Response:
+    if outcome == "unavailable":  # the gateway retries a 5xx
+        return _refuse(503, "the ledger cannot record this callback now; retry later")
+    if outcome == "replay":
+        return _refuse(409, "this callback was already received")
+    if outcome == "unknown":
+        return _refuse(404, f"no task '{task.task_id}' here")
+    return Response(status_code=204)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
@@ -50,8 +67,10 @@ _RESULTS = {
 
 
 class CallbackReceiver:
-    def __init__(self, accounts: Accounts, secret: str, *, max_bytes: int) -> None:
-        self.accounts = accounts
+    """`apply` does what a trusted callback asks (`apply_here`, or replica mode's fleet transaction)."""
+
+    def __init__(self, apply: Apply, secret: str, *, max_bytes: int) -> None:
+        self.apply = apply
         self._secret = secret
         self.max_bytes = max_bytes
 
@@ -76,7 +95,7 @@ class CallbackReceiver:
             return _refuse(400, "callback body is not a task")
         if request.headers.get(webhooks.TASK_ID_HEADER) not in (None, task.task_id):
             return _refuse(400, "the task id header and the body disagree")
-        return await self.accept(task, signature, self._reference(request))
+        return _answer(await self.apply(task, signature, self._reference(request)), task)
 
     def _reference(self, request: Request) -> str | None:
         """The reservation id in our callback URL, if we made it (its MAC is ours); else ignored."""
@@ -87,22 +106,24 @@ class CallbackReceiver:
             log.warning("ignored a callback's reservation reference that we did not make (no valid MAC)")
         return reservation_id
 
-    async def accept(self, task: Task, signature: str, reservation_id: str | None) -> Response:
-        """Apply a verified callback once: settle or release its reservation, wake waiters and subscribers."""
-        try:
-            first = await self.accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE)
-        except LedgerUnavailableError as exc:  # cannot tell a replay from a first: let the gateway send it again
-            log.error("cannot record a callback now (%s); answering 503 so that it is retried", exc)
-            return _refuse(503, "the ledger cannot record this callback now; retry later")
-        if not first:
-            log.warning("rejected a replayed callback for task %s", task.task_id)
-            return _refuse(409, "this callback was already received")
-        found = self.accounts.find_task(task.task_id)
-        if found is None and reservation_id:
-            found = await self.accounts.adopt_created(reservation_id, task)
-        if found is None:
-            return _refuse(404, f"no task '{task.task_id}' here")
-        service, _ = found
-        await service.registry.update(task)
-        log.info("callback: task %s is %s", task.task_id, task.status)
-        return Response(status_code=204)
+
+async def apply_here(accounts: Accounts, task: Task, signature: str, reservation_id: str | None) -> Outcome:
+    """Apply a verified callback once in this process: settle or release its reservation, wake waiters and
+    subscribers."""
+    try:
+        first = await accounts.store.first_sighting(signature, keep_seconds=2 * webhooks.DEFAULT_TOLERANCE)
+    except LedgerUnavailableError as exc:  # cannot tell a replay from a first: let the gateway send it again
+        log.error("cannot record a callback now (%s); answering 503 so that it is retried", exc)
+        return "unavailable"
+    if not first:
+        log.warning("rejected a replayed callback for task %s", task.task_id)
+        return "replay"
+    found = accounts.find_task(task.task_id)
+    if found is None and reservation_id:
+        found = await accounts.adopt_created(reservation_id, task)
+    if found is None:
+        return "unknown"
+    service, _ = found
+    await service.registry.update(task)
+    log.info("callback: task %s is %s", task.task_id, task.status)
+    return "applied"

@@ -8,26 +8,50 @@
   the client its X-Forwarded-For names (uvicorn's ProxyHeadersMiddleware; no parser of our own). A request
   with no token at all (how an OAuth client starts, to discover the authorization server) is no guess and
   does not count. Bounded: at most MAX_ADDRESSES are tracked.
-- `HostCheck`: Host and Origin are checked before the SDK's transport sees the request, so a refused one
-  is answered 421/403 like any other, without the traceback and dropped connection the SSE transport gives.
+- `HostCheck`: Host and Origin are checked against the allow-lists `transport_security` makes (against DNS
+  rebinding) before the SDK's transport sees the request, so a refused one is answered 421/403 like any
+  other, without the traceback and dropped connection the SSE transport gives.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import metrics
+from ..config import Settings
 from ..windows import WindowLimit
 
 log = logging.getLogger(__name__)
 WINDOW_SECONDS = 60.0
 MAX_ADDRESSES = 10_000
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """Host headers and Origins to accept: loopback names when bound there, the public URL, the operator's."""
+    names = ["127.0.0.1", "localhost", "[::1]"] if is_loopback(settings.host) else [settings.host]
+    if settings.public_url:
+        names.append(urlsplit(settings.public_url).netloc)
+    names += settings.allowed_hosts
+    hosts = [h for name in names for h in ([name] if urlsplit(f"//{name}").port else [name, f"{name}:*"])]
+    origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
 class AuthThrottle:

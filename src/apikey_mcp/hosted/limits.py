@@ -56,7 +56,7 @@ class SessionLimit:
         self._opening: Counter[str] = Counter()
 
     def open_sessions(self, principal: str) -> int:
-        live = self._manager._server_instances  # no public view of the live sessions in the SDK
+        live = self._manager._server_instances  # SDK private: the session manager has no public view of them
         if len(self._sessions) > len(live):  # some principals hold only ended sessions: forget them all
             for name in list(self._sessions):
                 self._forget_ended(name, live)

@@ -46,7 +46,7 @@ def task_uri(task_id: str) -> str:
 def _connection(ctx: ServerRequestContext[Any, Any]) -> Any:
     """The client's connection, which lives as long as its session (`ctx.session` is per request, and the
     SDK offers no public way from a lowlevel handler to the connection)."""
-    return ctx.session._connection
+    return ctx.session._connection  # SDK private: ServerSession has no public accessor for its Connection
 
 
 def _principal() -> str:
@@ -74,7 +74,7 @@ class ResourceUpdates:
 
     def install(self, server: MCPServer) -> None:
         """Serve resources/(un)subscribe for 2025-era clients and a per-principal subscriptions/listen."""
-        lowlevel = server._lowlevel_server  # MCPServer has no public hook for these requests
+        lowlevel = server._lowlevel_server  # SDK private: no public hook binds a spec method (extensions may not)
         lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, self._subscribe)
         lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self._unsubscribe)
         lowlevel.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self.listen)
@@ -105,9 +105,13 @@ class ResourceUpdates:
                 del self._subscribers[uri]
         return EmptyResult()
 
+    async def announce(self, task_id: str) -> None:
+        """Tell the listen streams that the task changed (each honours only its principal's tasks)."""
+        await self.bus.publish(ResourceUpdated(uri=task_uri(task_id)))
+
     async def task_changed(self, principal: str, tracked: TrackedTask) -> None:
         uri = task_uri(tracked.task_id)
-        await self.bus.publish(ResourceUpdated(uri=uri))  # listen streams honour only their principal's tasks
+        await self.announce(tracked.task_id)
         sessions = self._subscribers.get(uri)
         if sessions is None:
             return

@@ -6,7 +6,8 @@ fleet recorded, wakes on the task's announcement, and re-reads the row every thi
 announcements can be lost. A follower that finds the lease expired takes it over and becomes the watcher.
 
 The registry is the plain one, given `FleetWatcher` as its watch strategy; only `refresh` differs (a
-follower reads the fleet's row instead of asking the gateway).
+follower reads the fleet's row instead of asking the gateway). The accounts make one for each principal's
+shared-key tasks (their `registry_type`); `hand_over` gives one a task whose watcher went away.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..budget import LedgerUnavailableError
-from ..gateway import GatewayError, NotFoundError
-from ..gateway.models import Task
+from ..accounts import Accounts
+from ..budget import Ledger, LedgerUnavailableError, Reservation
+from ..gateway import GatewayClient, GatewayError, NotFoundError
+from ..gateway.models import Task, TaskStatus
 from ..stores.fleet import Fleet, SharedTask
 from ..tasks import TaskRegistry, TrackedTask, modality_of
 from ..watcher import PollingWatcher
@@ -29,12 +31,14 @@ _T = TypeVar("_T")
 
 
 class FleetTaskRegistry(TaskRegistry):
-    def __init__(self, fleet: Fleet, principal: str, *args: Any, **kwargs: Any) -> None:
+    """A principal's tasks on one replica; takes TaskRegistry's arguments after the fleet (`principal` needed)."""
+
+    def __init__(self, fleet: Fleet, client: GatewayClient, ledger: Ledger, *, principal: str, **options: Any) -> None:
         self.fleet = fleet
         self.resumed: set[str] = set()  # handed over by the fleet's scan: their state here is a placeholder
         self.leased: set[str] = set()  # watched here: their state comes from the gateway
         self.following: set[str] = set()  # watched elsewhere: their state comes from the fleet's rows
-        super().__init__(*args, watcher=FleetWatcher, principal=principal, **kwargs)
+        super().__init__(client, ledger, watcher=FleetWatcher, principal=principal, **options)
         self.principal: str = principal
         self.observers.append(self._publish_soon)
 
@@ -86,6 +90,22 @@ class FleetTaskRegistry(TaskRegistry):
 
     async def _publish(self, task: Task) -> None:
         await self.durably(f"record the state of {task.task_id}", lambda: self.fleet.publish(self.principal, task))
+
+
+def fleet_registries(accounts: Accounts) -> list[FleetTaskRegistry]:
+    """The registries in memory that coordinate with the fleet (own-key ones stay with this replica)."""
+    return [s.registry for s in accounts.services() if isinstance(s.registry, FleetTaskRegistry)]
+
+
+async def hand_over(accounts: Accounts, reservation: Reservation) -> None:
+    """Watch a task whose watcher went away (its lease expired, or none was ever taken)."""
+    assert reservation.task_id is not None
+    registry = (await accounts.service(reservation.principal)).registry
+    if not isinstance(registry, FleetTaskRegistry) or registry.get(reservation.task_id) is not None:
+        return  # held here already: its follower loop claims the lease on its next round
+    registry.resumed.add(reservation.task_id)
+    task = Task(task_id=reservation.task_id, status=TaskStatus.PENDING)  # the watcher asks the gateway at once
+    await registry.track(task, reservation.modality, reservation)
 
 
 class FleetWatcher:
