@@ -34,16 +34,17 @@ from .config import Settings
 from .gateway import GatewayClient, GatewayError
 from .gateway.models import Task
 from .lost import log_still_open
-from .own_keys import KeyRefusedError, OwnKeys, TooManyKeysError
+from .own_keys import OwnKeys
 from .policy import Policy
 from .polling import Pacer
-from .service import Cache, Service
+from .service import Service
 from .sessions import start_session
+from .shared_cache import Cache
 from .supervisor import Supervisor
 from .tasks import TaskRegistry, TrackedTask, modality_of
 
 log = logging.getLogger(__name__)
-__all__ = ["LOCAL", "Accounts", "KeyRefusedError", "TooManyKeysError"]  # the own-key errors, for server.py
+__all__ = ["LOCAL", "Accounts"]
 LOCAL = "local"
 
 

@@ -100,7 +100,7 @@ def serve(args: argparse.Namespace) -> None:
                 )
 
         if settings.transport == "stdio":
-            from .sessions import serve_local
+            from .stdio import serve_local
 
             serve_local(settings, starting=starting)
             return

@@ -17,10 +17,17 @@ DEFAULT_BUDGET = 1000
 MAX_WAIT_SECONDS = 55  # one poll_task call waits at most this long: under the 60 s tool timeout of many clients
 
 
-def _origin(url: str) -> str:
-    """An http(s) URL as the origin a CSP names (`https://host[:port]`)."""
-    from .mcp_apps import origin  # here: mcp_apps imports this module
+def origin(url: str) -> str:
+    """`https://host[:port]` of a URL; ValueError when it has no http(s) scheme or host."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) origin: {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
 
+
+def _origin(url: str) -> str:
+    """An http(s) URL as the origin a CSP names (`https://host[:port]`), or a setting error."""
     try:
         return origin(url)
     except ValueError:

@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
-from urllib.parse import urlsplit
 
 from mcp.server.apps import Apps, ResourceCsp
 from mcp.server.extension import ToolBinding
 from mcp.server.mcpserver.tools import Tool
 
-from .config import Settings
+from .config import Settings, origin
 
 MEDIA_APP = "ui://apikey/media.html"
 BUDGET_APP = "ui://apikey/budget.html"
@@ -58,15 +57,6 @@ class ToolApps(Apps):
 def app_html(name: str) -> str:
     """The built app (`ui/<name>.html`, package data)."""
     return files(__package__).joinpath("ui", f"{name}.html").read_text(encoding="utf-8")
-
-
-def origin(url: str) -> str:
-    """`https://host[:port]` of a URL; ValueError when it has no http(s) scheme or host."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) origin: {url!r}")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
 
 
 def media_domains(settings: Settings) -> list[str]:

@@ -16,7 +16,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -147,12 +147,11 @@ def _from_loop(source: Source, coroutine: Any, arg: Any) -> Any:
 
 def bound(rows: list[tuple[str, Totals]], limit: int) -> list[tuple[str, Totals]]:
     """The `limit` biggest spenders by name, the rest summed under `_other`."""
-    from .budget import Totals
-
     ranked = sorted(rows, key=lambda row: (-row[1].spent, row[0]))
     named, rest = ranked[:limit], ranked[limit:]
     if rest:
-        named.append((OTHER, Totals(*(sum(getattr(t, f) for _, t in rest) for f in ("budget", "spent", "reserved")))))
+        summed = {f: sum(getattr(t, f) for _, t in rest) for f in ("budget", "spent", "reserved")}
+        named.append((OTHER, replace(rest[0][1], **summed)))
     return named
 
 

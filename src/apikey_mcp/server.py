@@ -31,13 +31,14 @@ from mcp.types import (
 from pydantic import Field, SecretStr
 
 from . import __version__, logs, metrics
-from .accounts import LOCAL, Accounts, KeyRefusedError, TooManyKeysError
+from .accounts import LOCAL, Accounts
 from .bound_service import current_service, serving
 from .budget import LedgerStore, LedgerUnavailableError
 from .config import Settings
 from .gateway import GatewayClient
 from .gateway.models import DOCUMENT_PATHS
 from .mcp_apps import build_apps
+from .own_keys import KeyRefusedError, TooManyKeysError
 from .previews import register_previews
 from .resource_errors import resource_errors
 from .results import MAX_PAGE

@@ -60,7 +60,7 @@ from .shared_cache import Cache
 from .task_report import task_report
 from .tasks import TaskRegistry, TrackedTask
 
-__all__ = ["Cache", "InputError", "Service", "TotalsUnreadError"]  # Cache: accounts.py makes the shared one
+__all__ = ["InputError", "Service", "TotalsUnreadError"]
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _A = TypeVar("_A")

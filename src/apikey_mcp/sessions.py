@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from .budget import LedgerStore
@@ -57,34 +56,3 @@ async def start_session(
         await store.set_budget(principal, wanted, SESSION)
     if not created and await store.policy(principal) != policy:
         await store.set_policy(principal, policy, SESSION, now=now)
-
-
-def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: None) -> None:
-    """Serve MCP over stdio, recording into the local ledger; `starting` once the ledger opened (the last check
-    of the configuration). Typed in a terminal, it says on stderr what it is (stdout stays the protocol's)."""
-    import sys
-
-    from .cli_help import terminal_hint
-    from .server import build_server
-    from .stdio import serve_stdio
-    from .stores.sqlite import SqliteLedgerStore
-
-    path = state_file(settings)
-    store = SqliteLedgerStore(path)  # or ConfigError: a file that is empty or not ours
-    principal = local_principal(settings)
-    starting()
-    log.info(
-        "serving MCP over stdio against %s (budget %d credits; ledger %s, principal %s)",
-        settings.base_url,
-        settings.session_budget,
-        path,
-        principal,
-    )
-    if sys.stdin.isatty():  # typed in a terminal, where a client was expected: say what this is
-        print(terminal_hint(settings.sandbox), file=sys.stderr, flush=True)
-    try:
-        serve_stdio(lambda closed: build_server(settings, store=store, closed=closed, principal=principal))
-    finally:
-        import anyio
-
-        anyio.run(store.aclose)

@@ -1,4 +1,4 @@
-"""Serving over stdio until the client closes stdin or the process is told to stop.
+"""Serving over stdio, recording into the local ledger, until the client closes stdin or the process is told to stop.
 
 Clients stop a stdio server by closing its stdin, then SIGTERM. Either way the session's lifespan closes
 and every unfinished task id is logged to stderr. After a signal, a read of stdin may still be blocked in
@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+
+from .config import Settings
 
 log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10  # for the session to shut down after a signal before the process ends anyway
@@ -44,3 +46,32 @@ async def _serve(build: Callable[[anyio.Event], MCPServer]) -> None:
         with session:
             await server.run_stdio_async()
         group.cancel_scope.cancel()  # stdin closed: the session is over
+
+
+def serve_local(settings: Settings, *, starting: Callable[[], None] = lambda: None) -> None:
+    """Serve MCP over stdio, recording into the local ledger; `starting` once the ledger opened (the last check
+    of the configuration). Typed in a terminal, it says on stderr what it is (stdout stays the protocol's)."""
+    import sys
+
+    from .cli_help import terminal_hint
+    from .server import build_server
+    from .sessions import local_principal, state_file
+    from .stores.sqlite import SqliteLedgerStore
+
+    path = state_file(settings)
+    store = SqliteLedgerStore(path)  # or ConfigError: a file that is empty or not ours
+    principal = local_principal(settings)
+    starting()
+    log.info(
+        "serving MCP over stdio against %s (budget %d credits; ledger %s, principal %s)",
+        settings.base_url,
+        settings.session_budget,
+        path,
+        principal,
+    )
+    if sys.stdin.isatty():  # typed in a terminal, where a client was expected: say what this is
+        print(terminal_hint(settings.sandbox), file=sys.stderr, flush=True)
+    try:
+        serve_stdio(lambda closed: build_server(settings, store=store, closed=closed, principal=principal))
+    finally:
+        anyio.run(store.aclose)

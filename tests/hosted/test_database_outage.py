@@ -13,8 +13,8 @@ import httpx2
 import psycopg
 import pytest
 
+from apikey_mcp.replicas.fleet import LISTENER_NAME
 from apikey_mcp.sandbox import Sandbox, SandboxServer
-from apikey_mcp.stores.fleet import LISTENER_NAME
 from tests.conftest import advance, wait_until
 from tests.hosted.conftest import ALICE
 from tests.pg_cluster import Cluster

@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from apikey_mcp.gateway.models import Task, TaskCredits
+from apikey_mcp.replicas.fleet import Fleet
 from apikey_mcp.stores import open_store
-from apikey_mcp.stores.fleet import Fleet
 from tests.conftest import wait_until
 from tests.ledger.conftest import postgres_schema
 

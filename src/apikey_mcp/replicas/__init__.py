@@ -11,6 +11,6 @@ Any request may land on any replica, so nothing a client needs may live in one p
 
 `mode.py` chooses replica mode and runs this process as one replica (the hosted app plugs it in through its
 one seam, hosted/mode.py); `tasks.py` is the fleet-aware task registry and watcher; `callbacks.py` applies a
-gateway callback for the whole fleet; `stores/fleet.py` holds what the replicas share beside the ledger
+gateway callback for the whole fleet; `fleet.py` holds what the replicas share beside the ledger
 (leases, task states, announcements).
 """

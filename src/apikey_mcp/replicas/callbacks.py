@@ -10,7 +10,7 @@ from ..accounts import Accounts
 from ..budget import LedgerUnavailableError
 from ..gateway import webhooks
 from ..gateway.models import Task
-from ..stores.fleet import Fleet
+from .fleet import Fleet
 
 if TYPE_CHECKING:
     from ..hosted.callbacks import Outcome

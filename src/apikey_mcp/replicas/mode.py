@@ -21,8 +21,8 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..gateway import GatewayClient
 from ..gateway.models import Task
-from ..stores.fleet import Fleet
 from .callbacks import apply_for_fleet
+from .fleet import Fleet
 from .tasks import FleetTaskRegistry, fleet_registries, hand_over
 
 if TYPE_CHECKING:

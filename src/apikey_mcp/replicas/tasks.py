@@ -22,9 +22,9 @@ from ..accounts import Accounts
 from ..budget import Ledger, LedgerUnavailableError, Reservation
 from ..gateway import GatewayClient, GatewayError, NotFoundError
 from ..gateway.models import Task, TaskStatus
-from ..stores.fleet import Fleet, SharedTask
 from ..tasks import TaskRegistry, TrackedTask, modality_of
 from ..watcher import PollingWatcher
+from .fleet import Fleet, SharedTask
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

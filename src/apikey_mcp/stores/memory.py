@@ -1,4 +1,4 @@
-"""The in-memory ledger store: stdio, where the session is the process and its budget ends with it.
+"""The in-memory ledger store: a server built with no ledger file (tests, embedding), whose budget ends with it.
 
 Every operation runs without an await inside, so it is atomic on the event loop. Closed reservations and
 the audit trail keep only their newest entries (bounded); open reservations are what the budget holds.

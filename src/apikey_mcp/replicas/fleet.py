@@ -25,9 +25,9 @@ import psycopg
 from ..budget import LedgerUnavailableError, Reservation, ReservationState
 from ..errors import LedgerError
 from ..gateway.models import Task, TaskStatus
-from .postgres import PostgresLedgerStore
-from .postgres_pool import Connection
-from .statements import reservation_columns, reservation_of
+from ..stores.postgres import PostgresLedgerStore
+from ..stores.postgres_pool import Connection
+from ..stores.statements import reservation_columns, reservation_of
 
 log = logging.getLogger(__name__)
 CHANNEL = "apikey_tasks"
