@@ -75,9 +75,11 @@ def start_ours(procs: Processes, sandbox: Proc, key: str, tokens: dict[str, str]
     """apikey-mcp hosted over Streamable HTTP; a fresh state file each time, so no run inherits another's."""
     port = free_port()
     settings = {
-        "APIKEY_BASE_URL": sandbox.url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000",
+        "APIKEY_BASE_URL": sandbox.url,
+        "APIKEY_API_KEY": key,
+        "APIKEY_SESSION_BUDGET": "100000000",
         "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{name}={token}" for name, token in tokens.items()),
-    }  # fmt: skip
+    }
     state_file = state_dir / f"state-{port}.sqlite3"
     return procs.hosted(settings, "--state-file", str(state_file), "--log-level", "WARNING", port=port)
 
@@ -222,9 +224,12 @@ class Usage:
 
 
 async def together(
-    clients: int, worker: Callable[[int, Gate, Gate], Coroutine[Any, Any, None]], pid: int, timeout: float,
+    clients: int,
+    worker: Callable[[int, Gate, Gate], Coroutine[Any, Any, None]],
+    pid: int,
+    timeout: float,
     gateway_pid: int | None = None,
-) -> Usage:  # fmt: skip
+) -> Usage:
     """Run `worker(i, ready, done)` for every client; time from the moment all are ready until all are done.
 
     A worker connects and warms up, passes `ready`, measures, then passes `done` and only then disconnects, so
@@ -429,12 +434,14 @@ async def run(procs: Processes, opts: Options, state_dir: Path) -> Results:
         results.protocol = probe.protocol_version
     for repeat in range(opts.repeats):  # alternated, so drift in machine load hits both alike
         for target in targets:
-            measured = await load(target, clients=opts.clients, calls=opts.calls, warmup=opts.warmup,
-                                  mode=opts.mode, timeout=opts.timeout)  # fmt: skip
+            measured = await load(
+                target, clients=opts.clients, calls=opts.calls, warmup=opts.warmup, mode=opts.mode, timeout=opts.timeout
+            )
             results.loads.setdefault(target.label, []).append(measured)
             print(f"load {repeat + 1}/{opts.repeats} {target.label}: {measured.rate:.0f} calls/s", file=sys.stderr)
-    results.mix = await mix(targets[1], sandbox, clients=opts.clients, rounds=opts.rounds, mode=opts.mode,
-                            timeout=opts.timeout)  # fmt: skip
+    results.mix = await mix(
+        targets[1], sandbox, clients=opts.clients, rounds=opts.rounds, mode=opts.mode, timeout=opts.timeout
+    )
     print(f"mix: {results.mix.rate:.1f} rounds/s", file=sys.stderr)
     for target in targets:
         procs.stop(target.proc)
@@ -466,21 +473,26 @@ class LoadSummary:
         calls = sum(run.calls for run in runs)
         server_cpu = sum(run.usage.server_cpu_s for run in runs)
         return cls(
-            rate=statistics.median(run.rate for run in runs), rates=[run.rate for run in runs],
+            rate=statistics.median(run.rate for run in runs),
+            rates=[run.rate for run in runs],
             latency=Percentiles.of([s for run in runs for s in run.latencies_ms]),
             server_cpu_ms=server_cpu * 1000 / calls,
             client_cpu_ms=sum(run.usage.client_cpu_s for run in runs) * 1000 / calls,
             server_busy=server_cpu / sum(run.usage.wall_s for run in runs),
-        )  # fmt: skip
+        )
 
     def as_json(self) -> dict[str, object]:
         p = self.latency
         return {
-            "calls_per_s": round(self.rate, 1), "calls_per_s_each": [round(r, 1) for r in self.rates],
-            "p50_ms": round(p.p50, 2), "p90_ms": round(p.p90, 2), "p99_ms": round(p.p99, 2),
+            "calls_per_s": round(self.rate, 1),
+            "calls_per_s_each": [round(r, 1) for r in self.rates],
+            "p50_ms": round(p.p50, 2),
+            "p90_ms": round(p.p90, 2),
+            "p99_ms": round(p.p99, 2),
             "server_cpu_ms_per_call": round(self.server_cpu_ms, 3),
-            "client_cpu_ms_per_call": round(self.client_cpu_ms, 3), "server_cpu_share": round(self.server_busy, 2),
-        }  # fmt: skip
+            "client_cpu_ms_per_call": round(self.client_cpu_ms, 3),
+            "server_cpu_share": round(self.server_busy, 2),
+        }
 
 
 def summarize(opts: Options, results: Results) -> dict[str, object]:
@@ -495,20 +507,37 @@ def summarize(opts: Options, results: Results) -> dict[str, object]:
     memory = {f"{x.label}/{x.mode}": _memory_figures(x) for x in results.memory}
     ours_kib = max(x.per_session_kib for x in results.memory if x.label == OURS)
     return {
-        "clients": opts.clients, "calls": opts.calls, "warmup": opts.warmup, "repeats": opts.repeats,
-        "rounds": opts.rounds, "sessions": opts.sessions, "mode": opts.mode, "protocol": results.protocol,
-        "commit": opts.commit, "python": platform.python_version(), "mcp": version("mcp"), "cpus": os.cpu_count(),
+        "clients": opts.clients,
+        "calls": opts.calls,
+        "warmup": opts.warmup,
+        "repeats": opts.repeats,
+        "rounds": opts.rounds,
+        "sessions": opts.sessions,
+        "mode": opts.mode,
+        "protocol": results.protocol,
+        "commit": opts.commit,
+        "python": platform.python_version(),
+        "mcp": version("mcp"),
+        "cpus": os.cpu_count(),
         "max_sessions_default": DEFAULT_MAX_SESSIONS,
         "load": {label: summary.as_json() for label, summary in loads.items()},
-        "throughput_ratio": round(throughput_ratio, 3), "throughput_target": THROUGHPUT_TARGET,
+        "throughput_ratio": round(throughput_ratio, 3),
+        "throughput_target": THROUGHPUT_TARGET,
         "throughput_ok": throughput_ratio >= THROUGHPUT_TARGET,
-        "capacity_ratio": round(capacity_ratio, 3), "capacity_ok": capacity_ratio >= THROUGHPUT_TARGET,
-        "tail_ratio": round(tail_ratio, 2), "tail_target": TAIL_TARGET, "tail_ok": tail_ratio < TAIL_TARGET,
+        "capacity_ratio": round(capacity_ratio, 3),
+        "capacity_ok": capacity_ratio >= THROUGHPUT_TARGET,
+        "tail_ratio": round(tail_ratio, 2),
+        "tail_target": TAIL_TARGET,
+        "tail_ok": tail_ratio < TAIL_TARGET,
         "echo_tail_ratio": round(echo.latency.p99 / echo.latency.p50, 2),
         "mix": {
-            "rounds": m.rounds, "rounds_per_s": round(m.rate, 2), "polls": len(m.poll_ms),
-            "generate_p50_ms": round(gen.p50, 2), "generate_p99_ms": round(gen.p99, 2),
-            "poll_p50_ms": round(poll.p50, 2), "poll_p99_ms": round(poll.p99, 2),
+            "rounds": m.rounds,
+            "rounds_per_s": round(m.rate, 2),
+            "polls": len(m.poll_ms),
+            "generate_p50_ms": round(gen.p50, 2),
+            "generate_p99_ms": round(gen.p99, 2),
+            "poll_p50_ms": round(poll.p50, 2),
+            "poll_p99_ms": round(poll.p99, 2),
             "server_cpu_ms_per_round": round(m.usage.server_cpu_s * 1000 / m.rounds, 2),
             "sandbox_cpu_ms_per_round": round(m.usage.gateway_cpu_s * 1000 / m.rounds, 2),
             "client_cpu_ms_per_round": round(m.usage.client_cpu_s * 1000 / m.rounds, 2),
@@ -516,17 +545,24 @@ def summarize(opts: Options, results: Results) -> dict[str, object]:
             "sandbox_cpu_share": round(m.usage.gateway_cpu_s / m.usage.wall_s, 2),
         },
         "memory": memory,
-        "session_kib_ours_max": round(ours_kib, 1), "session_target_kib": SESSION_TARGET_KIB,
+        "session_kib_ours_max": round(ours_kib, 1),
+        "session_target_kib": SESSION_TARGET_KIB,
         "session_ok": ours_kib <= SESSION_TARGET_KIB,
-    }  # fmt: skip
+    }
 
 
 def _memory_figures(m: Memory) -> dict[str, object]:
     return {
-        "protocol": m.protocol, "sessions": m.sessions, "rss0_kib": m.rss0_kib, "rss_open_kib": m.rss_open_kib,
-        "rss_closed_kib": m.rss_closed_kib, "kib_per_session": round(m.per_session_kib, 1),
-        "sockets0": m.sockets0, "sockets_open": m.sockets_open, "connect_s": round(m.connect_s, 2),
-    }  # fmt: skip
+        "protocol": m.protocol,
+        "sessions": m.sessions,
+        "rss0_kib": m.rss0_kib,
+        "rss_open_kib": m.rss_open_kib,
+        "rss_closed_kib": m.rss_closed_kib,
+        "kib_per_session": round(m.per_session_kib, 1),
+        "sockets0": m.sockets0,
+        "sockets_open": m.sockets_open,
+        "connect_s": round(m.connect_s, 2),
+    }
 
 
 def report(figures: dict[str, object]) -> None:
@@ -607,9 +643,16 @@ def main(argv: list[str] | None = None) -> None:
     private_data_home()  # the servers' data: never the user's real ledger
     raise_fd_limit(4 * args.sessions + 1024)
     opts = Options(
-        clients=args.clients, calls=args.calls, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds,
-        sessions=args.sessions, mode=args.mode, timeout=args.timeout, commit=source_version(),
-    )  # fmt: skip
+        clients=args.clients,
+        calls=args.calls,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        rounds=args.rounds,
+        sessions=args.sessions,
+        mode=args.mode,
+        timeout=args.timeout,
+        commit=source_version(),
+    )
     with tempfile.TemporaryDirectory(prefix="http-bench-") as state_dir, Processes() as procs:
         results = anyio.run(run, procs, opts, Path(state_dir), backend="asyncio")
     figures = summarize(opts, results)

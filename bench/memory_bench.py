@@ -45,10 +45,14 @@ SETTLE_SECONDS = 1.0
 
 def start_server(procs: Processes, name: str, sandbox: Proc, key: str, state_dir: Path, retention: float) -> Proc:
     settings = {
-        "APIKEY_BASE_URL": sandbox.url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000",
-        "APIKEY_MCP_AUTH_TOKENS": f"bench={TOKEN}", "APIKEY_TASK_RETENTION_SECONDS": str(retention),
-        "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.2",
-    }  # fmt: skip
+        "APIKEY_BASE_URL": sandbox.url,
+        "APIKEY_API_KEY": key,
+        "APIKEY_SESSION_BUDGET": "100000000",
+        "APIKEY_MCP_AUTH_TOKENS": f"bench={TOKEN}",
+        "APIKEY_TASK_RETENTION_SECONDS": str(retention),
+        "APIKEY_POLL_INTERVAL": "0.05",
+        "APIKEY_MAX_POLL_INTERVAL": "0.2",
+    }
     args = ["--state-file", str(state_dir / f"{name}.sqlite3"), "--log-level", "WARNING"]
     return procs.hosted(settings, *args, name=name)
 
@@ -153,8 +157,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await anyio.sleep(SETTLE_SECONDS)
         figures["subscriptions_seconds"] = round(time.perf_counter() - started, 1)
         figures["after_subscriptions_kib"] = {"fresh": rss_kib(fresh.pid), "loaded": rss_kib(loaded.pid)}
-    warm_kib, tasks_kib, subs_kib = (figures[k]["loaded"] for k in ("warm_kib", "after_tasks_kib",
-                                                                    "after_subscriptions_kib"))  # fmt: skip
+    warm_kib, tasks_kib, subs_kib = (
+        figures[k]["loaded"] for k in ("warm_kib", "after_tasks_kib", "after_subscriptions_kib")
+    )
     figures["growth_mib"] = {
         "tasks": round((tasks_kib - warm_kib) / 1024, 1),
         "subscriptions": round((subs_kib - tasks_kib) / 1024, 1),
@@ -175,10 +180,14 @@ def main() -> None:
     growth = figures["growth_mib"]
     warm_mib = {name: round(kib / 1024, 1) for name, kib in figures["warm_kib"].items()}
     print(f"RSS warm: fresh {warm_mib['fresh']} MiB, loaded {warm_mib['loaded']} MiB")
-    print(f"after {args.tasks} finished tasks ({figures['tasks_seconds']} s): +{growth['tasks']} MiB "
-          f"(target < {TARGET_MIB}) {'OK' if growth['tasks'] < TARGET_MIB else 'OVER'}")  # fmt: skip
-    print(f"after {args.subscriptions} refused 4 KB subscriptions ({figures['subscriptions_seconds']} s): "
-          f"+{growth['subscriptions']} MiB {'OK' if growth['subscriptions'] < TARGET_MIB else 'OVER'}")  # fmt: skip
+    print(
+        f"after {args.tasks} finished tasks ({figures['tasks_seconds']} s): +{growth['tasks']} MiB "
+        f"(target < {TARGET_MIB}) {'OK' if growth['tasks'] < TARGET_MIB else 'OVER'}"
+    )
+    print(
+        f"after {args.subscriptions} refused 4 KB subscriptions ({figures['subscriptions_seconds']} s): "
+        f"+{growth['subscriptions']} MiB {'OK' if growth['subscriptions'] < TARGET_MIB else 'OVER'}"
+    )
     print(f"loaded - fresh at the end: {growth['loaded_minus_fresh_at_end']} MiB")
     print(json.dumps({"bench": "memory", "source": source_version(), **vars(args), **figures}))
 

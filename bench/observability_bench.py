@@ -49,8 +49,14 @@ TASK_SECONDS = 0.2  # the sandbox's tasks end soon, so their settlement is logge
 
 
 def server(url: str, key: str, data: Path, *args: str) -> StdioServerParameters:
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", ""), "XDG_DATA_HOME": str(data),
-           "APIKEY_BASE_URL": url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000"}  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", ""),
+        "XDG_DATA_HOME": str(data),
+        "APIKEY_BASE_URL": url,
+        "APIKEY_API_KEY": key,
+        "APIKEY_SESSION_BUDGET": "100000000",
+    }
     return StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", *args], env=env)
 
 
@@ -84,8 +90,9 @@ async def run(url: str, key: str, calls: int, warmup: int) -> dict[str, object]:
         base = Path(tmp)
         plain_err, observed_err = (base / "plain.log").open("w"), (base / "observed.log").open("w")
         plain_params = server(url, key, base / "plain")
-        observed_params = server(url, key, base / "observed", "--log-format", "json", "--metrics-port",
-                                 str(metrics_port))  # fmt: skip
+        observed_params = server(
+            url, key, base / "observed", "--log-format", "json", "--metrics-port", str(metrics_port)
+        )
         async with (
             Client(stdio_client(plain_params, errlog=plain_err)) as plain,
             Client(stdio_client(observed_params, errlog=observed_err)) as observed,
@@ -109,9 +116,12 @@ async def run(url: str, key: str, calls: int, warmup: int) -> dict[str, object]:
         json_lines = (base / "observed.log").read_text().splitlines()
         parsed = sum(1 for line in json_lines if json.loads(line))
         text_lines = len((base / "plain.log").read_text().splitlines())
-    figures: dict[str, object] = {"calls_each": calls, "target": TARGET, "scrapes": scrapes[0],
-                                  "log_lines": {"plain_text": text_lines, "observed_json": len(json_lines),
-                                                "json_parsed": parsed}}  # fmt: skip
+    figures: dict[str, object] = {
+        "calls_each": calls,
+        "target": TARGET,
+        "scrapes": scrapes[0],
+        "log_lines": {"plain_text": text_lines, "observed_json": len(json_lines), "json_parsed": parsed},
+    }
     for tool in TOOLS:
         a, b = samples[(tool, "plain")], samples[(tool, "observed")]
         figures[tool] = _ratios(a, b)
@@ -187,8 +197,15 @@ def instrumentation_us(rounds: int = 20_000) -> dict[str, float]:
                 pass
     per_call_metrics = (time.perf_counter() - started) / rounds * 1e6
     metrics.install(None)
-    record = logging.LogRecord("apikey_mcp.service", logging.INFO, "", 0, "created %s task %s (%d credits reserved)",
-                               ("image", "task_0123456789abcdef", 2), None)  # fmt: skip
+    record = logging.LogRecord(
+        "apikey_mcp.service",
+        logging.INFO,
+        "",
+        0,
+        "created %s task %s (%d credits reserved)",
+        ("image", "task_0123456789abcdef", 2),
+        None,
+    )
     text = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     with logs.bound(principal="alice", tool="generate_image", task_id="task_0123456789abcdef", reservation_id="r" * 32):
         timings = {}
@@ -197,17 +214,25 @@ def instrumentation_us(rounds: int = 20_000) -> dict[str, float]:
             for _ in range(rounds):
                 formatter.format(record)
             timings[name] = (time.perf_counter() - started) / rounds * 1e6
-    return {"metrics_per_chat_call_us": round(per_call_metrics, 2), "json_line_us": round(timings["json"], 2),
-            "text_line_us": round(timings["text"], 2)}  # fmt: skip
+    return {
+        "metrics_per_chat_call_us": round(per_call_metrics, 2),
+        "json_line_us": round(timings["json"], 2),
+        "text_line_us": round(timings["text"], 2),
+    }
 
 
 def _ratios(a: list[float], b: list[float]) -> dict[str, object]:
     """Figures of plain (`a`) and observed (`b`) latencies, index i of each being one consecutive pair."""
     p, o = Percentiles.of(a), Percentiles.of(b)
     paired = 1 + statistics.median(y - x for x, y in zip(a, b, strict=True)) / p.p50
-    return {"plain_ms": vars(p), "observed_ms": vars(o), "ratio_paired": round(paired, 3),
-            "ratio_p50": round(o.p50 / p.p50, 3), "ratio_mean": round(statistics.fmean(b) / statistics.fmean(a), 3),
-            "met": paired <= TARGET}  # fmt: skip
+    return {
+        "plain_ms": vars(p),
+        "observed_ms": vars(o),
+        "ratio_paired": round(paired, 3),
+        "ratio_p50": round(o.p50 / p.p50, 3),
+        "ratio_mean": round(statistics.fmean(b) / statistics.fmean(a), 3),
+        "met": paired <= TARGET,
+    }
 
 
 def _show(title: str, figures: dict[str, object]) -> None:
@@ -216,10 +241,12 @@ def _show(title: str, figures: dict[str, object]) -> None:
         f = figures[tool]
         assert isinstance(f, dict)
         p, o = f["plain_ms"], f["observed_ms"]
-        print(f"  {tool}: plain p50 {p['p50']:.2f} ms (p90 {p['p90']:.2f}), observed p50 {o['p50']:.2f} ms "
-              f"(p90 {o['p90']:.2f}); ratio paired {f['ratio_paired']} (p50s {f['ratio_p50']}, "
-              f"means {f['ratio_mean']}), target <= {TARGET}: "
-              f"{'met' if f['met'] else 'NOT met'}")  # fmt: skip
+        print(
+            f"  {tool}: plain p50 {p['p50']:.2f} ms (p90 {p['p90']:.2f}), observed p50 {o['p50']:.2f} ms "
+            f"(p90 {o['p90']:.2f}); ratio paired {f['ratio_paired']} (p50s {f['ratio_p50']}, "
+            f"means {f['ratio_mean']}), target <= {TARGET}: "
+            f"{'met' if f['met'] else 'NOT met'}"
+        )
 
 
 def main() -> None:
@@ -241,8 +268,10 @@ def main() -> None:
         f"{figures['log_lines']}):",
         figures,
     )
-    print(f"the instrumentation alone: {alone['metrics_per_chat_call_us']} us of metric updates per chat call; a log "
-          f"line formatted as JSON {alone['json_line_us']} us, as text {alone['text_line_us']} us")  # fmt: skip
+    print(
+        f"the instrumentation alone: {alone['metrics_per_chat_call_us']} us of metric updates per chat call; a log "
+        f"line formatted as JSON {alone['json_line_us']} us, as text {alone['text_line_us']} us"
+    )
     figures = {"instrumentation": alone, "in_process": inner, "stdio": figures}
     print(json.dumps(figures))
 

@@ -59,11 +59,16 @@ def fleet(replicas: int, database: str, sandbox_url: str, secret: str, tmp: Path
         port = free_port()
         balancer = f"http://127.0.0.1:{port}"
         settings = {
-            "APIKEY_BASE_URL": sandbox_url, "APIKEY_API_KEY": KEY, "APIKEY_DATABASE_URL": url,
-            "APIKEY_REQUEST_STATE_KEY": secrets.token_hex(32), "APIKEY_PUBLIC_URL": balancer,
-            "APIKEY_WEBHOOK_SECRET": secret, "APIKEY_SESSION_BUDGET": str(10**9), "APIKEY_LOG_LEVEL": "WARNING",
+            "APIKEY_BASE_URL": sandbox_url,
+            "APIKEY_API_KEY": KEY,
+            "APIKEY_DATABASE_URL": url,
+            "APIKEY_REQUEST_STATE_KEY": secrets.token_hex(32),
+            "APIKEY_PUBLIC_URL": balancer,
+            "APIKEY_WEBHOOK_SECRET": secret,
+            "APIKEY_SESSION_BUDGET": str(10**9),
+            "APIKEY_LOG_LEVEL": "WARNING",
             "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{p}={t}" for p, t in TOKENS.items()),
-        }  # fmt: skip
+        }
         servers = [procs.replica(settings) for _ in range(replicas)]
         for server in servers:
             server.ready()
@@ -141,11 +146,13 @@ async def measure(url: str, pids: list[int], clients: int, calls: int, rounds: i
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One configuration measured twice: mean throughput, percentiles of every sample."""
     return {
-        what: {"per_s": round(statistics.mean(r[what][0] for r in runs), 1),
-               **percentiles([ms for r in runs for ms in r[what][1]]),
-               "replica_cpu_ms_each": round(statistics.mean(r[what][2] for r in runs), 2)}
+        what: {
+            "per_s": round(statistics.mean(r[what][0] for r in runs), 1),
+            **percentiles([ms for r in runs for ms in r[what][1]]),
+            "replica_cpu_ms_each": round(statistics.mean(r[what][2] for r in runs), 2),
+        }
         for what in runs[0]
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

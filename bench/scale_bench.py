@@ -60,18 +60,32 @@ def start_sandbox(procs: Processes, name: str, key: str, secret: str, task_secon
 
 
 def start_hosted(
-    procs: Processes, name: str, sandbox: Proc, key: str, secret: str, tokens: dict[str, str], state_dir: Path,
+    procs: Processes,
+    name: str,
+    sandbox: Proc,
+    key: str,
+    secret: str,
+    tokens: dict[str, str],
+    state_dir: Path,
     source: Path | None = None,
-) -> Proc:  # fmt: skip
+) -> Proc:
     """apikey-mcp hosted with callbacks: the sandbox posts each task's end to this server's receiver."""
     port = free_port()
     settings = {
-        "APIKEY_BASE_URL": sandbox.url, "APIKEY_API_KEY": key, "APIKEY_SESSION_BUDGET": "100000000",
+        "APIKEY_BASE_URL": sandbox.url,
+        "APIKEY_API_KEY": key,
+        "APIKEY_SESSION_BUDGET": "100000000",
         "APIKEY_WEBHOOK_SECRET": secret,
         "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{name}={token}" for name, token in tokens.items()),
-    }  # fmt: skip
-    args = ["--state-file", str(state_dir / f"state-{port}.sqlite3"), "--public-url", f"http://127.0.0.1:{port}",
-            "--log-level", "WARNING"]  # fmt: skip
+    }
+    args = [
+        "--state-file",
+        str(state_dir / f"state-{port}.sqlite3"),
+        "--public-url",
+        f"http://127.0.0.1:{port}",
+        "--log-level",
+        "WARNING",
+    ]
     return procs.hosted(settings, *args, name=name, port=port, source=source)
 
 
@@ -267,11 +281,15 @@ async def run(procs: Processes, opts: Options, state_dir: Path, baseline_src: Pa
     idle_open = await idle_cpu(ours, opts.idle_seconds)
     idle_gets = await task_gets(forever, key) - gets_before
     figures["open"] = [
-        {"open": lv.open, "budget_status_p50_ms": round(statistics.median(lv.budget_ms), 2),
-         "generate_image_p50_ms": round(statistics.median(lv.generate_ms), 2),
-         "budget_status_bytes": lv.budget_bytes, "generate_image_bytes": lv.generate_bytes}
+        {
+            "open": lv.open,
+            "budget_status_p50_ms": round(statistics.median(lv.budget_ms), 2),
+            "generate_image_p50_ms": round(statistics.median(lv.generate_ms), 2),
+            "budget_status_bytes": lv.budget_bytes,
+            "generate_image_bytes": lv.generate_bytes,
+        }
         for lv in levels
-    ]  # fmt: skip
+    ]
     first, last = levels[0], levels[-1]
     figures["ramp_creates"] = ramped
     figures["ramp_s"] = round(ramp_s, 1)
@@ -279,14 +297,22 @@ async def run(procs: Processes, opts: Options, state_dir: Path, baseline_src: Pa
     figures["generate_ratio"] = round(statistics.median(last.generate_ms) / statistics.median(first.generate_ms), 2)
     figures["max_bytes"] = max(max(lv.budget_bytes, lv.generate_bytes) for lv in levels)
     figures["idle"] = {
-        "seconds": opts.idle_seconds, "cpu_no_tasks": round(idle_empty, 4), "open_tasks": last.open + opts.creates,
-        "cpu_open_tasks": round(idle_open, 4), "gets_in_window": idle_gets,
-    }  # fmt: skip
+        "seconds": opts.idle_seconds,
+        "cpu_no_tasks": round(idle_empty, 4),
+        "open_tasks": last.open + opts.creates,
+        "cpu_open_tasks": round(idle_open, 4),
+        "gets_in_window": idle_gets,
+    }
     figures["callbacks"] = [
-        {"label": w.label, "tasks": w.tasks, "gets_per_task": round(w.gets_per_task, 2),
-         "lag_p50_ms": round(statistics.median(w.lags_ms), 1), "lag_max_ms": round(max(w.lags_ms), 1)}
+        {
+            "label": w.label,
+            "tasks": w.tasks,
+            "gets_per_task": round(w.gets_per_task, 2),
+            "lag_p50_ms": round(statistics.median(w.lags_ms), 1),
+            "lag_max_ms": round(max(w.lags_ms), 1),
+        }
         for w in waits.values()
-    ]  # fmt: skip
+    ]
     ours_wait = waits["this code"]
     figures["ok"] = {
         "open_budget": figures["budget_ratio"] <= OPEN_RATIO_TARGET,
@@ -308,13 +334,19 @@ def report(opts: Options, figures: dict[str, Any]) -> None:
     )
     print(f"{'open reservations':<20}{'budget_status p50':>19}{'bytes':>9}{'generate_image p50':>20}{'bytes':>9}")
     for row in f["open"]:
-        print(f"{row['open']:<20}{row['budget_status_p50_ms']:>16.2f} ms{row['budget_status_bytes']:>9}"
-              f"{row['generate_image_p50_ms']:>17.2f} ms{row['generate_image_bytes']:>9}")  # fmt: skip
+        print(
+            f"{row['open']:<20}{row['budget_status_p50_ms']:>16.2f} ms{row['budget_status_bytes']:>9}"
+            f"{row['generate_image_p50_ms']:>17.2f} ms{row['generate_image_bytes']:>9}"
+        )
     print(f"(ramp: {f['ramp_creates']} creates by {opts.ramp_clients} clients in {f['ramp_s']} s)")
-    print(f"budget_status p50 at {f['open'][-1]['open']} / at {f['open'][0]['open']} open = {f['budget_ratio']}"
-          f"   target <= {OPEN_RATIO_TARGET}   {ok[f['ok']['open_budget']]}")  # fmt: skip
-    print(f"generate_image p50 likewise = {f['generate_ratio']}   target <= {OPEN_RATIO_TARGET}   "
-          f"{ok[f['ok']['open_generate']]}")  # fmt: skip
+    print(
+        f"budget_status p50 at {f['open'][-1]['open']} / at {f['open'][0]['open']} open = {f['budget_ratio']}"
+        f"   target <= {OPEN_RATIO_TARGET}   {ok[f['ok']['open_budget']]}"
+    )
+    print(
+        f"generate_image p50 likewise = {f['generate_ratio']}   target <= {OPEN_RATIO_TARGET}   "
+        f"{ok[f['ok']['open_generate']]}"
+    )
     print(f"largest result = {f['max_bytes']} bytes   target < {SIZE_TARGET}   {ok[f['ok']['sizes']]}")
     idle = f["idle"]
     print(
@@ -322,13 +354,19 @@ def report(opts: Options, figures: dict[str, Any]) -> None:
         f"{idle['cpu_open_tasks']:.2%} with {idle['open_tasks']} open tasks ({idle['gets_in_window']} fallback GETs "
         f"in the window)   target < {IDLE_CPU_TARGET:.0%}   {ok[f['ok']['idle_cpu']]}"
     )
-    print(f"\n{'callbacks, ' + str(opts.task_seconds) + ' s tasks':<30}{'tasks':>7}{'GETs/task':>11}"
-          f"{'lag p50 ms':>12}{'lag max ms':>12}")  # fmt: skip
+    print(
+        f"\n{'callbacks, ' + str(opts.task_seconds) + ' s tasks':<30}{'tasks':>7}{'GETs/task':>11}"
+        f"{'lag p50 ms':>12}{'lag max ms':>12}"
+    )
     for row in f["callbacks"]:
-        print(f"{row['label']:<30}{row['tasks']:>7}{row['gets_per_task']:>11.2f}{row['lag_p50_ms']:>12.1f}"
-              f"{row['lag_max_ms']:>12.1f}")  # fmt: skip
-    print(f"this code: GETs per task <= {GETS_TARGET:.0f}   {ok[f['ok']['gets_per_task']]};   waiting poll_task's "
-          f"answer after the task's end, p50 <= {LAG_TARGET_MS:.0f} ms   {ok[f['ok']['lag']]}\n")  # fmt: skip
+        print(
+            f"{row['label']:<30}{row['tasks']:>7}{row['gets_per_task']:>11.2f}{row['lag_p50_ms']:>12.1f}"
+            f"{row['lag_max_ms']:>12.1f}"
+        )
+    print(
+        f"this code: GETs per task <= {GETS_TARGET:.0f}   {ok[f['ok']['gets_per_task']]};   waiting poll_task's "
+        f"answer after the task's end, p50 <= {LAG_TARGET_MS:.0f} ms   {ok[f['ok']['lag']]}\n"
+    )
     print(json.dumps(figures, separators=(",", ":")))
 
 
@@ -341,8 +379,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="idle CPU window (20 s)")
     parser.add_argument("--tasks", type=int, default=40, help="tasks waited on per server, callbacks phase (40)")
     parser.add_argument("--task-seconds", type=float, default=1.0, help="their length (1 s)")
-    parser.add_argument("--baseline", default=None, help="git ref run beside this code in the callbacks phase "
-                        "(default: the merge base with main; 'none': skip)")  # fmt: skip
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="git ref run beside this code in the callbacks phase (default: the merge base with main; 'none': skip)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the whole run may take (900)")
     args = parser.parse_args(argv)
     levels = sorted({int(x) for x in args.levels.split(",")})
@@ -350,10 +391,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"need levels >= 0, --calls >= 1, --creates >= 1 and --tasks >= {PRINCIPALS}")
     private_data_home()  # the servers' data: never the user's real ledger
     opts = Options(
-        levels=levels, calls=args.calls, creates=args.creates, ramp_clients=args.ramp_clients,
-        idle_seconds=args.idle_seconds, tasks=args.tasks, task_seconds=args.task_seconds,
-        baseline=args.baseline or default_baseline(), commit=source_version(),
-    )  # fmt: skip
+        levels=levels,
+        calls=args.calls,
+        creates=args.creates,
+        ramp_clients=args.ramp_clients,
+        idle_seconds=args.idle_seconds,
+        tasks=args.tasks,
+        task_seconds=args.task_seconds,
+        baseline=args.baseline or default_baseline(),
+        commit=source_version(),
+    )
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp, Processes() as procs:
         source = None if opts.baseline == "none" else baseline_source(opts.baseline, Path(tmp))
 
@@ -363,9 +410,13 @@ def main(argv: list[str] | None = None) -> None:
 
         figures = anyio.run(bounded, backend="asyncio")
     figures |= {
-        "commit": opts.commit, "python": platform.python_version(), "mcp": version("mcp"), "cpus": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "options": {k: v for k, v in vars(opts).items() if k != "commit"},
-    }  # fmt: skip
+        "commit": opts.commit,
+        "python": platform.python_version(),
+        "mcp": version("mcp"),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "options": {k: v for k, v in vars(opts).items() if k != "commit"},
+    }
     report(opts, figures)
 
 

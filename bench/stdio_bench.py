@@ -141,9 +141,14 @@ def echo_server() -> StdioServerParameters:
 
 
 async def over_stdio(
-    params: StdioServerParameters, tool: str, arguments: dict[str, object], check: Callable[[CallToolResult], None],
-    *, n: int, warmup: int,
-) -> tuple[list[float], str]:  # fmt: skip
+    params: StdioServerParameters,
+    tool: str,
+    arguments: dict[str, object],
+    check: Callable[[CallToolResult], None],
+    *,
+    n: int,
+    warmup: int,
+) -> tuple[list[float], str]:
     """Latencies of one tool called n times in one long-lived stdio session, and the protocol it negotiated."""
     async with Client(params) as client:
         await client.list_tools()
@@ -356,8 +361,11 @@ async def run(sandbox: ServerProcess, wait_sandbox: ServerProcess, key: str, opt
             if opts.baseline != "none" and (source := baseline_source(opts.baseline, Path(tmp))) is not None:
                 servers.insert(0, (f"baseline {opts.baseline[:10]}", apikey_server(wait_url, key, source=source)))
             for label, params in servers:
-                waits.append(await waiting(label, params, wait_url, key, tasks=opts.wait_tasks,
-                                           concurrency=opts.wait_concurrency))  # fmt: skip
+                waits.append(
+                    await waiting(
+                        label, params, wait_url, key, tasks=opts.wait_tasks, concurrency=opts.wait_concurrency
+                    )
+                )
     series = Series(direct, poll, fresh, echo, get, cold_apikey, cold_sandboxed, cold_echo, waits, build_times())
     return summarize(opts, status, protocol, series)
 
@@ -370,27 +378,53 @@ def summarize(opts: Options, status: str, protocol: str, s: Series) -> dict[str,
     get_ratio = p.p50 / g.p50
     cold_ratio, sandboxed_ratio = ca / ce, cs / ce
     figures: dict[str, object] = {
-        "calls": opts.calls, "warmup": opts.warmup, "cold_runs": opts.cold_runs, "task_status": status,
-        "commit": opts.commit, "protocol": protocol, "python": platform.python_version(), "mcp": version("mcp"),
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
-        "direct_ms": _rounded(d), "poll_task_ms": _rounded(p), "poll_task_fresh_ms": _rounded(f),
-        "echo_ms": _rounded(e), "bare_get_ms": _rounded(g),
-        "poll_ratio": round(poll_ratio, 3), "poll_target": TARGET, "poll_ok": poll_ratio <= TARGET,
-        "get_ratio": round(get_ratio, 3), "get_target": POLL_TARGET, "get_ok": get_ratio <= POLL_TARGET,
+        "calls": opts.calls,
+        "warmup": opts.warmup,
+        "cold_runs": opts.cold_runs,
+        "task_status": status,
+        "commit": opts.commit,
+        "protocol": protocol,
+        "python": platform.python_version(),
+        "mcp": version("mcp"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "direct_ms": _rounded(d),
+        "poll_task_ms": _rounded(p),
+        "poll_task_fresh_ms": _rounded(f),
+        "echo_ms": _rounded(e),
+        "bare_get_ms": _rounded(g),
+        "poll_ratio": round(poll_ratio, 3),
+        "poll_target": TARGET,
+        "poll_ok": poll_ratio <= TARGET,
+        "get_ratio": round(get_ratio, 3),
+        "get_target": POLL_TARGET,
+        "get_ok": get_ratio <= POLL_TARGET,
         "fresh_ratio": round(f.p50 / g.p50, 3),
-        "cold_apikey_ms": round(ca, 1), "cold_sandboxed_ms": round(cs, 1), "cold_echo_ms": round(ce, 1),
-        "cold_apikey_min_ms": round(min(s.cold_apikey), 1), "cold_sandboxed_min_ms": round(min(s.cold_sandboxed), 1),
+        "cold_apikey_ms": round(ca, 1),
+        "cold_sandboxed_ms": round(cs, 1),
+        "cold_echo_ms": round(ce, 1),
+        "cold_apikey_min_ms": round(min(s.cold_apikey), 1),
+        "cold_sandboxed_min_ms": round(min(s.cold_sandboxed), 1),
         "cold_echo_min_ms": round(min(s.cold_echo), 1),
-        "build_server_ms": round(s.build_ms[0], 1), "build_bare_ms": round(s.build_ms[1], 2),
-        "cold_ratio": round(cold_ratio, 3), "cold_target": TARGET, "cold_ok": cold_ratio <= TARGET,
-        "cold_sandboxed_ratio": round(sandboxed_ratio, 3), "cold_sandboxed_target": COLD_TARGET,
+        "build_server_ms": round(s.build_ms[0], 1),
+        "build_bare_ms": round(s.build_ms[1], 2),
+        "cold_ratio": round(cold_ratio, 3),
+        "cold_target": TARGET,
+        "cold_ok": cold_ratio <= TARGET,
+        "cold_sandboxed_ratio": round(sandboxed_ratio, 3),
+        "cold_sandboxed_target": COLD_TARGET,
         "cold_sandboxed_ok": sandboxed_ratio <= COLD_TARGET,
         "waiting": [
-            {"label": w.label, "tasks": w.tasks, "lag_p50_ms": round(statistics.median(w.lags_ms), 1),
-             "lag_max_ms": round(max(w.lags_ms), 1), "gets_per_task": round(w.gets_per_task, 2)}
+            {
+                "label": w.label,
+                "tasks": w.tasks,
+                "lag_p50_ms": round(statistics.median(w.lags_ms), 1),
+                "lag_max_ms": round(max(w.lags_ms), 1),
+                "gets_per_task": round(w.gets_per_task, 2),
+            }
             for w in s.waits
         ],
-    }  # fmt: skip
+    }
     if s.waits:
         ours = s.waits[-1]
         lag = statistics.median(ours.lags_ms)
@@ -426,9 +460,11 @@ def report(figures: dict[str, object]) -> None:
     )
     print(f"{'per call (ms)':<26}{'p50':>9}{'p90':>9}{'p99':>9}")
     rows = (
-        ("direct get_task", "direct_ms"), ("MCP poll_task", "poll_task_ms"), ("MCP echo (bare)", "echo_ms"),
+        ("direct get_task", "direct_ms"),
+        ("MCP poll_task", "poll_task_ms"),
+        ("MCP echo (bare)", "echo_ms"),
         ("MCP get_task (bare)", "bare_get_ms"),
-    )  # fmt: skip
+    )
     for label, key in rows:
         row = f[key]
         assert isinstance(row, dict)
@@ -449,8 +485,10 @@ def report(figures: dict[str, object]) -> None:
     print(f"{'apikey-mcp':<26}{f['cold_apikey_ms']:>9.1f}{f['cold_apikey_min_ms']:>9.1f}")
     print(f"{'apikey-mcp --sandbox':<26}{f['cold_sandboxed_ms']:>9.1f}{f['cold_sandboxed_min_ms']:>9.1f}")
     print(f"{'bare echo server':<26}{f['cold_echo_ms']:>9.1f}{f['cold_echo_min_ms']:>9.1f}")
-    print(f"(in process: build_server {f['build_server_ms']:.1f} ms, a bare MCPServer with one tool "
-          f"{f['build_bare_ms']:.2f} ms)")  # fmt: skip
+    print(
+        f"(in process: build_server {f['build_server_ms']:.1f} ms, a bare MCPServer with one tool "
+        f"{f['build_bare_ms']:.2f} ms)"
+    )
     print(f"\napikey / echo cold start = {f['cold_ratio']:.3f}   target <= {TARGET}   {verdict[bool(f['cold_ok'])]}")
     print(
         f"apikey --sandbox / echo  = {f['cold_sandboxed_ratio']:.3f}   target <= {COLD_TARGET}   "
@@ -459,8 +497,10 @@ def report(figures: dict[str, object]) -> None:
     if f["waiting"]:
         print(f"\n{'waiting on 3 s tasks':<30}{'tasks':>7}{'lag p50 ms':>12}{'lag max ms':>12}{'GETs/task':>11}")
         for w in f["waiting"]:
-            print(f"{w['label']:<30}{w['tasks']:>7}{w['lag_p50_ms']:>12.1f}{w['lag_max_ms']:>12.1f}"
-                  f"{w['gets_per_task']:>11.2f}")  # fmt: skip
+            print(
+                f"{w['label']:<30}{w['tasks']:>7}{w['lag_p50_ms']:>12.1f}{w['lag_max_ms']:>12.1f}"
+                f"{w['gets_per_task']:>11.2f}"
+            )
         print(f"this code: lag p50 <= {WAIT_LAG_TARGET_MS:.0f} ms   {verdict[bool(f['wait_lag_ok'])]}", end="")
         if "wait_gets_ok" in f:
             print(f";  GETs per task <= baseline   {verdict[bool(f['wait_gets_ok'])]}", end="")
@@ -474,25 +514,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=300, help="measured calls per latency series (default 300)")
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured calls before each series (default 30)")
     parser.add_argument("--cold-runs", type=int, default=10, help="cold starts of each server (default 10)")
-    parser.add_argument("--wait-tasks", type=int, default=10, help="3 s tasks waited on per server (default 10; 0: "
-                        "skip)")  # fmt: skip
+    parser.add_argument(
+        "--wait-tasks", type=int, default=10, help="3 s tasks waited on per server (default 10; 0: skip)"
+    )
     parser.add_argument("--wait-concurrency", type=int, default=5, help="of them at a time (default 5)")
-    parser.add_argument("--baseline", default=None, help="git ref run beside this code in the waiting phase "
-                        "(default: the merge base with main; 'none': skip)")  # fmt: skip
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="git ref run beside this code in the waiting phase (default: the merge base with main; 'none': skip)",
+    )
     args = parser.parse_args(argv)
     if args.calls < 2 or args.cold_runs < 1 or args.warmup < 0 or args.wait_tasks < 0 or args.wait_concurrency < 1:
         parser.error("need --calls >= 2, --cold-runs >= 1, --warmup >= 0, --wait-tasks >= 0, --wait-concurrency >= 1")
     private_data_home()  # the servers' data: never the user's real ledger
     opts = Options(
-        calls=args.calls, warmup=args.warmup, cold_runs=args.cold_runs, wait_tasks=args.wait_tasks,
-        wait_concurrency=args.wait_concurrency, baseline=args.baseline or default_baseline(), commit=source_version(),
-    )  # fmt: skip
+        calls=args.calls,
+        warmup=args.warmup,
+        cold_runs=args.cold_runs,
+        wait_tasks=args.wait_tasks,
+        wait_concurrency=args.wait_concurrency,
+        baseline=args.baseline or default_baseline(),
+        commit=source_version(),
+    )
     key = "sk-bench-" + secrets.token_hex(8)
     with Processes() as procs:
         # By default tasks last 100000 s, so every poll of them is a real GET of a live task.
         sandbox = procs.sandbox([key], task_seconds=100000, credits=100000000)
-        wait_sandbox = procs.sandbox([key], name="sandbox (3 s tasks)", task_seconds=WAIT_TASK_SECONDS,
-                                     credits=100000000)  # fmt: skip
+        wait_sandbox = procs.sandbox(
+            [key], name="sandbox (3 s tasks)", task_seconds=WAIT_TASK_SECONDS, credits=100000000
+        )
         figures = anyio.run(run, sandbox, wait_sandbox, key, opts, backend="asyncio")
     if (after := source_version()) != opts.commit:
         print(f"warning: the source changed during the run ({opts.commit} -> {after})", file=sys.stderr)

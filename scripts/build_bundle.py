@@ -71,8 +71,9 @@ def stage(where: Path) -> Path:
     shutil.copy2(ROOT / "manifests" / "manifest.json", where / "manifest.json")
     shutil.copy2(ROOT / "manifests" / "server" / "main.py", where / "server" / "main.py")
     shutil.copy2(ROOT / "LICENSE", where / "LICENSE")
-    shutil.copytree(ROOT / "src" / "apikey_mcp", where / "src" / "apikey_mcp",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+    shutil.copytree(
+        ROOT / "src" / "apikey_mcp", where / "src" / "apikey_mcp", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     (where / "pyproject.toml").write_text(bundle_pyproject())
     return where
 
@@ -103,8 +104,9 @@ def try_install(bundle: Path) -> tuple[str, list[str]]:
 
     async def tools(unpacked: str) -> list[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"APIKEY_SANDBOX": "true"}
-        server = StdioServerParameters(command="uv", args=["run", "--quiet", "--directory", unpacked, "server/main.py"],
-                                       env=env)  # fmt: skip
+        server = StdioServerParameters(
+            command="uv", args=["run", "--quiet", "--directory", unpacked, "server/main.py"], env=env
+        )
         with anyio.fail_after(300):
             async with Client(server) as client:
                 return [tool.name for tool in (await client.list_tools()).tools]

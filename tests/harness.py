@@ -91,17 +91,27 @@ class ServerProcess:
     """A server started at once in a process of its own, stdout and stderr appended to `log`."""
 
     def __init__(
-        self, name: str, command: Sequence[str], *, port: int, log: Path, env: Mapping[str, str] | None = None,
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        port: int,
+        log: Path,
+        env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`env` None: `clean_env()`, never the caller's `APIKEY_*` settings."""
         self.name, self.port, self.log = name, port, log
         self.url = f"http://127.0.0.1:{port}"
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                list(command), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=dict(clean_env() if env is None else env), cwd=cwd,
-            )  # fmt: skip
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(clean_env() if env is None else env),
+                cwd=cwd,
+            )
 
     @property
     def pid(self) -> int:
@@ -165,9 +175,14 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: flo
 
 
 def sandbox_command(
-    port: int, keys: Sequence[str], *, credits: int | None = None, task_seconds: float | None = None,
-    webhook_secret: str | None = None, hold: bool = False,
-) -> list[str]:  # fmt: skip
+    port: int,
+    keys: Sequence[str],
+    *,
+    credits: int | None = None,
+    task_seconds: float | None = None,
+    webhook_secret: str | None = None,
+    hold: bool = False,
+) -> list[str]:
     """`apikey-mcp sandbox` on `port` with a wallet per key."""
     command = [*APIKEY_MCP, "sandbox", "--port", str(port), *(arg for key in keys for arg in ("--key", key))]
     command += ["--credits", str(credits)] if credits is not None else []
@@ -186,8 +201,9 @@ def start_replica(settings: Mapping[str, str], folder: Path, *args: str, port: i
     log there as `replica-<port>.log`; `port`: the one a replica that was stopped had (a restart)."""
     port = port or free_port()
     command = hosted_command(port, *args)
-    return ServerProcess("replica", command, port=port, log=folder / f"replica-{port}.log", env=clean_env(settings),
-                         cwd=folder)  # fmt: skip
+    return ServerProcess(
+        "replica", command, port=port, log=folder / f"replica-{port}.log", env=clean_env(settings), cwd=folder
+    )
 
 
 def nginx_config(port: int, upstreams: Sequence[int]) -> str:
@@ -239,9 +255,15 @@ class Processes:
         self.running: list[ServerProcess] = []
 
     def start(
-        self, name: str, command: Sequence[str], *, port: int, env: Mapping[str, str] | None = None,
-        log: Path | None = None, cwd: Path | None = None,
-    ) -> ServerProcess:  # fmt: skip
+        self,
+        name: str,
+        command: Sequence[str],
+        *,
+        port: int,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+    ) -> ServerProcess:
         """Any server (`command` listens on `port`); the log is `log_dir/<name>-<port>.log` unless given."""
         log = log or self.log_dir / f"{re.sub(r'[^A-Za-z0-9.]+', '-', name).strip('-')}-{port}.log"
         server = ServerProcess(name, command, port=port, log=log, env=env, cwd=cwd)
@@ -249,21 +271,35 @@ class Processes:
         return server
 
     def sandbox(
-        self, keys: Sequence[str], *, name: str = "sandbox", port: int | None = None, log: Path | None = None,
-        credits: int | None = None, task_seconds: float | None = None, webhook_secret: str | None = None,
+        self,
+        keys: Sequence[str],
+        *,
+        name: str = "sandbox",
+        port: int | None = None,
+        log: Path | None = None,
+        credits: int | None = None,
+        task_seconds: float | None = None,
+        webhook_secret: str | None = None,
         hold: bool = False,
-    ) -> ServerProcess:  # fmt: skip
+    ) -> ServerProcess:
         """`apikey-mcp sandbox` with a wallet per key, and no APIKEY_* setting in its environment."""
         port = port or free_port()
-        command = sandbox_command(port, keys, credits=credits, task_seconds=task_seconds,
-                                  webhook_secret=webhook_secret, hold=hold)  # fmt: skip
+        command = sandbox_command(
+            port, keys, credits=credits, task_seconds=task_seconds, webhook_secret=webhook_secret, hold=hold
+        )
         return self.start(name, command, port=port, log=log)
 
     def hosted(
-        self, settings: Mapping[str, str], *args: str, name: str = "apikey-mcp", port: int | None = None,
-        transport: str = "streamable-http", source: Path | None = None, log: Path | None = None,
+        self,
+        settings: Mapping[str, str],
+        *args: str,
+        name: str = "apikey-mcp",
+        port: int | None = None,
+        transport: str = "streamable-http",
+        source: Path | None = None,
+        log: Path | None = None,
         cwd: Path | None = None,
-    ) -> ServerProcess:  # fmt: skip
+    ) -> ServerProcess:
         """The hosted server with `settings` (APIKEY_* variables) and only them; `source`: run that copy of the
         package (a baseline's `src`) instead of the installed one."""
         port = port or free_port()

@@ -34,8 +34,14 @@ class Cluster:
 
     def _ci(self, action: str) -> str:
         env = {**os.environ, "PGPORT_TEST": str(self.port)}
-        done = subprocess.run([str(ROOT / ".ci" / "postgres"), action, str(self.dir)], env=env, check=True,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [str(ROOT / ".ci" / "postgres"), action, str(self.dir)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return done.stdout.strip()
 
     def _pg_ctl(self, *args: str) -> None:
@@ -57,8 +63,10 @@ class Cluster:
     def terminate_backends(self) -> int:
         """pg_terminate_backend every other connection to the test database; how many."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
-                                "current_database() AND pid <> pg_backend_pid()").fetchall()  # fmt: skip
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
         return len(rows)
 
     def close(self) -> None:

@@ -84,8 +84,12 @@ def isolate_home(base: Path) -> None:
     os.environ.setdefault("XDG_CACHE_HOME", str(real_home / ".cache"))
     os.environ.setdefault("npm_config_cache", str(real_home / ".npm"))
     home = base / "home"
-    for name, sub in [("HOME", ""), ("XDG_DATA_HOME", ".local/share"), ("XDG_CONFIG_HOME", ".config"),
-                      ("XDG_STATE_HOME", ".local/state")]:  # fmt: skip
+    for name, sub in [
+        ("HOME", ""),
+        ("XDG_DATA_HOME", ".local/share"),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_STATE_HOME", ".local/state"),
+    ]:
         folder = home / sub
         folder.mkdir(parents=True, exist_ok=True)
         os.environ[name] = str(folder)
@@ -124,15 +128,22 @@ class Postgres:
         bindir = postgres_bindir()
         assert bindir is not None
         self.folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([str(ROOT / ".ci" / "postgres"), "start", str(self.folder)], env=env, text=True,
-                              capture_output=True, timeout=120, check=False)  # fmt: skip
+        done = subprocess.run(
+            [str(ROOT / ".ci" / "postgres"), "start", str(self.folder)],
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"could not start a throwaway PostgreSQL: {done.stderr.strip()[-500:]}")
         return done.stdout.strip()
 
     def stop(self) -> None:
-        subprocess.run([str(ROOT / ".ci" / "postgres"), "stop", str(self.folder)], capture_output=True, timeout=60,
-                       check=False)  # fmt: skip
+        subprocess.run(
+            [str(ROOT / ".ci" / "postgres"), "stop", str(self.folder)], capture_output=True, timeout=60, check=False
+        )
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

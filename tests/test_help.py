@@ -70,8 +70,13 @@ def test_every_option_of_every_command_has_help_and_every_command_a_description(
     main = cli.parser()
     main.format_help()  # the settings' help is made from the model when help is asked for
     every = parsers(main)
-    assert {p.prog for p in every} >= {"apikey-mcp", "apikey-mcp sandbox", "apikey-mcp admin",
-                                       "apikey-mcp admin set-budget", "apikey-mcp admin close"}  # fmt: skip
+    assert {p.prog for p in every} >= {
+        "apikey-mcp",
+        "apikey-mcp sandbox",
+        "apikey-mcp admin",
+        "apikey-mcp admin set-budget",
+        "apikey-mcp admin close",
+    }
     for parser in every:
         assert parser.description, f"{parser.prog} --help has no description"
         for action in parser._actions:
@@ -82,9 +87,16 @@ def test_every_option_of_every_command_has_help_and_every_command_a_description(
 @pytest.mark.slow
 def test_help_as_typed() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
-    done = subprocess.run([sys.executable, "-m", "apikey_mcp", "--help"], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", "--help"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0 and "APIKEY_REQUEST_STATE_KEY" in done.stdout
-    sandbox = subprocess.run([sys.executable, "-m", "apikey_mcp", "sandbox", "--help"], env=env, capture_output=True,
-                             text=True, timeout=60, check=False)  # fmt: skip
+    sandbox = subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", "sandbox", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert sandbox.returncode == 0 and "follows the API-Key gateway's contract" in " ".join(sandbox.stdout.split())

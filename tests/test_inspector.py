@@ -30,10 +30,26 @@ def inspector(*method: str, env_sandbox: bool = False) -> tuple[dict[str, Any], 
     node_package("@modelcontextprotocol/inspector/package.json")  # skips without Node.js, fails if not installed
     env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {"npm_config_offline": "true"}
     done = subprocess.run(
-        ["npx", "-y", "@modelcontextprotocol/inspector", "--cli", *options, sys.executable, "-m", "apikey_mcp",
-         *server, *method],
-        cwd=NODE_DIR, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            "npx",
+            "-y",
+            "@modelcontextprotocol/inspector",
+            "--cli",
+            *options,
+            sys.executable,
+            "-m",
+            "apikey_mcp",
+            *server,
+            *method,
+        ],
+        cwd=NODE_DIR,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout), done.stderr
 
@@ -46,10 +62,18 @@ def test_the_inspector_lists_our_tools_and_finds_them_portable() -> None:
 
 
 def test_the_inspector_estimates_for_free_and_a_paid_call_reports_its_cost() -> None:
-    estimate, _ = inspector("--method", "tools/call", "--tool-name", "estimate",
-                            "--tool-arg", "model=seedance-2-fast", "duration=5")  # fmt: skip
-    started, _ = inspector("--method", "tools/call", "--tool-name", "generate_image",
-                           "--tool-arg", "prompt=a red fox", "model=flux-schnell")  # fmt: skip
+    estimate, _ = inspector(
+        "--method", "tools/call", "--tool-name", "estimate", "--tool-arg", "model=seedance-2-fast", "duration=5"
+    )
+    started, _ = inspector(
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "generate_image",
+        "--tool-arg",
+        "prompt=a red fox",
+        "model=flux-schnell",
+    )
     assert not estimate["isError"] and estimate["structuredContent"]["credits"] > 0
     assert estimate["structuredContent"]["budget"] == {"budget": 1000, "spent": 0, "reserved": 0, "remaining": 1000}
     task = started["structuredContent"]

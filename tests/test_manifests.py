@@ -54,8 +54,11 @@ def test_mcpb_manifest_passes_the_official_validator() -> None:
     mcpb = node_package("@anthropic-ai/mcpb/dist/cli/cli.js")
     result = subprocess.run(
         ["node", str(mcpb), "validate", str(MANIFESTS / "manifest.json")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0 and "validation passes" in result.stdout, result.stdout + result.stderr
 
 

@@ -83,9 +83,13 @@ async def test_list_models_covers_every_modality(client: GatewayClient) -> None:
 
 async def test_estimate_matches_the_docs_example_and_charges_nothing(client: GatewayClient, sandbox: Sandbox) -> None:
     request = EstimateRequest(
-        model="seedance-2-fast", modality="video", duration=6, resolution="720p",
-        input_mode="text-to-video", max_credits=250,
-    )  # fmt: skip
+        model="seedance-2-fast",
+        modality="video",
+        duration=6,
+        resolution="720p",
+        input_mode="text-to-video",
+        max_credits=250,
+    )
     estimate = await client.estimate(request)
     assert estimate.credits == 48
     assert estimate.within_budget is True
@@ -102,9 +106,15 @@ async def test_estimate_matches_the_docs_example_and_charges_nothing(client: Gat
     ],
 )
 async def test_task_runs_to_success_settles_and_serves_a_real_file(
-    client: GatewayClient, sandbox_server: SandboxServer, held: Sandbox, create: str, request_, mime: str,
-    magic: bytes, tmp_path,
-) -> None:  # fmt: skip
+    client: GatewayClient,
+    sandbox_server: SandboxServer,
+    held: Sandbox,
+    create: str,
+    request_,
+    mime: str,
+    magic: bytes,
+    tmp_path,
+) -> None:
     sandbox = held
     task = await getattr(client, create)(request_)
     assert task.status is TaskStatus.PENDING and task.task_id == task.id and task.object.startswith("gateway.")

@@ -129,9 +129,13 @@ async def test_an_answer_that_echoes_the_key_is_redacted(scheme: str) -> None:
     echo = "upstream said: Authorization: Bearer sk-mock-key / x-api-key: sk-mock-key"
     script = Script(httpx2.Response(502, text=echo), httpx2.Response(200, text=f"<p>{echo}</p>"))
     async with GatewayClient(
-        "https://gateway.test", "sk-mock-key", auth_scheme=scheme, transport=httpx2.MockTransport(script),
-        sleep=no_sleep, max_retries=0,
-    ) as client:  # fmt: skip
+        "https://gateway.test",
+        "sk-mock-key",
+        auth_scheme=scheme,
+        transport=httpx2.MockTransport(script),
+        sleep=no_sleep,
+        max_retries=0,
+    ) as client:
         with pytest.raises(ServerError) as server_error:
             await client.generate_video(VIDEO)
         with pytest.raises(GatewayProtocolError) as protocol_error:
@@ -149,9 +153,12 @@ async def test_downloads_follow_redirects_and_the_key_stays_home(scheme: str, tm
         httpx2.Response(200, content=b"\x89PNG data"),
     )
     async with GatewayClient(
-        "https://gateway.test", "sk-mock-key", auth_scheme=scheme, transport=httpx2.MockTransport(script),
+        "https://gateway.test",
+        "sk-mock-key",
+        auth_scheme=scheme,
+        transport=httpx2.MockTransport(script),
         sleep=no_sleep,
-    ) as client:  # fmt: skip
+    ) as client:
         size = await client.download("https://gateway.test/r/1", tmp_path / "a.png", max_bytes=100)
     assert size == 9 and (tmp_path / "a.png").read_bytes() == b"\x89PNG data"
     sent = [("authorization" in r.headers or "x-api-key" in r.headers) for r in script.requests]
@@ -160,13 +167,23 @@ async def test_downloads_follow_redirects_and_the_key_stays_home(scheme: str, tm
 
 def test_answers_the_docs_do_not_describe_are_still_read() -> None:
     task = Task.model_validate(
-        {"task_id": "t", "status": "running", "progress": 45, "created_at": "2026-11-25T10:00:00Z",
-         "credits": 12, "error": "slow upstream", "outputs": [{"mime_type": "image/png"}]}
-    )  # fmt: skip
+        {
+            "task_id": "t",
+            "status": "running",
+            "progress": 45,
+            "created_at": "2026-11-25T10:00:00Z",
+            "credits": 12,
+            "error": "slow upstream",
+            "outputs": [{"mime_type": "image/png"}],
+        }
+    )
     assert task.progress == 0.45 and task.created_at == "2026-11-25T10:00:00Z"
     assert task.credits.charged == 12 and task.error.message == "slow upstream"
     models = ModelList.model_validate(
-        {"data": [{"id": "v", "modality": "video", "parameters": {"input_modes": ["audio-to-video"],
-                   "durations": "5-10"}}]}
-    )  # fmt: skip
+        {
+            "data": [
+                {"id": "v", "modality": "video", "parameters": {"input_modes": ["audio-to-video"], "durations": "5-10"}}
+            ]
+        }
+    )
     assert models.data[0].id == "v"

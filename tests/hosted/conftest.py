@@ -31,10 +31,18 @@ TOKENS = f"alice={ALICE},bob={BOB}"
 
 def hosted_settings(sandbox_server: SandboxServer, state_file: Path, url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "base_url": sandbox_server.url, "api_key": KEY, "transport": "http", "auth_tokens": TOKENS,
-        "state_file": state_file, "public_url": url, "webhook_secret": sandbox_server.sandbox.webhook_secret,
-        "poll_interval": 0.02, "max_poll_interval": 0.1, "session_budget": 1000, **overrides,
-    }  # fmt: skip
+        "base_url": sandbox_server.url,
+        "api_key": KEY,
+        "transport": "http",
+        "auth_tokens": TOKENS,
+        "state_file": state_file,
+        "public_url": url,
+        "webhook_secret": sandbox_server.sandbox.webhook_secret,
+        "poll_interval": 0.02,
+        "max_poll_interval": 0.1,
+        "session_budget": 1000,
+        **overrides,
+    }
     return Settings(**values)
 
 
@@ -143,8 +151,14 @@ def start_process(
 ) -> ServerProcess:
     """`apikey-mcp --transport http` in a process of its own, logging to `log` (appended: a restart shares it).
     `state_file` None: the ledger is wherever `settings` say (APIKEY_DATABASE_URL)."""
-    env = {"APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_MCP_AUTH_TOKENS": TOKENS,
-           "APIKEY_POLL_INTERVAL": "0.05", "APIKEY_MAX_POLL_INTERVAL": "0.1", **settings}  # fmt: skip
+    env = {
+        "APIKEY_BASE_URL": sandbox_server.url,
+        "APIKEY_API_KEY": KEY,
+        "APIKEY_MCP_AUTH_TOKENS": TOKENS,
+        "APIKEY_POLL_INTERVAL": "0.05",
+        "APIKEY_MAX_POLL_INTERVAL": "0.1",
+        **settings,
+    }
     args = ["--log-level", "INFO", *(["--state-file", str(state_file)] if state_file is not None else [])]
     return processes.hosted(env, *args, transport="http", log=log)
 

@@ -72,8 +72,11 @@ def issuer() -> Iterator[Issuer]:
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key)) | {"kid": KID, "alg": "RS256", "use": "sig"}
     process = subprocess.Popen(
         ["node", str(NODE_DIR / "issuer.mjs"), json.dumps(jwk)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()  # blocks until it listens, or returns "" if it died

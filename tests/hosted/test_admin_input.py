@@ -81,8 +81,9 @@ def test_close_is_charged_at_most_the_hold_unless_over_hold_says_why(
         assert (status, out) == (1, "") and err.count("\n") == 1
         assert "more than the 2 credits" in err and "--over-hold REASON" in err
         assert totals(where) == Totals(100, 0, 2)  # nothing changed
-        status, out, err = admin(where, capsys, "close", rid, "--charged", "5", "--over-hold", "invoice 7 says 5",
-                                 "--json")  # fmt: skip
+        status, out, err = admin(
+            where, capsys, "close", rid, "--charged", "5", "--over-hold", "invoice 7 says 5", "--json"
+        )
         assert status == 0, err
         assert json.loads(out)[0]["charged"] == 5 and totals(where) == Totals(100, 5, 0)
         status, out, _ = admin(where, capsys, "history", "--json")
@@ -122,8 +123,20 @@ def test_numbers_no_ledger_can_keep_are_refused_in_one_line(
 def test_a_real_admin_process_refuses_2_to_the_64_without_a_traceback(tmp_path: Path) -> None:
     where = {"state_file": str(tmp_path / "state.sqlite3")}
     with _filled(where) as rid:
-        command = [sys.executable, "-m", "apikey_mcp", "admin", "--state-file", where["state_file"], "close", rid,
-                   "--charged", HUGE, "--over-hold", "test"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "apikey_mcp",
+            "admin",
+            "--state-file",
+            where["state_file"],
+            "close",
+            rid,
+            "--charged",
+            HUGE,
+            "--over-hold",
+            "test",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")}
         done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert done.returncode == 1 and done.stdout == ""
@@ -167,8 +180,12 @@ def test_step_4_repairs_floats_an_older_sqlite_ledger_holds(tmp_path: Path, caps
     assert status == 0, err
     (row,) = json.loads(out)
     assert {k: row[k] for k in ("principal", "budget", "spent", "reserved", "remaining")} == {
-        "principal": "alice", "budget": 101, "spent": 2**63 - 1, "reserved": 2, "remaining": 101 - 2**63 + 1 - 2
-    }  # fmt: skip
+        "principal": "alice",
+        "budget": 101,
+        "spent": 2**63 - 1,
+        "reserved": 2,
+        "remaining": 101 - 2**63 + 1 - 2,
+    }
     with sqlite3.connect(where["state_file"]) as conn:
         kinds = conn.execute("SELECT typeof(budget), typeof(spent), typeof(reserved) FROM principals").fetchall()
         assert kinds == [("integer", "integer", "integer")]

@@ -22,11 +22,16 @@ TASK_GETS = "GET /v1/tasks/{task_id}"
 
 
 def finished(task_id: str, charged: int) -> bytes:
-    return json.dumps({
-        "task_id": task_id, "id": task_id, "object": "gateway.image.task", "status": "succeeded",
-        "credits": {"reserved": 0, "charged": charged},
-        "outputs": [{"url": f"https://cdn.example/{task_id}.png", "mime_type": "image/png"}],
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "task_id": task_id,
+            "id": task_id,
+            "object": "gateway.image.task",
+            "status": "succeeded",
+            "credits": {"reserved": 0, "charged": charged},
+            "outputs": [{"url": f"https://cdn.example/{task_id}.png", "mime_type": "image/png"}],
+        }
+    ).encode()
 
 
 @pytest.fixture
@@ -51,10 +56,12 @@ async def test_forged_tampered_stale_and_replayed_callbacks_change_nothing(slow:
         attempts = {
             "forged": (body, webhooks.signed_headers("whsec_attacker", webhooks.EVENT_COMPLETED, task_id, body)),
             "tampered": (finished(task_id, 0), good),
-            "stale": (body, webhooks.signed_headers(secret, webhooks.EVENT_COMPLETED, task_id, body,
-                                                    now=time.time() - 301)),
+            "stale": (
+                body,
+                webhooks.signed_headers(secret, webhooks.EVENT_COMPLETED, task_id, body, now=time.time() - 301),
+            ),
             "unsigned": (body, {"content-type": "application/json"}),
-        }  # fmt: skip
+        }
         statuses = {name: await post(slow, b, h) for name, (b, h) in attempts.items()}
         before = await call(client, "budget_status")
         task = await call(client, "poll_task", task_id=task_id, wait_seconds=0)

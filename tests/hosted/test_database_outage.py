@@ -26,8 +26,14 @@ DRIVER_WORDS = ("psycopg", "connection refused", "Connection refused", "Operatio
 
 
 def _replica(hosted_factory, cluster: Cluster):
-    return hosted_factory(database_url=cluster.url, request_state_key="s" * 64, transport="streamable-http",
-                          public_url=None, webhook_secret=None, lease_seconds=3)  # fmt: skip
+    return hosted_factory(
+        database_url=cluster.url,
+        request_state_key="s" * 64,
+        transport="streamable-http",
+        public_url=None,
+        webhook_secret=None,
+        lease_seconds=3,
+    )
 
 
 async def _ready(url: str) -> tuple[int, dict]:

@@ -95,8 +95,11 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(
 
     async def attempt(client: str, token: str) -> int:
         async with httpx2.AsyncClient(timeout=10) as http:
-            headers = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}",
-                       "X-Forwarded-For": client}  # fmt: skip
+            headers = {
+                "Accept": "application/json, text/event-stream",
+                "Authorization": f"Bearer {token}",
+                "X-Forwarded-For": client,
+            }
             return (await http.post(url, headers=headers, json=INIT)).status_code
 
     first = [await attempt("203.0.113.7", f"junk-{i}-0123456789abcdef") for i in range(4)]

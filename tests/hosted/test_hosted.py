@@ -108,8 +108,11 @@ async def test_a_foreign_origin_is_rejected(hosted: Hosted) -> None:
 
 
 async def test_an_oversized_body_is_refused(hosted: Hosted) -> None:
-    headers = {"Authorization": f"Bearer {ALICE}", "Accept": "application/json, text/event-stream",
-               "Content-Type": "application/json"}  # fmt: skip
+    headers = {
+        "Authorization": f"Bearer {ALICE}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
     async with httpx2.AsyncClient() as http:
         response = await http.post(f"{hosted.url}/mcp", headers=headers, content=b"[" + b" " * (2 * 1024**2) + b"]")
         hook = await http.post(f"{hosted.url}/webhooks/api-key", content=b"x" * (2 * 1024**2))

@@ -25,8 +25,9 @@ def limited(hosted_factory) -> Hosted:
 async def test_a_principal_at_every_limit_never_blocks_another(limited: Hosted) -> None:
     async with AsyncExitStack() as alice:
         # 2025-era clients open sessions; 2026-07-28 ones open none, but listen
-        sessions = [await alice.enter_async_context(limited.connect("streamable-http", ALICE, mode="legacy"))
-                    for _ in range(2)]  # fmt: skip
+        sessions = [
+            await alice.enter_async_context(limited.connect("streamable-http", ALICE, mode="legacy")) for _ in range(2)
+        ]
         streams = [await alice.enter_async_context(limited.connect("sse", ALICE)) for _ in range(2)]
         modern = await alice.enter_async_context(limited.connect("streamable-http", ALICE))
         task_id = (await call(modern, "generate_image", prompt="mine", model="flux-schnell"))["task_id"]

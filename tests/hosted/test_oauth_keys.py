@@ -43,8 +43,7 @@ class CountingIssuer:
             public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
             return JSONResponse({"keys": [public | {"kid": "k1", "use": "sig", "alg": "RS256"}]})
 
-        return Starlette(routes=[Route("/.well-known/oauth-authorization-server", metadata),
-                                 Route("/jwks", jwks)])  # fmt: skip
+        return Starlette(routes=[Route("/.well-known/oauth-authorization-server", metadata), Route("/jwks", jwks)])
 
     def token(self, kid: str = "k1", **claims: object) -> str:
         now = int(time.time())

@@ -68,8 +68,10 @@ async def test_admin_set_budget_changes_a_running_servers_answer(hosted_factory,
     assert [p["principal"] for p in json.loads(listing.stdout)] == ["alice"]
     history = json.loads(admin(state, "history", "--json").stdout)
     assert [(e["kind"], e["actor"]) for e in history][:3] == [
-        ("budget", "configuration"), ("refuse", "principal:alice"), ("budget", "operator"),
-    ]  # fmt: skip
+        ("budget", "configuration"),
+        ("refuse", "principal:alice"),
+        ("budget", "operator"),
+    ]
     assert history[1]["model"] == "seedance-2" and "over budget" in history[1]["detail"]  # the refusal, recorded
 
 
@@ -98,17 +100,31 @@ async def test_admin_works_on_a_postgresql_ledger_too() -> None:
             await store.ensure_principal("alice", 100)
             held = await store.reserve("alice", 30, "video")
         run = lambda *args: subprocess.run(  # noqa: E731
-            [sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True, timeout=60,
-            check=False, env=clean_env(APIKEY_DATABASE_URL=url),
-        )  # fmt: skip
+            [sys.executable, "-m", "apikey_mcp", "admin", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=clean_env(APIKEY_DATABASE_URL=url),
+        )
         raised = await anyio.to_thread.run_sync(lambda: run("set-budget", "alice", "250"))
         closed = await anyio.to_thread.run_sync(lambda: run("close", held.id, "--released", "--json"))
         listed = await anyio.to_thread.run_sync(lambda: run("principals", "--json"))
     assert raised.returncode == closed.returncode == listed.returncode == 0, raised.stderr + closed.stderr
     assert json.loads(closed.stdout)[0]["state"] == "released"
-    assert json.loads(listed.stdout) == [{"principal": "alice", "budget": 250, "spent": 0, "reserved": 0,
-                                          "remaining": 250, "max_per_call": None, "allow": None, "period": "none",
-                                          "alert_at": None}]  # fmt: skip
+    assert json.loads(listed.stdout) == [
+        {
+            "principal": "alice",
+            "budget": 250,
+            "spent": 0,
+            "reserved": 0,
+            "remaining": 250,
+            "max_per_call": None,
+            "allow": None,
+            "period": "none",
+            "alert_at": None,
+        }
+    ]
 
 
 @pytest.mark.slow
@@ -130,8 +146,14 @@ async def test_admin_lists_lost_tasks_and_closes_them(tmp_path: Path) -> None:
 
 
 def run_admin(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "apikey_mcp", "admin", *args], capture_output=True, text=True,
-                          timeout=60, check=False, env=clean_env())  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", "admin", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean_env(),
+    )
 
 
 @pytest.mark.slow

@@ -38,8 +38,10 @@ async def test_confirmation_hosted_protects_the_principal_and_never_raises_the_o
         made = [await client.call_tool("generate_video", VIDEO) for _ in range(3)]
     assert [r.is_error for r in made] == [False, False, True] and len(sandbox.tasks) == 2
     assert "Over budget" in made[2].content[0].text
-    assert asked[:2] == ["Generate a video with seedance-2-fast for 40 credits? 60 left",
-                         "Generate a video with seedance-2-fast for 40 credits? 20 left"]  # fmt: skip
+    assert asked[:2] == [
+        "Generate a video with seedance-2-fast for 40 credits? 60 left",
+        "Generate a video with seedance-2-fast for 40 credits? 20 left",
+    ]
 
 
 @pytest.mark.slow

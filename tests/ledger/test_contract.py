@@ -124,10 +124,14 @@ async def test_every_change_is_in_the_audit_trail_with_who_made_it(store: Ledger
     await store.set_budget("alice", 200, OPERATOR)
     events = await store.history("alice")
     assert [(e.kind, e.actor, e.credits) for e in events] == [
-        ("budget", "configuration", 100), ("reserve", "principal:alice", 30), ("attach", "principal:alice", None),
-        ("settle", "principal:alice", 25), ("reserve", "principal:alice", 10), ("release", "operator", 0),
+        ("budget", "configuration", 100),
+        ("reserve", "principal:alice", 30),
+        ("attach", "principal:alice", None),
+        ("settle", "principal:alice", 25),
+        ("reserve", "principal:alice", 10),
+        ("release", "operator", 0),
         ("budget", "operator", 200),
-    ]  # fmt: skip
+    ]
     assert events[3].totals == Totals(100, 25, 0) and events[-1].totals == Totals(200, 25, 0)
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     assert [e.kind for e in await store.history(limit=2, offset=1)] == ["reserve", "attach"]

@@ -27,8 +27,9 @@ NAMES = {
 
 def stdio_params(server: SandboxServer, state_file: Path, *args: str, **settings: Any) -> StdioServerParameters:
     env = stdio_env(settings_for(server, poll_interval=0.05, **settings))
-    return StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", "--state-file", str(state_file),
-                                                               *args], env=env)  # fmt: skip
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "apikey_mcp", "--state-file", str(state_file), *args], env=env
+    )
 
 
 async def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:

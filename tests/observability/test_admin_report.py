@@ -38,8 +38,10 @@ async def _check(where: list[str], **store_at: str | Path) -> None:
     assert {r["principal"]: r["spent"] for r in rows} == {n: t.spent for n, t in ledger.items()}
     assert [(r["calls"], r["refusals"]) for r in rows] == [(1, 0), (1, 1)]
     by_model = list(csv.DictReader(io.StringIO(await _report(where, "--csv", "--by", "model"))))
-    assert [(r["model"], r["spent"], r["refusals"]) for r in by_model] == [("gpt-4o-mini", "2", "0"),
-                                                                           ("seedance-2", "28", "1")]  # fmt: skip
+    assert [(r["model"], r["spent"], r["refusals"]) for r in by_model] == [
+        ("gpt-4o-mini", "2", "0"),
+        ("seedance-2", "28", "1"),
+    ]
     by_day = json.loads(await _report(where, "--json", "--by", "day", "--since", "7d"))["rows"]
     assert len(by_day) == 1 and by_day[0]["spent"] == 30
     assert "total" in await _report(where)  # the table ends with the totals
@@ -60,6 +62,8 @@ async def test_a_since_that_is_neither_a_span_nor_a_date_is_refused_clearly(tmp_
     state = tmp_path / "state.sqlite3"
     async with open_store(state_file=state):
         pass
-    done = await anyio.run_process([sys.executable, "-m", "apikey_mcp", "admin", "--state-file", str(state), "report",
-                                    "--since", "last tuesday"], check=False)  # fmt: skip
+    done = await anyio.run_process(
+        [sys.executable, "-m", "apikey_mcp", "admin", "--state-file", str(state), "report", "--since", "last tuesday"],
+        check=False,
+    )
     assert done.returncode == 1 and b"give a span such as 7d" in done.stderr and b"Traceback" not in done.stderr

@@ -29,11 +29,21 @@ async def test_every_line_is_json_and_a_paid_calls_lines_carry_principal_and_tas
     sandbox_server: SandboxServer, tmp_path: Path
 ) -> None:
     errors = tmp_path / "stderr.jsonl"
-    server = [sys.executable, "-m", "apikey_mcp", "--log-format", "json", "--principal", "dana",
-              "--state-file", str(tmp_path / "state.sqlite3")]  # fmt: skip
+    server = [
+        sys.executable,
+        "-m",
+        "apikey_mcp",
+        "--log-format",
+        "json",
+        "--principal",
+        "dana",
+        "--state-file",
+        str(tmp_path / "state.sqlite3"),
+    ]
     env = stdio_env(settings_for(sandbox_server, poll_interval=0.05))
-    params = StdioServerParameters(command="sh", args=["-c", f"exec {shlex.join(server)} 2>{shlex.quote(str(errors))}"],
-                                   env=env)  # fmt: skip
+    params = StdioServerParameters(
+        command="sh", args=["-c", f"exec {shlex.join(server)} 2>{shlex.quote(str(errors))}"], env=env
+    )
     async with Client(params) as client:
         created = await call(client, "generate_image", prompt="a fox", model="flux-schnell")
         with anyio.fail_after(20):
@@ -50,11 +60,23 @@ async def test_every_line_is_json_and_a_paid_calls_lines_carry_principal_and_tas
 
 def test_configuration_errors_are_json_lines_too(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "XDG_DATA_HOME": str(tmp_path), "APIKEY_LOG_FORMAT": "json"}
-    done = subprocess.run([sys.executable, "-m", "apikey_mcp", "--budget=-5"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", "--budget=-5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2 and done.stdout == ""
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert lines and lines[0]["level"] == "ERROR" and "APIKEY_SESSION_BUDGET" in str(lines[0]["message"])
-    unknown = subprocess.run([sys.executable, "-m", "apikey_mcp", "--log-format", "json", "--no-such-flag"], env=env,
-                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    unknown = subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", "--log-format", "json", "--no-such-flag"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert unknown.returncode == 2 and "--no-such-flag" in json.loads(unknown.stderr)["message"]

@@ -33,14 +33,22 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
     ports = [free_port(), free_port()]
     targets = ", ".join(f'"127.0.0.1:{port}"' for port in ports)
     config = tmp_path / "prometheus.yml"
-    config.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: apikey-mcp\n"
-                      f"    static_configs: [{{targets: [{targets}]}}]\n")  # fmt: skip
+    config.write_text(
+        f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: apikey-mcp\n"
+        f"    static_configs: [{{targets: [{targets}]}}]\n"
+    )
     web = free_port()
     process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{web}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield f"http://127.0.0.1:{web}", ports
     finally:
@@ -96,9 +104,19 @@ def test_the_alert_rules_and_scrape_config_in_deploy_pass_promtool() -> None:
     promtool = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
     if promtool is None:
         pytest.skip("no promtool")
-    rules = subprocess.run([promtool, "check", "rules", str(DEPLOY / "apikey-alerts.yml")], capture_output=True,
-                           text=True, timeout=60, check=False)  # fmt: skip
+    rules = subprocess.run(
+        [promtool, "check", "rules", str(DEPLOY / "apikey-alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert rules.returncode == 0 and "4 rules found" in rules.stdout, rules.stdout + rules.stderr
-    config = subprocess.run([promtool, "check", "config", str(DEPLOY / "prometheus.yml")], capture_output=True,
-                            text=True, timeout=60, check=False)  # fmt: skip
+    config = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert config.returncode == 0, config.stdout + config.stderr

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow  # stdio server and admin processes
 
 
 async def admin(state: Path, *args: str) -> Any:
-    done = await anyio.run_process([sys.executable, "-m", "apikey_mcp", "admin", "--state-file", str(state), *args],
-                                   check=False)  # fmt: skip
+    done = await anyio.run_process(
+        [sys.executable, "-m", "apikey_mcp", "admin", "--state-file", str(state), *args], check=False
+    )
     assert done.returncode == 0, done.stderr.decode()
     return json.loads(done.stdout)
 
@@ -70,8 +71,9 @@ async def test_a_task_left_unfinished_is_settled_at_the_next_start_against_the_s
     async with Client(params) as client:
         created = await call(client, "generate_image", prompt="left running", model="flux-schnell")
     async with open_store(state_file=state) as store:  # and one made at another gateway, left open too
-        other = await store.reserve("erin", 5, "image elsewhere", hold=Hold("image", "flux-schnell", "image",
-                                                                             "http://elsewhere.example"))  # fmt: skip
+        other = await store.reserve(
+            "erin", 5, "image elsewhere", hold=Hold("image", "flux-schnell", "image", "http://elsewhere.example")
+        )
         await store.attach(other.id, "task_elsewhere", "image")
     await advance(sandbox_server, created["task_id"])
 
@@ -88,8 +90,9 @@ async def test_a_task_left_unfinished_is_settled_at_the_next_start_against_the_s
 
 async def test_sandbox_runs_keep_a_ledger_of_their_own(own_data_folder: Path) -> None:
     env = stdio_env(Settings())
-    params = StdioServerParameters(command=sys.executable, args=["-m", "apikey_mcp", "--sandbox", "--principal", "fay"],
-                                   env=env)  # fmt: skip
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "apikey_mcp", "--sandbox", "--principal", "fay"], env=env
+    )
     async with Client(params) as client:
         await chat(client)
     folder = own_data_folder / "apikey-mcp"

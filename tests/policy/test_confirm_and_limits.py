@@ -112,8 +112,10 @@ async def test_a_price_that_rises_after_the_approval_is_asked_again_and_a_declin
     callback = approve_once_then_the_price_rises
     async with connect("memory", settings, store=store, elicitation_callback=callback) as client:
         text = await call_error(client, "generate_video", **VIDEO)
-    assert asked == ["Generate a 5 s 720p video with seedance-2-fast for 40 credits? 960 left",
-                     "Generate a 5 s 720p video with seedance-2-fast for 80 credits? 920 left"]  # fmt: skip
+    assert asked == [
+        "Generate a 5 s 720p video with seedance-2-fast for 40 credits? 960 left",
+        "Generate a 5 s 720p video with seedance-2-fast for 80 credits? 920 left",
+    ]
     assert "did not approve" in text and "Nothing was" in text
     assert sandbox.tasks == {} and sandbox.requests[VIDEOS] == 0 and await store.reservations() == []
 

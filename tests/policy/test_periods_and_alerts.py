@@ -91,8 +91,9 @@ async def test_alerts_reach_a_real_receiver_once_per_threshold_signed(
 ) -> None:
     sent_before = sum(ALERTS_TOTAL.values())
     with receiving() as receiver:
-        settings = settings_for(sandbox_server, session_budget=80, alert_at=50, alert_webhook=receiver.url,
-                                alert_secret=SECRET)  # fmt: skip
+        settings = settings_for(
+            sandbox_server, session_budget=80, alert_at=50, alert_webhook=receiver.url, alert_secret=SECRET
+        )
         async with make_store(kind, tmp_path) as store:
             async with Client(build_server(settings, store=store)) as client:
                 first = await call(client, "generate_video", **VIDEO)  # 40 of 80: 50%

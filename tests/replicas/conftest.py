@@ -84,14 +84,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         sandbox_server = stack.enter_context(SandboxServer(sandbox))
         balancer_port = free_port()
         balancer = f"http://127.0.0.1:{balancer_port}"
-        env = clean_env({  # only what is set here
-            "APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY,
-            "APIKEY_DATABASE_URL": database_url, "APIKEY_REQUEST_STATE_KEY": STATE_KEY,
-            "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{n}={t}" for n, t in TOKENS.items()),
-            "APIKEY_PUBLIC_URL": balancer, "APIKEY_WEBHOOK_SECRET": sandbox.webhook_secret,
-            "APIKEY_SESSION_BUDGET": str(BUDGET), "APIKEY_POLL_INTERVAL": "30", "APIKEY_MAX_POLL_INTERVAL": "30",
-            "APIKEY_LEASE_SECONDS": str(LEASE_SECONDS), "APIKEY_LOG_LEVEL": "INFO",
-        })  # fmt: skip
+        env = clean_env(
+            {  # only what is set here
+                "APIKEY_BASE_URL": sandbox_server.url,
+                "APIKEY_API_KEY": KEY,
+                "APIKEY_DATABASE_URL": database_url,
+                "APIKEY_REQUEST_STATE_KEY": STATE_KEY,
+                "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{n}={t}" for n, t in TOKENS.items()),
+                "APIKEY_PUBLIC_URL": balancer,
+                "APIKEY_WEBHOOK_SECRET": sandbox.webhook_secret,
+                "APIKEY_SESSION_BUDGET": str(BUDGET),
+                "APIKEY_POLL_INTERVAL": "30",
+                "APIKEY_MAX_POLL_INTERVAL": "30",
+                "APIKEY_LEASE_SECONDS": str(LEASE_SECONDS),
+                "APIKEY_LOG_LEVEL": "INFO",
+            }
+        )
         replicas: list[Replica] = []
         stack.callback(lambda: [r.stop() for r in replicas])  # those running at the end (one may be new)
         replicas += [start_replica(env, tmp) for _ in range(3)]

@@ -37,11 +37,18 @@ def fleet(tmp_path: Path) -> Iterator[tuple[list[Replica], Receiver, str]]:
         receiver = stack.enter_context(receiving())
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")},
-            "APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_DATABASE_URL": database_url,
-            "APIKEY_REQUEST_STATE_KEY": STATE_KEY, "APIKEY_MCP_AUTH_TOKENS": f"alice={TOKEN}",
-            "APIKEY_SESSION_BUDGET": str(BUDGET), "APIKEY_POLL_INTERVAL": "0.1", "APIKEY_MAX_POLL_INTERVAL": "0.2",
-            "APIKEY_ALERT_AT": "50", "APIKEY_ALERT_WEBHOOK": receiver.url, "APIKEY_ALERT_SECRET": SECRET,
-        }  # fmt: skip
+            "APIKEY_BASE_URL": sandbox_server.url,
+            "APIKEY_API_KEY": KEY,
+            "APIKEY_DATABASE_URL": database_url,
+            "APIKEY_REQUEST_STATE_KEY": STATE_KEY,
+            "APIKEY_MCP_AUTH_TOKENS": f"alice={TOKEN}",
+            "APIKEY_SESSION_BUDGET": str(BUDGET),
+            "APIKEY_POLL_INTERVAL": "0.1",
+            "APIKEY_MAX_POLL_INTERVAL": "0.2",
+            "APIKEY_ALERT_AT": "50",
+            "APIKEY_ALERT_WEBHOOK": receiver.url,
+            "APIKEY_ALERT_SECRET": SECRET,
+        }
         replicas: list[Replica] = []
         stack.callback(lambda: [stop(r.process) for r in replicas])
         replicas += [start_replica(env, tmp_path) for _ in range(2)]
@@ -77,11 +84,14 @@ async def test_two_replicas_spending_one_budget_send_each_alert_exactly_once(
         for replica in replicas:
             group.start_soon(spend, replica)
     await wait_until(lambda: len(receiver.posts) == 2, seconds=30)
-    await wait_until(lambda: sql(database_url, "SELECT count(*) FROM apikey_reservations WHERE state = 'reserved'")
-                     == [(0,)], seconds=60)  # fmt: skip
+    await wait_until(
+        lambda: sql(database_url, "SELECT count(*) FROM apikey_reservations WHERE state = 'reserved'") == [(0,)],
+        seconds=60,
+    )
     # Every settlement made each replica check again: still two, one per threshold.
-    await wait_until(lambda: sql(database_url, "SELECT count(*) FROM apikey_events WHERE kind = 'settle'")
-                     == [(10,)], seconds=30)  # fmt: skip
+    await wait_until(
+        lambda: sql(database_url, "SELECT count(*) FROM apikey_events WHERE kind = 'settle'") == [(10,)], seconds=30
+    )
     assert len(created) == 10 and len(receiver.posts) == 2 and receiver.all_signed()
     assert sorted(a["threshold"] for a in receiver.alerts()) == [50, 100]
     assert all(a["principal"] == "alice" and a["budget"] == BUDGET for a in receiver.alerts())

@@ -134,8 +134,9 @@ async def _chaos(cluster: Cluster, pg: PgCluster, sandbox: Sandbox, work: Work) 
 
 
 def _open(cluster: Cluster) -> list[tuple[Any, ...]]:
-    return cluster.sql("SELECT id, principal, task_id, purpose FROM apikey_reservations"
-                       " WHERE state = 'reserved' AND lost_at IS NULL")  # fmt: skip
+    return cluster.sql(
+        "SELECT id, principal, task_id, purpose FROM apikey_reservations WHERE state = 'reserved' AND lost_at IS NULL"
+    )
 
 
 @contextmanager
@@ -145,12 +146,19 @@ def _fleet(pg: PgCluster, sandbox_server: SandboxServer, tmp_path: Path) -> Iter
     balancer_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")},
-        "APIKEY_BASE_URL": sandbox_server.url, "APIKEY_API_KEY": KEY, "APIKEY_DATABASE_URL": pg.url,
-        "APIKEY_REQUEST_STATE_KEY": STATE_KEY, "APIKEY_MCP_AUTH_TOKENS": ",".join(
-            f"{n}={TOKENS[n]}" for n in PRINCIPALS), "APIKEY_SESSION_BUDGET": "1000000",
-        "APIKEY_POLL_INTERVAL": "0.5", "APIKEY_MAX_POLL_INTERVAL": "1", "APIKEY_LEASE_SECONDS": "3",
-        "APIKEY_LOST_AFTER_SECONDS": "5", "APIKEY_OUTPUT_DIR": str(tmp_path / "out"), "APIKEY_LOG_LEVEL": "INFO",
-    }  # fmt: skip
+        "APIKEY_BASE_URL": sandbox_server.url,
+        "APIKEY_API_KEY": KEY,
+        "APIKEY_DATABASE_URL": pg.url,
+        "APIKEY_REQUEST_STATE_KEY": STATE_KEY,
+        "APIKEY_MCP_AUTH_TOKENS": ",".join(f"{n}={TOKENS[n]}" for n in PRINCIPALS),
+        "APIKEY_SESSION_BUDGET": "1000000",
+        "APIKEY_POLL_INTERVAL": "0.5",
+        "APIKEY_MAX_POLL_INTERVAL": "1",
+        "APIKEY_LEASE_SECONDS": "3",
+        "APIKEY_LOST_AFTER_SECONDS": "5",
+        "APIKEY_OUTPUT_DIR": str(tmp_path / "out"),
+        "APIKEY_LOG_LEVEL": "INFO",
+    }
     cluster = Cluster(f"http://127.0.0.1:{balancer_port}", [], sandbox_server, pg.url, env, tmp_path)
     prefix = tmp_path / "nginx"
     prefix.mkdir()
@@ -158,8 +166,11 @@ def _fleet(pg: PgCluster, sandbox_server: SandboxServer, tmp_path: Path) -> Iter
     try:
         cluster.replicas += [start_replica(env, tmp_path) for _ in range(3)]
         (prefix / "nginx.conf").write_text(nginx_config(balancer_port, [r.port for r in cluster.replicas]))
-        proxy = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+        proxy = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         yield cluster
     finally:
         for replica in cluster.replicas:
@@ -190,8 +201,9 @@ async def _assert_the_end(cluster: Cluster, sandbox: Sandbox, work: Work, window
     tasks = {**sandbox.forgotten, **sandbox.tasks}
     for principal in PRINCIPALS:
         spent = cluster.sql("SELECT spent FROM apikey_principals WHERE name = %s", principal)[0][0]
-        settled = cluster.sql("SELECT task_id, charged FROM apikey_reservations WHERE principal = %s"
-                              " AND state = 'settled'", principal)  # fmt: skip
+        settled = cluster.sql(
+            "SELECT task_id, charged FROM apikey_reservations WHERE principal = %s AND state = 'settled'", principal
+        )
         for task_id, charged in settled:
             if task_id is not None:  # a task: charged what the sandbox charged for it
                 assert charged == tasks[task_id].reserved and tasks[task_id].task.status == "succeeded", task_id

@@ -44,8 +44,9 @@ async def test_one_lease_per_task_and_an_expired_one_is_taken_over(fleets: tuple
     assert await a.claim(task_id) == "ours"
     assert await a.renew() == 1
     assert [r.task_id for r in await b.orphans()] == []
-    await a.store.transaction(lambda c: c.execute("UPDATE apikey_task_leases SET lease_until = clock_timestamp()"
-                                           " - interval '1 second'"))  # A died: it stopped renewing  # fmt: skip
+    await a.store.transaction(
+        lambda c: c.execute("UPDATE apikey_task_leases SET lease_until = clock_timestamp() - interval '1 second'")
+    )  # A died: it stopped renewing
     assert [r.task_id for r in await b.orphans()] == [task_id]
     assert await b.claim(task_id) == "taken"
     assert await a.claim(task_id) is None

@@ -68,8 +68,9 @@ async def _callback_wakes_a_poll_elsewhere(cluster: Cluster, held: Sandbox, prin
         async with cluster.connect(principal, url=waiting_on.url, mode="legacy") as client:
             # warm the client: it lists the tools and compiles poll_task's output schema on first use
             assert result_of(await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 0}))
-            result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 30},
-                                            progress_callback=progress)  # fmt: skip
+            result = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=progress
+            )
             answer["at"] = time.monotonic()
             answer["result"] = result_of(result)
 
@@ -153,8 +154,9 @@ async def test_a_lost_announcement_is_made_up_for_by_rereading_the_row(cluster: 
         group.start_soon(record_quietly)
         polls_before = held.tasks[task_id].polls
         with anyio.fail_after(LEASE_SECONDS * 10):  # re-read every third of a lease; room for a busy machine
-            result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 30},
-                                            progress_callback=progress)  # fmt: skip
+            result = await client.call_tool(
+                "poll_task", {"task_id": task_id, "wait_seconds": 30}, progress_callback=progress
+            )
     assert result_of(result)["status"] == "succeeded"
     assert held.tasks[task_id].polls == polls_before, "read from the fleet's row, not the gateway"
 

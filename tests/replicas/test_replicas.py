@@ -69,8 +69,7 @@ async def test_concurrent_generates_from_four_principals_spend_exactly_their_bud
         return rows[0][0] == 0
 
     await wait_for(settled)  # the sandbox's tasks end on their clock; their callbacks settle them
-    ledgers = dict(cluster.sql("SELECT name, spent FROM apikey_principals WHERE name = ANY(%s)",
-                               CONCURRENT_PRINCIPALS))  # fmt: skip
+    ledgers = dict(cluster.sql("SELECT name, spent FROM apikey_principals WHERE name = ANY(%s)", CONCURRENT_PRINCIPALS))
     charged = {p: sum(sandbox.tasks[t].task.credits.charged or 0 for t in ids) for p, ids in created.items()}
     assert ledgers == charged == dict.fromkeys(CONCURRENT_PRINCIPALS, TASKS_EACH * IMAGE_CREDITS)
 

@@ -28,11 +28,18 @@ async def test_the_scale_out_script_starts_replicas_behind_nginx_and_stops_them(
     listen, replicas = f"127.0.0.1:{free_port()}", [free_port(), free_port()]
     with postgres_schema() as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APIKEY_")} | {
-            "APIKEY_DATABASE_URL": database_url, "APIKEY_MCP_AUTH_TOKENS": f"alice={TOKEN}", "SANDBOX": "1",
-            "RUN_DIR": str(tmp_path / "run"), "LISTEN": listen, "REPLICA_PORTS": " ".join(map(str, replicas)),
-            "SANDBOX_PORT": str(free_port()), "APIKEY_MCP": str(Path(sys.executable).parent / "apikey-mcp"),
-            "PYTHON": sys.executable, "NGINX_BIN": nginx, "XDG_DATA_HOME": str(tmp_path / "data"),
-        }  # fmt: skip
+            "APIKEY_DATABASE_URL": database_url,
+            "APIKEY_MCP_AUTH_TOKENS": f"alice={TOKEN}",
+            "SANDBOX": "1",
+            "RUN_DIR": str(tmp_path / "run"),
+            "LISTEN": listen,
+            "REPLICA_PORTS": " ".join(map(str, replicas)),
+            "SANDBOX_PORT": str(free_port()),
+            "APIKEY_MCP": str(Path(sys.executable).parent / "apikey-mcp"),
+            "PYTHON": sys.executable,
+            "NGINX_BIN": nginx,
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+        }
         script = str(ROOT / "deploy" / "scale-out.sh")
         try:
             with anyio.fail_after(240):  # the script waits at most 60 s for each process it starts

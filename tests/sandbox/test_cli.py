@@ -20,12 +20,16 @@ async def test_the_sandbox_command_prints_its_url_and_keys_and_keeps_a_wallet_pe
         async with httpx2.AsyncClient(base_url=base) as http:
             video = {"model": "seedance-2-fast", "prompt": "x", "duration": 5}
             created = await http.post("/v1/videos", json=video, headers={"Authorization": "Bearer sk-one-1111"})
-            wallets = [(await http.get("/sandbox/wallet", headers={"x-api-key": key})).json()
-                       for key in ("sk-one-1111", "sk-two-2222")]  # fmt: skip
+            wallets = [
+                (await http.get("/sandbox/wallet", headers={"x-api-key": key})).json()
+                for key in ("sk-one-1111", "sk-two-2222")
+            ]
     assert "SANDBOX" in banner and base in banner and "sk-one-1111" in banner and "sk-two-2222" in banner
     assert created.status_code == 200
-    assert wallets == [{"balance": 500, "reserved": 40, "available": 460},
-                       {"balance": 500, "reserved": 0, "available": 500}]  # fmt: skip
+    assert wallets == [
+        {"balance": 500, "reserved": 40, "available": 460},
+        {"balance": 500, "reserved": 0, "available": 500},
+    ]
 
 
 def test_the_in_process_sandbox_is_built_only_when_its_first_request_arrives() -> None:

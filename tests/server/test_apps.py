@@ -68,10 +68,12 @@ async def test_an_image_output_has_a_preview_as_a_data_uri_and_nothing_else_does
             assert (await call(client, "poll_task", task_id=task["task_id"], wait_seconds=20))["status"] == "succeeded"
         preview = (await client.read_resource(f"apikey://tasks/{image['task_id']}/outputs/1/preview")).contents[0]
         refusals = {}
-        for uri in (f"apikey://tasks/{music['task_id']}/outputs/0/preview",
-                    f"apikey://tasks/{image['task_id']}/outputs/2/preview",
-                    f"apikey://tasks/{image['task_id']}/outputs/one/preview",
-                    "apikey://tasks/task_nope/outputs/0/preview"):  # fmt: skip
+        for uri in (
+            f"apikey://tasks/{music['task_id']}/outputs/0/preview",
+            f"apikey://tasks/{image['task_id']}/outputs/2/preview",
+            f"apikey://tasks/{image['task_id']}/outputs/one/preview",
+            "apikey://tasks/task_nope/outputs/0/preview",
+        ):
             with pytest.raises(MCPError) as refused:
                 await client.read_resource(uri)
             refusals[uri.split("/")[3] + "/" + uri.split("/")[5]] = str(refused.value)

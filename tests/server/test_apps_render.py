@@ -39,10 +39,19 @@ def wire(result: Any) -> dict[str, Any]:
 
 
 async def render(
-    client: Client, uri: str, tool_name: str, result: CallToolResult, tmp_path: Path, name: str, *, expect: str,
-    tool_input: dict[str, Any] | None = None, theme: str = "light", on_call: Any = None,
+    client: Client,
+    uri: str,
+    tool_name: str,
+    result: CallToolResult,
+    tmp_path: Path,
+    name: str,
+    *,
+    expect: str,
+    tool_input: dict[str, Any] | None = None,
+    theme: str = "light",
+    on_call: Any = None,
     ignore_csp_domains: bool = False,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Render the app at `uri` with `tool_name`'s `result` in Chromium; what the page showed, once `expect` is
     seen (`tool_input`: the arguments, which a host sends the app first)."""
     node_package("playwright-core/package.json")
@@ -55,9 +64,16 @@ async def render(
     assert served.mime_type == "text/html;profile=mcp-app"
     csp = {} if ignore_csp_domains else served.meta["ui"]["csp"]  # a host that ignores declared domains has none
     job = {
-        "html": served.text, "csp": csp, "tool": wire(tool), "result": wire(result), "input": tool_input,
-        "theme": theme, "expect": expect, "screenshot": str(tmp_path / f"{name}.png"), "apps_dir": str(APPS_DIR),
-    }  # fmt: skip
+        "html": served.text,
+        "csp": csp,
+        "tool": wire(tool),
+        "result": wire(result),
+        "input": tool_input,
+        "theme": theme,
+        "expect": expect,
+        "screenshot": str(tmp_path / f"{name}.png"),
+        "apps_dir": str(APPS_DIR),
+    }
     (tmp_path / f"{name}.json").write_text(json.dumps(job))
     host = [shutil.which("node") or "node", str(NODE_DIR / "apps_host.mjs"), str(tmp_path / f"{name}.json")]
     writing = anyio.Lock()
@@ -116,8 +132,17 @@ async def test_the_media_app_follows_a_running_image_task_through_the_host_and_d
                 if len(polls) == 1:
                     await advance(sandbox_server, task_id)
 
-        seen = await render(client, MEDIA_APP, "generate_image", started, tmp_path, "media-image", expect="image",
-                            tool_input=arguments, on_call=on_call)  # fmt: skip
+        seen = await render(
+            client,
+            MEDIA_APP,
+            "generate_image",
+            started,
+            tmp_path,
+            "media-image",
+            expect="image",
+            tool_input=arguments,
+            on_call=on_call,
+        )
         charged = (await client.call_tool("budget_status", {})).structured_content
     assert polls and set(polls) == {task_id}
     assert seen["images"] and seen["images"][0]["naturalWidth"] > 0
@@ -153,8 +178,9 @@ async def test_the_budget_app_shows_the_gauge_and_the_open_tasks(
     sandbox_server: SandboxServer, held: Any, tmp_path: Path
 ) -> None:
     async with Client(build_server(settings_for(sandbox_server))) as client:
-        open_task = (await client.call_tool("generate_video", {"prompt": "a storm", "model": "seedance-2-fast",
-                                                               "duration": 5})).structured_content  # fmt: skip
+        open_task = (
+            await client.call_tool("generate_video", {"prompt": "a storm", "model": "seedance-2-fast", "duration": 5})
+        ).structured_content
         status = await client.call_tool("budget_status", {})
         seen = await render(client, BUDGET_APP, "budget_status", status, tmp_path, "budget", expect="budget")
     data = status.structured_content
@@ -170,8 +196,9 @@ async def test_where_the_host_ignores_the_declared_origins_the_image_comes_from_
     async with Client(build_server(settings_for(sandbox_server))) as client:
         task_id = (await call(client, "generate_image", prompt="a heron", model="flux-schnell"))["task_id"]
         result = await client.call_tool("poll_task", {"task_id": task_id, "wait_seconds": 20})
-        seen = await render(client, MEDIA_APP, "poll_task", result, tmp_path, "media-preview", expect="image",
-                            ignore_csp_domains=True)  # fmt: skip
+        seen = await render(
+            client, MEDIA_APP, "poll_task", result, tmp_path, "media-preview", expect="image", ignore_csp_domains=True
+        )
     assert seen["violations"] and all(v.startswith("img-src") for v in seen["violations"])  # the link, refused
     assert seen["images"][0]["naturalWidth"] > 0 and seen["images"][0]["src"].startswith("data:image/png;base64,")
     assert f"apikey://tasks/{task_id}/outputs/0/preview" in seen["calls"]
@@ -211,9 +238,16 @@ async def test_where_the_host_refuses_app_tool_calls_the_app_says_the_agent_can_
             raise PermissionError("this host does not let apps call tools")
 
         seen = await render(
-            client, MEDIA_APP, "generate_image", started, tmp_path, "media-refused", expect="note",
-            tool_input=arguments, on_call=refuse,
-        )  # fmt: skip
+            client,
+            MEDIA_APP,
+            "generate_image",
+            started,
+            tmp_path,
+            "media-refused",
+            expect="note",
+            tool_input=arguments,
+            on_call=refuse,
+        )
     task_id = started.structured_content["task_id"]
     assert f"ask the agent to call poll_task with task_id {task_id}" in seen["text"]
     assert "image · flux-schnell" in seen["text"]  # the kind from the tool the host's context names

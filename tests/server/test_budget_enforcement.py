@@ -52,9 +52,17 @@ async def test_twenty_concurrent_videos_with_budget_for_k_create_exactly_k(
     assert len(refused) == 20 - k and all("Over budget" in text for text in refused)
     assert await invariant_violations(store) == []
     assert len(await store.history("local")) >= 1 + 3 * k  # budget, then reserve, attach, settle per video
-    assert final == {"budget": budget, "spent": k * VIDEO_COST, "reserved": 0,
-                     "remaining": VIDEO_COST - 1, "open_reservations": [], "open_count": 0,
-                     "schema_version": 1, "policy": {"allow": []}, "period": "none"}  # fmt: skip
+    assert final == {
+        "budget": budget,
+        "spent": k * VIDEO_COST,
+        "reserved": 0,
+        "remaining": VIDEO_COST - 1,
+        "open_reservations": [],
+        "open_count": 0,
+        "schema_version": 1,
+        "policy": {"allow": []},
+        "period": "none",
+    }
 
 
 @pytest.mark.slow

@@ -37,8 +37,13 @@ async def service_rewriting(server: SandboxServer, path: str, rewrite: Rewrite) 
     async with httpx2.AsyncClient(base_url=server.url) as upstream:
 
         async def forward(request: httpx2.Request) -> httpx2.Response:
-            answer = await upstream.request(request.method, request.url.path, headers=dict(request.headers),
-                                            content=request.content, params=request.url.params)  # fmt: skip
+            answer = await upstream.request(
+                request.method,
+                request.url.path,
+                headers=dict(request.headers),
+                content=request.content,
+                params=request.url.params,
+            )
             if request.url.path != path or answer.status_code != 200:
                 return httpx2.Response(answer.status_code, headers=answer.headers, content=answer.content)
             body = answer.json()
@@ -128,10 +133,16 @@ async def test_a_200_kb_tool_call_is_covered_by_the_chat_bound(
 
 
 def test_each_image_is_bounded_at_its_most_whatever_its_url() -> None:
-    short = ChatMessage(role="user", content=[{"type": "image_url", "image_url": {"url": "https://i.test/a.png"}},
-                                             {"type": "text", "text": "what is this?"}])  # fmt: skip
+    short = ChatMessage(
+        role="user",
+        content=[
+            {"type": "image_url", "image_url": {"url": "https://i.test/a.png"}},
+            {"type": "text", "text": "what is this?"},
+        ],
+    )
     text_only = ChatMessage(role="user", content=[{"type": "text", "text": "what is this?"}])
     assert chat_input_bound([short]) - chat_input_bound([text_only]) == IMAGE_TOKEN_BOUND
-    huge = ChatMessage(role="user", content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
-                                                                                   + "A" * 1_000_000}}])  # fmt: skip
+    huge = ChatMessage(
+        role="user", content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 1_000_000}}]
+    )
     assert chat_input_bound([huge]) < 2 * IMAGE_TOKEN_BOUND  # a megabyte of pixels is not a million tokens

@@ -50,19 +50,32 @@ def hosts() -> Iterator[tuple[Host, BackgroundServer, Host, BackgroundServer]]:
 
 async def save(gateway_url: str, links: list[str], directory: Path, **guards: Any) -> Save:
     async with GatewayClient(gateway_url, KEY) as client:
-        downloads = Downloads(client, directory, max_file_bytes=10_000, max_task_bytes=100_000, deadline=30,
-                              guard=TargetGuard(gateway_url, **guards))  # fmt: skip
+        downloads = Downloads(
+            client,
+            directory,
+            max_file_bytes=10_000,
+            max_task_bytes=100_000,
+            deadline=30,
+            guard=TargetGuard(gateway_url, **guards),
+        )
         async with anyio.create_task_group() as group:
-            done = downloads.start("task_1", [TaskOutput(url=u, mime_type="image/png") for u in links],
-                                   group.start_soon)  # fmt: skip
+            done = downloads.start(
+                "task_1", [TaskOutput(url=u, mime_type="image/png") for u in links], group.start_soon
+            )
             await done.done.wait()
     return done
 
 
 async def test_private_result_hosts_are_refused_unless_allowed(hosts, tmp_path: Path) -> None:
     first, gateway, second, other = hosts
-    links = [f"{gateway.url}/file", f"{other.url}/file", "http://169.254.169.254/latest/meta-data/",
-             f"{gateway.url}/hop?to={other.url}/file", "http://localhost:1/x.png", "file:///etc/passwd"]  # fmt: skip
+    links = [
+        f"{gateway.url}/file",
+        f"{other.url}/file",
+        "http://169.254.169.254/latest/meta-data/",
+        f"{gateway.url}/hop?to={other.url}/file",
+        "http://localhost:1/x.png",
+        "file:///etc/passwd",
+    ]
     refused = await save(gateway.url, links, tmp_path / "strict")
     assert [p is not None for p in refused.paths] == [True, False, False, False, False, False]
     assert first.served == ["/file", "/hop"] and second.served == []  # the hop to the other host was refused

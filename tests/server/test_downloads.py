@@ -54,8 +54,11 @@ async def test_one_tasks_files_together_are_capped(sandbox_server: SandboxServer
 
         await wait_until(saved)
     paths = [o.get("path") for o in done["outputs"]]
-    assert paths[:2] == [str(tmp_path / file_name(created["task_id"], i, TaskOutput(mime_type="image/png")))
-                         for i in range(2)] and paths[2] is None  # fmt: skip
+    assert (
+        paths[:2]
+        == [str(tmp_path / file_name(created["task_id"], i, TaskOutput(mime_type="image/png"))) for i in range(2)]
+        and paths[2] is None
+    )
     assert "Saved 2 of 3 files" in done["next_step"] and "cap" in done["next_step"]
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) == 2 * size
 

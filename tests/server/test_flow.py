@@ -49,9 +49,17 @@ async def test_estimate_generate_poll_settles_the_budget_to_the_real_charge(
         assert len(done["outputs"]) == params.get("n", 1)
 
         budget = await call(client, "budget_status")
-    assert budget == {"budget": 500, "spent": estimate["credits"], "reserved": 0,
-                      "remaining": 500 - estimate["credits"], "open_reservations": [], "open_count": 0,
-                     "schema_version": 1, "policy": {"allow": []}, "period": "none"}  # fmt: skip
+    assert budget == {
+        "budget": 500,
+        "spent": estimate["credits"],
+        "reserved": 0,
+        "remaining": 500 - estimate["credits"],
+        "open_reservations": [],
+        "open_count": 0,
+        "schema_version": 1,
+        "policy": {"allow": []},
+        "period": "none",
+    }
     assert sandbox.wallets[KEY].balance == 10_000 - estimate["credits"]
 
 

@@ -46,8 +46,9 @@ async def test_the_media_prompt_takes_only_image_video_or_music(sandbox_server: 
         music = await client.get_prompt("generate_media", {"kind": "music", "brief": "a calm waltz"})
         with pytest.raises(MCPError) as refused:
             await client.get_prompt("generate_media", {"kind": "podcast"})
-        offered = await client.complete(PromptReference(type="ref/prompt", name="generate_media"),
-                                        {"name": "kind", "value": "m"})  # fmt: skip
+        offered = await client.complete(
+            PromptReference(type="ref/prompt", name="generate_media"), {"name": "kind", "value": "m"}
+        )
     assert set(listed) == {"generate_media", "plan_within_budget"}
     assert all(a.description for p in listed.values() for a in p.arguments or [])
     text = music.messages[0].content.text

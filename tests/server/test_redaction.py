@@ -55,8 +55,10 @@ class EchoAuth:
 
 def _echo(value: Any, sent: str) -> Any:
     if isinstance(value, dict):
-        return {k: f"{v} (you sent {sent})" if k in ECHOED and isinstance(v, str) else _echo(v, sent)
-                for k, v in value.items()}  # fmt: skip
+        return {
+            k: f"{v} (you sent {sent})" if k in ECHOED and isinstance(v, str) else _echo(v, sent)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_echo(item, sent) for item in value]
     return value
@@ -119,8 +121,10 @@ def test_every_secret_setting_is_redacted_including_ones_added_later() -> None:
     secret_fields = [n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)]
     assert {"api_key", "webhook_secret", "auth_tokens", "request_state_key", "database_url"} <= set(secret_fields)
     values = {name: f"value-of-{name}-0123456789abcdef" for name in secret_fields}
-    values |= {"auth_tokens": "alice=alice-token-0123456789,bob=bob-token-0123456789",
-               "database_url": "postgresql://apikey:db-password-0123@db.internal/apikey"}  # fmt: skip
+    values |= {
+        "auth_tokens": "alice=alice-token-0123456789,bob=bob-token-0123456789",
+        "database_url": "postgresql://apikey:db-password-0123@db.internal/apikey",
+    }
     settings = Settings(**values)
     text = " / ".join([*values.values(), "alice-token-0123456789", "db-password-0123", "Bearer KEY"])
     cleaned = redactor(settings.secrets())(text)

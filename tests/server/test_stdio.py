@@ -40,8 +40,11 @@ def rpc(id_: int | None, method: str, params: dict | None = None) -> bytes:
 async def test_stdout_carries_only_json_rpc_and_the_key_appears_nowhere(sandbox_server: SandboxServer) -> None:
     env = stdio_env(settings_for(sandbox_server, log_level="DEBUG"))
     requests = [
-        rpc(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                              "clientInfo": {"name": "raw", "version": "0"}}),
+        rpc(
+            1,
+            "initialize",
+            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+        ),
         rpc(None, "notifications/initialized"),
         rpc(2, "logging/setLevel", {"level": "debug"}),
         rpc(3, "tools/list"),
@@ -49,11 +52,14 @@ async def test_stdout_carries_only_json_rpc_and_the_key_appears_nowhere(sandbox_
         rpc(5, "tools/call", {"name": "generate_video", "arguments": {"prompt": "x", "model": "nope"}}),
         rpc(6, "resources/read", {"uri": "apikey://docs/auth.md"}),
         rpc(7, "tools/call", {"name": "budget_status", "arguments": {}}),
-    ]  # fmt: skip
+    ]
     async with await anyio.open_process(
-        [sys.executable, "-m", "apikey_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "apikey_mcp"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    ) as process:  # fmt: skip
+    ) as process:
         assert process.stdin and process.stdout and process.stderr
         for request in requests:
             await process.stdin.send(request)
@@ -145,16 +151,22 @@ async def test_sigterm_stops_the_server_cleanly_and_names_its_unfinished_tasks(
     env = stdio_env(settings_for(sandbox_server))
     create = {"name": "generate_image", "arguments": {"prompt": "unfinished", "model": "flux-schnell"}}
     async with await anyio.open_process(
-        [sys.executable, "-m", "apikey_mcp"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "apikey_mcp"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-    ) as process:  # fmt: skip
+    ) as process:
         assert process.stdin and process.stdout and process.stderr
         for request in [
-            rpc(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                  "clientInfo": {"name": "raw", "version": "0"}}),
+            rpc(
+                1,
+                "initialize",
+                {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+            ),
             rpc(None, "notifications/initialized"),
             rpc(2, "tools/call", create),
-        ]:  # fmt: skip
+        ]:
             await process.stdin.send(request)
         stdout = b""
         with anyio.fail_after(20):

@@ -24,9 +24,12 @@ async def test_in_a_terminal_the_server_says_what_it_is_and_how_to_stop_it() -> 
     terminal, stdin = pty.openpty()
     try:
         async with await anyio.open_process(
-            [sys.executable, "-m", "apikey_mcp", "--sandbox"], env=environment(), stdin=stdin,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        ) as process:  # fmt: skip
+            [sys.executable, "-m", "apikey_mcp", "--sandbox"],
+            env=environment(),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as process:
             assert process.stdout and process.stderr
             stderr = b""
             try:
@@ -49,7 +52,13 @@ async def test_in_a_terminal_the_server_says_what_it_is_and_how_to_stop_it() -> 
 
 
 def test_run_by_a_client_through_a_pipe_there_is_no_hint() -> None:
-    done = subprocess.run([sys.executable, "-m", "apikey_mcp", "--sandbox"], env=environment(), input=b"",
-                          capture_output=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "apikey_mcp", "--sandbox"],
+        env=environment(),
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and b"serving MCP over stdio" in done.stderr
     assert HINT.encode() not in done.stderr and done.stdout == b""

@@ -100,8 +100,12 @@ async def test_every_result_matches_its_published_schema_and_paid_ones_carry_the
         data = result.structured_content
         if tool in ("generate_image", "generate_music", "chat_completion", "create_embeddings", "poll_task"):
             cost = result.meta[COST_META]
-            assert cost["budget"] == data["budget"] and set(data["budget"]) == {"budget", "spent", "reserved",
-                                                                                 "remaining"}  # fmt: skip
+            assert cost["budget"] == data["budget"] and set(data["budget"]) == {
+                "budget",
+                "spent",
+                "reserved",
+                "remaining",
+            }
             assert cost.get("credits_reserved") == data.get("credits_reserved")
             assert cost.get("credits_charged") == data.get("credits_charged")
             assert cost.get("credits_reserved", cost.get("credits_charged", 0)) > 0
