@@ -19,13 +19,17 @@ from typing import Any
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import ToolAnnotations
-from pydantic import ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .budget import LedgerUnavailableError
 from .errors import AgentError, GatewayError, LedgerError
+from .gateway import requests
 from .lean_schemas import lean
 
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "url"}
+# What we send the gateway: a request of these that the contract refuses was never sent. Any other model's
+# validation error (an answer we built, a result the SDK checked) is a bug, and is reported as one.
+_REQUESTS = frozenset(n for n, v in vars(requests).items() if isinstance(v, type) and issubclass(v, BaseModel))
 
 
 class StrictTool(Tool):
@@ -71,7 +75,7 @@ def agent_reading(exc: BaseException | None) -> str | None:
         outcome, text = "ledger_unavailable", str(exc)
     elif isinstance(exc, GatewayError):
         outcome, text = "gateway_error", f"Gateway error{f' ({exc.code})' if exc.code else ''}: {exc}"
-    elif isinstance(exc, ValidationError):  # a gateway request built from valid arguments can still be refused
+    elif isinstance(exc, ValidationError) and exc.title in _REQUESTS:  # valid arguments, a request refused
         outcome, text = "refused_input", refusal(exc)
     else:
         return None

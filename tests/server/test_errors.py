@@ -84,3 +84,27 @@ async def test_without_elicitation_the_agent_is_told_how_the_human_raises_it(
         result = await call(client, "request_budget_increase", credits=500, reason="longer video")
     assert result["approved"] is False and result["budget"]["budget"] == 1000
     assert "--budget 1500" in result["message"] and "APIKEY_SESSION_BUDGET=1500" in result["message"]
+
+
+async def test_a_bug_after_a_task_was_created_is_a_crash_never_nothing_was_sent(
+    sandbox_server: SandboxServer, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the one tool mapping worded any pydantic error as "nothing was sent to the gateway", even one
+    raised while shaping the answer to a create that had happened. Only a request the contract refuses is that."""
+    from pydantic import BaseModel, ValidationError
+
+    from apikey_mcp.results import TaskResult
+
+    class Shaped(BaseModel):
+        credits: int
+
+    def broken(self: TaskResult) -> None:
+        try:
+            Shaped.model_validate({"credits": "many"})
+        except ValidationError as exc:  # a bug of ours, standing in for any model we build after the create
+            raise exc from None
+
+    monkeypatch.setattr(TaskResult, "started", broken)
+    async with connect("memory", settings_for(sandbox_server)) as client:
+        text = await call_error(client, "generate_image", prompt="a kite", model="flux-schnell")
+    assert text.strip() == "Error executing tool generate_image" and len(sandbox.tasks) == 1

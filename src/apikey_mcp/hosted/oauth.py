@@ -56,7 +56,7 @@ class JwtVerifier:
         if "none" in (a.lower() for a in algorithms) or any(a.upper().startswith("HS") for a in algorithms):
             raise OAuthConfigError(
                 "APIKEY_OAUTH_ALGORITHMS: only asymmetric JWT algorithms can be allowed (no 'none', no HS*) "
-                f"(got {','.join(algorithms)!r})."
+                f"(got {', '.join(algorithms)!r})."
             )
         self.issuer = issuer
         self.audience = audience

@@ -1,4 +1,5 @@
-"""Ledger stores, one per deployment: memory (stdio), SQLite (hosted, one machine), PostgreSQL (many).
+"""Ledger stores, one per deployment: memory (a server built in process), SQLite (stdio, and hosted on one
+machine), PostgreSQL (many).
 
 `store_for` picks one from the settings (the PostgreSQL driver is imported only when asked for) and opens
 what can be opened at once: a state file that is empty or not ours is refused here, before serving.

@@ -56,7 +56,7 @@ class _Account:
 
 
 class MemoryLedgerStore:
-    """The ledger of one stdio session, kept in the process and gone with it."""
+    """A ledger kept in the process and gone with it (a server built with no ledger file)."""
 
     def __init__(self) -> None:
         self._accounts: dict[str, _Account] = {}
