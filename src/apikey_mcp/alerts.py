@@ -170,8 +170,10 @@ class Alerts:
                 if answer.is_success:
                     return True
                 why = f"HTTP {answer.status_code}"
-            except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as exc:  # unreachable, or a URL no client takes
-                why = type(exc).__name__
+            except Exception as exc:  # unreachable, or a URL no client takes (InvalidURL; a port out of range fails
+                why = type(exc).__name__  # as an OverflowError in the connect's task group): never the worker's end
+                if isinstance(exc, ExceptionGroup):
+                    why = ", ".join(type(inner).__name__ for inner in exc.exceptions)
             if attempt + 1 < ATTEMPTS:
                 await self._sleep(delay)
                 delay = min(delay * 2, MAX_DELAY)

@@ -4,7 +4,9 @@ per threshold per period, signed, on every store."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from apikey_mcp.policy import Policy
 from apikey_mcp.sandbox import Sandbox, SandboxServer
 from apikey_mcp.server import build_server
 from apikey_mcp.sessions import start_session
+from apikey_mcp.supervisor import Supervisor
 from tests.conftest import advance, wait_until
 from tests.ledger.conftest import database_url, make_store
 from tests.policy.receiver import SECRET, receiving
@@ -165,3 +168,103 @@ async def test_a_stdio_session_begun_after_its_period_renewed_gets_its_session_b
         with pytest.raises(BudgetExceededError):
             await store.reserve("alice", 1001, "video", now=AFTER_MIDNIGHT)
         assert (await store.reserve("alice", 1000, "video", now=AFTER_MIDNIGHT)).credits == 1000
+
+
+async def over_budget(store: LedgerStore, *principals: str) -> None:
+    """Each of `principals` holds all of its 10 credits: its 100% alert is due."""
+    for principal in principals:
+        await store.ensure_principal(principal, 10)
+        await store.reserve(principal, 10, "all of it")
+
+
+async def instantly(seconds: float) -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def supervised(alerts: Alerts) -> AsyncIterator[Supervisor]:
+    """The alert worker as the server runs it: a service of the supervisor, restarted at once when it fails."""
+    supervisor = Supervisor(sleep=instantly)
+    async with supervisor.running():
+        supervisor.service(alerts.run, name="alerts")
+        await wait_until(lambda: alerts._checks_in is not None)  # running: notices are taken
+        yield supervisor
+
+
+async def test_a_restarted_alert_worker_checks_again_a_principal_queued_before_it_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a restart kept the queued marks of the checks its failure dropped, so a principal waiting to be
+    checked when the worker failed was never checked again: every later notice of it was taken as queued."""
+    delivering, failing = anyio.Event(), anyio.Event()
+
+    async def sleep(seconds: float) -> None:  # between posts of one alert: the first time, the worker fails
+        if not failing.is_set():
+            delivering.set()
+            await failing.wait()
+            raise RuntimeError("a fault in the alert worker")
+
+    with receiving(failures=1) as receiver:
+        async with make_store("memory", tmp_path) as store:
+            await over_budget(store, "first", "waiting", "later")
+            checking: list[str] = []
+            policy = store.policy
+
+            async def slow_policy(principal: str) -> Policy:
+                checking.append(principal)
+                if principal == "slow":  # the checks wait here until the worker fails
+                    await anyio.sleep_forever()
+                return await policy(principal)
+
+            monkeypatch.setattr(store, "policy", slow_policy)
+            alerts = Alerts(Settings(alert_webhook=receiver.url, alert_secret=SECRET), store, sleep=sleep)
+            async with supervised(alerts) as supervisor:
+                alerts.notice("first")  # checked; its post is refused, and the worker waits to post it again
+                await wait_until(delivering.is_set)
+                alerts.notice("slow")
+                await wait_until(lambda: checking[-1:] == ["slow"])
+                alerts.notice("waiting")  # queued behind "slow" when the worker fails
+                failing.set()
+                await wait_until(lambda: supervisor.restarts["alerts"] == 1 and alerts._checks_in is not None)
+                alerts.notice("waiting")  # its next change
+                alerts.notice("later")  # checked after "waiting" (one queue, one checker, one poster)
+                await wait_until(lambda: "later" in [a["principal"] for a in receiver.alerts()])
+    posted = [a["principal"] for a in receiver.alerts()]
+    assert "waiting" in posted, f"a principal queued before the worker restarted was never checked again: {posted}"
+    assert posted == ["waiting", "later"] and supervisor.failures["alerts"] == 1
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        pytest.param("http://127.0.0.1:80 80/alerts", id="a space in the port"),  # httpx2.InvalidURL
+        pytest.param("http://127.0.0.1:99999/alerts", id="a port out of range"),  # OverflowError, in a task group
+    ],
+)
+async def test_a_webhook_url_no_client_takes_is_logged_and_later_alerts_still_go_out(
+    webhook: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the post raised out of the worker, which failed with each alert and was started again after a
+    backoff; the alerts due meanwhile were dropped."""
+    caplog.set_level(logging.WARNING, logger="apikey_mcp.alerts")
+
+    def logged(text: str) -> Callable[[], bool]:
+        return lambda: any(text in r.getMessage() for r in caplog.records if r.name == "apikey_mcp.alerts")
+
+    def undelivered(principal: str) -> Callable[[], bool]:
+        return logged(f'"principal":"{principal}"')
+
+    sent_before = sum(ALERTS_TOTAL.values())
+    async with make_store("memory", tmp_path) as store:
+        await over_budget(store, "first", "second")
+        alerts = Alerts(Settings(alert_webhook=webhook, alert_secret=SECRET), store, sleep=instantly)
+        async with supervised(alerts) as supervisor:
+            alerts.notice("first")
+            await wait_until(lambda: undelivered("first")() or supervisor.failures["alerts"] > 0)
+            failures = dict(supervisor.failures)
+            assert failures == {}, f"the alert worker failed on the webhook URL {webhook!r}: {failures}"
+            alerts.notice("second")
+            await wait_until(undelivered("second"))
+    assert logged("budget alert: first has used 100%")() and logged("budget alert: second has used 100%")()
+    assert sum(ALERTS_TOTAL.values()) - sent_before == 2
+    assert supervisor.restarts["alerts"] == 0
