@@ -188,9 +188,9 @@ async def test_a_lost_task_keeps_its_hold_and_is_listed_until_closed(store: Ledg
 
 
 async def test_a_lost_line_carries_the_model_and_every_hold_of_the_task_is_lost(store: LedgerStore) -> None:
-    """Regression (bbf5674): the memory and SQLite stores wrote their `lost` line without the model, so
-    `admin history` and the report could not say what the lost credits were for; PostgreSQL always carried it.
-    Two holds tied to one task (a create the gateway answered with that task again) are each marked lost once."""
+    """Regression (bbf5674): the memory and SQLite stores wrote their `lost` line without the model (so
+    `admin history --json` could not say what the lost credits were for); PostgreSQL always carried it. Two holds
+    tied to one task (a create the gateway answered with that task again) are each marked lost, once."""
     await store.ensure_principal("alice", 100)
     hold = Hold("image with flux-schnell", "flux-schnell", "image")
     first, again = (

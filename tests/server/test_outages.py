@@ -1,5 +1,6 @@
 """Gateway faults a watcher must survive: every error backs off (resumed tasks too), repeats are logged once a
-minute, and a task the gateway stopped knowing is lost only after a minute of 404s, keeping its hold.
+minute, and a task the gateway stopped knowing is lost only after a minute of 404s, keeping its hold (each of
+them, when the gateway answered more than one create with that task).
 
 Time belongs to the test (ManualTime): a watcher that never sleeps would never let the test's clock matter,
 so a tight loop shows as a watcher that is never seen asleep.
@@ -152,7 +153,8 @@ async def test_a_task_created_twice_that_the_gateway_forgot_is_lost_with_both_ho
     `admin reservations --lost`, so the operator could not find it to close. Both are lost now, in every store."""
     if store_kind == "postgres":
         database_url()
-    monkeypatch.setattr(sandbox_engine, "secrets", SimpleNamespace(token_hex=lambda n: "d" * 2 * n))  # one id
+    # The sandbox gives every create the same task id: a gateway answering a create with a task it gave before.
+    monkeypatch.setattr(sandbox_engine, "secrets", SimpleNamespace(token_hex=lambda n: "d" * 2 * n))
     settings = settings_for(sandbox_server, poll_interval=1.0, max_poll_interval=5.0)
     async with make_store(store_kind, tmp_path) as store:
         server = build_server(settings, store=store, poll_sleep=time_.sleep, poll_clock=time_.clock)
