@@ -9,6 +9,7 @@ import pytest
 from apikey_mcp.budget import (
     OPERATOR,
     BudgetExceededError,
+    Hold,
     LedgerStore,
     ReservationState,
     Totals,
@@ -184,3 +185,22 @@ async def test_a_lost_task_keeps_its_hold_and_is_listed_until_closed(store: Ledg
     assert await store.release(lost.id, actor=OPERATOR)
     assert await store.reservations(lost_only=True) == [] and not await store.mark_lost(lost.id)
     assert "lost" in [e.kind for e in await store.history("alice")]
+
+
+async def test_a_lost_line_carries_the_model_and_every_hold_of_the_task_is_lost(store: LedgerStore) -> None:
+    """Regression (bbf5674): the memory and SQLite stores wrote their `lost` line without the model (so
+    `admin history --json` could not say what the lost credits were for); PostgreSQL always carried it. Two holds
+    tied to one task (a create the gateway answered with that task again) are each marked lost, once."""
+    await store.ensure_principal("alice", 100)
+    hold = Hold("image with flux-schnell", "flux-schnell", "image")
+    first, again = (
+        await store.reserve("alice", 10, "image", hold=hold),
+        await store.reserve("alice", 7, "image", hold=hold),
+    )
+    for reservation in (first, again):
+        await store.attach(reservation.id, "task_twice", "image")
+    assert await store.mark_lost(first.id) and await store.mark_lost(again.id) and not await store.mark_lost(again.id)
+    lost_lines = [e for e in await store.history("alice") if e.kind == "lost"]
+    assert [(e.reservation_id, e.model) for e in lost_lines] == [(first.id, "flux-schnell"), (again.id, "flux-schnell")]
+    assert (await store.totals("alice")).reserved == 17  # both stay counted
+    assert sorted(r.id for r in await store.reservations("alice", lost_only=True)) == sorted([first.id, again.id])

@@ -1,5 +1,6 @@
 """Gateway faults a watcher must survive: every error backs off (resumed tasks too), repeats are logged once a
-minute, and a task the gateway stopped knowing is lost only after a minute of 404s, keeping its hold.
+minute, and a task the gateway stopped knowing is lost only after a minute of 404s, keeping its hold (each of
+them, when the gateway answered more than one create with that task).
 
 Time belongs to the test (ManualTime): a watcher that never sleeps would never let the test's clock matter,
 so a tight loop shows as a watcher that is never seen asleep.
@@ -7,20 +8,30 @@ so a tight loop shows as a watcher that is never seen asleep.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
 import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
+import anyio
 import pytest
 from mcp import Client
 
+from apikey_mcp.budget import LedgerStore, ReservationState
 from apikey_mcp.gateway import GatewayClient
 from apikey_mcp.gateway.models import ImageRequest, Task
 from apikey_mcp.sandbox import Sandbox, SandboxServer
+from apikey_mcp.sandbox import engine as sandbox_engine
 from apikey_mcp.server import build_server
 from apikey_mcp.stores import MemoryLedgerStore
 from apikey_mcp.tasks import TaskRegistry
 from apikey_mcp.watcher import ERROR_CAP, ERROR_FIRST, error_delay
 from tests.conftest import KEY, wait_until
+from tests.ledger.conftest import STORES, database_url, make_store
 from tests.server.conftest import call, local_ledger, settings_for
 from tests.server.test_watching import TASK_GETS, ManualTime
 
@@ -109,3 +120,71 @@ async def test_one_stray_404_loses_nothing(sandbox_server: SandboxServer, held: 
             for _ in range(70):
                 await _sleeping_after(time_, 1)
     assert tracked.lost_at is None and tracked.missing_since is None and not tracked.task.is_terminal
+
+
+async def _poll_until_lost(time_: ManualTime, store: LedgerStore) -> None:
+    """Move the watcher's clock on, one poll at a time, until a forgotten task is marked lost: a minute of 404s,
+    each at most ERROR_CAP after the one before."""
+
+    async def asked_again_or_lost(naps: int) -> bool:
+        return (len(time_.naps) > naps and time_.sleeping == 1) or bool(await store.reservations(lost_only=True))
+
+    for _ in range(20):
+        naps = len(time_.naps)
+        time_.advance(ERROR_CAP)  # past the watcher's nap, whatever it is: it asks once
+        await wait_until(functools.partial(asked_again_or_lost, naps))
+        if await store.reservations(lost_only=True):
+            return
+    raise AssertionError("the task was never marked lost")
+
+
+@pytest.mark.parametrize("store_kind", STORES)
+async def test_a_task_created_twice_that_the_gateway_forgot_is_lost_with_both_holds(
+    sandbox_server: SandboxServer,
+    held: Sandbox,
+    time_: ManualTime,
+    store_kind: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression (bbf5674): a gateway that answers a second create with the task it gave the first (the agent
+    created again, thinking the first answer lost) leaves one task holding two reservations. When the gateway
+    then forgot the task, only the first hold was marked lost: the other stayed counted but unlisted by
+    `admin reservations --lost`, so the operator could not find it to close. Both are lost now, in every store."""
+    if store_kind == "postgres":
+        database_url()
+    # The sandbox gives every create the same task id: a gateway answering a create with a task it gave before.
+    monkeypatch.setattr(sandbox_engine, "secrets", SimpleNamespace(token_hex=lambda n: "d" * 2 * n))
+    settings = settings_for(sandbox_server, poll_interval=1.0, max_poll_interval=5.0)
+    async with make_store(store_kind, tmp_path) as store:
+        server = build_server(settings, store=store, poll_sleep=time_.sleep, poll_clock=time_.clock)
+        async with Client(server) as client:
+            first = await call(client, "generate_image", prompt="a fox", model="flux-schnell")
+            again = await call(client, "generate_image", prompt="a fox, again", model="flux-schnell")
+            assert again["task_id"] == first["task_id"]
+            holds = {r.id for r in await store.reservations(open_only=True)}
+            assert len(holds) == 2 and {r.task_id for r in await store.reservations()} == {first["task_id"]}
+            await wait_until(lambda: time_.sleeping == 1)  # one watcher for the one task
+            held.forget_tasks()
+
+            await _poll_until_lost(time_, store)
+
+            async def both_lost() -> bool:
+                return {r.id for r in await store.reservations(lost_only=True)} == holds
+
+            with contextlib.suppress(TimeoutError):  # the assertion below says what is missing
+                await wait_until(both_lost, seconds=10)
+            lost = await store.reservations(lost_only=True)
+            polled = await call(client, "poll_task", task_id=first["task_id"], wait_seconds=0)
+            budget = await call(client, "budget_status")
+        assert {r.id for r in lost} == holds, f"lost: {[r.id for r in lost]}, holds of the task: {sorted(holds)}"
+        assert all(r.state == ReservationState.RESERVED and r.lost_at is not None for r in lost)  # none released
+        assert budget["reserved"] == first["credits_reserved"] + again["credits_reserved"]  # both stay counted
+        assert polled["status"] == "lost"
+        lines = [(e.reservation_id, e.model) for e in await store.history() if e.kind == "lost"]
+        assert sorted(lines) == sorted((rid, "flux-schnell") for rid in holds)
+    if store_kind == "sqlite":  # what the operator runs
+        (state_file,) = tmp_path.glob("*.sqlite3")
+        admin = [sys.executable, "-m", "apikey_mcp", "admin", "--state-file", str(state_file)]
+        listed = await anyio.run_process([*admin, "reservations", "--lost", "--json"], check=True)
+        assert {row["id"] for row in json.loads(listed.stdout)} == holds
