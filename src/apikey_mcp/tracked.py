@@ -56,9 +56,17 @@ def modality_of(task: Task) -> str | None:
 def lost_step(tracked: TrackedTask) -> str:
     """What the agent reads about a lost task: its hold stays counted, and who can close it."""
     when = datetime.fromtimestamp(tracked.lost_at or 0, UTC).isoformat(timespec="seconds")
-    held = tracked.reservation
-    hold = f"its {held.credits} reserved credits stay counted" if held else "nothing is held for it here"
-    close = f" {held.id}" if held else ""
+    held = [r for r in (tracked.reservation, *tracked.duplicates) if r is not None]
+    if len(held) > 1:  # the gateway answered more than one create with this task: each hold is closed alone
+        hold = f"its {sum(r.credits for r in held)} reserved credits ({len(held)} holds) stay counted"
+        close = f"` for each hold ({', '.join(r.id for r in held)})"
+        return (
+            f"Lost: the gateway no longer knows this task (marked lost at {when}); {hold}, since it may have "
+            f"been charged. Nothing more will come of it: ask the operator to close them with "
+            f"`apikey-mcp admin close ID --charged N | --released{close}."
+        )
+    hold = f"its {held[0].credits} reserved credits stay counted" if held else "nothing is held for it here"
+    close = f" {held[0].id}" if held else ""
     return (
         f"Lost: the gateway no longer knows this task (marked lost at {when}); {hold}, since it may have "
         f"been charged. Nothing more will come of it: ask the operator to close it with "

@@ -181,6 +181,9 @@ async def test_a_task_created_twice_that_the_gateway_forgot_is_lost_with_both_ho
         assert all(r.state == ReservationState.RESERVED and r.lost_at is not None for r in lost)  # none released
         assert budget["reserved"] == first["credits_reserved"] + again["credits_reserved"]  # both stay counted
         assert polled["status"] == "lost"
+        total = first["credits_reserved"] + again["credits_reserved"]
+        assert f"its {total} reserved credits (2 holds)" in polled["next_step"]  # the agent is told of both
+        assert all(rid in polled["next_step"] for rid in holds)
         lines = [(e.reservation_id, e.model) for e in await store.history() if e.kind == "lost"]
         assert sorted(lines) == sorted((rid, "flux-schnell") for rid in holds)
     if store_kind == "sqlite":  # what the operator runs
