@@ -11,10 +11,11 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -26,15 +27,12 @@ from .periods import PERIODS
 from .policy import Policy
 from .stores.common import INT64_MAX
 
-if TYPE_CHECKING:
-    from .cli_options import Subcommands  # only a type: cli_options imports this module
-
 PAGE = 1000
 
 
-def add_parser(sub: Subcommands) -> None:
-    """The `admin` command and its subcommands. The ledger options are accepted before the subcommand and after
-    it (`admin principals --state-file F`)."""
+def add_command(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
+    """The `admin` command and its subcommands, added with the main command's `add_parser`. The ledger options
+    are accepted before the subcommand and after it (`admin principals --state-file F`)."""
     ledger = argparse.ArgumentParser(add_help=False)
     one = ledger.add_mutually_exclusive_group()
     where = f"the server's SQLite ledger (env APIKEY_STATE_FILE; default {default_state_file()})"
@@ -45,7 +43,7 @@ def add_parser(sub: Subcommands) -> None:
         metavar="URL",
         help="the server's PostgreSQL ledger instead (prefer env APIKEY_DATABASE_URL)",
     )
-    p = sub.add_parser(
+    p = add_parser(
         "admin",
         parents=[ledger],
         help="the operator's commands on a hosted server's ledger",
@@ -91,7 +89,7 @@ def add_parser(sub: Subcommands) -> None:
     )
     history = command("history", "export the audit trail, oldest first")
     history.add_argument("--principal", help="only this principal's")
-    report.add_parser(commands, [ledger])
+    report.add_command(commands.add_parser, [ledger])
 
 
 def run(args: argparse.Namespace) -> int:

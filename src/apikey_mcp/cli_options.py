@@ -13,18 +13,12 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from . import __version__, admin
 
 USAGE_ERROR = 2  # the exit status of a command line or configuration the server cannot start with, as argparse's
 Option = tuple[str, dict[str, Any]]  # a flag and the keyword arguments of its add_argument
-
-
-class Subcommands(Protocol):
-    """Where a command adds its subcommands: what `ArgumentParser.add_subparsers()` returns."""
-
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 MAIN_OPTIONS: list[Option] = [
@@ -131,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help=SANDBOX_HELP, description=SANDBOX_DESCRIPTION)
     for flag, arguments in SANDBOX_OPTIONS:
         sandbox.add_argument(flag, **arguments)
-    admin.add_parser(commands)
+    admin.add_command(commands.add_parser)
     return main
 
 

@@ -10,23 +10,22 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .budget import REPORT_BY, LedgerStore
-
-if TYPE_CHECKING:
-    from .cli_options import Subcommands  # only a type: cli_options imports admin, which imports this module
 
 _SPAN = re.compile(r"^(\d{1,6})([dhm])$")
 _UNIT = {"d": 86400, "h": 3600, "m": 60}
 DEFAULT_SINCE = "30d"
 
 
-def add_parser(commands: Subcommands, parents: list[argparse.ArgumentParser]) -> None:
+def add_command(add_parser: Callable[..., argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+    """`admin report`, added with the `add_parser` of admin's subcommands."""
     what = "credits spent, calls and refusals over time (UTC days)"
-    p = commands.add_parser("report", parents=parents, help=what, description=f"{what[0].upper()}{what[1:]}.")
+    p = add_parser("report", parents=parents, help=what, description=f"{what[0].upper()}{what[1:]}.")
     p.add_argument("--since", default=DEFAULT_SINCE, help="7d, 24h, 30m or a UTC date 2026-12-01 (default 30d)")
     p.add_argument("--by", choices=REPORT_BY, default="principal", help="group by (default principal)")
     form = p.add_mutually_exclusive_group()
