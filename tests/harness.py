@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
+import random
 import re
 import shutil
 import signal
@@ -67,10 +68,31 @@ def private_data_home() -> Path:
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nobody uses right now (the server binds it a moment later), chosen below the kernel's
+    ephemeral range: a port from that range may meanwhile be given to any socket bound to port 0 (an in-process
+    server) or to any outgoing connection, and then the server that was to have it fails with EADDRINUSE."""
+    low = _ephemeral_low()
+    if low <= 11_000:  # no room below the range: any port the kernel gives
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(200):
+        port = random.randrange(10_000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port between 10000 and {low}")
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out by itself (Linux: ip_local_port_range; elsewhere IANA's 49152)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 async def wait_until(

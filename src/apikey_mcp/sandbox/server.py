@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -17,9 +18,17 @@ from .app import Sandbox
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """Bound and listening at once (connections wait in the backlog until uvicorn serves): a port that is only
+    bound, with SO_REUSEADDR, is not yet ours; another socket may bind it too, and whichever listens first
+    keeps it, the other failing with EADDRINUSE."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -66,30 +75,54 @@ class BackgroundServer:
         self.url = _url_of(self._socket)
         config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
         self._server = PromptServer(config)
-        self._thread = threading.Thread(target=self._run, name="sandbox-gateway", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"uvicorn {self.url}", daemon=True)
+        self._startup_error: BaseException | None = None
 
     @classmethod
     def for_url(cls, make_app: Callable[[str], ASGIApp], host: str = "127.0.0.1") -> Self:
         """Serve an app that needs to know its own URL (e.g. to give it as a callback address)."""
         sock = _bind(host, 0)
-        return cls(make_app(_url_of(sock)), sock=sock)
+        try:
+            return cls(make_app(_url_of(sock)), sock=sock)
+        except BaseException:  # an app that cannot be made (a ConfigError) leaves no open socket behind
+            sock.close()
+            raise
 
     def _run(self) -> None:
-        asyncio.run(self._server.serve(sockets=[self._socket]))
+        try:
+            asyncio.run(self._server.serve(sockets=[self._socket]))
+        except BaseException as exc:  # uvicorn ends a failed startup with SystemExit(3)
+            if self._server.started:
+                raise  # a failure once serving is the test's to see, as a thread exception
+            self._startup_error = exc  # start() raises it, in the test that started the server
 
-    def start(self) -> Self:
+    def start(self, seconds: float = 60.0) -> Self:
+        """Serve, and return once the app has started. A server that fails or does not start within `seconds`
+        (a deadline only a broken run reaches) is stopped and its socket closed before the error is raised, so
+        nothing of it is left to fail in a later phase or test."""
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + seconds
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the sandbox gateway did not start")
+                alive = self._thread.is_alive()
+                with contextlib.suppress(RuntimeError):  # one that does not stop either: the start is the error
+                    self.stop()
+                what = f"did not start within {seconds:g} s" if alive else "stopped while starting"
+                raise RuntimeError(f"the server at {self.url} {what}") from self._startup_error
             time.sleep(0.005)
         return self
 
-    def stop(self) -> None:
+    def stop(self, seconds: float = 10.0) -> None:
+        """Stop at once (open connections are let finish for up to `seconds`, then cut) and close the socket."""
         self._server.stop_soon()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=seconds)
+        if self._thread.is_alive():
+            self._server.force_exit = True  # stop waiting for connections and tasks
+            self._server.stop_soon()
+            self._thread.join(timeout=seconds)
         self._socket.close()
+        if self._thread.is_alive():
+            raise RuntimeError(f"the server at {self.url} did not stop within {2 * seconds:g} s")
 
     def __enter__(self) -> Self:
         return self.start()
