@@ -18,7 +18,7 @@ from apikey_mcp.sandbox.faults import MALFORMED_LINK
 from apikey_mcp.supervisor import Supervisor
 from tests.conftest import advance, wait_until
 from tests.hosted.conftest import ALICE, BOB
-from tests.server.conftest import call
+from tests.server.conftest import call, poll_until_saved
 
 
 @pytest.mark.parametrize("kind", ["link", "redirect"])
@@ -31,13 +31,7 @@ async def test_a_malformed_result_link_fails_that_save_alone_and_the_server_serv
         broken = await call(alice, "generate_image", prompt="broken link", model="flux-schnell")
         running = await call(bob, "generate_image", prompt="meanwhile", model="flux-schnell")
         await advance(sandbox_server, broken["task_id"])
-        saved: dict = {}
-
-        async def save_ended() -> bool:  # the first look at the succeeded task starts its save
-            saved.update(await call(alice, "poll_task", task_id=broken["task_id"], wait_seconds=5))
-            return saved["status"] == "succeeded" and "under way" not in saved["next_step"]
-
-        await wait_until(save_ended)
+        saved = await poll_until_saved(alice, broken["task_id"], wait_seconds=5)
         await advance(sandbox_server, running["task_id"])
         with anyio.fail_after(15):
             done = await call(bob, "poll_task", task_id=running["task_id"], wait_seconds=10)

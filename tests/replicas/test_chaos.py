@@ -77,6 +77,12 @@ async def _round(cluster: Cluster, name: str, work: Work, n: int) -> None:
             work.failures.append(f"{name} chat: {chat.content[0].text[:120]}")  # type: ignore[union-attr]
 
 
+async def _pace(seconds: float) -> None:
+    """Time passing on purpose: the workload's rhythm and the faults' schedule, never a wait for a state (those
+    go through wait_until, with a deadline)."""
+    await anyio.sleep(seconds)
+
+
 async def _worker(cluster: Cluster, name: str, work: Work) -> None:
     n = 0
     while not work.stop:
@@ -86,11 +92,11 @@ async def _worker(cluster: Cluster, name: str, work: Work) -> None:
             await _round(cluster, name, work, n)
         except Exception as exc:  # a replica or the database went away mid-call: expected, and counted
             work.failures.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
-            await anyio.sleep(0.2)
+            await _pace(0.2)
         finally:
             work.in_flight -= 1
         n += 1
-        await anyio.sleep(0.1)  # the workload's pace, so that refused calls do not spin
+        await _pace(0.1)  # so that refused calls do not spin
 
 
 async def _ready(url: str) -> bool:
@@ -106,7 +112,7 @@ async def _chaos(cluster: Cluster, pg: PgCluster, sandbox: Sandbox, work: Work) 
     at = time.monotonic()
 
     async def until(seconds: float) -> None:
-        await anyio.sleep(max(0.0, at + seconds - time.monotonic()))
+        await _pace(max(0.0, at + seconds - time.monotonic()))
 
     await until(3)
     sandbox.faults.bad_links.append("link")

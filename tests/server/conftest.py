@@ -20,7 +20,7 @@ from apikey_mcp.server import build_server
 from apikey_mcp.service import Service
 from apikey_mcp.stores import MemoryLedgerStore
 from apikey_mcp.tasks import TaskRegistry
-from tests.conftest import KEY
+from tests.conftest import KEY, wait_until
 
 FAST_POLLING = {"poll_interval": 0.01, "max_poll_interval": 0.05}
 
@@ -78,6 +78,19 @@ async def call_error(client: Client, tool: str, **arguments: Any) -> str:
     result = await client.call_tool(tool, arguments)
     assert result.is_error, result.structured_content
     return text_of(result)
+
+
+async def poll_until_saved(client: Client, task_id: str, wait_seconds: float = 10) -> dict[str, Any]:
+    """poll_task until the task succeeded and the save of its files ended (saved, refused or failed): the last
+    result. The first look at a succeeded task starts the save."""
+    last: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        last.update(await call(client, "poll_task", task_id=task_id, wait_seconds=wait_seconds))
+        return last["status"] == "succeeded" and "under way" not in last["next_step"]
+
+    await wait_until(ended)
+    return last
 
 
 async def no_wait(seconds: float) -> None:

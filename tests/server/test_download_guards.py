@@ -19,8 +19,8 @@ from apikey_mcp.downloads import Downloads, Save
 from apikey_mcp.gateway import GatewayClient
 from apikey_mcp.gateway.models import TaskOutput
 from apikey_mcp.sandbox import BackgroundServer, SandboxServer, assets
-from tests.conftest import KEY, wait_until
-from tests.server.conftest import call, connect, settings_for
+from tests.conftest import KEY
+from tests.server.conftest import call, connect, poll_until_saved, settings_for
 
 
 class Host:
@@ -91,13 +91,7 @@ async def test_the_output_directory_stops_at_its_quota(sandbox_server: SandboxSe
     settings = settings_for(sandbox_server, output_dir=tmp_path, max_output_dir_bytes=2 * size + size // 2)
     async with connect("memory", settings) as client:
         created = await call(client, "generate_image", prompt="three cats", model="flux-schnell", n=3)
-        done: dict[str, Any] = {}
-
-        async def saved() -> bool:
-            done.update(await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10))
-            return done["status"] == "succeeded" and "under way" not in done["next_step"]
-
-        await wait_until(saved)
+        done = await poll_until_saved(client, created["task_id"])
     assert [o.get("path") is not None for o in done["outputs"]] == [True, False, False]
     assert "Saved 1 of 3 files" in done["next_step"] and "quota" in done["next_step"]
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) == 2 * size  # no partial file left

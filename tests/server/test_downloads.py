@@ -11,7 +11,7 @@ from apikey_mcp.downloads import file_name
 from apikey_mcp.gateway.models import TaskOutput
 from apikey_mcp.sandbox import Sandbox, SandboxServer, assets
 from tests.conftest import wait_until
-from tests.server.conftest import call, connect, settings_for
+from tests.server.conftest import call, connect, poll_until_saved, settings_for
 
 
 async def test_a_slow_drip_result_host_cannot_hold_poll_task(
@@ -46,13 +46,7 @@ async def test_one_tasks_files_together_are_capped(sandbox_server: SandboxServer
     settings = settings_for(sandbox_server, output_dir=tmp_path, max_task_download_bytes=2 * size + size // 2)
     async with connect("memory", settings) as client:
         created = await call(client, "generate_image", prompt="three cats", model="flux-schnell", n=3)
-        done: dict[str, Any] = {}
-
-        async def saved() -> bool:
-            done.update(await call(client, "poll_task", task_id=created["task_id"], wait_seconds=10))
-            return done["status"] == "succeeded" and "under way" not in done["next_step"]
-
-        await wait_until(saved)
+        done = await poll_until_saved(client, created["task_id"])
     paths = [o.get("path") for o in done["outputs"]]
     assert (
         paths[:2]
